@@ -1,0 +1,895 @@
+//! The server config (`config/switchyard.yaml`): parse the YAML, apply `SWITCHYARD_*`
+//! environment overrides, then validate into runtime types in one pass that reports
+//! every error with its file, line and key. Nothing binds a port before this succeeds.
+
+pub mod units;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dedupe::DedupeKey;
+use crate::log::sled::Durability;
+use yaml::{Node, Value};
+
+/// Where the server config is read from when neither `-c` nor `SWITCHYARD_CONFIG` names
+/// a file. When it does not exist, the embedded defaults apply.
+pub const DEFAULT_PATH: &str = "config/switchyard.yaml";
+
+/// The environment variable that names the config file.
+pub const CONFIG_ENV: &str = "SWITCHYARD_CONFIG";
+
+/// One config error, with the place it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or `env SWITCHYARD_…` for an environment override.
+    pub origin: String,
+    /// 1-based line; 0 when there is none (environment, whole file).
+    pub line: usize,
+    /// The dotted key, e.g. `storage.durability`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.key.is_empty()) {
+            (0, true) => write!(f, "{}: {}", self.origin, self.message),
+            (0, false) => write!(f, "{}: {}: {}", self.origin, self.key, self.message),
+            (l, true) => write!(f, "{}:{l}: {}", self.origin, self.message),
+            (l, false) => write!(f, "{}:{l}: {}: {}", self.origin, self.key, self.message),
+        }
+    }
+}
+
+/// Every error found in a config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The validated server config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from; `None` for the embedded defaults.
+    pub file: Option<PathBuf>,
+    pub ingress: IngressConfig,
+    pub admin: AdminConfig,
+    pub storage: StorageConfig,
+    pub brokers: Vec<String>,
+    pub dedupe: DedupeConfig,
+    pub subscriptions: Vec<PathBuf>,
+    pub delivery: DeliveryConfig,
+    pub replies: RepliesConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    pub listen: SocketAddr,
+    /// The largest single event (a binary or structured body, or one batch member).
+    pub max_event_bytes: u64,
+    /// The largest batch request body.
+    pub max_batch_bytes: u64,
+    /// Accepted bearer tokens; empty means no token is required.
+    pub tokens: Vec<String>,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send its whole body.
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    pub durability: Durability,
+    pub cache_capacity: u64,
+    pub retention_max_age: Duration,
+    pub retention_max_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct DedupeConfig {
+    /// Zero turns dedupe off.
+    pub window: Duration,
+    pub key: Arc<DedupeKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackoffPolicy {
+    Exponential,
+    Linear,
+}
+
+/// Default delivery settings for subscriptions that do not set their own.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub retry: u32,
+    pub backoff_policy: BackoffPolicy,
+    pub backoff_delay: Duration,
+    pub backoff_max: Duration,
+    pub retry_after_max: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RepliesConfig {
+    pub max_hops: u32,
+}
+
+/// The embedded defaults, as YAML: the same values `config/switchyard.yaml` documents.
+pub const DEFAULTS: &str = r#"
+ingress:
+  listen: 0.0.0.0:8080
+  maxEventBytes: 4MiB
+  maxBatchBytes: 32MiB
+  tokens: []
+  headerReadTimeout: 10s
+  bodyReadTimeout: 60s
+  maxConnections: 4096
+admin:
+  listen: 127.0.0.1:9090
+  token: null
+storage:
+  backend: sled
+  path: ./data
+  durability: fsync
+  cacheCapacity: 64MiB
+  retention: { maxAge: 7d, maxBytes: 10GiB }
+brokers: [default]
+dedupe: { window: 10m, key: 'source + "\n" + id' }
+subscriptions: [./config/subscriptions]
+delivery: { retry: 10, backoffPolicy: exponential, backoffDelay: PT0.2S, backoffMax: PT5M, retryAfterMax: PT10M, timeout: PT30S }
+replies: { maxHops: 8 }
+"#;
+
+/// Every settable key, as a dotted path: the schema that unknown keys and environment
+/// overrides are checked against.
+const KEYS: &[&str] = &[
+    "ingress.listen",
+    "ingress.maxEventBytes",
+    "ingress.maxBatchBytes",
+    "ingress.tokens",
+    "ingress.headerReadTimeout",
+    "ingress.bodyReadTimeout",
+    "ingress.maxConnections",
+    "admin.listen",
+    "admin.token",
+    "storage.backend",
+    "storage.path",
+    "storage.durability",
+    "storage.cacheCapacity",
+    "storage.retention.maxAge",
+    "storage.retention.maxBytes",
+    "brokers",
+    "dedupe.window",
+    "dedupe.key",
+    "subscriptions",
+    "delivery.retry",
+    "delivery.backoffPolicy",
+    "delivery.backoffDelay",
+    "delivery.backoffMax",
+    "delivery.retryAfterMax",
+    "delivery.timeout",
+    "replies.maxHops",
+];
+
+/// Which file to read: `-c`, else `SWITCHYARD_CONFIG`, else [`DEFAULT_PATH`] if it
+/// exists. `None` means the embedded defaults. A named file must exist.
+pub fn resolve_path(
+    flag: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Option<(PathBuf, bool)> {
+    if let Some(p) = flag {
+        return Some((p.to_path_buf(), true));
+    }
+    if let Some(p) = env.get(CONFIG_ENV).filter(|p| !p.is_empty()) {
+        return Some((PathBuf::from(p), true));
+    }
+    let default = PathBuf::from(DEFAULT_PATH);
+    default.exists().then_some((default, false))
+}
+
+/// Loads the config: the file named by `flag` / `SWITCHYARD_CONFIG` / the default path,
+/// over the embedded defaults, with `SWITCHYARD_*` overrides from `env`.
+pub fn load(flag: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigErrors> {
+    match resolve_path(flag, env) {
+        None => from_yaml(None, "", env),
+        Some((path, _)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigErrors(vec![ConfigError {
+                    origin: path.display().to_string(),
+                    line: 0,
+                    key: String::new(),
+                    message: format!("cannot read the config file: {e}"),
+                }])
+            })?;
+            from_yaml(Some(&path), &text, env)
+        }
+    }
+}
+
+/// Validates config text (empty text is the defaults) with overrides from `env`.
+pub fn from_yaml(
+    file: Option<&Path>,
+    text: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ConfigErrors> {
+    let origin = file.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+    let mut v = Validator {
+        origin: origin.clone(),
+        errors: Vec::new(),
+    };
+    let user = match yaml::parse(text) {
+        Ok(mut docs) if docs.len() <= 1 => docs.pop().unwrap_or(Node::new(0, Value::Null)),
+        Ok(_) => {
+            v.error_at(0, "", "the server config must be a single YAML document");
+            return Err(ConfigErrors(v.errors));
+        }
+        Err(e) => {
+            v.error_at(e.line, "", format!("YAML syntax error: {}", e.message));
+            return Err(ConfigErrors(v.errors));
+        }
+    };
+    let mut root = match user.value {
+        Value::Null => Node::new(0, Value::Map(Vec::new())),
+        Value::Map(_) => user,
+        _ => {
+            v.error_at(
+                user.line,
+                "",
+                format!("the config must be a mapping, not {}", user.kind()),
+            );
+            return Err(ConfigErrors(v.errors));
+        }
+    };
+    v.check_unknown(&root, "");
+    apply_env(&mut root, env, &mut v);
+    let defaults = yaml::parse(DEFAULTS)
+        .ok()
+        .and_then(|mut d| d.pop())
+        .unwrap_or(Node::new(0, Value::Null));
+    let config = v.build(&root, &defaults, file);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        v.errors
+            .sort_by(|a, b| (&a.origin, a.line).cmp(&(&b.origin, b.line)));
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+/// Normalises a key path for matching environment names: lower case, no separators.
+fn env_form(path: &str) -> String {
+    path.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+fn apply_env(root: &mut Node, env: &BTreeMap<String, String>, v: &mut Validator) {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("SWITCHYARD_") else {
+            continue;
+        };
+        if name == CONFIG_ENV || name == "SWITCHYARD_LOG" {
+            continue;
+        }
+        let wanted = env_form(rest);
+        let Some(path) = KEYS.iter().find(|k| env_form(k) == wanted) else {
+            v.errors.push(ConfigError {
+                origin: format!("env {name}"),
+                line: 0,
+                key: String::new(),
+                message:
+                    "does not name a config key (e.g. SWITCHYARD_STORAGE_PATH for storage.path)"
+                        .into(),
+            });
+            continue;
+        };
+        let origin: Arc<str> = Arc::from(format!("env {name}"));
+        let mut node = match yaml::parse(value) {
+            Ok(mut d) if d.len() == 1 => d.pop().unwrap_or(Node::new(0, Value::Null)),
+            _ => Node::new(0, Value::Str(value.clone())),
+        };
+        if value.is_empty() {
+            node = Node::new(0, Value::Null);
+        }
+        mark_env(&mut node, &origin);
+        set_path(root, path, node);
+    }
+}
+
+fn mark_env(node: &mut Node, origin: &Arc<str>) {
+    node.line = 0;
+    node.env = Some(origin.clone());
+    match &mut node.value {
+        Value::Seq(items) => items.iter_mut().for_each(|n| mark_env(n, origin)),
+        Value::Map(entries) => entries.iter_mut().for_each(|(_, l, n)| {
+            *l = 0;
+            mark_env(n, origin)
+        }),
+        _ => {}
+    }
+}
+
+fn set_path(root: &mut Node, path: &str, value: Node) {
+    let mut node = root;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !matches!(node.value, Value::Map(_)) {
+            node.value = Value::Map(Vec::new());
+        }
+        let Value::Map(entries) = &mut node.value else {
+            return;
+        };
+        let pos = match entries.iter().position(|(k, _, _)| k == part) {
+            Some(p) => p,
+            None => {
+                entries.push((part.to_string(), 0, Node::new(0, Value::Null)));
+                entries.len() - 1
+            }
+        };
+        if i + 1 == parts.len() {
+            entries[pos].2 = value;
+            return;
+        }
+        node = &mut entries[pos].2;
+    }
+}
+
+fn lookup<'n>(node: &'n Node, path: &str) -> Option<&'n Node> {
+    let mut node = node;
+    for part in path.split('.') {
+        let Value::Map(entries) = &node.value else {
+            return None;
+        };
+        node = &entries.iter().find(|(k, _, _)| k == part)?.2;
+    }
+    Some(node)
+}
+
+struct Validator {
+    origin: String,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn error_at(&mut self, line: usize, key: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            origin: self.origin.clone(),
+            line,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn error(&mut self, node: &Node, key: &str, message: impl Into<String>) {
+        let origin = node
+            .env
+            .as_deref()
+            .map_or_else(|| self.origin.clone(), str::to_string);
+        self.errors.push(ConfigError {
+            origin,
+            line: node.line,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// Reports keys that are not in the schema, and sections that are not mappings.
+    fn check_unknown(&mut self, node: &Node, prefix: &str) {
+        let Value::Map(entries) = &node.value else {
+            return;
+        };
+        for (key, line, child) in entries {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            let leaf = KEYS.contains(&path.as_str());
+            let section = KEYS.iter().any(|k| k.starts_with(&format!("{path}.")));
+            if leaf {
+                continue;
+            }
+            if section {
+                match &child.value {
+                    Value::Map(_) => self.check_unknown(child, &path),
+                    Value::Null => {}
+                    _ => self.error_at(
+                        *line,
+                        &path,
+                        format!("must be a mapping, not {}", child.kind()),
+                    ),
+                }
+                continue;
+            }
+            let known: Vec<&str> = KEYS
+                .iter()
+                .filter_map(|k| {
+                    let rest = if prefix.is_empty() {
+                        Some(*k)
+                    } else {
+                        k.strip_prefix(&format!("{prefix}."))
+                    };
+                    rest.map(|r| r.split('.').next().unwrap_or(r))
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            self.error_at(
+                *line,
+                &path,
+                format!("unknown key; expected one of: {}", known.join(", ")),
+            );
+        }
+    }
+
+    /// The user's node for `path`, else the default's.
+    fn pick<'n>(&self, user: &'n Node, defaults: &'n Node, path: &str) -> &'n Node {
+        match lookup(user, path) {
+            Some(n) if !(matches!(n.value, Value::Null) && path != "admin.token") => n,
+            _ => lookup(defaults, path).unwrap_or(defaults),
+        }
+    }
+
+    fn string(&mut self, node: &Node, key: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            _ => {
+                self.error(node, key, format!("must be a string, not {}", node.kind()));
+                None
+            }
+        }
+    }
+
+    fn addr(&mut self, node: &Node, key: &str) -> SocketAddr {
+        let text = node.scalar_text().unwrap_or_default();
+        text.parse().unwrap_or_else(|_| {
+            self.error(
+                node,
+                key,
+                format!("'{text}' is not an address: use IP:PORT, e.g. 0.0.0.0:8080 or [::]:8080"),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    fn duration(&mut self, node: &Node, key: &str) -> Duration {
+        let parsed = match &node.value {
+            Value::Int(0) => Ok(Duration::ZERO),
+            Value::Str(s) => units::parse_duration(s),
+            _ => Err(format!(
+                "must be a duration such as PT0.2S or 200ms, not {}",
+                node.kind()
+            )),
+        };
+        parsed.unwrap_or_else(|e| {
+            self.error(node, key, e);
+            Duration::ZERO
+        })
+    }
+
+    fn size(&mut self, node: &Node, key: &str) -> u64 {
+        let parsed = match &node.value {
+            Value::Int(i) if *i >= 0 => Ok(*i as u64),
+            Value::Str(s) => units::parse_size(s),
+            _ => Err(format!("must be a size such as 4MiB, not {}", node.kind())),
+        };
+        parsed.unwrap_or_else(|e| {
+            self.error(node, key, e);
+            u64::MAX
+        })
+    }
+
+    /// A size that must be positive.
+    fn positive_size(&mut self, node: &Node, key: &str) -> u64 {
+        match self.size(node, key) {
+            0 => {
+                self.error(node, key, "must be greater than zero");
+                0
+            }
+            n => n,
+        }
+    }
+
+    fn int(&mut self, node: &Node, key: &str, min: i64, max: i64) -> i64 {
+        match node.value {
+            Value::Int(i) if (min..=max).contains(&i) => i,
+            Value::Int(i) => {
+                self.error(node, key, format!("{i} is out of range {min}..={max}"));
+                min
+            }
+            _ => {
+                self.error(
+                    node,
+                    key,
+                    format!("must be an integer, not {}", node.kind()),
+                );
+                min
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, node: &Node, key: &str, options: &[(&str, T)]) -> T {
+        let text = node.scalar_text().unwrap_or_default();
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == text) {
+            return *v;
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        self.error(
+            node,
+            key,
+            format!("'{text}' is not one of: {}", names.join(", ")),
+        );
+        options[0].1
+    }
+
+    fn list<'n>(&mut self, node: &'n Node, key: &str) -> &'n [Node] {
+        match &node.value {
+            Value::Seq(items) => items,
+            Value::Null => &[],
+            _ => {
+                self.error(node, key, format!("must be a list, not {}", node.kind()));
+                &[]
+            }
+        }
+    }
+
+    /// A secret: a string, or `{ valueFrom: { env: NAME } }` / `{ valueFrom: { file: PATH } }`.
+    fn secret(&mut self, node: &Node, key: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) if !s.is_empty() => Some(s.clone()),
+            Value::Null => None,
+            Value::Map(entries) => {
+                let from = entries
+                    .iter()
+                    .find(|(k, _, _)| k == "valueFrom")
+                    .map(|(_, _, n)| n);
+                let Some(Node {
+                    value: Value::Map(src),
+                    line,
+                    ..
+                }) = from.filter(|_| entries.len() == 1)
+                else {
+                    self.error(node, key, "a secret is a string or { valueFrom: { env: NAME } } or { valueFrom: { file: PATH } }");
+                    return None;
+                };
+                match src.as_slice() {
+                    [(kind, _, n)] if kind == "env" => {
+                        let name = self.string(n, key)?;
+                        match std::env::var(&name) {
+                            Ok(v) if !v.is_empty() => Some(v),
+                            _ => {
+                                self.error(
+                                    n,
+                                    key,
+                                    format!("environment variable {name} is not set"),
+                                );
+                                None
+                            }
+                        }
+                    }
+                    [(kind, _, n)] if kind == "file" => {
+                        let path = self.string(n, key)?;
+                        match std::fs::read_to_string(&path) {
+                            Ok(v) => Some(v.trim_end_matches(['\n', '\r']).to_string()),
+                            Err(e) => {
+                                self.error(n, key, format!("cannot read secret file {path}: {e}"));
+                                None
+                            }
+                        }
+                    }
+                    _ => {
+                        self.error_at(*line, key, "valueFrom takes exactly one of env or file");
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.error(
+                    node,
+                    key,
+                    format!(
+                        "a secret must be a string or a valueFrom mapping, not {}",
+                        node.kind()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn build(&mut self, user: &Node, defaults: &Node, file: Option<&Path>) -> Config {
+        macro_rules! node {
+            ($path:literal) => {
+                self.pick(user, defaults, $path)
+            };
+        }
+        let ingress = IngressConfig {
+            listen: self.addr(node!("ingress.listen"), "ingress.listen"),
+            max_event_bytes: self
+                .positive_size(node!("ingress.maxEventBytes"), "ingress.maxEventBytes"),
+            max_batch_bytes: self
+                .positive_size(node!("ingress.maxBatchBytes"), "ingress.maxBatchBytes"),
+            tokens: {
+                let items = self.list(node!("ingress.tokens"), "ingress.tokens");
+                items
+                    .iter()
+                    .filter_map(|n| self.secret(n, "ingress.tokens"))
+                    .collect()
+            },
+            header_read_timeout: self.duration(
+                node!("ingress.headerReadTimeout"),
+                "ingress.headerReadTimeout",
+            ),
+            body_read_timeout: self
+                .duration(node!("ingress.bodyReadTimeout"), "ingress.bodyReadTimeout"),
+            max_connections: self.int(
+                node!("ingress.maxConnections"),
+                "ingress.maxConnections",
+                1,
+                1 << 20,
+            ) as usize,
+        };
+        let admin = AdminConfig {
+            listen: self.addr(node!("admin.listen"), "admin.listen"),
+            token: {
+                let n = node!("admin.token");
+                self.secret(n, "admin.token")
+            },
+        };
+        let backend = node!("storage.backend");
+        let text = backend.scalar_text().unwrap_or_default();
+        if text != "sled" {
+            self.error(
+                backend,
+                "storage.backend",
+                format!("'{text}' is not supported; the backend is sled"),
+            );
+        }
+        let storage = StorageConfig {
+            path: self
+                .string(node!("storage.path"), "storage.path")
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            durability: self.choice(
+                node!("storage.durability"),
+                "storage.durability",
+                &[
+                    ("fsync", Durability::Fsync),
+                    ("relaxed", Durability::Relaxed),
+                ],
+            ),
+            cache_capacity: self
+                .positive_size(node!("storage.cacheCapacity"), "storage.cacheCapacity"),
+            retention_max_age: self.duration(
+                node!("storage.retention.maxAge"),
+                "storage.retention.maxAge",
+            ),
+            retention_max_bytes: self.size(
+                node!("storage.retention.maxBytes"),
+                "storage.retention.maxBytes",
+            ),
+        };
+        let brokers_node = node!("brokers");
+        let mut brokers = Vec::new();
+        for n in self.list(brokers_node, "brokers") {
+            let Some(name) = self.string(n, "brokers") else {
+                continue;
+            };
+            let valid = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.starts_with('-');
+            if !valid {
+                self.error(
+                    n,
+                    "brokers",
+                    format!("'{name}' is not a broker name: 1-63 of a-z, 0-9 and '-'"),
+                );
+            } else if brokers.contains(&name) {
+                self.error(n, "brokers", format!("broker '{name}' is listed twice"));
+            } else {
+                brokers.push(name);
+            }
+        }
+        if brokers.is_empty() {
+            self.error(brokers_node, "brokers", "at least one broker is needed");
+        }
+        let key_node = node!("dedupe.key");
+        let key =
+            self.string(key_node, "dedupe.key")
+                .and_then(|src| match DedupeKey::compile(&src) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        self.error(key_node, "dedupe.key", format!("CEL does not compile: {e}"));
+                        None
+                    }
+                });
+        let dedupe = DedupeConfig {
+            window: self.duration(node!("dedupe.window"), "dedupe.window"),
+            key: Arc::new(
+                key.unwrap_or_else(|| DedupeKey::compile("id").expect("a constant expression")),
+            ),
+        };
+        let subscriptions = self
+            .list(node!("subscriptions"), "subscriptions")
+            .iter()
+            .filter_map(|n| self.string(n, "subscriptions").map(PathBuf::from))
+            .collect();
+        let delivery = DeliveryConfig {
+            retry: self.int(node!("delivery.retry"), "delivery.retry", 0, 1000) as u32,
+            backoff_policy: self.choice(
+                node!("delivery.backoffPolicy"),
+                "delivery.backoffPolicy",
+                &[
+                    ("exponential", BackoffPolicy::Exponential),
+                    ("linear", BackoffPolicy::Linear),
+                ],
+            ),
+            backoff_delay: self.duration(node!("delivery.backoffDelay"), "delivery.backoffDelay"),
+            backoff_max: self.duration(node!("delivery.backoffMax"), "delivery.backoffMax"),
+            retry_after_max: self
+                .duration(node!("delivery.retryAfterMax"), "delivery.retryAfterMax"),
+            timeout: self.duration(node!("delivery.timeout"), "delivery.timeout"),
+        };
+        let replies = RepliesConfig {
+            max_hops: self.int(node!("replies.maxHops"), "replies.maxHops", 0, 255) as u32,
+        };
+        Config {
+            file: file.map(Path::to_path_buf),
+            ingress,
+            admin,
+            storage,
+            brokers,
+            dedupe,
+            subscriptions,
+            delivery,
+            replies,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        from_yaml(Some(Path::new("s.yaml")), text, &env(&[]))
+            .unwrap_err()
+            .0
+    }
+
+    #[test]
+    fn empty_config_is_the_embedded_defaults() {
+        let c = from_yaml(None, "", &env(&[])).unwrap();
+        assert_eq!(c.ingress.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.ingress.max_event_bytes, 4 << 20);
+        assert_eq!(c.storage.path, PathBuf::from("./data"));
+        assert_eq!(c.storage.durability, Durability::Fsync);
+        assert_eq!(c.storage.cache_capacity, 64 << 20);
+        assert_eq!(c.brokers, vec!["default"]);
+        assert_eq!(c.dedupe.window, Duration::from_secs(600));
+        assert_eq!(c.delivery.backoff_delay, Duration::from_millis(200));
+        assert_eq!(c.replies.max_hops, 8);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_line_and_key() {
+        let errs = errors("ingress:\n  listen: nowhere\n  maxEventBytes: lots\nstorage:\n  durability: sometimes\n  colour: blue\nbogus: 1\n");
+        let seen: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert!(seen.contains(&(2, "ingress.listen")), "{seen:?}");
+        assert!(seen.contains(&(3, "ingress.maxEventBytes")), "{seen:?}");
+        assert!(seen.contains(&(5, "storage.durability")), "{seen:?}");
+        assert!(seen.contains(&(6, "storage.colour")), "{seen:?}");
+        assert!(seen.contains(&(7, "bogus")), "{seen:?}");
+        assert_eq!(errs.len(), 5, "{errs:?}");
+        assert!(errs[0].to_string().starts_with("s.yaml:"));
+    }
+
+    #[test]
+    fn environment_overrides_win_and_are_named_in_errors() {
+        let c = from_yaml(
+            None,
+            "storage:\n  path: /from/file\n",
+            &env(&[
+                ("SWITCHYARD_STORAGE_PATH", "/var/lib/switchyard"),
+                ("SWITCHYARD_BROKERS", "[a, b]"),
+                ("SWITCHYARD_INGRESS_MAX_EVENT_BYTES", "1MiB"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.storage.path, PathBuf::from("/var/lib/switchyard"));
+        assert_eq!(c.brokers, vec!["a", "b"]);
+        assert_eq!(c.ingress.max_event_bytes, 1 << 20);
+        let errs = from_yaml(
+            None,
+            "",
+            &env(&[
+                ("SWITCHYARD_STORAGE_DURABILITY", "maybe"),
+                ("SWITCHYARD_NOPE", "1"),
+            ]),
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            errs.iter()
+                .any(|e| e.origin == "env SWITCHYARD_STORAGE_DURABILITY"
+                    && e.key == "storage.durability"),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.origin == "env SWITCHYARD_NOPE"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_dedupe_expression_is_an_error_with_its_column() {
+        let errs = errors("dedupe:\n  key: 'source +'\n");
+        assert_eq!(errs[0].key, "dedupe.key");
+        assert_eq!(errs[0].line, 2);
+        assert!(errs[0].message.contains("column"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn secrets_come_from_env_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let text = format!("ingress:\n  tokens:\n    - inline\n    - {{ valueFrom: {{ file: {} }} }}\n    - {{ valueFrom: {{ env: SWITCHYARD_TEST_UNSET_VAR }} }}\n", f.display());
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, 5);
+        assert!(errs[0].message.contains("SWITCHYARD_TEST_UNSET_VAR"));
+        let ok = from_yaml(
+            None,
+            &text.replace(
+                "    - { valueFrom: { env: SWITCHYARD_TEST_UNSET_VAR } }\n",
+                "",
+            ),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(ok.ingress.tokens, vec!["inline", "from-file"]);
+    }
+
+    #[test]
+    fn broker_names_are_checked() {
+        let errs = errors("brokers: [default, Bad_Name, default]\n");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+}

@@ -1,0 +1,202 @@
+//! The CloudEvent model, its validation and its codecs: the HTTP binary binding, the
+//! JSON format (single and batch) and the protobuf format (single and batch).
+//!
+//! The model is ours rather than `cloudevents-sdk`'s because the log must keep an event
+//! exactly as it was received: the SDK parses `time` into a `DateTime` (the producer's
+//! string is lost) and it accepts events that the spec forbids. Every decoder here
+//! produces a [`Event`] that has passed [`validate`], or an [`EventError`] that names the
+//! attribute at fault.
+
+pub mod binary;
+pub mod json;
+pub mod proto;
+pub mod protobuf;
+pub mod validate;
+
+use bytes::Bytes;
+
+pub use validate::EventError;
+
+/// The attributes every CloudEvent has, in the order the spec lists them.
+pub const REQUIRED: [&str; 4] = ["id", "source", "specversion", "type"];
+
+/// A context attribute's value, typed as the spec's type system types it.
+///
+/// Binary mode carries every attribute as text, so there the known attributes get their
+/// spec type (`time` a timestamp, `dataschema` a URI, `source` a URI-reference) and
+/// extensions are strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttrValue {
+    Boolean(bool),
+    Integer(i32),
+    String(String),
+    Binary(Bytes),
+    Uri(String),
+    UriRef(String),
+    /// RFC 3339, exactly as the producer wrote it (validated, never reformatted).
+    Timestamp(String),
+}
+
+impl AttrValue {
+    /// The canonical string form (CloudEvents 1.0, "Type System"), as binary mode and
+    /// CEL's string view use it.
+    pub fn to_canonical_string(&self) -> String {
+        match self {
+            AttrValue::Boolean(b) => b.to_string(),
+            AttrValue::Integer(i) => i.to_string(),
+            AttrValue::Binary(b) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(b)
+            }
+            AttrValue::String(s)
+            | AttrValue::Uri(s)
+            | AttrValue::UriRef(s)
+            | AttrValue::Timestamp(s) => s.clone(),
+        }
+    }
+
+    /// The text of a string-like value, without allocating.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttrValue::String(s)
+            | AttrValue::Uri(s)
+            | AttrValue::UriRef(s)
+            | AttrValue::Timestamp(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// An event's payload, in the form it arrived in, so that it can be sent on byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Data {
+    /// Opaque bytes: a binary-mode body, `data_base64`, protobuf `binary_data`.
+    Binary(Bytes),
+    /// Text: a JSON-format string `data` with a non-JSON content type, protobuf `text_data`.
+    Text(String),
+    /// The JSON text of a JSON-format `data` member, exactly as it stood in the request.
+    Json(Bytes),
+    /// Protobuf `proto_data` (a `google.protobuf.Any`).
+    Proto { type_url: String, value: Bytes },
+}
+
+impl Data {
+    /// The bytes a binary-mode message carries as its body.
+    pub fn body_bytes(&self) -> Bytes {
+        match self {
+            Data::Binary(b) | Data::Json(b) => b.clone(),
+            Data::Text(s) => Bytes::copy_from_slice(s.as_bytes()),
+            Data::Proto { value, .. } => value.clone(),
+        }
+    }
+}
+
+/// A validated CloudEvent: its context attributes in arrival order and its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    attributes: Vec<(String, AttrValue)>,
+    data: Option<Data>,
+}
+
+impl Event {
+    /// Builds an event and validates it; the error names the first attribute at fault.
+    pub fn new(
+        attributes: Vec<(String, AttrValue)>,
+        data: Option<Data>,
+    ) -> Result<Self, EventError> {
+        let event = Event { attributes, data };
+        validate::validate(&event)?;
+        Ok(event)
+    }
+
+    /// Builds an event without validating it: only for data that was validated before it
+    /// was stored (the log's records).
+    pub(crate) fn from_trusted(attributes: Vec<(String, AttrValue)>, data: Option<Data>) -> Self {
+        Event { attributes, data }
+    }
+
+    /// Looks an attribute up by name.
+    pub fn get(&self, name: &str) -> Option<&AttrValue> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The text of a string-like attribute.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(AttrValue::as_str)
+    }
+
+    pub fn id(&self) -> &str {
+        self.get_str("id").unwrap_or_default()
+    }
+
+    pub fn source(&self) -> &str {
+        self.get_str("source").unwrap_or_default()
+    }
+
+    pub fn ty(&self) -> &str {
+        self.get_str("type").unwrap_or_default()
+    }
+
+    pub fn specversion(&self) -> &str {
+        self.get_str("specversion").unwrap_or_default()
+    }
+
+    pub fn datacontenttype(&self) -> Option<&str> {
+        self.get_str("datacontenttype")
+    }
+
+    /// Every attribute, in the order the producer sent them.
+    pub fn attributes(&self) -> &[(String, AttrValue)] {
+        &self.attributes
+    }
+
+    pub fn data(&self) -> Option<&Data> {
+        self.data.as_ref()
+    }
+
+    pub fn into_parts(self) -> (Vec<(String, AttrValue)>, Option<Data>) {
+        (self.attributes, self.data)
+    }
+}
+
+/// Whether a media type is JSON (`application/json`, `text/json`, `*/*+json`), which
+/// decides how the JSON format carries `data`. Parameters are ignored.
+pub fn is_json_media_type(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or_default().trim();
+    let Some((ty, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    let sub = sub.to_ascii_lowercase();
+    matches!(ty.to_ascii_lowercase().as_str(), "application" | "text") && sub == "json"
+        || sub.ends_with("+json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types_are_recognised() {
+        for yes in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "text/json",
+            "application/cloudevents+json",
+            "application/vnd.x+json",
+        ] {
+            assert!(is_json_media_type(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "application/octet-stream",
+            "application/jsonx",
+            "json",
+            "",
+        ] {
+            assert!(!is_json_media_type(no), "{no}");
+        }
+    }
+}

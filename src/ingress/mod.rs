@@ -1,0 +1,444 @@
+//! The producer-facing HTTP service: routes (`POST /`, `POST /brokers/{name}`), content
+//! modes, limits, bearer tokens, status codes and problem+json errors. An event is
+//! answered `202` only once the log has made it durable.
+
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::IngressConfig;
+use crate::dedupe::DedupeKey;
+use crate::event::{binary, json, protobuf, Event, EventError};
+use crate::log::{record, Append, Log};
+use problem::Problem;
+
+/// How a request carries its events, decided from `Content-Type` alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentMode {
+    Binary,
+    StructuredJson,
+    StructuredProtobuf,
+    BatchJson,
+    BatchProtobuf,
+    /// `application/cloudevents…` with a format this broker does not read.
+    Unsupported,
+}
+
+impl ContentMode {
+    /// Classifies a `Content-Type` value (case-insensitive; parameters ignored).
+    pub fn detect(content_type: Option<&[u8]>) -> ContentMode {
+        let Some(raw) = content_type else {
+            return ContentMode::Binary;
+        };
+        let text = String::from_utf8_lossy(raw);
+        let essence = text
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "application/cloudevents+json" => ContentMode::StructuredJson,
+            "application/cloudevents+protobuf" => ContentMode::StructuredProtobuf,
+            "application/cloudevents-batch+json" => ContentMode::BatchJson,
+            "application/cloudevents-batch+protobuf" => ContentMode::BatchProtobuf,
+            e if e.starts_with("application/cloudevents") => ContentMode::Unsupported,
+            _ => ContentMode::Binary,
+        }
+    }
+
+    fn is_batch(self) -> bool {
+        matches!(self, ContentMode::BatchJson | ContentMode::BatchProtobuf)
+    }
+}
+
+/// What the ingress needs to serve.
+pub struct Ingress {
+    pub log: Log,
+    pub config: IngressConfig,
+    /// The dedupe key; `None` when dedupe is off.
+    pub dedupe: Option<Arc<DedupeKey>>,
+    pub clock: SharedClock,
+}
+
+/// Serves the ingress on `listener` until `shutdown` is cancelled, then lets the open
+/// connections finish their requests (up to `drain` long).
+pub async fn serve(
+    ingress: Arc<Ingress>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let permits = Arc::new(Semaphore::new(ingress.config.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ingress.config.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    loop {
+        // Hold a permit before accepting: beyond the limit, clients wait in the backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let ingress = ingress.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let ingress = ingress.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&ingress, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("ingress connections still open after the shutdown deadline");
+    }
+}
+
+/// Handles one request.
+pub async fn handle(ingress: &Ingress, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match handle_inner(ingress, req).await {
+        Ok(r) => r,
+        Err(p) => {
+            tracing::debug!(status = p.status.as_u16(), detail = %p.detail, "request rejected");
+            p.into_response()
+        }
+    }
+}
+
+fn broker_of(path: &str) -> Option<&str> {
+    if path == "/" {
+        return Some("default");
+    }
+    let name = path.strip_prefix("/brokers/")?.trim_end_matches('/');
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
+async fn handle_inner(
+    ingress: &Ingress,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Problem> {
+    let Some(broker_name) = broker_of(req.uri().path()) else {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            format!(
+                "no route for {}; post events to / or /brokers/{{name}}",
+                req.uri().path()
+            ),
+        ));
+    };
+    match *req.method() {
+        Method::POST => {}
+        Method::OPTIONS => return Ok(handshake(req.headers())),
+        _ => {
+            return Err(Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method Not Allowed",
+                format!("{} is not allowed; send events with POST", req.method()),
+            )
+            .with_header(ALLOW, "POST, OPTIONS"))
+        }
+    }
+    authorize(&ingress.config.tokens, req.headers())?;
+    let Some(broker) = ingress.log.broker(broker_name) else {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "Unknown Broker",
+            format!("there is no broker '{broker_name}'"),
+        ));
+    };
+    let mode = ContentMode::detect(req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes));
+    if mode == ContentMode::Unsupported {
+        let ct = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Unsupported Event Format",
+            format!("'{ct}' is not a supported format; use application/cloudevents+json, +protobuf, or their -batch forms, or binary mode"),
+        ));
+    }
+    let limit = if mode.is_batch() {
+        ingress.config.max_batch_bytes
+    } else {
+        ingress.config.max_event_bytes
+    };
+    let (parts, body) = req.into_parts();
+    let body = read_body(
+        &parts.headers,
+        body,
+        limit,
+        ingress.config.body_read_timeout,
+    )
+    .await?;
+    let events = decode(mode, &parts.headers, body).map_err(Problem::from)?;
+    if events.is_empty() {
+        return Ok(accepted());
+    }
+    let now = ingress.clock.now_unix_nanos();
+    let appends = events
+        .iter()
+        .map(|event| Append {
+            record: Bytes::from(record::encode(&broker, now, 0, event)),
+            dedupe_key: ingress.dedupe.as_ref().and_then(|k| match k.key(event) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    tracing::debug!(error = %e, id = event.id(), "no dedupe key; the event is stored without dedupe");
+                    None
+                }
+            }),
+        })
+        .collect();
+    match ingress.log.append(broker, appends).await {
+        Ok(_) => Ok(accepted()),
+        Err(e) if e.is_unavailable() => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Storage Unavailable",
+            format!("the log cannot take writes now: {e}"),
+        )
+        .with_header(RETRY_AFTER, "1")),
+        Err(e) => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "Unknown Broker",
+            e.to_string(),
+        )),
+    }
+}
+
+fn accepted() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r
+}
+
+/// The CloudEvents webhook abuse-protection handshake (HTTP 1.1 Web Hooks for Event
+/// Delivery, 4.1): allow the requesting origin, at any rate, for POST.
+fn handshake(headers: &HeaderMap) -> Response<Full<Bytes>> {
+    let origin = headers
+        .get("webhook-request-origin")
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("*"));
+    let mut r = Response::new(Full::new(Bytes::new()));
+    let h = r.headers_mut();
+    h.insert("webhook-allowed-origin", origin);
+    h.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
+    h.insert(ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+    r
+}
+
+/// Checks `Authorization: Bearer <token>` against every configured token in constant
+/// time; no tokens configured means the ingress is open.
+fn authorize(tokens: &[String], headers: &HeaderMap) -> Result<(), Problem> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let unauthorized = |detail: &str| {
+        Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", detail)
+            .with_header(WWW_AUTHENTICATE, "Bearer")
+    };
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Err(unauthorized(
+            "this broker needs an Authorization: Bearer token",
+        ));
+    };
+    let presented = value.as_bytes();
+    let presented = presented
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| &presented[7..])
+        .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
+    // Compare with every token, so the time taken does not say which one was close.
+    let mut ok = false;
+    for t in tokens {
+        ok |= constant_time_eq(presented, t.as_bytes());
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(unauthorized("the bearer token is not valid"))
+    }
+}
+
+/// Equality whose time depends only on the lengths, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Content Too Large",
+            format!("the body is larger than the limit of {limit} bytes"),
+        )
+    };
+    // A declared length over the limit is refused before any of the body is read.
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request Timeout",
+            "the body was not received in time",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Ok(Err(e)) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Incomplete Body",
+            format!("the body could not be read: {e}"),
+        )),
+    }
+}
+
+fn decode(mode: ContentMode, headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, EventError> {
+    match mode {
+        ContentMode::Binary => {
+            if !headers.contains_key("ce-specversion")
+                && headers.keys().all(|k| !k.as_str().starts_with("ce-"))
+            {
+                return Err(EventError::attr(
+                    "specversion",
+                    "no CloudEvent found: binary mode needs ce-* headers, structured mode an application/cloudevents+json body",
+                ));
+            }
+            binary::decode(headers, body).map(|e| vec![e])
+        }
+        ContentMode::StructuredJson => json::decode_event(&body).map(|e| vec![e]),
+        ContentMode::StructuredProtobuf => protobuf::decode_event(body).map(|e| vec![e]),
+        ContentMode::BatchJson => json::decode_batch(&body),
+        ContentMode::BatchProtobuf => protobuf::decode_batch(body),
+        ContentMode::Unsupported => Err(EventError::message("unsupported format")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_modes_are_detected_case_insensitively() {
+        let table: &[(Option<&str>, ContentMode)] = &[
+            (None, ContentMode::Binary),
+            (Some("application/json"), ContentMode::Binary),
+            (Some("text/plain; charset=utf-8"), ContentMode::Binary),
+            (
+                Some("application/cloudevents+json"),
+                ContentMode::StructuredJson,
+            ),
+            (
+                Some("Application/CloudEvents+JSON; charset=UTF-8"),
+                ContentMode::StructuredJson,
+            ),
+            (
+                Some("application/cloudevents+protobuf"),
+                ContentMode::StructuredProtobuf,
+            ),
+            (
+                Some("application/cloudevents-batch+json"),
+                ContentMode::BatchJson,
+            ),
+            (
+                Some("APPLICATION/CLOUDEVENTS-BATCH+PROTOBUF"),
+                ContentMode::BatchProtobuf,
+            ),
+            (
+                Some("application/cloudevents+xml"),
+                ContentMode::Unsupported,
+            ),
+            (Some("application/cloudevents"), ContentMode::Unsupported),
+        ];
+        for (ct, want) in table {
+            assert_eq!(ContentMode::detect(ct.map(str::as_bytes)), *want, "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn routes_map_to_brokers() {
+        assert_eq!(broker_of("/"), Some("default"));
+        assert_eq!(broker_of("/brokers/ci"), Some("ci"));
+        assert_eq!(broker_of("/brokers/ci/"), Some("ci"));
+        assert_eq!(broker_of("/brokers/"), None);
+        assert_eq!(broker_of("/brokers/a/b"), None);
+        assert_eq!(broker_of("/other"), None);
+    }
+
+    #[test]
+    fn tokens_are_checked() {
+        let tokens = vec!["old".to_string(), "new-token".to_string()];
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(authorize(&tokens, &with("Bearer new-token")).is_ok());
+        assert!(authorize(&tokens, &with("bearer old")).is_ok());
+        assert!(authorize(&tokens, &with("Bearer nope")).is_err());
+        assert!(authorize(&tokens, &with("Basic b2xk")).is_err());
+        assert!(authorize(&tokens, &HeaderMap::new()).is_err());
+        assert!(authorize(&[], &HeaderMap::new()).is_ok());
+    }
+}

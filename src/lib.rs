@@ -1,0 +1,13 @@
+//! Switchyard: a standalone CloudEvents broker. One URL in, a durable log, many sinks out.
+//!
+//! The crate is one library with a thin binary (`main.rs`). Modules are named after what
+//! they own; `DESIGN.md`'s "Parts" table is the map.
+
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod dedupe;
+pub mod event;
+pub mod ingress;
+pub mod log;
+pub mod server;

@@ -1,0 +1,214 @@
+//! The event log: storage behind one narrow interface ([`LogBackend`]), and the
+//! group-commit writer in front of it ([`Log`]).
+//!
+//! The log is the queue. Every event a producer got a `202` for is in it; everything
+//! downstream (routing, delivery) reads it by sequence number. sled is the embedded
+//! backend; a NATS JetStream backend can implement the same trait.
+
+pub mod record;
+pub mod sled;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::SharedClock;
+pub use record::LogRecord;
+
+/// What happened to one appended event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored at this sequence number.
+    Stored(u64),
+    /// A duplicate of the event stored at this sequence number, inside the dedupe window.
+    Duplicate(u64),
+}
+
+/// One event to append: its encoded record and, when dedupe is on, its dedupe key.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub record: Bytes,
+    pub dedupe_key: Option<Vec<u8>>,
+}
+
+/// The appends of one request, all to one broker.
+#[derive(Debug)]
+pub struct GroupEntry {
+    pub broker: Arc<str>,
+    pub appends: Vec<Append>,
+}
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("storage error: {0}")]
+    Storage(#[from] ::sled::Error),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("unknown broker '{0}'")]
+    UnknownBroker(String),
+    #[error("the log is shutting down")]
+    Closed,
+    #[error("record {seq} of broker '{broker}' is corrupt")]
+    Corrupt { broker: String, seq: u64 },
+}
+
+impl LogError {
+    /// Whether a producer should retry later (the condition may pass) rather than fix
+    /// its request.
+    pub fn is_unavailable(&self) -> bool {
+        !matches!(self, LogError::UnknownBroker(_))
+    }
+}
+
+/// The storage interface. Calls block (they do disk I/O); the writer and readers call
+/// them off the async runtime.
+pub trait LogBackend: Send + Sync + 'static {
+    /// Writes one group: for each entry, drops duplicates (dedupe key seen at or after
+    /// `now - window`), assigns sequence numbers, writes the records and dedupe entries
+    /// atomically per broker, then makes everything durable as configured. Returns each
+    /// entry's outcomes in order.
+    fn write_group(
+        &self,
+        group: &[GroupEntry],
+        now_unix_nanos: u64,
+    ) -> Result<Vec<Vec<AppendOutcome>>, LogError>;
+
+    /// Records from `from` (inclusive) on, at most `limit`.
+    fn read(&self, broker: &str, from: u64, limit: usize) -> Result<Vec<LogRecord>, LogError>;
+
+    /// The highest sequence number stored for `broker` (0 when empty).
+    fn head(&self, broker: &str) -> Result<u64, LogError>;
+
+    /// Removes dedupe entries first seen before `cutoff_unix_nanos`; returns how many.
+    fn expire_dedupe(&self, cutoff_unix_nanos: u64) -> Result<usize, LogError>;
+
+    /// Number of dedupe entries held (for tests and metrics).
+    fn dedupe_entries(&self) -> usize;
+
+    /// Makes everything written durable.
+    fn sync(&self) -> Result<(), LogError>;
+}
+
+/// Settings of the writer in front of a backend.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// How long a dedupe key suppresses duplicates; zero turns dedupe off.
+    pub dedupe_window: Duration,
+    /// How many requests one group may take at most.
+    pub max_group_requests: usize,
+    /// How many requests may wait for the writer before producers wait too.
+    pub queue_depth: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            dedupe_window: Duration::from_secs(600),
+            max_group_requests: 512,
+            queue_depth: 4096,
+        }
+    }
+}
+
+struct AppendRequest {
+    entry: GroupEntry,
+    reply: oneshot::Sender<Result<Vec<AppendOutcome>, Arc<LogError>>>,
+}
+
+/// A cheap-to-clone handle on the log: appends go through the group-commit writer,
+/// reads go straight to the backend.
+#[derive(Clone)]
+pub struct Log {
+    backend: Arc<dyn LogBackend>,
+    tx: mpsc::Sender<AppendRequest>,
+    heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
+}
+
+impl Log {
+    /// Starts the writer for `backend` on the current runtime. It stops, after
+    /// writing what it already took, when `shutdown` is cancelled.
+    pub fn start(
+        backend: Arc<dyn LogBackend>,
+        brokers: &[String],
+        clock: SharedClock,
+        options: WriterOptions,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Log, LogError> {
+        let mut heads = HashMap::new();
+        for b in brokers {
+            let head = backend.head(b)?;
+            heads.insert(Arc::<str>::from(b.as_str()), watch::Sender::new(head));
+        }
+        let heads = Arc::new(heads);
+        let (tx, rx) = mpsc::channel(options.queue_depth);
+        tracker.spawn(writer::run(
+            backend.clone(),
+            rx,
+            heads.clone(),
+            clock,
+            options,
+            shutdown,
+        ));
+        Ok(Log { backend, tx, heads })
+    }
+
+    /// The broker's name as the log holds it, if the log has that broker.
+    pub fn broker(&self, name: &str) -> Option<Arc<str>> {
+        self.heads.get_key_value(name).map(|(k, _)| k.clone())
+    }
+
+    /// Appends events to one broker and waits until they are durable.
+    pub async fn append(
+        &self,
+        broker: Arc<str>,
+        appends: Vec<Append>,
+    ) -> Result<Vec<AppendOutcome>, Arc<LogError>> {
+        let (reply, rx) = oneshot::channel();
+        let request = AppendRequest {
+            entry: GroupEntry { broker, appends },
+            reply,
+        };
+        self.tx
+            .send(request)
+            .await
+            .map_err(|_| Arc::new(LogError::Closed))?;
+        rx.await.map_err(|_| Arc::new(LogError::Closed))?
+    }
+
+    /// The highest stored sequence number of `broker`.
+    pub fn head(&self, broker: &str) -> Option<u64> {
+        self.heads.get(broker).map(|h| *h.borrow())
+    }
+
+    /// A receiver that sees the head of `broker` move.
+    pub fn watch(&self, broker: &str) -> Option<watch::Receiver<u64>> {
+        self.heads.get(broker).map(watch::Sender::subscribe)
+    }
+
+    /// Reads records from `from` on, off the async runtime.
+    pub async fn read(
+        &self,
+        broker: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, LogError> {
+        let backend = self.backend.clone();
+        let broker = broker.to_string();
+        tokio::task::spawn_blocking(move || backend.read(&broker, from, limit))
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// The backend, for callers that manage their own blocking.
+    pub fn backend(&self) -> &Arc<dyn LogBackend> {
+        &self.backend
+    }
+}

@@ -1,0 +1,316 @@
+//! The embedded backend: sled 0.34.7.
+//!
+//! Per broker three trees: `events/<broker>` (big-endian u64 sequence → record),
+//! `dedupe/<broker>` (dedupe key → first-seen time and sequence) and
+//! `dedupe-expiry/<broker>` (first-seen time ++ key, for sweeping). A group's writes to
+//! one broker are one transaction over the three.
+//!
+//! Durability (`fsync`): sled's `flush` writes its buffers with `sync_file_range`, which
+//! does not sync file metadata, and it writes large values to `blobs/` without syncing
+//! them at all. So after each flush the backend also `fdatasync`s the `db` file, every
+//! blob file written since the last sync, and the `blobs` directory. Only the writer
+//! flushes (concurrent `flush_async` calls deadlock in 0.34, sled #1308).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Batch, Transactional, Tree};
+
+use super::{AppendOutcome, GroupEntry, LogBackend, LogError, LogRecord};
+
+/// How the log makes appends durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every group is flushed and synced before any of its requests is answered.
+    Fsync,
+    /// sled flushes in the background every 500 ms; a crash can lose what was
+    /// acknowledged in the last half second.
+    Relaxed,
+}
+
+/// Settings of the sled backend.
+#[derive(Debug, Clone)]
+pub struct SledOptions {
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// sled's page cache in bytes; bounds the process's memory.
+    pub cache_capacity: u64,
+    pub dedupe_window_nanos: u64,
+}
+
+struct BrokerTrees {
+    events: Tree,
+    dedupe: Tree,
+    expiry: Tree,
+    head: AtomicU64,
+}
+
+/// The sled backend.
+pub struct SledLog {
+    db: sled::Db,
+    brokers: HashMap<String, BrokerTrees>,
+    durability: Durability,
+    dedupe_window_nanos: u64,
+    data_file: Option<File>,
+    blobs_dir: PathBuf,
+    /// The highest blob file id already synced.
+    synced_blob: Mutex<u64>,
+}
+
+impl SledLog {
+    /// Opens (or creates) the log in `options.path` with a tree set per broker.
+    pub fn open(options: &SledOptions, brokers: &[String]) -> Result<SledLog, LogError> {
+        std::fs::create_dir_all(&options.path)?;
+        let config = sled::Config::new()
+            .path(&options.path)
+            .cache_capacity(options.cache_capacity)
+            .flush_every_ms(match options.durability {
+                Durability::Fsync => None,
+                Durability::Relaxed => Some(500),
+            });
+        let db = config.open()?;
+        let mut trees = HashMap::new();
+        for b in brokers {
+            let events = db.open_tree(format!("events/{b}"))?;
+            let head = match events.last()? {
+                Some((k, _)) => seq_of(&k),
+                None => 0,
+            };
+            trees.insert(
+                b.clone(),
+                BrokerTrees {
+                    events,
+                    dedupe: db.open_tree(format!("dedupe/{b}"))?,
+                    expiry: db.open_tree(format!("dedupe-expiry/{b}"))?,
+                    head: AtomicU64::new(head),
+                },
+            );
+        }
+        let data_file = match options.durability {
+            Durability::Fsync => Some(File::open(options.path.join("db"))?),
+            Durability::Relaxed => None,
+        };
+        let blobs_dir = options.path.join("blobs");
+        let synced_blob = Mutex::new(max_blob_id(&blobs_dir)?);
+        Ok(SledLog {
+            db,
+            brokers: trees,
+            durability: options.durability,
+            dedupe_window_nanos: options.dedupe_window_nanos,
+            data_file,
+            blobs_dir,
+            synced_blob,
+        })
+    }
+
+    fn trees(&self, broker: &str) -> Result<&BrokerTrees, LogError> {
+        self.brokers
+            .get(broker)
+            .ok_or_else(|| LogError::UnknownBroker(broker.to_string()))
+    }
+
+    /// Writes one entry's records; returns its outcomes.
+    fn write_entry(
+        &self,
+        entry: &GroupEntry,
+        now: u64,
+        seen: &mut HashMap<(String, Vec<u8>), u64>,
+    ) -> Result<Vec<AppendOutcome>, LogError> {
+        let trees = self.trees(&entry.broker)?;
+        let mut next = trees.head.load(Ordering::Acquire);
+        let mut events = Batch::default();
+        let mut dedupe = Batch::default();
+        let mut expiry = Batch::default();
+        let mut outcomes = Vec::with_capacity(entry.appends.len());
+        for append in &entry.appends {
+            if let Some(key) = &append.dedupe_key {
+                if let Some(seq) = self.find_duplicate(trees, &entry.broker, key, now, seen)? {
+                    outcomes.push(AppendOutcome::Duplicate(seq));
+                    continue;
+                }
+            }
+            next += 1;
+            events.insert(&next.to_be_bytes(), append.record.as_ref());
+            if let Some(key) = &append.dedupe_key {
+                let mut value = [0u8; 16];
+                value[..8].copy_from_slice(&now.to_be_bytes());
+                value[8..].copy_from_slice(&next.to_be_bytes());
+                dedupe.insert(key.as_slice(), &value);
+                let mut exp = Vec::with_capacity(8 + key.len());
+                exp.extend_from_slice(&now.to_be_bytes());
+                exp.extend_from_slice(key);
+                expiry.insert(exp, &[]);
+                seen.insert((entry.broker.to_string(), key.clone()), next);
+            }
+            outcomes.push(AppendOutcome::Stored(next));
+        }
+        (&trees.events, &trees.dedupe, &trees.expiry)
+            .transaction(|(e, d, x)| {
+                e.apply_batch(&events)?;
+                d.apply_batch(&dedupe)?;
+                x.apply_batch(&expiry)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(s) => LogError::Storage(s),
+                TransactionError::Abort(()) => LogError::Closed,
+            })?;
+        trees.head.store(next, Ordering::Release);
+        Ok(outcomes)
+    }
+
+    fn find_duplicate(
+        &self,
+        trees: &BrokerTrees,
+        broker: &str,
+        key: &[u8],
+        now: u64,
+        seen: &HashMap<(String, Vec<u8>), u64>,
+    ) -> Result<Option<u64>, LogError> {
+        if let Some(seq) = seen.get(&(broker.to_string(), key.to_vec())) {
+            return Ok(Some(*seq));
+        }
+        let Some(v) = trees.dedupe.get(key)? else {
+            return Ok(None);
+        };
+        let (first_seen, seq) = split_dedupe_value(&v);
+        let fresh = now.saturating_sub(first_seen) < self.dedupe_window_nanos;
+        Ok(fresh.then_some(seq))
+    }
+
+    /// Syncs the data file, new blob files and the blobs directory.
+    fn sync_files(&self) -> Result<(), LogError> {
+        if let Some(f) = &self.data_file {
+            f.sync_data()?;
+        }
+        let mut synced = self.synced_blob.lock().unwrap_or_else(|p| p.into_inner());
+        let mut newest = *synced;
+        if let Ok(dir) = std::fs::read_dir(&self.blobs_dir) {
+            for entry in dir.flatten() {
+                let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if id > *synced {
+                    // A blob can be removed by sled's GC between listing and opening.
+                    if let Ok(f) = File::open(entry.path()) {
+                        f.sync_data()?;
+                    }
+                    newest = newest.max(id);
+                }
+            }
+            if newest > *synced {
+                File::open(&self.blobs_dir)?.sync_all()?;
+            }
+        }
+        *synced = newest;
+        Ok(())
+    }
+}
+
+fn max_blob_id(dir: &Path) -> Result<u64, LogError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+        .max()
+        .unwrap_or(0))
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[8 - n..].copy_from_slice(&key[key.len() - n..]);
+    u64::from_be_bytes(b)
+}
+
+fn split_dedupe_value(v: &[u8]) -> (u64, u64) {
+    if v.len() < 16 {
+        return (0, 0);
+    }
+    (seq_of(&v[..8]), seq_of(&v[8..16]))
+}
+
+impl LogBackend for SledLog {
+    fn write_group(
+        &self,
+        group: &[GroupEntry],
+        now: u64,
+    ) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
+        let mut seen = HashMap::new();
+        let outcomes = group
+            .iter()
+            .map(|entry| self.write_entry(entry, now, &mut seen))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.durability == Durability::Fsync {
+            self.sync()?;
+        }
+        Ok(outcomes)
+    }
+
+    fn read(&self, broker: &str, from: u64, limit: usize) -> Result<Vec<LogRecord>, LogError> {
+        let trees = self.trees(broker)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in trees.events.range(from.to_be_bytes()..).take(limit) {
+            let (k, v) = item?;
+            let seq = seq_of(&k);
+            let bytes = Bytes::copy_from_slice(&v);
+            let record = super::record::decode(seq, bytes).ok_or_else(|| LogError::Corrupt {
+                broker: broker.to_string(),
+                seq,
+            })?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    fn head(&self, broker: &str) -> Result<u64, LogError> {
+        Ok(self.trees(broker)?.head.load(Ordering::Acquire))
+    }
+
+    fn expire_dedupe(&self, cutoff: u64) -> Result<usize, LogError> {
+        let mut removed = 0;
+        for trees in self.brokers.values() {
+            let mut dedupe = Batch::default();
+            let mut expiry = Batch::default();
+            for item in trees.expiry.range(..cutoff.to_be_bytes()) {
+                let (k, _) = item?;
+                let (ts, key) = k.split_at(8.min(k.len()));
+                if let Some(v) = trees.dedupe.get(key)? {
+                    // The key may have been stored again later; only drop the old entry.
+                    if split_dedupe_value(&v).0 == seq_of(ts) {
+                        dedupe.remove(key);
+                    }
+                }
+                expiry.remove(k.as_ref());
+                removed += 1;
+            }
+            // Dedupe entries go first: a crash in between leaves only harmless expiry keys.
+            trees.dedupe.apply_batch(dedupe)?;
+            trees.expiry.apply_batch(expiry)?;
+        }
+        Ok(removed)
+    }
+
+    fn dedupe_entries(&self) -> usize {
+        self.brokers.values().map(|t| t.dedupe.len()).sum()
+    }
+
+    fn sync(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        if self.durability == Durability::Fsync {
+            self.sync_files()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,110 @@
+//! The group-commit writer: one task takes the appends of all requests, writes each
+//! group with one backend call (one sled transaction per broker, one sync), and only
+//! then answers every request in the group. While a group syncs, the next one gathers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{AppendOutcome, AppendRequest, GroupEntry, LogBackend, LogError, WriterOptions};
+use crate::clock::SharedClock;
+
+pub(super) async fn run(
+    backend: Arc<dyn LogBackend>,
+    mut rx: mpsc::Receiver<AppendRequest>,
+    heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
+    clock: SharedClock,
+    options: WriterOptions,
+    shutdown: CancellationToken,
+) {
+    let window = u64::try_from(options.dedupe_window.as_nanos()).unwrap_or(u64::MAX);
+    // Expired dedupe entries are swept a tenth of a window apart (at least every second).
+    let mut sweep = tokio::time::interval((options.dedupe_window / 10).max(Duration::from_secs(1)));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing = false;
+    loop {
+        let first = tokio::select! {
+            biased;
+            r = rx.recv() => match r {
+                Some(r) => r,
+                None => break,
+            },
+            _ = shutdown.cancelled(), if !closing => {
+                // Take no new requests; write the ones already queued, then stop.
+                rx.close();
+                closing = true;
+                continue;
+            }
+            _ = sweep.tick(), if window > 0 => {
+                let cutoff = clock.now_unix_nanos().saturating_sub(window);
+                let b = backend.clone();
+                match tokio::task::spawn_blocking(move || b.expire_dedupe(cutoff)).await {
+                    Ok(Ok(n)) if n > 0 => tracing::debug!(expired = n, "dedupe entries expired"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "dedupe expiry failed"),
+                    _ => {}
+                }
+                continue;
+            }
+        };
+        let mut requests = vec![first];
+        while requests.len() < options.max_group_requests {
+            match rx.try_recv() {
+                Ok(r) => requests.push(r),
+                Err(_) => break,
+            }
+        }
+        let (group, replies): (Vec<GroupEntry>, Vec<_>) =
+            requests.into_iter().map(|r| (r.entry, r.reply)).unzip();
+        let now = clock.now_unix_nanos();
+        let b = backend.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let result = b.write_group(&group, now);
+            (group, result)
+        })
+        .await;
+        let (group, result) = match written {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "log writer task failed");
+                for reply in replies {
+                    let _ = reply.send(Err(Arc::new(LogError::Closed)));
+                }
+                continue;
+            }
+        };
+        match result {
+            Ok(outcomes) => {
+                for (entry, outcomes) in group.iter().zip(&outcomes) {
+                    let top = outcomes.iter().filter_map(|o| match o {
+                        AppendOutcome::Stored(s) => Some(*s),
+                        AppendOutcome::Duplicate(_) => None,
+                    });
+                    if let (Some(max), Some(head)) = (top.max(), heads.get(&entry.broker)) {
+                        head.send_if_modified(|h| {
+                            let moved = max > *h;
+                            *h = (*h).max(max);
+                            moved
+                        });
+                    }
+                }
+                for (reply, outcomes) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcomes));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "log write failed; answering the group with 503");
+                let e = Arc::new(e);
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    let b = backend.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || b.sync()).await {
+        tracing::error!(error = %e, "final log sync failed");
+    }
+}

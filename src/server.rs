@@ -1,0 +1,133 @@
+//! Wiring: opens the log, starts the writer, the ingress and the admin listener, and
+//! shuts them down in order (stop accepting, finish in-flight requests, write and sync
+//! what the writer holds) under a deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Health};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::ingress::{self, Ingress};
+use crate::log::sled::{SledLog, SledOptions};
+use crate::log::{Log, LogError, WriterOptions};
+
+/// How long in-flight requests may take to finish at shutdown.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// A running server.
+pub struct Server {
+    pub ingress_addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+    pub log: Log,
+    pub health: Arc<Health>,
+    shutdown: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts on listeners the caller bound (tests bind port 0).
+    pub async fn start(
+        config: Config,
+        ingress_listener: TcpListener,
+        admin_listener: TcpListener,
+        clock: SharedClock,
+    ) -> Result<Server, LogError> {
+        let started = Instant::now();
+        let health = Arc::new(Health::default());
+        let shutdown = CancellationToken::new();
+        let ingress_addr = ingress_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        tokio::spawn(admin::serve(
+            health.clone(),
+            admin_listener,
+            shutdown.clone(),
+        ));
+
+        let options = SledOptions {
+            path: config.storage.path.clone(),
+            durability: config.storage.durability,
+            cache_capacity: config.storage.cache_capacity,
+            dedupe_window_nanos: u64::try_from(config.dedupe.window.as_nanos()).unwrap_or(u64::MAX),
+        };
+        let brokers = config.brokers.clone();
+        let backend = tokio::task::spawn_blocking(move || SledLog::open(&options, &brokers))
+            .await
+            .map_err(|_| LogError::Closed)??;
+        let writer_stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let log = Log::start(
+            Arc::new(backend),
+            &config.brokers,
+            clock.clone(),
+            WriterOptions {
+                dedupe_window: config.dedupe.window,
+                ..WriterOptions::default()
+            },
+            writer_stop.clone(),
+            &tracker,
+        )?;
+        for b in &config.brokers {
+            tracing::info!(broker = %b, head = log.head(b).unwrap_or(0), "log opened");
+        }
+        let ingress = Arc::new(Ingress {
+            log: log.clone(),
+            dedupe: (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
+            config: config.ingress.clone(),
+            clock,
+        });
+        let ingress_task = tokio::spawn(ingress::serve(
+            ingress,
+            ingress_listener,
+            shutdown.clone(),
+            DRAIN,
+        ));
+        health.set_ready(true);
+        tracing::info!(
+            ingress = %ingress_addr,
+            admin = %admin_addr,
+            ready_ms = started.elapsed().as_millis() as u64,
+            "switchyard ready"
+        );
+        let stop = shutdown.clone();
+        let h = health.clone();
+        let done = tokio::spawn(async move {
+            stop.cancelled().await;
+            h.set_ready(false);
+            let _ = ingress_task.await;
+            writer_stop.cancel();
+            tracker.close();
+            tracker.wait().await;
+            tracing::info!("switchyard stopped");
+        });
+        Ok(Server {
+            ingress_addr,
+            admin_addr,
+            log,
+            health,
+            shutdown,
+            done,
+        })
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, finishes in-flight work, syncs the log, and returns.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+
+    /// Waits until the server has stopped (after its shutdown token is cancelled).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
