@@ -1,0 +1,165 @@
+//! Test harness: a real broker on port 0 over a temp directory, and a plain HTTP client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use switchyard::clock::ManualClock;
+use switchyard::config;
+use switchyard::log::LogRecord;
+use switchyard::server::Server;
+
+/// 2026-01-01T00:00:00Z, a fixed start for manual clocks.
+pub const T0: u64 = 1_767_225_600_000_000_000;
+
+pub fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
+}
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub clock: ManualClock,
+    pub yaml: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// The config every test starts from: loopback ports, the temp dir, plus `extra` YAML.
+fn config_for(dir: &Path, extra: &str) -> config::Config {
+    let yaml = format!(
+        "ingress:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nstorage:\n  path: {}\n{extra}",
+        dir.join("data").display()
+    );
+    config::from_yaml(None, &yaml, &BTreeMap::new()).expect("test config is valid")
+}
+
+impl TestServer {
+    /// Starts a broker; `extra` is YAML appended to the base config (top-level keys
+    /// other than ingress/admin/storage).
+    pub async fn start(extra: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let mut t = TestServer {
+            server: None,
+            dir,
+            clock,
+            yaml: extra.to_string(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        };
+        t.restart().await;
+        t
+    }
+
+    /// Starts with a full config (for tests of ingress settings).
+    pub async fn start_with(config: impl FnOnce(&mut config::Config)) -> TestServer {
+        let mut t = TestServer::start("").await;
+        t.server.take().unwrap().stop().await;
+        let mut c = config_for(t.dir.path(), &t.yaml);
+        config(&mut c);
+        t.server = Some(Self::launch(c, &t.clock).await);
+        t
+    }
+
+    async fn launch(c: config::Config, clock: &ManualClock) -> Server {
+        let ingress = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Server::start(c, ingress, admin, Arc::new(clock.clone()))
+            .await
+            .unwrap()
+    }
+
+    /// Stops the broker (if running) and starts it again on the same directory.
+    pub async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+        let c = config_for(self.dir.path(), &self.yaml);
+        self.server = Some(Self::launch(c, &self.clock).await);
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.server().ingress_addr, path)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .expect("request sent");
+        let (parts, body) = resp.into_parts();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        self.request(Method::POST, path, headers, body).await
+    }
+
+    /// Posts one structured-mode JSON event.
+    pub async fn post_json(&self, event: &serde_json::Value) -> Reply {
+        self.post(
+            "/",
+            &[("content-type", "application/cloudevents+json")],
+            serde_json::to_vec(event).unwrap(),
+        )
+        .await
+    }
+
+    /// Every record of a broker's log.
+    pub async fn records(&self, broker: &str) -> Vec<LogRecord> {
+        self.server().log.read(broker, 1, usize::MAX).await.unwrap()
+    }
+}
+
+/// A minimal valid structured event with the given id.
+pub fn minimal(id: &str) -> serde_json::Value {
+    serde_json::json!({"specversion": "1.0", "id": id, "source": "/test", "type": "dev.switchyard.test"})
+}
+
+/// Reads a conformance file (they start with a UTF-8 BOM).
+pub fn read_conformance(rel: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(testdata().join(rel)).unwrap();
+    serde_json::from_str(text.trim_start_matches('\u{feff}')).unwrap()
+}

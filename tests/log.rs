@@ -1,0 +1,265 @@
+//! The log behind the ingress: dedupe inside and after the window, restarts, group
+//! commit, and 503 when storage cannot take writes.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{minimal, TestServer};
+use serde_json::json;
+use switchyard::clock::ManualClock;
+use switchyard::ingress::{self, Ingress};
+use switchyard::log::sled::{Durability, SledLog, SledOptions};
+use switchyard::log::{
+    AppendOutcome, GroupEntry, Log, LogBackend, LogError, LogRecord, WriterOptions,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[tokio::test]
+async fn a_duplicate_inside_the_window_is_acknowledged_but_stored_once() {
+    let t = TestServer::start("").await;
+    assert_eq!(t.post_json(&minimal("same")).await.status, 202);
+    t.clock.advance(Duration::from_secs(9 * 60));
+    assert_eq!(t.post_json(&minimal("same")).await.status, 202);
+    assert_eq!(t.records("default").await.len(), 1);
+    // Same id from another source is another event.
+    let mut other = minimal("same");
+    other["source"] = json!("/elsewhere");
+    assert_eq!(t.post_json(&other).await.status, 202);
+    assert_eq!(t.records("default").await.len(), 2);
+}
+
+#[tokio::test]
+async fn after_the_window_the_same_event_is_stored_again() {
+    let t = TestServer::start("").await;
+    assert_eq!(t.post_json(&minimal("again")).await.status, 202);
+    t.clock.advance(Duration::from_secs(10 * 60 + 1));
+    assert_eq!(t.post_json(&minimal("again")).await.status, 202);
+    let records = t.records("default").await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].seq, 2);
+}
+
+#[tokio::test]
+async fn duplicates_inside_one_batch_are_stored_once() {
+    let t = TestServer::start("").await;
+    let batch = json!([minimal("a"), minimal("b"), minimal("a")]);
+    let reply = t
+        .post(
+            "/",
+            &[("content-type", "application/cloudevents-batch+json")],
+            serde_json::to_vec(&batch).unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, 202);
+    let ids: Vec<String> = t
+        .records("default")
+        .await
+        .iter()
+        .map(|r| r.event.id().to_string())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn the_dedupe_key_is_a_cel_expression() {
+    // Tekton can send the same state twice with different ids: key on what it is about.
+    let t = TestServer::start("dedupe:\n  key: 'type + \"/\" + subject'\n").await;
+    for id in ["1", "2"] {
+        let mut e = minimal(id);
+        e["subject"] = json!("taskrun-x");
+        assert_eq!(t.post_json(&e).await.status, 202);
+    }
+    // No subject: the key cannot be computed, so the event is stored without dedupe.
+    assert_eq!(t.post_json(&minimal("3")).await.status, 202);
+    assert_eq!(t.post_json(&minimal("3")).await.status, 202);
+    assert_eq!(t.records("default").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_zero_window_turns_dedupe_off() {
+    let t = TestServer::start("dedupe:\n  window: 0\n").await;
+    assert_eq!(t.post_json(&minimal("x")).await.status, 202);
+    assert_eq!(t.post_json(&minimal("x")).await.status, 202);
+    assert_eq!(t.records("default").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_every_acknowledged_event_and_the_dedupe_index() {
+    let mut t = TestServer::start("").await;
+    for i in 0..50 {
+        assert_eq!(t.post_json(&minimal(&format!("e{i}"))).await.status, 202);
+    }
+    let before = t.records("default").await;
+    t.restart().await;
+    assert_eq!(t.records("default").await, before);
+    assert_eq!(t.server().log.head("default"), Some(50));
+    // Still a duplicate after the restart.
+    assert_eq!(t.post_json(&minimal("e7")).await.status, 202);
+    assert_eq!(t.post_json(&minimal("new")).await.status, 202);
+    let after = t.records("default").await;
+    assert_eq!(after.len(), 51);
+    assert_eq!(after[50].seq, 51);
+}
+
+#[tokio::test]
+async fn expired_dedupe_entries_are_swept() {
+    let t = TestServer::start("dedupe:\n  window: 2s\n").await;
+    for i in 0..5 {
+        assert_eq!(t.post_json(&minimal(&format!("s{i}"))).await.status, 202);
+    }
+    let backend = t.server().log.backend().clone();
+    assert_eq!(backend.dedupe_entries(), 5);
+    t.clock.advance(Duration::from_secs(3));
+    // The writer sweeps at most a second apart; wait a bounded time for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while backend.dedupe_entries() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dedupe entries were not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A backend that can be told to fail, and counts the groups it is given.
+struct Flaky {
+    inner: SledLog,
+    failing: AtomicBool,
+    groups: AtomicUsize,
+    delay: Duration,
+}
+
+impl LogBackend for Flaky {
+    fn write_group(
+        &self,
+        group: &[GroupEntry],
+        now: u64,
+    ) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
+        self.groups.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(LogError::Io(std::io::Error::other("disk full (simulated)")));
+        }
+        self.inner.write_group(group, now)
+    }
+    fn read(&self, broker: &str, from: u64, limit: usize) -> Result<Vec<LogRecord>, LogError> {
+        self.inner.read(broker, from, limit)
+    }
+    fn head(&self, broker: &str) -> Result<u64, LogError> {
+        self.inner.head(broker)
+    }
+    fn expire_dedupe(&self, cutoff: u64) -> Result<usize, LogError> {
+        self.inner.expire_dedupe(cutoff)
+    }
+    fn dedupe_entries(&self) -> usize {
+        self.inner.dedupe_entries()
+    }
+    fn sync(&self) -> Result<(), LogError> {
+        self.inner.sync()
+    }
+}
+
+async fn flaky_ingress(delay: Duration) -> (Arc<Flaky>, std::net::SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions {
+        path: dir.path().join("data"),
+        durability: Durability::Fsync,
+        cache_capacity: 8 << 20,
+        dedupe_window_nanos: 0,
+    };
+    let brokers = vec!["default".to_string()];
+    let backend = Arc::new(Flaky {
+        inner: SledLog::open(&options, &brokers).unwrap(),
+        failing: AtomicBool::new(false),
+        groups: AtomicUsize::new(0),
+        delay,
+    });
+    let clock = Arc::new(ManualClock::new(common::T0));
+    let options = WriterOptions {
+        dedupe_window: Duration::ZERO,
+        ..WriterOptions::default()
+    };
+    let log = Log::start(
+        backend.clone(),
+        &brokers,
+        clock.clone(),
+        options,
+        CancellationToken::new(),
+        &TaskTracker::new(),
+    )
+    .unwrap();
+    let config = switchyard::config::from_yaml(None, "", &Default::default())
+        .unwrap()
+        .ingress;
+    let ingress = Arc::new(Ingress {
+        log,
+        config,
+        dedupe: None,
+        clock,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(ingress::serve(
+        ingress,
+        listener,
+        CancellationToken::new(),
+        Duration::from_secs(1),
+    ));
+    (backend, addr, dir)
+}
+
+async fn post_to(addr: std::net::SocketAddr, id: &str) -> (u16, Option<String>) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = http::Request::post(format!("http://{addr}/"))
+        .header("content-type", "application/cloudevents+json")
+        .body(http_body_util::Full::new(Bytes::from(
+            serde_json::to_vec(&minimal(id)).unwrap(),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (resp.status().as_u16(), retry_after)
+}
+
+#[tokio::test]
+async fn when_storage_fails_ingress_answers_503_and_resumes_when_it_recovers() {
+    let (backend, addr, _dir) = flaky_ingress(Duration::ZERO).await;
+    assert_eq!(post_to(addr, "before").await.0, 202);
+    backend.failing.store(true, Ordering::SeqCst);
+    let (status, retry_after) = post_to(addr, "during").await;
+    assert_eq!(status, 503);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    backend.failing.store(false, Ordering::SeqCst);
+    assert_eq!(post_to(addr, "after").await.0, 202);
+    let ids: Vec<String> = backend
+        .read("default", 1, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.event.id().to_string())
+        .collect();
+    assert_eq!(ids, ["before", "after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_a_group_commit() {
+    // A slow disk (20 ms a group) makes requests queue up behind each write.
+    let (backend, addr, _dir) = flaky_ingress(Duration::from_millis(20)).await;
+    let sends: Vec<_> = (0..64)
+        .map(|i| tokio::spawn(async move { post_to(addr, &format!("c{i}")).await }))
+        .collect();
+    for s in sends {
+        assert_eq!(s.await.unwrap().0, 202);
+    }
+    let groups = backend.groups.load(Ordering::SeqCst);
+    assert!(groups < 32, "64 requests took {groups} groups");
+    assert_eq!(backend.read("default", 1, 100).unwrap().len(), 64);
+}
