@@ -163,3 +163,6 @@ pub fn read_conformance(rel: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(testdata().join(rel)).unwrap();
     serde_json::from_str(text.trim_start_matches('\u{feff}')).unwrap()
 }
+
+#[path = "process.rs"]
+pub mod process;

@@ -1,0 +1,188 @@
+//! The command line: the shipped config, `check`, exit code 64 before any port is
+//! bound, and `serve` on embedded defaults.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::process;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    c.env_remove("SWITCHYARD_CONFIG");
+    c
+}
+
+#[test]
+fn the_shipped_config_loads_and_spells_out_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.yaml");
+    let env = Default::default();
+    let shipped =
+        switchyard::config::load(Some(&path), &env).expect("config/switchyard.yaml is valid");
+    let defaults = switchyard::config::from_yaml(None, "", &env).unwrap();
+    assert_eq!(
+        format!("{:?}", shipped.ingress),
+        format!("{:?}", defaults.ingress)
+    );
+    assert_eq!(
+        format!("{:?}", shipped.admin),
+        format!("{:?}", defaults.admin)
+    );
+    assert_eq!(
+        format!("{:?}", shipped.storage),
+        format!("{:?}", defaults.storage)
+    );
+    assert_eq!(
+        format!("{:?}", shipped.delivery),
+        format!("{:?}", defaults.delivery)
+    );
+    assert_eq!(shipped.brokers, defaults.brokers);
+    assert_eq!(shipped.subscriptions, defaults.subscriptions);
+    assert_eq!(shipped.dedupe.window, defaults.dedupe.window);
+    assert_eq!(shipped.dedupe.key.source(), defaults.dedupe.key.source());
+    assert_eq!(shipped.replies.max_hops, defaults.replies.max_hops);
+}
+
+#[test]
+fn check_prints_every_error_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "ingress:\n  maxEventBytes: huge\nstorage:\n  durability: sometimes\ncolour: blue\n",
+    )
+    .unwrap();
+    let out = bin().arg("check").arg("-c").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = file.display();
+    assert!(
+        err.contains(&format!("{f}:2: ingress.maxEventBytes:")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{f}:4: storage.durability:")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{f}:5: colour: unknown key")),
+        "{err}"
+    );
+
+    let ok = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[test]
+fn serve_exits_64_on_a_bad_config_before_binding_any_port() {
+    // Hold the configured port: had the broker tried to bind first, it would fail on
+    // the port (exit 1) instead of on the config (exit 64).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "ingress:\n  listen: 127.0.0.1:{port}\nstorage:\n  path: {}\n  durability: maybe\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = bin().arg("serve").arg("-c").arg(&file).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("storage.durability"));
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created for a bad config"
+    );
+    // A named config file that does not exist is a bad config too.
+    let out = bin()
+        .arg("serve")
+        .arg("-c")
+        .arg(dir.path().join("missing.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    // And so is a bad environment override.
+    let out = bin()
+        .arg("serve")
+        .env("SWITCHYARD_STORAGE_DURABILITY", "maybe")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    drop(held);
+}
+
+#[test]
+fn serve_without_a_config_file_runs_on_the_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    // Only the ports move (to free ones, from the environment); everything else is the
+    // embedded defaults, ./data included.
+    let broker = process::start(
+        None,
+        dir.path(),
+        &[
+            ("SWITCHYARD_INGRESS_LISTEN", "127.0.0.1:0"),
+            ("SWITCHYARD_ADMIN_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert!(
+        broker
+            .startup
+            .iter()
+            .any(|l| l.contains("embedded defaults")),
+        "{:#?}",
+        broker.startup
+    );
+    let ready = http_get(broker.admin, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let status = http_post_event(broker.ingress);
+    assert!(status.starts_with("HTTP/1.1 202"), "{status}");
+    assert!(broker.terminate().success());
+    assert!(dir.path().join("data/db").exists(), "the log is in ./data");
+}
+
+fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+    )
+}
+
+fn http_post_event(addr: std::net::SocketAddr) -> String {
+    let body = r#"{"taskRun":{}}"#;
+    exchange(
+        addr,
+        &format!(
+            "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nce-specversion: 1.0\r\nce-id: d-1\r\nce-source: /apis///namespaces/ci//build\r\nce-type: dev.tekton.event.taskrun.started.v1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}

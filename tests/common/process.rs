@@ -1,0 +1,92 @@
+//! Runs the real `switchyard` binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub struct Broker {
+    pub child: Child,
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+    /// The stderr lines up to and including the "ready" line.
+    pub startup: Vec<String>,
+    /// The stderr lines after it, as they come.
+    pub lines: mpsc::Receiver<String>,
+}
+
+/// Starts `switchyard serve [-c config]` in `cwd` and waits (bounded) for it to be ready.
+pub fn start(config: Option<&Path>, cwd: &Path, env: &[(&str, &str)]) -> Broker {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.arg("serve");
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    cmd.env_remove("SWITCHYARD_CONFIG");
+    cmd.current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd.env("SWITCHYARD_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("switchyard starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (ingress, admin, startup) = wait_ready(&lines);
+    Broker {
+        child,
+        ingress,
+        admin,
+        startup,
+        lines,
+    }
+}
+
+fn field(line: &str, name: &str) -> Option<SocketAddr> {
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+fn wait_ready(lines: &mpsc::Receiver<String>) -> (SocketAddr, SocketAddr, Vec<String>) {
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("switchyard did not become ready; it said: {seen:#?}"));
+        seen.push(line.clone());
+        if line.contains("switchyard ready") {
+            return (
+                field(&line, "ingress").unwrap(),
+                field(&line, "admin").unwrap(),
+                seen,
+            );
+        }
+    }
+}
+
+impl Broker {
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+}
