@@ -58,21 +58,40 @@ fn binary(
     }
 }
 
-fn structured(
+/// A POST to `/` with a content type and the token.
+fn typed(
     name: &'static str,
+    content_type: &'static str,
     body: impl Into<Vec<u8>>,
+    status: u16,
     attribute: Option<&'static str>,
+    index: Option<u64>,
 ) -> Bad {
     Bad {
         name,
         method: Method::POST,
         path: "/",
-        headers: vec![("content-type", "application/cloudevents+json"), AUTH],
+        headers: vec![("content-type", content_type), AUTH],
         body: body.into(),
-        status: 400,
+        status,
         attribute,
-        index: None,
+        index,
     }
+}
+
+fn structured(
+    name: &'static str,
+    body: impl Into<Vec<u8>>,
+    attribute: Option<&'static str>,
+) -> Bad {
+    typed(
+        name,
+        "application/cloudevents+json",
+        body,
+        400,
+        attribute,
+        None,
+    )
 }
 
 fn event_with(extra: serde_json::Value) -> Vec<u8> {
@@ -195,16 +214,14 @@ fn table() -> Vec<Bad> {
             400,
             Some("source"),
         ),
-        Bad {
-            name: "binary: no CloudEvent at all",
-            method: Method::POST,
-            path: "/",
-            headers: vec![("content-type", "application/json"), AUTH],
-            body: b"{}".to_vec(),
-            status: 400,
-            attribute: Some("specversion"),
-            index: None,
-        },
+        typed(
+            "binary: no CloudEvent at all",
+            "application/json",
+            b"{}".to_vec(),
+            400,
+            Some("specversion"),
+            None,
+        ),
         structured("structured: not JSON", "{not json", None),
         structured("structured: an array", "[]", None),
         structured(
@@ -257,46 +274,38 @@ fn table() -> Vec<Bad> {
             event_with(json!({"time": "2018-04-05T18:31:00+25:00"})),
             Some("time"),
         ),
-        Bad {
-            name: "batch: invalid member",
-            method: Method::POST,
-            path: "/",
-            headers: vec![("content-type", "application/cloudevents-batch+json"), AUTH],
-            body: serde_json::to_vec(&json!([ok, ok, bad_member])).unwrap(),
-            status: 400,
-            attribute: Some("id"),
-            index: Some(2),
-        },
-        Bad {
-            name: "batch: not an array",
-            method: Method::POST,
-            path: "/",
-            headers: vec![("content-type", "application/cloudevents-batch+json"), AUTH],
-            body: serde_json::to_vec(&ok).unwrap(),
-            status: 400,
-            attribute: None,
-            index: None,
-        },
-        Bad {
-            name: "batch: non-object member",
-            method: Method::POST,
-            path: "/",
-            headers: vec![("content-type", "application/cloudevents-batch+json"), AUTH],
-            body: br#"["not an event"]"#.to_vec(),
-            status: 400,
-            attribute: None,
-            index: Some(0),
-        },
-        Bad {
-            name: "protobuf: garbage",
-            method: Method::POST,
-            path: "/",
-            headers: vec![("content-type", "application/cloudevents+protobuf"), AUTH],
-            body: vec![0xff, 0xff, 0xff, 0x01],
-            status: 400,
-            attribute: None,
-            index: None,
-        },
+        typed(
+            "batch: invalid member",
+            "application/cloudevents-batch+json",
+            serde_json::to_vec(&json!([ok, ok, bad_member])).unwrap(),
+            400,
+            Some("id"),
+            Some(2),
+        ),
+        typed(
+            "batch: not an array",
+            "application/cloudevents-batch+json",
+            serde_json::to_vec(&ok).unwrap(),
+            400,
+            None,
+            None,
+        ),
+        typed(
+            "batch: non-object member",
+            "application/cloudevents-batch+json",
+            br#"["not an event"]"#.to_vec(),
+            400,
+            None,
+            Some(0),
+        ),
+        typed(
+            "protobuf: garbage",
+            "application/cloudevents+protobuf",
+            vec![0xff, 0xff, 0xff, 0x01],
+            400,
+            None,
+            None,
+        ),
         Bad {
             name: "protobuf batch: invalid member",
             method: Method::POST,
@@ -369,16 +378,14 @@ fn table() -> Vec<Bad> {
             attribute: None,
             index: None,
         },
-        Bad {
-            name: "unknown structured format",
-            method: Method::POST,
-            path: "/",
-            headers: vec![("content-type", "application/cloudevents+xml"), AUTH],
-            body: b"<event/>".to_vec(),
-            status: 415,
-            attribute: None,
-            index: None,
-        },
+        typed(
+            "unknown structured format",
+            "application/cloudevents+xml",
+            b"<event/>".to_vec(),
+            415,
+            None,
+            None,
+        ),
         Bad {
             name: "missing token",
             method: Method::POST,
@@ -615,5 +622,30 @@ async fn a_slow_client_is_cut_off_by_the_header_timeout() {
     assert!(closed);
     // Others are still served.
     let reply = t.post_json(&common::minimal("after-slowloris")).await;
+    assert_eq!(reply.status, 202);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    let t = TestServer::start_with(|c| c.ingress.max_connections = 1).await;
+    let addr = t.server().ingress_addr;
+    // One idle connection takes the only slot.
+    let idle = TcpStream::connect(addr).unwrap();
+    let waiting = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        t.post_json(&common::minimal("queued")),
+    )
+    .await;
+    assert!(
+        waiting.is_err(),
+        "a second connection was served beyond the limit"
+    );
+    drop(idle);
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        t.post_json(&common::minimal("served")),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.status, 202);
 }

@@ -263,3 +263,35 @@ async fn concurrent_requests_share_a_group_commit() {
     assert!(groups < 32, "64 requests took {groups} groups");
     assert_eq!(backend.read("default", 1, 100).unwrap().len(), 64);
 }
+
+#[tokio::test]
+async fn the_head_watch_sees_appends() {
+    let t = TestServer::start("").await;
+    let mut head = t.server().log.watch("default").unwrap();
+    assert_eq!(*head.borrow_and_update(), 0);
+    assert_eq!(t.post_json(&minimal("w1")).await.status, 202);
+    tokio::time::timeout(Duration::from_secs(5), head.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*head.borrow(), 1);
+    assert!(t.server().log.watch("nope").is_none());
+}
+
+#[tokio::test]
+async fn relaxed_durability_stores_and_keeps_events_across_a_clean_restart() {
+    let mut t = TestServer::start_with(|c| c.storage.durability = Durability::Relaxed).await;
+    for i in 0..20 {
+        assert_eq!(t.post_json(&minimal(&format!("r{i}"))).await.status, 202);
+    }
+    let stop = t.server.take().unwrap();
+    stop.stop().await;
+    let options = SledOptions {
+        path: t.dir.path().join("data"),
+        durability: Durability::Relaxed,
+        cache_capacity: 8 << 20,
+        dedupe_window_nanos: 0,
+    };
+    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    assert_eq!(log.read("default", 1, 100).unwrap().len(), 20);
+}
