@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -119,7 +119,7 @@ impl SledLog {
         &self,
         entry: &GroupEntry,
         now: u64,
-        seen: &mut HashMap<(String, Vec<u8>), u64>,
+        seen: &mut HashMap<Arc<str>, HashMap<Vec<u8>, u64>>,
     ) -> Result<Vec<AppendOutcome>, LogError> {
         let trees = self.trees(&entry.broker)?;
         let mut next = trees.head.load(Ordering::Acquire);
@@ -129,7 +129,13 @@ impl SledLog {
         let mut outcomes = Vec::with_capacity(entry.appends.len());
         for append in &entry.appends {
             if let Some(key) = &append.dedupe_key {
-                if let Some(seq) = self.find_duplicate(trees, &entry.broker, key, now, seen)? {
+                let earlier = seen
+                    .get(&entry.broker)
+                    .and_then(|keys| keys.get(key.as_slice()))
+                    .copied();
+                if let Some(seq) =
+                    earlier.map_or_else(|| self.find_duplicate(trees, key, now), |s| Ok(Some(s)))?
+                {
                     outcomes.push(AppendOutcome::Duplicate(seq));
                     continue;
                 }
@@ -145,7 +151,9 @@ impl SledLog {
                 exp.extend_from_slice(&now.to_be_bytes());
                 exp.extend_from_slice(key);
                 expiry.insert(exp, &[]);
-                seen.insert((entry.broker.to_string(), key.clone()), next);
+                seen.entry(entry.broker.clone())
+                    .or_default()
+                    .insert(key.clone(), next);
             }
             outcomes.push(AppendOutcome::Stored(next));
         }
@@ -158,23 +166,22 @@ impl SledLog {
             })
             .map_err(|e| match e {
                 TransactionError::Storage(s) => LogError::Storage(s),
-                TransactionError::Abort(()) => LogError::Closed,
+                // The closure never aborts; sled's type still has the case.
+                TransactionError::Abort(()) => {
+                    LogError::Io(std::io::Error::other("log transaction aborted"))
+                }
             })?;
         trees.head.store(next, Ordering::Release);
         Ok(outcomes)
     }
 
+    /// The sequence of a stored event with the same key, first seen inside the window.
     fn find_duplicate(
         &self,
         trees: &BrokerTrees,
-        broker: &str,
         key: &[u8],
         now: u64,
-        seen: &HashMap<(String, Vec<u8>), u64>,
     ) -> Result<Option<u64>, LogError> {
-        if let Some(seq) = seen.get(&(broker.to_string(), key.to_vec())) {
-            return Ok(Some(*seq));
-        }
         let Some(v) = trees.dedupe.get(key)? else {
             return Ok(None);
         };
