@@ -10,4 +10,5 @@ pub mod dedupe;
 pub mod event;
 pub mod ingress;
 pub mod log;
+pub mod router;
 pub mod server;

@@ -1,0 +1,395 @@
+//! Subscription filters and their evaluation: Knative-style exact `attributes`, the
+//! CloudEvents Subscriptions API dialects (`exact`, `prefix`, `suffix`, `all`, `any`,
+//! `not`), and CEL. All parts present must match; no part at all matches everything.
+//! Evaluation is pure: an event and its activation in, a decision (or, for `explain`,
+//! each part's result) out.
+
+use cel::{Context, Program, Value};
+
+use super::activation;
+use crate::event::{AttrValue, Event};
+
+/// A Subscriptions API filter expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dialect {
+    /// Every named attribute equals its value (case-sensitive).
+    Exact(Vec<(String, String)>),
+    /// Every named attribute starts with its value.
+    Prefix(Vec<(String, String)>),
+    /// Every named attribute ends with its value.
+    Suffix(Vec<(String, String)>),
+    /// Every nested expression is true.
+    All(Vec<Dialect>),
+    /// At least one nested expression is true.
+    Any(Vec<Dialect>),
+    /// The nested expression is false.
+    Not(Box<Dialect>),
+}
+
+/// How an attribute is compared with a filter value: as its canonical string (the
+/// Subscriptions API compares attribute values as strings); a missing attribute never
+/// matches, not even under `prefix: ""`-like values (which config forbids anyway).
+fn attr_text<'e>(event: &'e Event, name: &str) -> Option<std::borrow::Cow<'e, str>> {
+    match event.get(name)? {
+        AttrValue::String(s)
+        | AttrValue::Uri(s)
+        | AttrValue::UriRef(s)
+        | AttrValue::Timestamp(s) => Some(std::borrow::Cow::Borrowed(s)),
+        other => Some(std::borrow::Cow::Owned(other.to_canonical_string())),
+    }
+}
+
+impl Dialect {
+    pub fn matches(&self, event: &Event) -> bool {
+        let each = |pairs: &[(String, String)], test: fn(&str, &str) -> bool| {
+            pairs
+                .iter()
+                .all(|(name, want)| attr_text(event, name).is_some_and(|have| test(&have, want)))
+        };
+        match self {
+            Dialect::Exact(p) => each(p, |have, want| have == want),
+            Dialect::Prefix(p) => each(p, |have, want| have.starts_with(want)),
+            Dialect::Suffix(p) => each(p, |have, want| have.ends_with(want)),
+            Dialect::All(list) => list.iter().all(|d| d.matches(event)),
+            Dialect::Any(list) => list.iter().any(|d| d.matches(event)),
+            Dialect::Not(inner) => !inner.matches(event),
+        }
+    }
+}
+
+/// A compiled CEL filter.
+pub struct CelFilter {
+    source: String,
+    program: Program,
+    variables: Vec<String>,
+}
+
+impl std::fmt::Debug for CelFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CelFilter").field(&self.source).finish()
+    }
+}
+
+/// A CEL compile error: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CelCompileError {
+    /// 1-based column in the expression.
+    pub column: usize,
+    pub message: String,
+}
+
+impl CelFilter {
+    pub fn compile(source: &str) -> Result<CelFilter, CelCompileError> {
+        let program = activation::env().compile(source).map_err(|e| {
+            let first = e.errors.first();
+            CelCompileError {
+                column: first.map_or(1, |e| usize::try_from(e.pos.1).unwrap_or(0) + 1),
+                message: e
+                    .errors
+                    .iter()
+                    .map(|e| e.msg.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+        })?;
+        let variables = program
+            .references()
+            .variables()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        Ok(CelFilter {
+            source: source.to_string(),
+            program,
+            variables,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The variables the expression reads.
+    pub fn variables(&self) -> &[String] {
+        &self.variables
+    }
+
+    /// Runs the expression: `Ok(true/false)` for a boolean result, `Err` for an
+    /// evaluation error or a result that is not a boolean.
+    pub fn evaluate(&self, activation: &Context) -> Result<bool, String> {
+        match self.program.execute(activation) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(format!(
+                "the result is {:?}, not a boolean",
+                other.type_of()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// A subscription's whole filter.
+#[derive(Debug, Default)]
+pub struct Filter {
+    /// Exact matches on attributes (Knative Trigger style).
+    pub attributes: Vec<(String, String)>,
+    /// Subscriptions API expressions, ANDed.
+    pub filters: Vec<Dialect>,
+    pub cel: Option<CelFilter>,
+}
+
+/// The outcome of one filter part, for `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartResult {
+    Match,
+    NoMatch,
+    Error(String),
+}
+
+/// The result of evaluating a filter on one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Match,
+    NoMatch,
+    /// The CEL part failed (error or non-boolean): no match, counted apart.
+    Error,
+}
+
+impl Filter {
+    /// Whether the filter has no parts (it matches everything).
+    pub fn is_empty(&self) -> bool {
+        self.attributes.is_empty() && self.filters.is_empty() && self.cel.is_none()
+    }
+
+    fn attributes_match(&self, event: &Event) -> bool {
+        self.attributes
+            .iter()
+            .all(|(name, want)| attr_text(event, name).is_some_and(|have| have == *want))
+    }
+
+    /// Decides one event. Cheap parts run first; CEL only when they all matched.
+    pub fn decide(&self, event: &Event, activation: &Context) -> Decision {
+        if !self.attributes_match(event) || !self.filters.iter().all(|d| d.matches(event)) {
+            return Decision::NoMatch;
+        }
+        match self.cel.as_ref().map(|c| c.evaluate(activation)) {
+            None | Some(Ok(true)) => Decision::Match,
+            Some(Ok(false)) => Decision::NoMatch,
+            Some(Err(_)) => Decision::Error,
+        }
+    }
+
+    /// Every part's result, named as in the subscription file
+    /// (`attributes`, `filters[0]`, `cel`).
+    pub fn explain(&self, event: &Event, activation: &Context) -> Vec<(String, PartResult)> {
+        let bool_result = |b: bool| {
+            if b {
+                PartResult::Match
+            } else {
+                PartResult::NoMatch
+            }
+        };
+        let mut parts = Vec::new();
+        if !self.attributes.is_empty() {
+            parts.push((
+                "attributes".to_string(),
+                bool_result(self.attributes_match(event)),
+            ));
+        }
+        for (i, d) in self.filters.iter().enumerate() {
+            parts.push((format!("filters[{i}]"), bool_result(d.matches(event))));
+        }
+        if let Some(c) = &self.cel {
+            let r = match c.evaluate(activation) {
+                Ok(b) => bool_result(b),
+                Err(e) => PartResult::Error(e),
+            };
+            parts.push(("cel".to_string(), r));
+        }
+        parts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::activation::{activation, base, parse_data, Needs};
+
+    fn event(extra: &[(&str, AttrValue)]) -> Event {
+        let mut attrs = vec![
+            ("specversion".to_string(), AttrValue::String("1.0".into())),
+            ("id".to_string(), AttrValue::String("1".into())),
+            (
+                "source".to_string(),
+                AttrValue::UriRef("/apis///namespaces/ci//build".into()),
+            ),
+            (
+                "type".to_string(),
+                AttrValue::String("dev.tekton.event.taskrun.failed.v1".into()),
+            ),
+        ];
+        attrs.extend(extra.iter().map(|(n, v)| (n.to_string(), v.clone())));
+        Event::new(attrs, None).unwrap()
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn dialects_follow_the_subscriptions_api() {
+        let e = event(&[
+            ("subject", AttrValue::String("build".into())),
+            ("attempt", AttrValue::Integer(3)),
+            ("urgent", AttrValue::Boolean(true)),
+        ]);
+        let table: Vec<(Dialect, bool)> = vec![
+            (
+                Dialect::Exact(pairs(&[("type", "dev.tekton.event.taskrun.failed.v1")])),
+                true,
+            ),
+            (
+                Dialect::Exact(pairs(&[("type", "dev.tekton.event.taskrun.FAILED.v1")])),
+                false,
+            ),
+            (
+                Dialect::Exact(pairs(&[
+                    ("type", "dev.tekton.event.taskrun.failed.v1"),
+                    ("subject", "build"),
+                ])),
+                true,
+            ),
+            (
+                Dialect::Exact(pairs(&[
+                    ("type", "dev.tekton.event.taskrun.failed.v1"),
+                    ("subject", "other"),
+                ])),
+                false,
+            ),
+            // A missing attribute never matches, in any dialect.
+            (Dialect::Exact(pairs(&[("dataschema", "x")])), false),
+            (Dialect::Prefix(pairs(&[("missing", "a")])), false),
+            (Dialect::Suffix(pairs(&[("missing", "a")])), false),
+            (
+                Dialect::Not(Box::new(Dialect::Exact(pairs(&[("missing", "a")])))),
+                true,
+            ),
+            (Dialect::Prefix(pairs(&[("source", "/apis/")])), true),
+            (Dialect::Prefix(pairs(&[("source", "/APIS/")])), false),
+            (Dialect::Suffix(pairs(&[("type", ".failed.v1")])), true),
+            // Extensions compare as their canonical strings.
+            (Dialect::Exact(pairs(&[("attempt", "3")])), true),
+            (Dialect::Exact(pairs(&[("urgent", "true")])), true),
+            (Dialect::Prefix(pairs(&[("attempt", "3")])), true),
+            (
+                Dialect::All(vec![
+                    Dialect::Prefix(pairs(&[("type", "dev.tekton.")])),
+                    Dialect::Suffix(pairs(&[("type", ".v1")])),
+                ]),
+                true,
+            ),
+            (
+                Dialect::All(vec![
+                    Dialect::Prefix(pairs(&[("type", "dev.tekton.")])),
+                    Dialect::Suffix(pairs(&[("type", ".v2")])),
+                ]),
+                false,
+            ),
+            (
+                Dialect::Any(vec![
+                    Dialect::Exact(pairs(&[("type", "x")])),
+                    Dialect::Suffix(pairs(&[("type", ".v1")])),
+                ]),
+                true,
+            ),
+            (
+                Dialect::Any(vec![
+                    Dialect::Exact(pairs(&[("type", "x")])),
+                    Dialect::Exact(pairs(&[("type", "y")])),
+                ]),
+                false,
+            ),
+            (
+                Dialect::Not(Box::new(Dialect::Prefix(pairs(&[("type", "dev.tekton.")])))),
+                false,
+            ),
+            (
+                Dialect::Not(Box::new(Dialect::Not(Box::new(Dialect::Prefix(pairs(&[
+                    ("type", "dev.tekton."),
+                ])))))),
+                true,
+            ),
+        ];
+        for (i, (d, want)) in table.iter().enumerate() {
+            assert_eq!(d.matches(&e), *want, "row {i}: {d:?}");
+        }
+    }
+
+    fn decide(filter: &Filter, e: &Event) -> Decision {
+        let mut needs = Needs::default();
+        if let Some(c) = &filter.cel {
+            needs.add(c.variables());
+        }
+        let data = parse_data(e);
+        let base = base();
+        let act = activation(&base, e, data.as_ref(), &needs);
+        filter.decide(e, &act)
+    }
+
+    #[test]
+    fn cel_sees_attributes_typed_and_errors_do_not_match() {
+        let e = event(&[
+            ("time", AttrValue::Timestamp("2024-01-02T03:04:05Z".into())),
+            ("attempt", AttrValue::Integer(3)),
+        ]);
+        let f = |src: &str| Filter {
+            cel: Some(CelFilter::compile(src).unwrap()),
+            ..Filter::default()
+        };
+        assert_eq!(
+            decide(&f("type.endsWith('.failed.v1')"), &e),
+            Decision::Match
+        );
+        assert_eq!(decide(&f("attempt > 2"), &e), Decision::Match);
+        assert_eq!(
+            decide(&f("time > timestamp('2024-01-01T00:00:00Z')"), &e),
+            Decision::Match
+        );
+        assert_eq!(decide(&f("has(attributes.subject)"), &e), Decision::NoMatch);
+        assert_eq!(decide(&f("'attempt' in attributes"), &e), Decision::Match);
+        assert_eq!(decide(&f("subject == 'x'"), &e), Decision::Error);
+        assert_eq!(decide(&f("type"), &e), Decision::Error);
+        assert_eq!(decide(&Filter::default(), &e), Decision::Match);
+    }
+
+    #[test]
+    fn all_parts_must_match() {
+        let e = event(&[]);
+        let f = Filter {
+            attributes: pairs(&[("type", "dev.tekton.event.taskrun.failed.v1")]),
+            filters: vec![Dialect::Prefix(pairs(&[("source", "/apis/")]))],
+            cel: Some(CelFilter::compile("id == '2'").unwrap()),
+        };
+        assert_eq!(decide(&f, &e), Decision::NoMatch);
+        let mut needs = Needs::default();
+        needs.add(f.cel.as_ref().unwrap().variables());
+        let base = base();
+        let act = activation(&base, &e, None, &needs);
+        assert_eq!(
+            f.explain(&e, &act),
+            vec![
+                ("attributes".into(), PartResult::Match),
+                ("filters[0]".into(), PartResult::Match),
+                ("cel".into(), PartResult::NoMatch)
+            ]
+        );
+    }
+
+    #[test]
+    fn compile_errors_carry_the_column() {
+        let err = CelFilter::compile("type == 'a' &&").unwrap_err();
+        assert!(err.column > 1, "{err:?}");
+    }
+}
