@@ -2,6 +2,7 @@
 //! environment overrides, then validate into runtime types in one pass that reports
 //! every error with its file, line and key. Nothing binds a port before this succeeds.
 
+pub mod subscriptions;
 pub mod units;
 pub mod yaml;
 
@@ -73,6 +74,9 @@ pub struct Config {
     pub brokers: Vec<String>,
     pub dedupe: DedupeConfig,
     pub subscriptions: Vec<PathBuf>,
+    /// Whether `subscriptions` was set (file or environment) rather than defaulted: a
+    /// set path must exist; the default folder may be absent.
+    pub subscriptions_set: bool,
     pub delivery: DeliveryConfig,
     pub replies: RepliesConfig,
 }
@@ -737,6 +741,8 @@ impl Validator {
                 key.unwrap_or_else(|| DedupeKey::compile("id").expect("a constant expression")),
             ),
         };
+        let subscriptions_set =
+            lookup(user, "subscriptions").is_some_and(|n| !matches!(n.value, Value::Null));
         let subscriptions = self
             .list(node!("subscriptions"), "subscriptions")
             .iter()
@@ -769,6 +775,7 @@ impl Validator {
             brokers,
             dedupe,
             subscriptions,
+            subscriptions_set,
             delivery,
             replies,
         }

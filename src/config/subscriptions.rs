@@ -1,0 +1,847 @@
+//! Subscription files: `apiVersion: switchyard.dev/v1alpha1`, `kind: Subscription`,
+//! several documents per file allowed. Parsed with line numbers and validated into
+//! [`Subscription`]s (compiled filters, parsed URIs, checked backoffs) in one pass that
+//! reports every error with its file, line and field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Uri;
+
+use super::yaml::{self, Node, Value};
+use super::{BackoffPolicy, Config, ConfigError, ConfigErrors, DeliveryConfig, Validator};
+use crate::event::validate::{check_name, parse_rfc3339};
+use crate::router::filter::{CelFilter, Dialect, Filter};
+
+pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
+pub const KIND: &str = "Subscription";
+
+/// How a sink receives events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkFormat {
+    Binary,
+    Structured,
+}
+
+/// One destination of a subscription; each sink is its own lane.
+#[derive(Clone)]
+pub struct Sink {
+    pub uri: Uri,
+    pub format: SinkFormat,
+    /// Extra request headers; values may be secrets and are never printed.
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+impl fmt::Debug for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Sink")
+            .field("uri", &self.uri)
+            .field("format", &self.format)
+            .field("headers", &names)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    Unordered,
+    Ordered,
+}
+
+/// Knative's DeliverySpec, with Switchyard's additions.
+#[derive(Debug, Clone)]
+pub struct DeliverySpec {
+    pub retry: u32,
+    pub backoff_policy: BackoffPolicy,
+    pub backoff_delay: Duration,
+    pub backoff_max: Duration,
+    pub retry_after_max: Duration,
+    pub timeout: Duration,
+    pub dead_letter_sink: Option<Sink>,
+    pub ordering: Ordering,
+    pub max_in_flight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMode {
+    /// A reply event is appended to the subscription's broker.
+    Broker,
+    Ignore,
+}
+
+/// Where a new subscription starts in its broker's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// With the next event routed.
+    Latest,
+    /// From the oldest retained event.
+    Earliest,
+    /// From the first event that arrived at or after this time (ns since the epoch).
+    Time(u64),
+}
+
+/// A validated subscription.
+#[derive(Debug)]
+pub struct Subscription {
+    pub name: String,
+    /// Where it was defined, for messages.
+    pub file: PathBuf,
+    pub line: usize,
+    pub broker: String,
+    pub filter: Filter,
+    pub sinks: Vec<Sink>,
+    pub delivery: DeliverySpec,
+    pub reply: ReplyMode,
+    pub start_from: StartFrom,
+}
+
+/// The subscription files named by the config: files, and `*.yaml`/`*.yml` directly in
+/// folders (dot-entries skipped, so Kubernetes ConfigMap mounts work). Sorted.
+pub fn files(config: &Config) -> Result<Vec<PathBuf>, ConfigErrors> {
+    let origin = config
+        .file
+        .as_ref()
+        .map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for path in &config.subscriptions {
+        if path.is_dir() {
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    let mut found: Vec<PathBuf> = entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                            !name.starts_with('.')
+                                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                                && p.is_file()
+                        })
+                        .collect();
+                    found.sort();
+                    out.extend(found);
+                }
+                Err(e) => errors.push(ConfigError {
+                    origin: path.display().to_string(),
+                    line: 0,
+                    key: String::new(),
+                    message: format!("cannot read the folder: {e}"),
+                }),
+            }
+        } else if path.is_file() {
+            out.push(path.clone());
+        } else if config.subscriptions_set {
+            errors.push(ConfigError {
+                origin: origin.clone(),
+                line: 0,
+                key: "subscriptions".into(),
+                message: format!("{} does not exist", path.display()),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Loads and validates every subscription the config names.
+pub fn load(config: &Config) -> Result<Vec<Subscription>, ConfigErrors> {
+    let paths = files(config)?;
+    let mut sources = Vec::with_capacity(paths.len());
+    let mut errors = Vec::new();
+    for p in paths {
+        match std::fs::read_to_string(&p) {
+            Ok(text) => sources.push((p, text)),
+            Err(e) => errors.push(ConfigError {
+                origin: p.display().to_string(),
+                line: 0,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    match from_sources(&sources, &config.brokers, &config.delivery) {
+        Ok(subs) if errors.is_empty() => Ok(subs),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(ConfigErrors(mut more)) => {
+            errors.append(&mut more);
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Validates subscription documents from `(file, text)` pairs.
+pub fn from_sources(
+    sources: &[(PathBuf, String)],
+    brokers: &[String],
+    defaults: &DeliveryConfig,
+) -> Result<Vec<Subscription>, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut subs: Vec<Subscription> = Vec::new();
+    let mut names: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    for (file, text) in sources {
+        let mut v = Validator {
+            origin: file.display().to_string(),
+            errors: Vec::new(),
+        };
+        match yaml::parse(text) {
+            Err(e) => v.error_at(e.line, "", format!("YAML syntax error: {}", e.message)),
+            Ok(docs) => {
+                for doc in docs.iter().filter(|d| !matches!(d.value, Value::Null)) {
+                    if let Some(sub) = subscription(&mut v, file, doc, brokers, defaults) {
+                        if let Some((other_file, other_line)) = names.get(&sub.name) {
+                            let msg = format!("the name '{}' is already used at {other_file}:{other_line}; names are unique across all files", sub.name);
+                            v.error_at(sub.line, "metadata.name", msg);
+                        } else {
+                            names.insert(sub.name.clone(), (v.origin.clone(), sub.line));
+                            subs.push(sub);
+                        }
+                    }
+                }
+            }
+        }
+        errors.append(&mut v.errors);
+    }
+    if errors.is_empty() {
+        Ok(subs)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// The entries of a mapping node, reporting keys not in `allowed`; `None` (and an
+/// error) when the node is not a mapping.
+fn fields<'n>(
+    v: &mut Validator,
+    node: &'n Node,
+    path: &str,
+    allowed: &[&str],
+) -> Option<Vec<(&'n str, usize, &'n Node)>> {
+    let Value::Map(entries) = &node.value else {
+        v.error(
+            node,
+            path,
+            format!("must be a mapping, not {}", node.kind()),
+        );
+        return None;
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (key, line, child) in entries {
+        let here = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
+        if allowed.contains(&key.as_str()) {
+            out.push((key.as_str(), *line, child));
+        } else {
+            v.error_at(
+                *line,
+                &here,
+                format!("unknown field; expected one of: {}", allowed.join(", ")),
+            );
+        }
+    }
+    Some(out)
+}
+
+fn get<'n>(entries: &[(&str, usize, &'n Node)], key: &str) -> Option<&'n Node> {
+    entries
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, _, n)| *n)
+}
+
+fn subscription(
+    v: &mut Validator,
+    file: &Path,
+    doc: &Node,
+    brokers: &[String],
+    defaults: &DeliveryConfig,
+) -> Option<Subscription> {
+    let top = fields(v, doc, "", &["apiVersion", "kind", "metadata", "spec"])?;
+    match get(&top, "apiVersion").and_then(Node::scalar_text) {
+        Some(a) if a == API_VERSION => {}
+        Some(a) => v.error(
+            get(&top, "apiVersion").unwrap_or(doc),
+            "apiVersion",
+            format!("'{a}' is not {API_VERSION}"),
+        ),
+        None => v.error(
+            doc,
+            "apiVersion",
+            format!("missing; expected {API_VERSION}"),
+        ),
+    }
+    match get(&top, "kind").and_then(Node::scalar_text) {
+        Some(k) if k == KIND => {}
+        Some(k) => v.error(
+            get(&top, "kind").unwrap_or(doc),
+            "kind",
+            format!("'{k}' is not {KIND}"),
+        ),
+        None => v.error(doc, "kind", format!("missing; expected {KIND}")),
+    }
+    let name_node = match get(&top, "metadata") {
+        Some(m) => fields(v, m, "metadata", &["name", "labels", "annotations"])
+            .and_then(|f| get(&f, "name")),
+        None => None,
+    };
+    let Some(name_node) = name_node else {
+        v.error(
+            doc,
+            "metadata.name",
+            "missing; every subscription needs a name",
+        );
+        return None;
+    };
+    let name = v.string(name_node, "metadata.name")?;
+    let valid_name = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if !valid_name {
+        v.error(name_node, "metadata.name", format!("'{name}' is not a valid name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"));
+    }
+    let Some(spec_node) = get(&top, "spec") else {
+        v.error(doc, "spec", "missing");
+        return None;
+    };
+    let spec = fields(
+        v,
+        spec_node,
+        "spec",
+        &[
+            "broker",
+            "filter",
+            "sinks",
+            "delivery",
+            "reply",
+            "startFrom",
+        ],
+    )?;
+    let broker = match get(&spec, "broker") {
+        None => "default".to_string(),
+        Some(n) => v.string(n, "spec.broker").unwrap_or_default(),
+    };
+    if !brokers.contains(&broker) {
+        let n = get(&spec, "broker").unwrap_or(spec_node);
+        v.error(
+            n,
+            "spec.broker",
+            format!(
+                "there is no broker '{broker}'; the config's brokers are: {}",
+                brokers.join(", ")
+            ),
+        );
+    }
+    let filter = match get(&spec, "filter") {
+        None => Filter::default(),
+        Some(n) => filter(v, n),
+    };
+    let sinks = match get(&spec, "sinks") {
+        None => {
+            v.error(
+                spec_node,
+                "spec.sinks",
+                "missing; a subscription needs at least one sink",
+            );
+            Vec::new()
+        }
+        Some(n) => {
+            let items = v.list(n, "spec.sinks");
+            if items.is_empty() && matches!(n.value, Value::Seq(_) | Value::Null) {
+                v.error(
+                    n,
+                    "spec.sinks",
+                    "is empty; a subscription needs at least one sink",
+                );
+            }
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("spec.sinks[{i}]");
+                if let Some(s) = sink(v, item, &path) {
+                    if out.iter().any(|o: &Sink| o.uri == s.uri) {
+                        v.error(item, &path, format!("{} is listed twice", s.uri));
+                    } else {
+                        out.push(s);
+                    }
+                }
+            }
+            out
+        }
+    };
+    let delivery = delivery(v, get(&spec, "delivery"), defaults);
+    let reply = match get(&spec, "reply") {
+        None => ReplyMode::Broker,
+        Some(n) => v.choice(
+            n,
+            "spec.reply",
+            &[("broker", ReplyMode::Broker), ("ignore", ReplyMode::Ignore)],
+        ),
+    };
+    let start_from = match get(&spec, "startFrom") {
+        None => StartFrom::Latest,
+        Some(n) => match n.scalar_text().as_deref() {
+            Some("latest") => StartFrom::Latest,
+            Some("earliest") => StartFrom::Earliest,
+            Some(t) => match parse_rfc3339(t) {
+                Ok((secs, nanos)) => StartFrom::Time(
+                    u64::try_from(secs)
+                        .unwrap_or(0)
+                        .saturating_mul(1_000_000_000)
+                        .saturating_add(u64::from(nanos)),
+                ),
+                Err(_) => {
+                    v.error(
+                        n,
+                        "spec.startFrom",
+                        format!("'{t}' is not latest, earliest or an RFC 3339 time"),
+                    );
+                    StartFrom::Latest
+                }
+            },
+            None => {
+                v.error(
+                    n,
+                    "spec.startFrom",
+                    "must be latest, earliest or an RFC 3339 time",
+                );
+                StartFrom::Latest
+            }
+        },
+    };
+    Some(Subscription {
+        name,
+        file: file.to_path_buf(),
+        line: doc.line.max(1),
+        broker,
+        filter,
+        sinks,
+        delivery,
+        reply,
+        start_from,
+    })
+}
+
+fn filter(v: &mut Validator, node: &Node) -> Filter {
+    let mut out = Filter::default();
+    let Some(parts) = fields(v, node, "spec.filter", &["attributes", "filters", "cel"]) else {
+        return out;
+    };
+    if let Some(n) = get(&parts, "attributes") {
+        out.attributes = pairs(v, n, "spec.filter.attributes");
+    }
+    if let Some(n) = get(&parts, "filters") {
+        for (i, item) in v.list(n, "spec.filter.filters").iter().enumerate() {
+            if let Some(d) = dialect(v, item, &format!("spec.filter.filters[{i}]")) {
+                out.filters.push(d);
+            }
+        }
+    }
+    if let Some(n) = get(&parts, "cel") {
+        if let Some(src) = v.string(n, "spec.filter.cel") {
+            match CelFilter::compile(&src) {
+                Ok(c) => out.cel = Some(c),
+                Err(e) => v.error(
+                    n,
+                    "spec.filter.cel",
+                    format!("CEL does not compile at column {}: {}", e.column, e.message),
+                ),
+            }
+        }
+    }
+    out
+}
+
+/// Attribute name → value pairs: names must be valid attribute names, values non-empty.
+fn pairs(v: &mut Validator, node: &Node, path: &str) -> Vec<(String, String)> {
+    let Value::Map(entries) = &node.value else {
+        v.error(
+            node,
+            path,
+            format!(
+                "must be a mapping of attribute names to values, not {}",
+                node.kind()
+            ),
+        );
+        return Vec::new();
+    };
+    if entries.is_empty() {
+        v.error(node, path, "is empty; name at least one attribute");
+    }
+    let mut out = Vec::new();
+    for (name, line, value) in entries {
+        let here = format!("{path}.{name}");
+        if let Err(e) = check_name(name) {
+            v.error_at(
+                *line,
+                &here,
+                format!("'{name}' is not a CloudEvents attribute name: {}", e.detail),
+            );
+            continue;
+        }
+        match value.scalar_text() {
+            Some(s) if !s.is_empty() => out.push((name.clone(), s)),
+            Some(_) => v.error(value, &here, "the value is empty"),
+            None => v.error(
+                value,
+                &here,
+                format!("the value must be a string, not {}", value.kind()),
+            ),
+        }
+    }
+    out
+}
+
+/// One Subscriptions API filter expression: a mapping with exactly one dialect.
+fn dialect(v: &mut Validator, node: &Node, path: &str) -> Option<Dialect> {
+    let Value::Map(entries) = &node.value else {
+        v.error(node, path, format!("a filter is a mapping with one dialect (exact, prefix, suffix, all, any, not), not {}", node.kind()));
+        return None;
+    };
+    let [(name, line, body)] = entries.as_slice() else {
+        let found: Vec<&str> = entries.iter().map(|(k, _, _)| k.as_str()).collect();
+        v.error(
+            node,
+            path,
+            format!(
+                "a filter has exactly one dialect; found {}",
+                if found.is_empty() {
+                    "none".to_string()
+                } else {
+                    found.join(", ")
+                }
+            ),
+        );
+        return None;
+    };
+    let here = format!("{path}.{name}");
+    let nested = |v: &mut Validator, body: &Node| -> Option<Vec<Dialect>> {
+        let items = match &body.value {
+            Value::Seq(items) => items,
+            _ => {
+                v.error(
+                    body,
+                    &here,
+                    format!("must be a list of filters, not {}", body.kind()),
+                );
+                return None;
+            }
+        };
+        if items.is_empty() {
+            v.error(body, &here, "must hold at least one filter");
+            return None;
+        }
+        let parsed: Vec<Option<Dialect>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| dialect(v, item, &format!("{here}[{i}]")))
+            .collect();
+        parsed.into_iter().collect()
+    };
+    match name.as_str() {
+        "exact" => Some(Dialect::Exact(pairs(v, body, &here))),
+        "prefix" => Some(Dialect::Prefix(pairs(v, body, &here))),
+        "suffix" => Some(Dialect::Suffix(pairs(v, body, &here))),
+        "all" => nested(v, body).map(Dialect::All),
+        "any" => nested(v, body).map(Dialect::Any),
+        "not" => dialect(v, body, &here).map(|d| Dialect::Not(Box::new(d))),
+        "sql" => {
+            v.error_at(*line, &here, "the CESQL (sql) dialect is not supported yet; use exact, prefix, suffix, all, any, not, or spec.filter.cel");
+            None
+        }
+        other => {
+            v.error_at(*line, &here, format!("unknown filter dialect '{other}'; expected exact, prefix, suffix, all, any or not"));
+            None
+        }
+    }
+}
+
+fn sink(v: &mut Validator, node: &Node, path: &str) -> Option<Sink> {
+    let f = fields(v, node, path, &["uri", "format", "headers"])?;
+    let Some(uri_node) = get(&f, "uri") else {
+        v.error(node, &format!("{path}.uri"), "missing");
+        return None;
+    };
+    let text = v.string(uri_node, &format!("{path}.uri"))?;
+    let uri = match text.parse::<Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => u,
+        _ => {
+            v.error(
+                uri_node,
+                &format!("{path}.uri"),
+                format!("'{text}' is not an absolute http:// or https:// URI"),
+            );
+            return None;
+        }
+    };
+    let format = match get(&f, "format") {
+        None => SinkFormat::Binary,
+        Some(n) => v.choice(
+            n,
+            &format!("{path}.format"),
+            &[
+                ("binary", SinkFormat::Binary),
+                ("structured", SinkFormat::Structured),
+            ],
+        ),
+    };
+    let mut headers = Vec::new();
+    if let Some(h) = get(&f, "headers") {
+        if let Value::Map(entries) = &h.value {
+            for (name, line, value) in entries {
+                let here = format!("{path}.headers.{name}");
+                match HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(hn) => {
+                        if let Some(secret) = v.secret(value, &here) {
+                            headers.push((hn, secret));
+                        }
+                    }
+                    Err(_) => v.error_at(
+                        *line,
+                        &here,
+                        format!("'{name}' is not a valid HTTP header name"),
+                    ),
+                }
+            }
+        } else {
+            v.error(
+                h,
+                &format!("{path}.headers"),
+                format!(
+                    "must be a mapping of header names to values, not {}",
+                    h.kind()
+                ),
+            );
+        }
+    }
+    Some(Sink {
+        uri,
+        format,
+        headers,
+    })
+}
+
+fn delivery(v: &mut Validator, node: Option<&Node>, d: &DeliveryConfig) -> DeliverySpec {
+    let mut spec = DeliverySpec {
+        retry: d.retry,
+        backoff_policy: d.backoff_policy,
+        backoff_delay: d.backoff_delay,
+        backoff_max: d.backoff_max,
+        retry_after_max: d.retry_after_max,
+        timeout: d.timeout,
+        dead_letter_sink: None,
+        ordering: Ordering::Unordered,
+        max_in_flight: 32,
+    };
+    let Some(node) = node else { return spec };
+    let allowed = [
+        "retry",
+        "backoffPolicy",
+        "backoffDelay",
+        "backoffMax",
+        "retryAfterMax",
+        "timeout",
+        "deadLetterSink",
+        "ordering",
+        "maxInFlight",
+    ];
+    let Some(f) = fields(v, node, "spec.delivery", &allowed) else {
+        return spec;
+    };
+    for (key, _, n) in f {
+        let path = format!("spec.delivery.{key}");
+        match key {
+            "retry" => spec.retry = v.int(n, &path, 0, 1000) as u32,
+            "backoffPolicy" => {
+                spec.backoff_policy = v.choice(
+                    n,
+                    &path,
+                    &[
+                        ("exponential", BackoffPolicy::Exponential),
+                        ("linear", BackoffPolicy::Linear),
+                    ],
+                )
+            }
+            "backoffDelay" => spec.backoff_delay = v.duration(n, &path),
+            "backoffMax" => spec.backoff_max = v.duration(n, &path),
+            "retryAfterMax" => spec.retry_after_max = v.duration(n, &path),
+            "timeout" => {
+                spec.timeout = v.duration(n, &path);
+                if spec.timeout.is_zero() {
+                    v.error(n, &path, "must be greater than zero");
+                }
+            }
+            "deadLetterSink" => spec.dead_letter_sink = sink(v, n, &path),
+            "ordering" => {
+                spec.ordering = v.choice(
+                    n,
+                    &path,
+                    &[
+                        ("unordered", Ordering::Unordered),
+                        ("ordered", Ordering::Ordered),
+                    ],
+                )
+            }
+            "maxInFlight" => spec.max_in_flight = v.int(n, &path, 1, 10_000) as u32,
+            _ => {}
+        }
+    }
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> DeliveryConfig {
+        super::super::from_yaml(None, "", &Default::default())
+            .unwrap()
+            .delivery
+    }
+
+    fn load_one(text: &str) -> Result<Vec<Subscription>, Vec<ConfigError>> {
+        from_sources(
+            &[(PathBuf::from("subs.yaml"), text.to_string())],
+            &["default".into(), "ci".into()],
+            &defaults(),
+        )
+        .map_err(|e| e.0)
+    }
+
+    const GOOD: &str = r#"apiVersion: switchyard.dev/v1alpha1
+kind: Subscription
+metadata:
+  name: prod-pipeline-failures
+spec:
+  broker: default
+  filter:
+    attributes:
+      type: dev.tekton.event.pipelinerun.failed.v1
+    filters:
+      - prefix: { source: /apis/ }
+      - not: { exact: { subject: ignored } }
+    cel: data.pipelineRun.metadata.namespace == "prod"
+  sinks:
+    - uri: http://notifier.ci.svc:8080/
+    - uri: https://audit.example.com/events
+      format: structured
+      headers:
+        X-Team: ci
+  delivery:
+    retry: 3
+    backoffPolicy: linear
+    backoffDelay: 200ms
+    deadLetterSink: { uri: "http://dlq.ci.svc:8080/" }
+    ordering: ordered
+  reply: ignore
+  startFrom: 2024-01-01T00:00:00Z
+"#;
+
+    #[test]
+    fn the_design_example_validates() {
+        let subs = load_one(GOOD).unwrap();
+        let s = &subs[0];
+        assert_eq!(s.name, "prod-pipeline-failures");
+        assert_eq!(s.sinks.len(), 2);
+        assert_eq!(s.sinks[1].format, SinkFormat::Structured);
+        assert_eq!(s.filter.filters.len(), 2);
+        assert!(s.filter.cel.is_some());
+        assert_eq!(s.delivery.retry, 3);
+        assert_eq!(s.delivery.backoff_delay, Duration::from_millis(200));
+        assert_eq!(s.delivery.ordering, Ordering::Ordered);
+        assert!(s.delivery.dead_letter_sink.is_some());
+        assert_eq!(s.reply, ReplyMode::Ignore);
+        assert_eq!(s.start_from, StartFrom::Time(1_704_067_200_000_000_000));
+    }
+
+    fn errors_of(text: &str) -> Vec<(usize, String, String)> {
+        load_one(text)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.line, e.key, e.message))
+            .collect()
+    }
+
+    fn doc(spec: &str) -> String {
+        format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: s\nspec:\n{spec}")
+    }
+
+    #[test]
+    fn each_invalid_case_names_its_line_and_field() {
+        let sinks = "  sinks: [{uri: 'http://a/'}]\n";
+        let table: Vec<(String, usize, &str, &str)> = vec![
+            (doc(&format!("{sinks}  colour: blue\n")), 7, "spec.colour", "unknown field"),
+            (doc(&format!("{sinks}  broker: nope\n")), 7, "spec.broker", "no broker 'nope'"),
+            (doc("  sinks: [{uri: 'ftp://a/'}]\n"), 6, "spec.sinks[0].uri", "http"),
+            (doc("  sinks: [{uri: 'not a uri'}]\n"), 6, "spec.sinks[0].uri", "absolute"),
+            (doc("  sinks: []\n"), 6, "spec.sinks", "empty"),
+            (doc("  filter: {}\n"), 6, "spec.sinks", "missing"),
+            (doc(&format!("{sinks}  delivery:\n    backoffDelay: soon\n")), 8, "spec.delivery.backoffDelay", "not a duration"),
+            (doc(&format!("{sinks}  filter:\n    cel: 'type == '\n")), 8, "spec.filter.cel", "column"),
+            (doc(&format!("{sinks}  filter:\n    attributes:\n      Type: x\n")), 9, "spec.filter.attributes.Type", "attribute name"),
+            (doc(&format!("{sinks}  filter:\n    filters:\n      - exact: {{type: a}}\n        prefix: {{type: b}}\n")), 9, "spec.filter.filters[0]", "exactly one dialect"),
+            (doc(&format!("{sinks}  filter:\n    filters:\n      - all: []\n")), 9, "spec.filter.filters[0].all", "at least one"),
+            (doc(&format!("{sinks}  filter:\n    filters:\n      - any: []\n")), 9, "spec.filter.filters[0].any", "at least one"),
+            (doc(&format!("{sinks}  filter:\n    filters:\n      - not: {{exact: {{type: a}}, suffix: {{type: b}}}}\n")), 9, "spec.filter.filters[0].not", "exactly one dialect"),
+            (doc(&format!("{sinks}  filter:\n    filters:\n      - exact: {{type: ''}}\n")), 9, "spec.filter.filters[0].exact.type", "empty"),
+            (doc(&format!("{sinks}  filter:\n    filters:\n      - prefix: {{}}\n")), 9, "spec.filter.filters[0].prefix", "empty"),
+            (doc(&format!("{sinks}  filter:\n    filters:\n      - regex: {{type: a}}\n")), 9, "spec.filter.filters[0].regex", "unknown filter dialect"),
+            (doc(&format!("{sinks}  filter:\n    filters:\n      - sql: \"type = 'a'\"\n")), 9, "spec.filter.filters[0].sql", "not supported yet"),
+            (doc(&format!("{sinks}  startFrom: yesterday\n")), 7, "spec.startFrom", "latest, earliest"),
+            (doc(&format!("{sinks}  reply: always\n")), 7, "spec.reply", "not one of"),
+            ("apiVersion: v1\nkind: Subscription\nmetadata: {name: s}\nspec: {sinks: [{uri: 'http://a/'}]}\n".into(), 1, "apiVersion", "switchyard.dev/v1alpha1"),
+        ];
+        for (text, line, key, message) in table {
+            let errs = errors_of(&text);
+            assert!(
+                errs.iter()
+                    .any(|(l, k, m)| *l == line && k == key && m.contains(message)),
+                "expected {key} at line {line} ({message}) in {errs:?}\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_unique_across_files_and_every_error_is_reported() {
+        let a = doc("  sinks: [{uri: 'http://a/'}]\n");
+        let b = format!(
+            "{a}---\n{}",
+            doc("  sinks: [{uri: 'http://b/'}]\n  broker: nope\n")
+        );
+        let sources = [(PathBuf::from("a.yaml"), a), (PathBuf::from("b.yaml"), b)];
+        let errs = from_sources(&sources, &["default".into()], &defaults())
+            .unwrap_err()
+            .0;
+        assert!(
+            errs.iter().any(|e| e.origin == "b.yaml"
+                && e.key == "metadata.name"
+                && e.message.contains("a.yaml:1")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.origin == "b.yaml" && e.key == "spec.broker"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn header_secrets_are_not_printed() {
+        let subs = load_one(&doc("  sinks:\n    - uri: http://a/\n      headers:\n        Authorization: Bearer hunter2\n")).unwrap();
+        let printed = format!("{:?}", subs[0].sinks);
+        assert!(printed.contains("authorization"));
+        assert!(!printed.contains("hunter2"));
+    }
+}
