@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 
 use switchyard::clock::SystemClock;
 use switchyard::config;
+use switchyard::config::subscriptions::{self, Subscription};
+use switchyard::config::ConfigErrors;
 use switchyard::server::Server;
 
 /// Exit code for a config that does not validate: sysexits.h EX_USAGE ("the command
@@ -36,8 +38,17 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Validate the config and print every error; exit 1 if there are any.
+    /// Validate the config and the subscription files; print every error, exit 1 if any.
     Check {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Run every subscription's filter on one event, offline, and say what matched.
+    Explain {
+        /// A structured-mode JSON event, or a request in the shape of the Tekton test
+        /// corpus (`{"headers": {...}, "body": ...}`).
+        #[arg(long)]
+        event: PathBuf,
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
@@ -47,13 +58,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: BTreeMap<String, String> = std::env::vars().collect();
     match cli.command {
-        Command::Check { config } => match config::load(config.as_deref(), &env) {
-            Ok(c) => {
+        Command::Check { config } => match load_all(config.as_deref(), &env) {
+            Ok((c, subs)) => {
                 let file = c.file.map_or_else(
                     || "embedded defaults".to_string(),
                     |p| p.display().to_string(),
                 );
-                println!("{file}: ok");
+                println!("{file}: ok, {} subscription(s)", subs.len());
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -62,9 +73,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Explain { event, config } => explain(&event, config.as_deref(), &env),
         Command::Serve { config } => {
             init_tracing(&env);
-            let config = match config::load(config.as_deref(), &env) {
+            let (config, subscriptions) = match load_all(config.as_deref(), &env) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -75,7 +87,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_BAD_CONFIG);
                 }
             };
-            match serve(config) {
+            match serve(config, subscriptions) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchyard: {e:#}");
@@ -84,6 +96,47 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The server config and the subscriptions it names, every error of both.
+fn load_all(
+    flag: Option<&std::path::Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<(config::Config, Vec<Subscription>), ConfigErrors> {
+    let config = config::load(flag, env)?;
+    let subs = subscriptions::load(&config)?;
+    Ok((config, subs))
+}
+
+fn explain(
+    event: &std::path::Path,
+    flag: Option<&std::path::Path>,
+    env: &BTreeMap<String, String>,
+) -> ExitCode {
+    let (_, subs) = match load_all(flag, env) {
+        Ok(v) => v,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let event = match std::fs::read(event)
+        .map_err(|e| e.to_string())
+        .and_then(|b| switchyard::event::from_file(&b))
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{}: {e}", event.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if subs.is_empty() {
+        println!("no subscriptions are configured");
+    }
+    for verdict in switchyard::router::explain::explain(&subs, &event) {
+        println!("{verdict}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_tracing(env: &BTreeMap<String, String>) {
@@ -100,7 +153,7 @@ fn init_tracing(env: &BTreeMap<String, String>) {
 }
 
 #[tokio::main]
-async fn serve(config: config::Config) -> anyhow::Result<()> {
+async fn serve(config: config::Config, subscriptions: Vec<Subscription>) -> anyhow::Result<()> {
     match &config.file {
         Some(f) => tracing::info!(file = %f.display(), "config loaded"),
         None => tracing::info!("no config file; running on the embedded defaults"),
@@ -116,10 +169,23 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
-    let server = Server::start(config, ingress, admin, Arc::new(SystemClock))
+    let server = Server::start(config, subscriptions, ingress, admin, Arc::new(SystemClock))
         .await
         .context("cannot open the log")?;
     let stop = server.shutdown_token();
+    #[cfg(unix)]
+    {
+        let reloader = server.reloader.clone();
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading subscriptions");
+                    reloader.trigger();
+                }
+            });
+        }
+    }
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");

@@ -12,10 +12,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Health};
 use crate::clock::SharedClock;
+use crate::config::subscriptions::Subscription;
 use crate::config::Config;
 use crate::ingress::{self, Ingress};
 use crate::log::sled::{SledLog, SledOptions};
 use crate::log::{Log, LogError, WriterOptions};
+use crate::router::reload::Reloader;
+use crate::router::{RouteSet, Routing};
 
 /// How long in-flight requests may take to finish at shutdown.
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -26,14 +29,18 @@ pub struct Server {
     pub admin_addr: std::net::SocketAddr,
     pub log: Log,
     pub health: Arc<Health>,
+    pub routing: Arc<Routing>,
+    pub reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     done: JoinHandle<()>,
 }
 
 impl Server {
     /// Starts on listeners the caller bound (tests bind port 0).
+    /// Routes for the already validated `subscriptions`.
     pub async fn start(
         config: Config,
+        subscriptions: Vec<Subscription>,
         ingress_listener: TcpListener,
         admin_listener: TcpListener,
         clock: SharedClock,
@@ -75,6 +82,15 @@ impl Server {
         for b in &config.brokers {
             tracing::info!(broker = %b, head = log.head(b).unwrap_or(0), "log opened");
         }
+        tracing::info!(subscriptions = subscriptions.len(), "subscriptions loaded");
+        let routing = Arc::new(Routing::start(
+            log.clone(),
+            RouteSet::new(subscriptions),
+            writer_stop.clone(),
+            &tracker,
+        ));
+        let reloader = Reloader::new(config.clone(), routing.clone());
+        tokio::spawn(reloader.clone().run(shutdown.clone()));
         let ingress = Arc::new(Ingress {
             log: log.clone(),
             dedupe: (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
@@ -110,6 +126,8 @@ impl Server {
             admin_addr,
             log,
             health,
+            routing,
+            reloader,
             shutdown,
             done,
         })

@@ -16,6 +16,7 @@ use switchyard::log::sled::{Durability, SledLog, SledOptions};
 use switchyard::log::{
     AppendOutcome, GroupEntry, Log, LogBackend, LogError, LogRecord, WriterOptions,
 };
+use switchyard::log::{LaneId, RouteProgress, SubscriptionState};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -161,6 +162,43 @@ impl LogBackend for Flaky {
     }
     fn sync(&self) -> Result<(), LogError> {
         self.inner.sync()
+    }
+    fn router_cursor(&self, broker: &str) -> Result<u64, LogError> {
+        self.inner.router_cursor(broker)
+    }
+    fn record_routes(
+        &self,
+        broker: &str,
+        entries: &[(LaneId, u64)],
+        progress: &RouteProgress,
+    ) -> Result<(), LogError> {
+        self.inner.record_routes(broker, entries, progress)
+    }
+    fn subscription_states(
+        &self,
+        broker: &str,
+    ) -> Result<Vec<(String, SubscriptionState)>, LogError> {
+        self.inner.subscription_states(broker)
+    }
+    fn drop_lanes(
+        &self,
+        broker: &str,
+        subscription: &str,
+        sinks: Option<&[String]>,
+    ) -> Result<usize, LogError> {
+        self.inner.drop_lanes(broker, subscription, sinks)
+    }
+    fn lane_pending(
+        &self,
+        broker: &str,
+        lane: &LaneId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, LogError> {
+        self.inner.lane_pending(broker, lane, from, limit)
+    }
+    fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError> {
+        self.inner.seq_at_time(broker, unix_nanos)
     }
 }
 

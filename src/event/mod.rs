@@ -162,6 +162,45 @@ impl Event {
     }
 }
 
+/// Reads an event from a file, for offline tools (`switchyard explain`): a
+/// structured-mode JSON event, or an HTTP request as the Tekton test corpus writes it
+/// (`{"headers": {...}, "body": ...}`, binary or structured by its `Content-Type`).
+pub fn from_file(bytes: &[u8]) -> Result<Event, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let (Some(headers), Some(body)) = (
+        value.get("headers").and_then(|h| h.as_object()),
+        value.get("body"),
+    ) else {
+        return json::decode_event(&Bytes::copy_from_slice(bytes)).map_err(|e| e.to_string());
+    };
+    let mut map = http::HeaderMap::new();
+    for (k, v) in headers {
+        let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .map_err(|e| format!("header {k}: {e}"))?;
+        let value = http::HeaderValue::from_str(v.as_str().unwrap_or_default())
+            .map_err(|e| format!("header {k}: {e}"))?;
+        map.append(name, value);
+    }
+    let body = match body {
+        serde_json::Value::String(s) => Bytes::from(s.clone()),
+        other => Bytes::from(serde_json::to_vec(other).map_err(|e| e.to_string())?),
+    };
+    let structured = map
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.to_ascii_lowercase()
+                .starts_with("application/cloudevents+json")
+        });
+    let event = if structured {
+        json::decode_event(&body)
+    } else {
+        binary::decode(&map, body)
+    };
+    event.map_err(|e| e.to_string())
+}
+
 /// Whether a media type is JSON (`application/json`, `text/json`, `*/*+json`), which
 /// decides how the JSON format carries `data`. Parameters are ignored.
 pub fn is_json_media_type(media_type: &str) -> bool {

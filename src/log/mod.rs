@@ -94,6 +94,93 @@ pub trait LogBackend: Send + Sync + 'static {
 
     /// Makes everything written durable.
     fn sync(&self) -> Result<(), LogError>;
+
+    /// The highest sequence number the router has decided (0 before any).
+    fn router_cursor(&self, broker: &str) -> Result<u64, LogError>;
+
+    /// Records routing decisions atomically: every `(lane, seq)` entry, and the
+    /// progress they complete (the router's cursor, or one subscription's backfill
+    /// state), so that a crash neither loses nor doubles a decision.
+    fn record_routes(
+        &self,
+        broker: &str,
+        entries: &[(LaneId, u64)],
+        progress: &RouteProgress,
+    ) -> Result<(), LogError>;
+
+    /// The routing state of every subscription the router has seen for `broker`.
+    fn subscription_states(
+        &self,
+        broker: &str,
+    ) -> Result<Vec<(String, SubscriptionState)>, LogError>;
+
+    /// Removes a subscription's state and every pending entry of its lanes (all of them,
+    /// or only the lanes of `sinks`); returns how many entries were dropped.
+    fn drop_lanes(
+        &self,
+        broker: &str,
+        subscription: &str,
+        sinks: Option<&[String]>,
+    ) -> Result<usize, LogError>;
+
+    /// A lane's pending sequence numbers from `from` on, in order, at most `limit`.
+    fn lane_pending(
+        &self,
+        broker: &str,
+        lane: &LaneId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, LogError>;
+
+    /// The first sequence whose arrival time is at or after `unix_nanos`
+    /// (`head + 1` when there is none).
+    fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError>;
+}
+
+/// A lane: one sink of one subscription. Its pending entries are sequence numbers of
+/// the broker's log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LaneId {
+    pub subscription: String,
+    pub sink: String,
+}
+
+impl LaneId {
+    pub fn new(subscription: impl Into<String>, sink: impl Into<String>) -> Self {
+        LaneId {
+            subscription: subscription.into(),
+            sink: sink.into(),
+        }
+    }
+
+    /// The key prefix of the lane's entries: `subscription \0 sink \0`. Neither part
+    /// can hold a NUL (names are DNS-like, sinks are URIs).
+    pub fn key_prefix(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.subscription.len() + self.sink.len() + 2);
+        k.extend_from_slice(self.subscription.as_bytes());
+        k.push(0);
+        k.extend_from_slice(self.sink.as_bytes());
+        k.push(0);
+        k
+    }
+}
+
+/// What a subscription's routing has reached, kept beside its lanes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubscriptionState {
+    /// The sinks (lanes) it had when last reconciled.
+    pub sinks: Vec<String>,
+    /// A backfill still to do: `(next, end)` inclusive.
+    pub backfill: Option<(u64, u64)>,
+}
+
+/// The progress a set of routing entries completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteProgress {
+    /// The router has decided every subscription up to this sequence.
+    Cursor(u64),
+    /// One subscription's state (a backfill step, or its first registration).
+    Subscription(String, SubscriptionState),
 }
 
 /// Settings of the writer in front of a backend.
@@ -205,6 +292,25 @@ impl Log {
         tokio::task::spawn_blocking(move || backend.read(&broker, from, limit))
             .await
             .map_err(|_| LogError::Closed)?
+    }
+
+    /// A lane's pending sequence numbers, off the async runtime.
+    pub async fn lane_pending(
+        &self,
+        broker: &str,
+        lane: &LaneId,
+        limit: usize,
+    ) -> Result<Vec<u64>, LogError> {
+        let backend = self.backend.clone();
+        let (broker, lane) = (broker.to_string(), lane.clone());
+        tokio::task::spawn_blocking(move || backend.lane_pending(&broker, &lane, 0, limit))
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// The brokers this log has.
+    pub fn brokers(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.heads.keys()
     }
 
     /// The backend, for callers that manage their own blocking.

@@ -1,9 +1,11 @@
 //! The embedded backend: sled 0.34.7.
 //!
-//! Per broker three trees: `events/<broker>` (big-endian u64 sequence → record),
-//! `dedupe/<broker>` (dedupe key → first-seen time and sequence) and
-//! `dedupe-expiry/<broker>` (first-seen time ++ key, for sweeping). A group's writes to
-//! one broker are one transaction over the three.
+//! Per broker: `events/<broker>` (big-endian u64 sequence → record),
+//! `dedupe/<broker>` (dedupe key → first-seen time and sequence),
+//! `dedupe-expiry/<broker>` (first-seen time ++ key, for sweeping), `lanes/<broker>`
+//! (lane prefix ++ sequence → ()) and `meta/<broker>` (router cursor, subscription
+//! states). A group's writes to one broker are one transaction over the event and dedupe
+//! trees; routing decisions are one transaction over the lanes and meta trees.
 //!
 //! Durability (`fsync`): sled's `flush` writes its buffers with `sync_file_range`, which
 //! does not sync file metadata, and it writes large values to `blobs/` without syncing
@@ -47,7 +49,19 @@ struct BrokerTrees {
     events: Tree,
     dedupe: Tree,
     expiry: Tree,
+    /// Lane entries: `subscription \0 sink \0 seq` → ().
+    lanes: Tree,
+    /// Routing state: `cursor` → seq; `sub/<name>` → JSON `SubscriptionState`.
+    meta: Tree,
     head: AtomicU64,
+}
+
+const CURSOR_KEY: &[u8] = b"cursor";
+
+fn sub_key(name: &str) -> Vec<u8> {
+    let mut k = b"sub/".to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
 }
 
 /// The sled backend.
@@ -87,6 +101,8 @@ impl SledLog {
                     events,
                     dedupe: db.open_tree(format!("dedupe/{b}"))?,
                     expiry: db.open_tree(format!("dedupe-expiry/{b}"))?,
+                    lanes: db.open_tree(format!("lanes/{b}"))?,
+                    meta: db.open_tree(format!("meta/{b}"))?,
                     head: AtomicU64::new(head),
                 },
             );
@@ -311,6 +327,155 @@ impl LogBackend for SledLog {
 
     fn dedupe_entries(&self) -> usize {
         self.brokers.values().map(|t| t.dedupe.len()).sum()
+    }
+
+    fn router_cursor(&self, broker: &str) -> Result<u64, LogError> {
+        Ok(self
+            .trees(broker)?
+            .meta
+            .get(CURSOR_KEY)?
+            .map_or(0, |v| seq_of(&v)))
+    }
+
+    fn record_routes(
+        &self,
+        broker: &str,
+        entries: &[(super::LaneId, u64)],
+        progress: &super::RouteProgress,
+    ) -> Result<(), LogError> {
+        let trees = self.trees(broker)?;
+        let mut lanes = Batch::default();
+        for (lane, seq) in entries {
+            let mut key = lane.key_prefix();
+            key.extend_from_slice(&seq.to_be_bytes());
+            lanes.insert(key, &[]);
+        }
+        let mut meta = Batch::default();
+        match progress {
+            super::RouteProgress::Cursor(c) => meta.insert(CURSOR_KEY, &c.to_be_bytes()),
+            super::RouteProgress::Subscription(name, state) => {
+                let json = serde_json::to_vec(state)
+                    .map_err(|e| LogError::Io(std::io::Error::other(e)))?;
+                meta.insert(sub_key(name), json)
+            }
+        }
+        (&trees.lanes, &trees.meta)
+            .transaction(|(l, m)| {
+                l.apply_batch(&lanes)?;
+                m.apply_batch(&meta)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(s) => LogError::Storage(s),
+                TransactionError::Abort(()) => {
+                    LogError::Io(std::io::Error::other("routing transaction aborted"))
+                }
+            })?;
+        if self.durability == Durability::Fsync {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn subscription_states(
+        &self,
+        broker: &str,
+    ) -> Result<Vec<(String, super::SubscriptionState)>, LogError> {
+        let trees = self.trees(broker)?;
+        let mut out = Vec::new();
+        for item in trees.meta.scan_prefix(b"sub/") {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k[4..]).into_owned();
+            match serde_json::from_slice(&v) {
+                Ok(state) => out.push((name, state)),
+                Err(e) => {
+                    tracing::warn!(subscription = %name, error = %e, "unreadable subscription state; it will be reset")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn drop_lanes(
+        &self,
+        broker: &str,
+        subscription: &str,
+        sinks: Option<&[String]>,
+    ) -> Result<usize, LogError> {
+        let trees = self.trees(broker)?;
+        let prefixes: Vec<Vec<u8>> = match sinks {
+            Some(sinks) => sinks
+                .iter()
+                .map(|s| super::LaneId::new(subscription, s.as_str()).key_prefix())
+                .collect(),
+            None => {
+                let mut p = subscription.as_bytes().to_vec();
+                p.push(0);
+                vec![p]
+            }
+        };
+        let mut dropped = 0;
+        for prefix in prefixes {
+            let mut batch = Batch::default();
+            for item in trees.lanes.scan_prefix(&prefix) {
+                let (k, _) = item?;
+                batch.remove(k);
+                dropped += 1;
+            }
+            trees.lanes.apply_batch(batch)?;
+        }
+        if sinks.is_none() {
+            trees.meta.remove(sub_key(subscription))?;
+        }
+        if self.durability == Durability::Fsync {
+            self.sync()?;
+        }
+        Ok(dropped)
+    }
+
+    fn lane_pending(
+        &self,
+        broker: &str,
+        lane: &super::LaneId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, LogError> {
+        let trees = self.trees(broker)?;
+        let prefix = lane.key_prefix();
+        let mut start = prefix.clone();
+        start.extend_from_slice(&from.to_be_bytes());
+        let mut out = Vec::new();
+        for item in trees.lanes.range(start..) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(seq_of(&k[prefix.len()..]));
+        }
+        Ok(out)
+    }
+
+    fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError> {
+        // Arrival times grow with sequence numbers (one writer stamps them in order), so
+        // a binary search over the sequence finds the first one at or after the time.
+        let trees = self.trees(broker)?;
+        let head = trees.head.load(Ordering::Acquire);
+        let arrival = |seq: u64| -> Result<Option<u64>, LogError> {
+            Ok(trees
+                .events
+                .get(seq.to_be_bytes())?
+                .and_then(|v| super::record::decode(seq, Bytes::copy_from_slice(&v)))
+                .map(|r| r.arrival_unix_nanos))
+        };
+        let (mut lo, mut hi) = (1u64, head + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match arrival(mid)? {
+                Some(t) if t >= unix_nanos => hi = mid,
+                _ => lo = mid + 1,
+            }
+        }
+        Ok(lo)
     }
 
     fn sync(&self) -> Result<(), LogError> {

@@ -1,5 +1,385 @@
-//! Routing: filters (attribute, Subscriptions API dialects, CEL), the shared per-event
-//! activation, and (as it lands) the router that records matches in lanes.
+//! Routing: one router per broker reads the log from its own cursor, decides every
+//! subscription once per event with one shared activation, and records each match in
+//! the lane of every sink of that subscription. The lane entries and the cursor move in
+//! one transaction, so a crash neither loses nor doubles a decision.
+//!
+//! A new subscription starts per its `startFrom` (`latest`: with the next event;
+//! `earliest` or a time: a backfill from the retained log, recorded step by step the
+//! same way). A removed subscription takes its lanes with it; their pending entries
+//! are counted as dropped.
 
 pub mod activation;
+pub mod explain;
 pub mod filter;
+pub mod reload;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::subscriptions::{StartFrom, Subscription};
+use crate::event::Event;
+use crate::log::{LaneId, Log, LogBackend, LogError, RouteProgress, SubscriptionState};
+use activation::Needs;
+use filter::Decision;
+
+/// Events a router decides per step (one read, one transaction).
+const BATCH: usize = 256;
+
+/// A subscription as the router holds it: the config and its lanes.
+pub struct Route {
+    pub subscription: Subscription,
+    pub lanes: Vec<LaneId>,
+}
+
+/// The running set of subscriptions, grouped by broker.
+#[derive(Default)]
+pub struct RouteSet {
+    by_broker: HashMap<String, (Vec<Arc<Route>>, Needs)>,
+}
+
+impl RouteSet {
+    pub fn new(subscriptions: Vec<Subscription>) -> Self {
+        let mut by_broker: HashMap<String, (Vec<Arc<Route>>, Needs)> = HashMap::new();
+        for s in subscriptions {
+            let lanes = s
+                .sinks
+                .iter()
+                .map(|k| LaneId::new(s.name.clone(), k.uri.to_string()))
+                .collect();
+            let entry = by_broker.entry(s.broker.clone()).or_default();
+            if let Some(c) = &s.filter.cel {
+                entry.1.add(c.variables());
+            }
+            entry.0.push(Arc::new(Route {
+                subscription: s,
+                lanes,
+            }));
+        }
+        RouteSet { by_broker }
+    }
+
+    /// The routes of one broker and what their filters read.
+    pub fn broker(&self, broker: &str) -> (&[Arc<Route>], Needs) {
+        match self.by_broker.get(broker) {
+            Some((routes, needs)) => (routes, needs.clone()),
+            None => (&[], Needs::default()),
+        }
+    }
+
+    /// Every route, all brokers.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_broker.values().flat_map(|(r, _)| r.iter())
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_broker.values().map(|(r, _)| r.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Counters of one subscription's filter results.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    pub matched: AtomicU64,
+    pub not_matched: AtomicU64,
+    /// CEL errors and non-boolean results (counted as no match).
+    pub errors: AtomicU64,
+    /// Pending lane entries dropped when the subscription or a sink was removed.
+    pub dropped: AtomicU64,
+}
+
+type StatsMap = Arc<Mutex<HashMap<String, Arc<RouteStats>>>>;
+
+fn stats_for(map: &StatsMap, name: &str) -> Arc<RouteStats> {
+    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+    m.entry(name.to_string()).or_default().clone()
+}
+
+/// The handle on the routers: swap the subscription set, read counters and lanes.
+pub struct Routing {
+    set: watch::Sender<Arc<RouteSet>>,
+    stats: StatsMap,
+    log: Log,
+}
+
+impl Routing {
+    /// Starts one router per broker of `log`.
+    pub fn start(
+        log: Log,
+        set: RouteSet,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Routing {
+        let (tx, _) = watch::channel(Arc::new(set));
+        let stats: StatsMap = Arc::default();
+        for broker in log.brokers() {
+            let router = BrokerRouter {
+                broker: broker.to_string(),
+                log: log.clone(),
+                stats: stats.clone(),
+            };
+            tracker.spawn(router.run(tx.subscribe(), shutdown.clone()));
+        }
+        Routing {
+            set: tx,
+            stats,
+            log,
+        }
+    }
+
+    /// Replaces the running set; each router reconciles before its next step.
+    pub fn replace(&self, set: RouteSet) {
+        self.set.send_replace(Arc::new(set));
+    }
+
+    /// The running set.
+    pub fn current(&self) -> Arc<RouteSet> {
+        self.set.borrow().clone()
+    }
+
+    /// A subscription's counters.
+    pub fn stats(&self, subscription: &str) -> Arc<RouteStats> {
+        stats_for(&self.stats, subscription)
+    }
+
+    /// A lane's pending sequence numbers (for tests and for the deliverer).
+    pub async fn lane_pending(
+        &self,
+        broker: &str,
+        lane: &LaneId,
+        limit: usize,
+    ) -> Result<Vec<u64>, LogError> {
+        self.log.lane_pending(broker, lane, limit).await
+    }
+}
+
+struct BrokerRouter {
+    broker: String,
+    log: Log,
+    stats: StatsMap,
+}
+
+/// What one blocking step did.
+enum Step {
+    /// Routed or backfilled something; go again.
+    Progress,
+    /// Nothing to do until the head or the set moves.
+    Idle,
+}
+
+impl BrokerRouter {
+    async fn run(self, mut set_rx: watch::Receiver<Arc<RouteSet>>, shutdown: CancellationToken) {
+        let Some(mut head) = self.log.watch(&self.broker) else {
+            return;
+        };
+        let this = Arc::new(self);
+        let mut set = set_rx.borrow_and_update().clone();
+        let mut reconciled = false;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let (me, s, r) = (this.clone(), set.clone(), reconciled);
+            let step = tokio::task::spawn_blocking(move || {
+                let backend = me.log.backend().clone();
+                if !r {
+                    me.reconcile(backend.as_ref(), &s)?;
+                }
+                me.step(backend.as_ref(), &s)
+            })
+            .await;
+            match step {
+                Ok(Ok(Step::Progress)) => {
+                    reconciled = true;
+                    continue;
+                }
+                Ok(Ok(Step::Idle)) => reconciled = true,
+                Ok(Err(e)) => {
+                    tracing::error!(broker = %this.broker, error = %e, "routing failed; retrying in a second");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+                Err(_) => break,
+            }
+            tokio::select! {
+                r = head.changed() => if r.is_err() { break },
+                r = set_rx.changed() => {
+                    if r.is_err() { break }
+                    set = set_rx.borrow_and_update().clone();
+                    reconciled = false;
+                }
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    /// Brings the stored routing state in line with `set`: drops removed subscriptions
+    /// and sinks, registers new subscriptions with their backfill.
+    fn reconcile(&self, backend: &dyn LogBackend, set: &RouteSet) -> Result<(), LogError> {
+        let (routes, _) = set.broker(&self.broker);
+        let known: HashMap<String, SubscriptionState> = backend
+            .subscription_states(&self.broker)?
+            .into_iter()
+            .collect();
+        for name in known.keys() {
+            if !routes.iter().any(|r| &r.subscription.name == name) {
+                let dropped = backend.drop_lanes(&self.broker, name, None)?;
+                stats_for(&self.stats, name)
+                    .dropped
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                tracing::info!(broker = %self.broker, subscription = %name, dropped, "subscription removed; its pending lane entries were dropped");
+            }
+        }
+        let cursor = backend.router_cursor(&self.broker)?;
+        for route in routes {
+            let sub = &route.subscription;
+            let sinks: Vec<String> = route.lanes.iter().map(|l| l.sink.clone()).collect();
+            let state = match known.get(&sub.name) {
+                Some(state) => {
+                    let gone: Vec<String> = state
+                        .sinks
+                        .iter()
+                        .filter(|s| !sinks.contains(s))
+                        .cloned()
+                        .collect();
+                    if !gone.is_empty() {
+                        let dropped = backend.drop_lanes(&self.broker, &sub.name, Some(&gone))?;
+                        stats_for(&self.stats, &sub.name)
+                            .dropped
+                            .fetch_add(dropped as u64, Ordering::Relaxed);
+                        tracing::info!(subscription = %sub.name, sinks = ?gone, dropped, "sinks removed; their pending lane entries were dropped");
+                    }
+                    if state.sinks == sinks {
+                        continue;
+                    }
+                    SubscriptionState {
+                        sinks,
+                        backfill: state.backfill,
+                    }
+                }
+                None => {
+                    let from = match sub.start_from {
+                        StartFrom::Latest => cursor + 1,
+                        StartFrom::Earliest => 1,
+                        StartFrom::Time(t) => backend.seq_at_time(&self.broker, t)?,
+                    };
+                    let backfill = (from <= cursor).then_some((from, cursor));
+                    tracing::info!(broker = %self.broker, subscription = %sub.name, ?backfill, "subscription added");
+                    SubscriptionState { sinks, backfill }
+                }
+            };
+            backend.record_routes(
+                &self.broker,
+                &[],
+                &RouteProgress::Subscription(sub.name.clone(), state),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One step: a backfill chunk if any is pending, else the next batch of new events.
+    fn step(&self, backend: &dyn LogBackend, set: &RouteSet) -> Result<Step, LogError> {
+        let (routes, needs) = set.broker(&self.broker);
+        for (name, state) in backend.subscription_states(&self.broker)? {
+            let Some((next, end)) = state.backfill else {
+                continue;
+            };
+            let Some(route) = routes.iter().find(|r| r.subscription.name == name) else {
+                continue;
+            };
+            let records = backend.read(&self.broker, next, BATCH.min((end - next + 1) as usize))?;
+            let mut sub_needs = Needs::default();
+            if let Some(c) = &route.subscription.filter.cel {
+                sub_needs.add(c.variables());
+            }
+            let mut entries = Vec::new();
+            let mut last = next.saturating_sub(1);
+            for r in records.iter().filter(|r| r.seq <= end) {
+                self.decide(
+                    std::slice::from_ref(route),
+                    &sub_needs,
+                    &r.event,
+                    r.seq,
+                    &mut entries,
+                );
+                last = r.seq;
+            }
+            // Records may be gone (retention): the chunk still ends where it was asked to.
+            if records.is_empty() || last < next {
+                last = (next + BATCH as u64 - 1).min(end);
+            }
+            let backfill = (last < end).then_some((last + 1, end));
+            let new_state = SubscriptionState {
+                sinks: state.sinks,
+                backfill,
+            };
+            backend.record_routes(
+                &self.broker,
+                &entries,
+                &RouteProgress::Subscription(name, new_state),
+            )?;
+            return Ok(Step::Progress);
+        }
+        let cursor = backend.router_cursor(&self.broker)?;
+        let head = backend.head(&self.broker)?;
+        if head <= cursor {
+            return Ok(Step::Idle);
+        }
+        let records = backend.read(&self.broker, cursor + 1, BATCH)?;
+        let mut entries = Vec::new();
+        let mut last = cursor;
+        for r in &records {
+            self.decide(routes, &needs, &r.event, r.seq, &mut entries);
+            last = r.seq;
+        }
+        if records.is_empty() {
+            last = head.min(cursor + BATCH as u64);
+        }
+        backend.record_routes(&self.broker, &entries, &RouteProgress::Cursor(last))?;
+        Ok(Step::Progress)
+    }
+
+    /// Decides `routes` for one event with one shared activation.
+    fn decide(
+        &self,
+        routes: &[Arc<Route>],
+        needs: &Needs,
+        event: &Event,
+        seq: u64,
+        out: &mut Vec<(LaneId, u64)>,
+    ) {
+        let data = if needs.data {
+            activation::parse_data(event)
+        } else {
+            None
+        };
+        let base = activation::base();
+        let act = activation::activation(&base, event, data.as_ref(), needs);
+        for route in routes {
+            let stats = stats_for(&self.stats, &route.subscription.name);
+            match route.subscription.filter.decide(event, &act) {
+                Decision::Match => {
+                    stats.matched.fetch_add(1, Ordering::Relaxed);
+                    out.extend(route.lanes.iter().map(|l| (l.clone(), seq)));
+                }
+                Decision::NoMatch => {
+                    stats.not_matched.fetch_add(1, Ordering::Relaxed);
+                }
+                Decision::Error => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}

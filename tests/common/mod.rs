@@ -82,7 +82,9 @@ impl TestServer {
     async fn launch(c: config::Config, clock: &ManualClock) -> Server {
         let ingress = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Server::start(c, ingress, admin, Arc::new(clock.clone()))
+        let subs =
+            switchyard::config::subscriptions::load(&c).expect("test subscriptions are valid");
+        Server::start(c, subs, ingress, admin, Arc::new(clock.clone()))
             .await
             .unwrap()
     }
