@@ -187,6 +187,11 @@ impl BrokerRouter {
             if shutdown.is_cancelled() {
                 break;
             }
+            // A set replaced before an event was appended must decide that event.
+            if set_rx.has_changed().unwrap_or(false) {
+                set = set_rx.borrow_and_update().clone();
+                reconciled = false;
+            }
             let (me, s, r) = (this.clone(), set.clone(), reconciled);
             let step = tokio::task::spawn_blocking(move || {
                 let backend = me.log.backend().clone();
@@ -213,12 +218,13 @@ impl BrokerRouter {
                 Err(_) => break,
             }
             tokio::select! {
-                r = head.changed() => if r.is_err() { break },
+                biased;
                 r = set_rx.changed() => {
                     if r.is_err() { break }
                     set = set_rx.borrow_and_update().clone();
                     reconciled = false;
                 }
+                r = head.changed() => if r.is_err() { break },
                 _ = shutdown.cancelled() => break,
             }
         }

@@ -56,13 +56,25 @@ impl TestServer {
     /// Starts a broker; `extra` is YAML appended to the base config (top-level keys
     /// other than ingress/admin/storage).
     pub async fn start(extra: &str) -> TestServer {
+        TestServer::start_with_subscriptions(extra, &[]).await
+    }
+
+    /// Starts a broker with subscription files `(name, text)` in its folder (hot
+    /// reloaded from there).
+    pub async fn start_with_subscriptions(extra: &str, files: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
+        let subs = dir.path().join("subscriptions");
+        std::fs::create_dir_all(&subs).unwrap();
+        for (name, text) in files {
+            std::fs::write(subs.join(name), text).unwrap();
+        }
+        let extra = format!("subscriptions: [{}]\n{extra}", subs.display());
         let clock = ManualClock::new(T0);
         let mut t = TestServer {
             server: None,
             dir,
             clock,
-            yaml: extra.to_string(),
+            yaml: extra,
             client: Client::builder(TokioExecutor::new()).build_http(),
         };
         t.restart().await;
@@ -168,3 +180,58 @@ pub fn read_conformance(rel: &str) -> serde_json::Value {
 
 #[path = "process.rs"]
 pub mod process;
+
+impl TestServer {
+    /// Waits (bounded) until the broker's router has decided every stored event.
+    pub async fn wait_routed(&self, broker: &str) {
+        let log = &self.server().log;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let head = log.head(broker).unwrap();
+            let cursor = log.backend().router_cursor(broker).unwrap();
+            let backfilling = log
+                .backend()
+                .subscription_states(broker)
+                .unwrap()
+                .iter()
+                .any(|(_, s)| s.backfill.is_some());
+            if cursor >= head && !backfilling {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "routing did not catch up: cursor {cursor}, head {head}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A lane's pending sequence numbers.
+    pub async fn lane(&self, broker: &str, subscription: &str, sink: &str) -> Vec<u64> {
+        let lane = switchyard::log::LaneId::new(subscription, sink);
+        self.server()
+            .log
+            .lane_pending(broker, &lane, usize::MAX)
+            .await
+            .unwrap()
+    }
+
+    /// Writes `text` as a subscription file in the test's folder.
+    pub fn write_subscriptions(&self, file: &str, text: &str) {
+        let dir = self.dir.path().join("subscriptions");
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, dir.join(file)).unwrap();
+    }
+
+    /// The folder `write_subscriptions` writes to, for the config.
+    pub fn subscriptions_dir(dir: &Path) -> PathBuf {
+        dir.join("subscriptions")
+    }
+}
+
+/// A subscription document.
+pub fn subscription(name: &str, spec: &str) -> String {
+    format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: {name}\nspec:\n{spec}---\n")
+}

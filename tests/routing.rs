@@ -1,0 +1,338 @@
+//! Routing: subscriptions typical of Tekton and CDEvents users, against every fixture
+//! of ../shared/testdata/tekton and ../shared/testdata/cdevents/as-cloudevent; exactly
+//! which lanes get which events. Then startFrom backfills, hot reload, and removal.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{minimal, subscription, testdata, TestServer};
+use serde_json::Value;
+
+const NOTIFIER: &str = "http://notifier.ci.svc:8080/";
+const PAGER: &str = "http://pager.ops.svc:8080/";
+const AUDIT: &str = "https://audit.example.com/events";
+
+fn subs() -> String {
+    let one = |name: &str, filter: &str| {
+        subscription(
+            name,
+            &format!("  filter:\n{filter}  sinks:\n    - uri: {NOTIFIER}\n"),
+        )
+    };
+    let mut s = String::new();
+    s += &subscription(
+        "all-pipelinerun-failures",
+        &format!("  filter:\n    attributes:\n      type: dev.tekton.event.pipelinerun.failed.v1\n  sinks:\n    - uri: {NOTIFIER}\n    - uri: {PAGER}\n"),
+    );
+    s += &one("taskrun-outcomes", "    filters:\n      - prefix: { type: dev.tekton.event.taskrun. }\n      - any:\n          - suffix: { type: .successful.v1 }\n          - suffix: { type: .failed.v1 }\n");
+    s += &one("ee-cd-namespace", "    cel: 'has(data.pipelineRun) ? data.pipelineRun.metadata.namespace == \"ee-cd\" : data.taskRun.metadata.namespace == \"ee-cd\"'\n");
+    s += &one("pingcap-pipelineruns", "    cel: >-\n      has(data.pipelineRun) &&\n      data.pipelineRun.metadata.labels['tekton.dev/pipeline'] == 'pingcap-build-package'\n");
+    s += &one("pingcap-taskruns", "    cel: \"has(data.taskRun) && 'tekton.dev/pipeline' in data.taskRun.metadata.labels && data.taskRun.metadata.labels['tekton.dev/pipeline'] == 'pingcap-build-package'\"\n");
+    s += &one(
+        "cdevents-all",
+        "    filters:\n      - prefix: { type: dev.cdevents. }\n",
+    );
+    s += &one(
+        "cdevents-pipelineruns",
+        "    filters:\n      - prefix: { type: dev.cdevents.pipelinerun. }\n",
+    );
+    s += &one(
+        "not-tekton",
+        "    filters:\n      - not: { prefix: { type: dev.tekton. } }\n",
+    );
+    s += &one(
+        "selflink-sources",
+        "    filters:\n      - prefix: { source: /apis/tekton.dev/ }\n",
+    );
+    s += &one("curl-taskruns", "    filters:\n      - all:\n          - prefix: { type: dev.tekton.event.taskrun. }\n          - exact: { subject: curl-run-6gplk }\n");
+    s += &one("started-or-running", "    filters:\n      - any:\n          - exact: { type: dev.tekton.event.pipelinerun.started.v1 }\n          - exact: { type: dev.tekton.event.pipelinerun.running.v1 }\n");
+    s += &one("deploys-to-test123", "    cel: \"type.startsWith('dev.cdevents.service.deployed.') && data.subject.content.environment.id == 'test123'\"\n");
+    s += &one("artifact-sboms", "    filters:\n      - prefix: { type: dev.cdevents.artifact. }\n    cel: has(data.subject.content.sbom)\n");
+    s += &one("failed-outside-ee-cd", "    attributes:\n      type: dev.tekton.event.taskrun.failed.v1\n    cel: \"!source.contains('/namespaces/ee-cd/')\"\n");
+    s += &subscription(
+        "everything",
+        &format!("  sinks:\n    - uri: {AUDIT}\n      format: structured\n"),
+    );
+    s
+}
+
+/// Posts the ten Tekton requests (seq 1-10), then each CDEvent structured and binary
+/// (seq 11-16: artifact, artifact, pipelinerun, pipelinerun, service, service).
+async fn post_fixtures(t: &TestServer) {
+    let dir = testdata().join("tekton");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(char::is_numeric)
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let fx: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+        let headers: Vec<(String, String)> = fx["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "content-length" | "connection"
+                )
+            })
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        let refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            t.post("/", &refs, serde_json::to_vec(&fx["body"]).unwrap())
+                .await
+                .status,
+            202
+        );
+    }
+    let cd = testdata().join("cdevents/as-cloudevent");
+    for name in [
+        "artifact_published",
+        "pipelinerun_started",
+        "service_deployed",
+    ] {
+        let structured = std::fs::read(cd.join(format!("{name}.structured.json"))).unwrap();
+        assert_eq!(
+            t.post(
+                "/",
+                &[("content-type", "application/cloudevents+json")],
+                structured
+            )
+            .await
+            .status,
+            202
+        );
+        let raw = std::fs::read_to_string(cd.join(format!("{name}.binary.http"))).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let headers: Vec<(&str, &str)> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(k, _)| !matches!(k.to_ascii_lowercase().as_str(), "content-length" | "host"))
+            .collect();
+        assert_eq!(t.post("/", &headers, body.to_string()).await.status, 202);
+    }
+}
+
+#[tokio::test]
+async fn the_routing_table_sends_each_fixture_to_exactly_the_lanes_it_matches() {
+    // The CDEvents fixtures all share one source and id: dedupe would keep only one.
+    let t =
+        TestServer::start_with_subscriptions("dedupe:\n  window: 0\n", &[("tekton.yaml", &subs())])
+            .await;
+    post_fixtures(&t).await;
+    t.wait_routed("default").await;
+    let expected: &[(&str, &str, &[u64])] = &[
+        ("all-pipelinerun-failures", NOTIFIER, &[10]),
+        ("all-pipelinerun-failures", PAGER, &[10]),
+        ("taskrun-outcomes", NOTIFIER, &[5, 6]),
+        ("ee-cd-namespace", NOTIFIER, &[2, 3, 5, 6, 7, 8, 9, 10]),
+        ("pingcap-pipelineruns", NOTIFIER, &[9, 10]),
+        ("pingcap-taskruns", NOTIFIER, &[5, 6]),
+        ("cdevents-all", NOTIFIER, &[11, 12, 13, 14, 15, 16]),
+        ("cdevents-pipelineruns", NOTIFIER, &[13, 14]),
+        ("not-tekton", NOTIFIER, &[11, 12, 13, 14, 15, 16]),
+        ("selflink-sources", NOTIFIER, &[4]),
+        ("curl-taskruns", NOTIFIER, &[1, 4]),
+        ("started-or-running", NOTIFIER, &[7, 8]),
+        ("deploys-to-test123", NOTIFIER, &[15, 16]),
+        ("artifact-sboms", NOTIFIER, &[11, 12]),
+        ("failed-outside-ee-cd", NOTIFIER, &[]),
+        (
+            "everything",
+            AUDIT,
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+        ),
+    ];
+    for (sub, sink, seqs) in expected {
+        assert_eq!(
+            t.lane("default", sub, sink).await,
+            *seqs,
+            "lane {sub} -> {sink}"
+        );
+    }
+    // A sink a subscription does not have has no lane.
+    assert!(t
+        .lane("default", "taskrun-outcomes", PAGER)
+        .await
+        .is_empty());
+    // The CEL that reads data.taskRun fails on CDEvents: no match, counted as errors.
+    let stats = t.server().routing.stats("ee-cd-namespace");
+    assert_eq!(stats.matched.load(Ordering::Relaxed), 8);
+    assert_eq!(stats.errors.load(Ordering::Relaxed), 6);
+    assert_eq!(stats.not_matched.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn new_subscriptions_start_from_latest_earliest_or_a_time() {
+    let t = TestServer::start("").await;
+    for i in 1..=3 {
+        assert_eq!(t.post_json(&minimal(&format!("old-{i}"))).await.status, 202);
+    }
+    t.clock.advance(Duration::from_secs(60));
+    for i in 4..=5 {
+        assert_eq!(t.post_json(&minimal(&format!("new-{i}"))).await.status, 202);
+    }
+    t.wait_routed("default").await;
+    // The clock started at 2026-01-01T00:00:00Z; the second pair arrived a minute later.
+    let sinks = format!("  sinks: [{{uri: '{NOTIFIER}'}}]\n");
+    let text = [
+        subscription("from-latest", &sinks),
+        subscription("from-earliest", &format!("{sinks}  startFrom: earliest\n")),
+        subscription(
+            "from-time",
+            &format!("{sinks}  startFrom: 2026-01-01T00:00:30Z\n"),
+        ),
+    ]
+    .concat();
+    t.write_subscriptions("start.yaml", &text);
+    t.server().reloader.reload().unwrap();
+    assert_eq!(t.post_json(&minimal("after")).await.status, 202);
+    t.wait_routed("default").await;
+    assert_eq!(t.lane("default", "from-latest", NOTIFIER).await, [6]);
+    assert_eq!(
+        t.lane("default", "from-earliest", NOTIFIER).await,
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(t.lane("default", "from-time", NOTIFIER).await, [4, 5, 6]);
+}
+
+async fn wait_for(mut cond: impl AsyncFnMut() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_invalid_set() {
+    let sinks = format!("  sinks: [{{uri: '{NOTIFIER}'}}]\n");
+    let a = subscription(
+        "a",
+        &format!("  filter:\n    attributes: {{ type: t1 }}\n{sinks}"),
+    );
+    let t = TestServer::start_with_subscriptions("", &[("a.yaml", &a)]).await;
+    let post = |id: &str, ty: &str| {
+        let mut e = minimal(id);
+        e["type"] = ty.into();
+        e
+    };
+    assert_eq!(t.post_json(&post("1", "t1")).await.status, 202); // seq 1
+    t.wait_routed("default").await;
+
+    // Add b (watched file): picked up without a signal.
+    t.write_subscriptions(
+        "b.yaml",
+        &subscription(
+            "b",
+            &format!("  filter:\n    attributes: {{ type: t2 }}\n{sinks}"),
+        ),
+    );
+    wait_for(
+        async || t.server().routing.current().len() == 2,
+        "b to be loaded",
+    )
+    .await;
+    assert_eq!(t.post_json(&post("2", "t2")).await.status, 202); // seq 2
+                                                                 // Change a's filter to t2: it applies from the next routed event.
+    t.write_subscriptions(
+        "a.yaml",
+        &subscription(
+            "a",
+            &format!("  filter:\n    attributes: {{ type: t2 }}\n{sinks}"),
+        ),
+    );
+    wait_for(
+        async || t.server().reloader.applied.load(Ordering::Relaxed) >= 2,
+        "a's change to be loaded",
+    )
+    .await;
+    assert_eq!(t.post_json(&post("3", "t2")).await.status, 202); // seq 3
+    t.wait_routed("default").await;
+    assert_eq!(t.lane("default", "a", NOTIFIER).await, [1, 3]);
+    assert_eq!(t.lane("default", "b", NOTIFIER).await, [2, 3]);
+
+    // An invalid edit is rejected whole; the running set keeps working.
+    let failures = t.server().reloader.failures.load(Ordering::Relaxed);
+    t.write_subscriptions("b.yaml", &subscription("b", "  sinks: []\n"));
+    wait_for(
+        async || t.server().reloader.failures.load(Ordering::Relaxed) > failures,
+        "the invalid edit to be rejected",
+    )
+    .await;
+    assert_eq!(t.post_json(&post("4", "t2")).await.status, 202); // seq 4
+    t.wait_routed("default").await;
+    assert_eq!(t.lane("default", "b", NOTIFIER).await, [2, 3, 4]);
+
+    // Remove b: its lane goes, pending entries counted as dropped.
+    std::fs::remove_file(t.dir.path().join("subscriptions/b.yaml")).unwrap();
+    wait_for(
+        async || t.server().routing.current().len() == 1,
+        "b to be removed",
+    )
+    .await;
+    assert_eq!(t.post_json(&post("5", "t2")).await.status, 202); // seq 5
+    t.wait_routed("default").await;
+    assert!(t.lane("default", "b", NOTIFIER).await.is_empty());
+    assert_eq!(
+        t.server()
+            .routing
+            .stats("b")
+            .dropped
+            .load(Ordering::Relaxed),
+        3
+    );
+    assert_eq!(t.lane("default", "a", NOTIFIER).await, [1, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn removing_a_sink_drops_its_lane_and_adding_one_starts_it_at_the_next_event() {
+    let one = subscription("s", &format!("  sinks: [{{uri: '{NOTIFIER}'}}]\n"));
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &one)]).await;
+    assert_eq!(t.post_json(&minimal("1")).await.status, 202);
+    t.wait_routed("default").await;
+    t.write_subscriptions(
+        "s.yaml",
+        &subscription("s", &format!("  sinks: [{{uri: '{PAGER}'}}]\n")),
+    );
+    t.server().reloader.reload().unwrap();
+    assert_eq!(t.post_json(&minimal("2")).await.status, 202);
+    t.wait_routed("default").await;
+    assert!(t.lane("default", "s", NOTIFIER).await.is_empty());
+    assert_eq!(t.lane("default", "s", PAGER).await, [2]);
+}
+
+#[tokio::test]
+async fn routing_state_survives_a_restart_without_doubling() {
+    let every = subscription("every", &format!("  sinks: [{{uri: '{NOTIFIER}'}}]\n"));
+    let mut t = TestServer::start_with_subscriptions("", &[("e.yaml", &every)]).await;
+    for i in 0..300 {
+        assert_eq!(t.post_json(&minimal(&format!("r{i}"))).await.status, 202);
+    }
+    t.restart().await;
+    assert_eq!(t.post_json(&minimal("after")).await.status, 202);
+    t.wait_routed("default").await;
+    assert_eq!(
+        t.lane("default", "every", NOTIFIER).await,
+        (1..=301).collect::<Vec<u64>>()
+    );
+}
