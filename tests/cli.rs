@@ -186,3 +186,91 @@ fn http_post_event(addr: std::net::SocketAddr) -> String {
         ),
     )
 }
+
+fn config_with_subscriptions(dir: &Path, subs: &str) -> std::path::PathBuf {
+    let folder = dir.join("subs");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("routes.yaml"), subs).unwrap();
+    let config = dir.join("switchyard.yaml");
+    std::fs::write(&config, format!("subscriptions: [{}]\n", folder.display())).unwrap();
+    config
+}
+
+#[test]
+fn check_reports_subscription_errors_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_subscriptions(
+        dir.path(),
+        "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: { name: bad }\nspec:\n  filter:\n    cel: 'type =='\n  sinks: []\n",
+    );
+    let out = bin().arg("check").arg("-c").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = dir.path().join("subs/routes.yaml");
+    assert!(
+        err.contains(&format!(
+            "{}:6: spec.filter.cel: CEL does not compile at column",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}:7: spec.sinks: is empty", file.display())),
+        "{err}"
+    );
+    // serve refuses the same set with 64.
+    let out = bin().arg("serve").arg("-c").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn explain_says_which_subscription_matches_a_tekton_request_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_subscriptions(
+        dir.path(),
+        "apiVersion: switchyard.dev/v1alpha1
+kind: Subscription
+metadata: { name: failures }
+spec:
+  filter:
+    attributes: { type: dev.tekton.event.pipelinerun.failed.v1 }
+    cel: data.pipelineRun.metadata.namespace == 'ee-cd'
+  sinks: [{ uri: 'http://notifier/' }]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Subscription
+metadata: { name: taskruns }
+spec:
+  filter:
+    filters: [{ prefix: { type: dev.tekton.event.taskrun. } }]
+    cel: data.taskRun.metadata.namespace == 'ee-cd'
+  sinks: [{ uri: 'http://deployer/' }]
+",
+    );
+    let fixture = common::testdata().join("tekton/10-pipelinerun-failed.json");
+    let out = bin()
+        .arg("explain")
+        .arg("--event")
+        .arg(&fixture)
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("MATCH    failures (broker default)\n    attributes: match\n    cel: match"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "no match taskruns (broker default)\n    filters[0]: no match\n    cel: error:"
+        ),
+        "{text}"
+    );
+}

@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use switchyard::log::sled::{Durability, SledLog, SledOptions};
-use switchyard::log::LogBackend;
+use switchyard::log::{LaneId, LogBackend};
 
 const CLIENTS: usize = 32;
 
@@ -130,4 +130,125 @@ async fn every_acknowledged_event_survives_sigkill() {
         &lost[..lost.len().min(5)]
     );
     assert!(stored.contains("probe"));
+}
+
+/// A subscription file: every event; `even` events to two sinks.
+const ROUTES: &str = "apiVersion: switchyard.dev/v1alpha1
+kind: Subscription
+metadata: { name: every }
+spec:
+  sinks: [{ uri: 'http://a.example/' }]
+---
+apiVersion: switchyard.dev/v1alpha1
+kind: Subscription
+metadata: { name: evens }
+spec:
+  filter: { attributes: { type: even } }
+  sinks: [{ uri: 'http://b.example/' }, { uri: 'http://c.example/' }]
+";
+
+fn wait_idle_at_least(broker: &process::Broker, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = broker
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the broker keeps logging");
+        if let Some(c) = line
+            .split("cursor=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|c| c.parse::<u64>().ok())
+        {
+            if line.contains("router idle") && c >= at_least {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the router did not catch up");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_mid_routing_neither_loses_nor_doubles_a_lane_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let subs = dir.path().join("subs.yaml");
+    std::fs::write(&subs, ROUTES).unwrap();
+    let env = [
+        ("SWITCHYARD_SUBSCRIPTIONS", subs.to_str().unwrap()),
+        ("SWITCHYARD_LOG", "info,switchyard::router=debug"),
+    ];
+    let broker = process::start(Some(&config), dir.path(), &env);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let addr = broker.ingress;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (client, acked) = (client.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0.. {
+                let id = format!("k{c}-{n}");
+                let ty = if n % 2 == 0 { "even" } else { "odd" };
+                let req = http::Request::post(format!("http://{addr}/"))
+                    .header("content-type", "application/cloudevents+json")
+                    .body(Full::new(Bytes::from(format!(
+                        r#"{{"specversion":"1.0","id":"{id}","source":"/crash","type":"{ty}"}}"#
+                    ))))
+                    .unwrap();
+                match client.request(req).await {
+                    Ok(r) if r.status() == 202 => acked.lock().unwrap().push(id),
+                    _ => return,
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 2000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    broker.kill();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().len() as u64;
+
+    let broker = process::start(Some(&config), dir.path(), &env);
+    wait_idle_at_least(&broker, acked);
+    assert!(broker.terminate().success());
+
+    let options = SledOptions {
+        path: dir.path().join("data"),
+        durability: Durability::Fsync,
+        cache_capacity: 16 << 20,
+        dedupe_window_nanos: 0,
+    };
+    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    let cursor = log.router_cursor("default").unwrap();
+    assert!(
+        cursor >= acked,
+        "cursor {cursor} is behind the {acked} acknowledged events"
+    );
+    let records = log.read("default", 1, usize::MAX).unwrap();
+    let all: Vec<u64> = records
+        .iter()
+        .map(|r| r.seq)
+        .filter(|s| *s <= cursor)
+        .collect();
+    let evens: Vec<u64> = records
+        .iter()
+        .filter(|r| r.seq <= cursor && r.event.ty() == "even")
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(
+        all.len() as u64,
+        cursor,
+        "every sequence up to the cursor is stored"
+    );
+    let lane = |sub: &str, sink: &str| {
+        log.lane_pending("default", &LaneId::new(sub, sink), 0, usize::MAX)
+            .unwrap()
+    };
+    assert_eq!(lane("every", "http://a.example/"), all);
+    assert_eq!(lane("evens", "http://b.example/"), evens);
+    assert_eq!(lane("evens", "http://c.example/"), evens);
 }

@@ -199,6 +199,9 @@ const KEYS: &[&str] = &[
     "replies.maxHops",
 ];
 
+/// The keys whose values are lists.
+const LIST_KEYS: &[&str] = &["ingress.tokens", "brokers", "subscriptions"];
+
 /// Which file to read: `-c`, else `SWITCHYARD_CONFIG`, else [`DEFAULT_PATH`] if it
 /// exists. `None` means the embedded defaults. A named file must exist.
 pub fn resolve_path(
@@ -319,6 +322,18 @@ fn apply_env(root: &mut Node, env: &BTreeMap<String, String>, v: &mut Validator)
         };
         if value.is_empty() {
             node = Node::new(0, Value::Null);
+        }
+        // A list key takes a plain comma-separated value too: SWITCHYARD_BROKERS=default,ci.
+        if LIST_KEYS.contains(path) {
+            if let Value::Str(text) = &node.value {
+                let items = text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Node::new(0, Value::Str(s.to_string())))
+                    .collect();
+                node = Node::new(0, Value::Seq(items));
+            }
         }
         mark_env(&mut node, &origin);
         set_path(root, path, node);
@@ -836,9 +851,15 @@ mod tests {
                 ("SWITCHYARD_STORAGE_PATH", "/var/lib/switchyard"),
                 ("SWITCHYARD_BROKERS", "[a, b]"),
                 ("SWITCHYARD_INGRESS_MAX_EVENT_BYTES", "1MiB"),
+                ("SWITCHYARD_SUBSCRIPTIONS", "/etc/subs, /more"),
             ]),
         )
         .unwrap();
+        assert_eq!(
+            c.subscriptions,
+            vec![PathBuf::from("/etc/subs"), PathBuf::from("/more")]
+        );
+        assert!(c.subscriptions_set);
         assert_eq!(c.storage.path, PathBuf::from("/var/lib/switchyard"));
         assert_eq!(c.brokers, vec!["a", "b"]);
         assert_eq!(c.ingress.max_event_bytes, 1 << 20);

@@ -171,8 +171,9 @@ struct BrokerRouter {
 enum Step {
     /// Routed or backfilled something; go again.
     Progress,
-    /// Nothing to do until the head or the set moves.
-    Idle,
+    /// Nothing to do until the head or the set moves; everything up to this
+    /// sequence is decided.
+    Idle(u64),
 }
 
 impl BrokerRouter {
@@ -206,7 +207,10 @@ impl BrokerRouter {
                     reconciled = true;
                     continue;
                 }
-                Ok(Ok(Step::Idle)) => reconciled = true,
+                Ok(Ok(Step::Idle(cursor))) => {
+                    reconciled = true;
+                    tracing::debug!(broker = %this.broker, cursor, "router idle");
+                }
                 Ok(Err(e)) => {
                     tracing::error!(broker = %this.broker, error = %e, "routing failed; retrying in a second");
                     tokio::select! {
@@ -340,7 +344,7 @@ impl BrokerRouter {
         let cursor = backend.router_cursor(&self.broker)?;
         let head = backend.head(&self.broker)?;
         if head <= cursor {
-            return Ok(Step::Idle);
+            return Ok(Step::Idle(cursor));
         }
         let records = backend.read(&self.broker, cursor + 1, BATCH)?;
         let mut entries = Vec::new();
