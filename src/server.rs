@@ -18,7 +18,7 @@ use crate::ingress::{self, Ingress};
 use crate::log::sled::{SledLog, SledOptions};
 use crate::log::{Log, LogError, WriterOptions};
 use crate::router::reload::Reloader;
-use crate::router::{RouteSet, Routing};
+use crate::router::Routing;
 
 /// How long in-flight requests may take to finish at shutdown.
 pub const DRAIN: Duration = Duration::from_secs(10);
@@ -85,7 +85,7 @@ impl Server {
         tracing::info!(subscriptions = subscriptions.len(), "subscriptions loaded");
         let routing = Arc::new(Routing::start(
             log.clone(),
-            RouteSet::new(subscriptions),
+            subscriptions,
             writer_stop.clone(),
             &tracker,
         ));

@@ -27,13 +27,34 @@ use crate::log::{LaneId, Log, LogBackend, LogError, RouteProgress, SubscriptionS
 use activation::Needs;
 use filter::Decision;
 
+/// Decides every route for one event with one shared activation: `data` is parsed at
+/// most once, and only when some filter reads it.
+pub fn decide_all(
+    routes: &[Arc<Route>],
+    needs: &Needs,
+    event: &Event,
+    mut each: impl FnMut(&Route, Decision),
+) {
+    let data = if needs.data {
+        activation::parse_data(event)
+    } else {
+        None
+    };
+    let base = activation::base();
+    let act = activation::activation(&base, event, data.as_ref(), needs);
+    for route in routes {
+        each(route, route.subscription.filter.decide(event, &act));
+    }
+}
+
 /// Events a router decides per step (one read, one transaction).
 const BATCH: usize = 256;
 
-/// A subscription as the router holds it: the config and its lanes.
+/// A subscription as the router holds it: the config, its lanes and its counters.
 pub struct Route {
     pub subscription: Subscription,
     pub lanes: Vec<LaneId>,
+    pub stats: Arc<RouteStats>,
 }
 
 /// The running set of subscriptions, grouped by broker.
@@ -43,7 +64,9 @@ pub struct RouteSet {
 }
 
 impl RouteSet {
-    pub fn new(subscriptions: Vec<Subscription>) -> Self {
+    /// Groups `subscriptions` by broker; counters come from `stats` (kept by name, so
+    /// they survive reloads).
+    pub fn new(subscriptions: Vec<Subscription>, stats: &StatsMap) -> Self {
         let mut by_broker: HashMap<String, (Vec<Arc<Route>>, Needs)> = HashMap::new();
         for s in subscriptions {
             let lanes = s
@@ -55,9 +78,11 @@ impl RouteSet {
             if let Some(c) = &s.filter.cel {
                 entry.1.add(c.variables());
             }
+            let stats = stats_for(stats, &s.name);
             entry.0.push(Arc::new(Route {
                 subscription: s,
                 lanes,
+                stats,
             }));
         }
         RouteSet { by_broker }
@@ -96,7 +121,8 @@ pub struct RouteStats {
     pub dropped: AtomicU64,
 }
 
-type StatsMap = Arc<Mutex<HashMap<String, Arc<RouteStats>>>>;
+/// Every subscription's counters, by name.
+pub type StatsMap = Arc<Mutex<HashMap<String, Arc<RouteStats>>>>;
 
 fn stats_for(map: &StatsMap, name: &str) -> Arc<RouteStats> {
     let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
@@ -114,12 +140,12 @@ impl Routing {
     /// Starts one router per broker of `log`.
     pub fn start(
         log: Log,
-        set: RouteSet,
+        subscriptions: Vec<Subscription>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Routing {
-        let (tx, _) = watch::channel(Arc::new(set));
         let stats: StatsMap = Arc::default();
+        let (tx, _) = watch::channel(Arc::new(RouteSet::new(subscriptions, &stats)));
         for broker in log.brokers() {
             let router = BrokerRouter {
                 broker: broker.to_string(),
@@ -135,9 +161,11 @@ impl Routing {
         }
     }
 
-    /// Replaces the running set; each router reconciles before its next step.
-    pub fn replace(&self, set: RouteSet) {
-        self.set.send_replace(Arc::new(set));
+    /// Replaces the running set; each router reconciles before its next step, so an
+    /// event appended after this returns is decided by the new set.
+    pub fn replace(&self, subscriptions: Vec<Subscription>) {
+        self.set
+            .send_replace(Arc::new(RouteSet::new(subscriptions, &self.stats)));
     }
 
     /// The running set.
@@ -360,7 +388,7 @@ impl BrokerRouter {
         Ok(Step::Progress)
     }
 
-    /// Decides `routes` for one event with one shared activation.
+    /// Decides `routes` for one event and collects the lane entries of the matches.
     fn decide(
         &self,
         routes: &[Arc<Route>],
@@ -369,27 +397,16 @@ impl BrokerRouter {
         seq: u64,
         out: &mut Vec<(LaneId, u64)>,
     ) {
-        let data = if needs.data {
-            activation::parse_data(event)
-        } else {
-            None
-        };
-        let base = activation::base();
-        let act = activation::activation(&base, event, data.as_ref(), needs);
-        for route in routes {
-            let stats = stats_for(&self.stats, &route.subscription.name);
-            match route.subscription.filter.decide(event, &act) {
+        decide_all(routes, needs, event, |route, decision| {
+            let counter = match decision {
                 Decision::Match => {
-                    stats.matched.fetch_add(1, Ordering::Relaxed);
                     out.extend(route.lanes.iter().map(|l| (l.clone(), seq)));
+                    &route.stats.matched
                 }
-                Decision::NoMatch => {
-                    stats.not_matched.fetch_add(1, Ordering::Relaxed);
-                }
-                Decision::Error => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+                Decision::NoMatch => &route.stats.not_matched,
+                Decision::Error => &route.stats.errors,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
     }
 }

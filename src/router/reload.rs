@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{RouteSet, Routing};
+use super::Routing;
 use crate::config::subscriptions;
 use crate::config::{Config, ConfigErrors};
 
@@ -64,7 +64,7 @@ impl Reloader {
         match subscriptions::load(&self.config) {
             Ok(subs) => {
                 let n = subs.len();
-                self.routing.replace(RouteSet::new(subs));
+                self.routing.replace(subs);
                 self.applied.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(subscriptions = n, "subscriptions reloaded");
                 Ok(n)
