@@ -274,3 +274,29 @@ spec:
         "{text}"
     );
 }
+
+#[test]
+fn the_example_subscriptions_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.yaml");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    std::fs::write(
+        &config,
+        format!("subscriptions: [{}]\n", examples.display()),
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(&config)
+        .env("AUDIT_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5 subscription(s)"));
+}
