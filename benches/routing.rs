@@ -65,6 +65,7 @@ fn routing(c: &mut Criterion) {
             set(|i| format!("    cel: \"data.pipelineRun.metadata.namespace == 'ns-{i}'\"\n")),
         ),
     ];
+    let base = switchyard::router::activation::base();
     let mut g = c.benchmark_group("route-100-subscriptions");
     g.throughput(Throughput::Elements(N as u64));
     for (name, set) in &kinds {
@@ -72,7 +73,7 @@ fn routing(c: &mut Criterion) {
         let routes: Vec<Arc<_>> = routes.to_vec();
         g.bench_function(*name, |b| {
             b.iter(|| {
-                decide_all(&routes, &needs, &e, |_, d| {
+                decide_all(&base, &routes, &needs, &e, |_, d| {
                     black_box(d);
                 })
             })

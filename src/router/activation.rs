@@ -42,10 +42,56 @@ impl Needs {
     }
 }
 
-/// The shared CEL environment: the standard library, built once per process.
+/// The shared CEL environment, built once per process: the standard library, with
+/// `matches` backed by [`cached_regex`] (the `cel` crate's own compiles its pattern on
+/// every call, ~50 µs; its `regex` feature is off so that this one takes the name).
 pub fn env() -> Arc<Env> {
     static ENV: std::sync::OnceLock<Arc<Env>> = std::sync::OnceLock::new();
-    ENV.get_or_init(|| Arc::new(Env::stdlib())).clone()
+    ENV.get_or_init(|| {
+        let mut env = Env::stdlib();
+        // Registering into a fresh stdlib cannot collide: its own `matches` is compiled out.
+        let _ = cel::add_overload!(env, fn matches_global: (CelString, CelString) -> Result<CelBool>, name = "matches", id = "matches");
+        let _ = cel::add_member_overload!(env, fn matches: (CelString, CelString) -> Result<CelBool>);
+        Arc::new(env)
+    })
+    .clone()
+}
+
+/// Patterns kept compiled; filters hold literal patterns, so this bounds a set that
+/// is small in practice. Past it the cache starts over rather than grow.
+const REGEX_CACHE: usize = 1024;
+
+/// Compiles a pattern once per process.
+pub fn cached_regex(pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Arc<regex::Regex>>>> =
+        std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(r) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(pattern) {
+        return Ok(r.clone());
+    }
+    let compiled = Arc::new(regex::Regex::new(pattern)?);
+    let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= REGEX_CACHE {
+        map.clear();
+    }
+    map.insert(pattern.to_string(), compiled.clone());
+    Ok(compiled)
+}
+
+fn matches(this: &CelString<'_>, pattern: &CelString<'_>) -> Result<CelBool, cel::ExecutionError> {
+    cached_regex(pattern.inner())
+        .map(|re| CelBool::from(re.is_match(this.inner())))
+        .map_err(|e| cel::ExecutionError::FunctionError {
+            function: "matches".to_string(),
+            message: format!("'{}' is not a valid regex: {e}", pattern.inner()),
+        })
+}
+
+fn matches_global(
+    this: &CelString<'_>,
+    pattern: &CelString<'_>,
+) -> Result<CelBool, cel::ExecutionError> {
+    matches(this, pattern)
 }
 
 /// The base context every activation is an inner scope of.

@@ -362,6 +362,17 @@ mod tests {
         assert_eq!(decide(&f("subject == 'x'"), &e), Decision::Error);
         assert_eq!(decide(&f("type"), &e), Decision::Error);
         assert_eq!(decide(&Filter::default(), &e), Decision::Match);
+        // `matches`, as a method and as a function, with a pattern compiled once.
+        assert_eq!(
+            decide(&f("type.matches('^dev[.]tekton[.].*failed')"), &e),
+            Decision::Match
+        );
+        assert_eq!(
+            decide(&f("matches(source, '^/apis/+namespaces/ci/')"), &e),
+            Decision::Match
+        );
+        assert_eq!(decide(&f("type.matches('^x')"), &e), Decision::NoMatch);
+        assert_eq!(decide(&f("type.matches('(unclosed')"), &e), Decision::Error);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cel::Context;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,7 +30,9 @@ use filter::Decision;
 
 /// Decides every route for one event with one shared activation: `data` is parsed at
 /// most once, and only when some filter reads it.
+/// `base` is [`activation::base`], built once by the caller and shared by its events.
 pub fn decide_all(
+    base: &Context<'static, 'static>,
     routes: &[Arc<Route>],
     needs: &Needs,
     event: &Event,
@@ -40,8 +43,7 @@ pub fn decide_all(
     } else {
         None
     };
-    let base = activation::base();
-    let act = activation::activation(&base, event, data.as_ref(), needs);
+    let act = activation::activation(base, event, data.as_ref(), needs);
     for route in routes {
         each(route, route.subscription.filter.decide(event, &act));
     }
@@ -329,6 +331,7 @@ impl BrokerRouter {
     /// One step: a backfill chunk if any is pending, else the next batch of new events.
     fn step(&self, backend: &dyn LogBackend, set: &RouteSet) -> Result<Step, LogError> {
         let (routes, needs) = set.broker(&self.broker);
+        let base = activation::base();
         for (name, state) in backend.subscription_states(&self.broker)? {
             let Some((next, end)) = state.backfill else {
                 continue;
@@ -344,7 +347,8 @@ impl BrokerRouter {
             let mut entries = Vec::new();
             let mut last = next.saturating_sub(1);
             for r in records.iter().filter(|r| r.seq <= end) {
-                self.decide(
+                collect(
+                    &base,
                     std::slice::from_ref(route),
                     &sub_needs,
                     &r.event,
@@ -378,7 +382,7 @@ impl BrokerRouter {
         let mut entries = Vec::new();
         let mut last = cursor;
         for r in &records {
-            self.decide(routes, &needs, &r.event, r.seq, &mut entries);
+            collect(&base, routes, &needs, &r.event, r.seq, &mut entries);
             last = r.seq;
         }
         if records.is_empty() {
@@ -387,26 +391,27 @@ impl BrokerRouter {
         backend.record_routes(&self.broker, &entries, &RouteProgress::Cursor(last))?;
         Ok(Step::Progress)
     }
+}
 
-    /// Decides `routes` for one event and collects the lane entries of the matches.
-    fn decide(
-        &self,
-        routes: &[Arc<Route>],
-        needs: &Needs,
-        event: &Event,
-        seq: u64,
-        out: &mut Vec<(LaneId, u64)>,
-    ) {
-        decide_all(routes, needs, event, |route, decision| {
-            let counter = match decision {
-                Decision::Match => {
-                    out.extend(route.lanes.iter().map(|l| (l.clone(), seq)));
-                    &route.stats.matched
-                }
-                Decision::NoMatch => &route.stats.not_matched,
-                Decision::Error => &route.stats.errors,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        });
-    }
+/// Decides `routes` for one event, counts each decision, and collects the lane entries
+/// of the matches.
+fn collect(
+    base: &Context<'static, 'static>,
+    routes: &[Arc<Route>],
+    needs: &Needs,
+    event: &Event,
+    seq: u64,
+    out: &mut Vec<(LaneId, u64)>,
+) {
+    decide_all(base, routes, needs, event, |route, decision| {
+        let counter = match decision {
+            Decision::Match => {
+                out.extend(route.lanes.iter().map(|l| (l.clone(), seq)));
+                &route.stats.matched
+            }
+            Decision::NoMatch => &route.stats.not_matched,
+            Decision::Error => &route.stats.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
 }
