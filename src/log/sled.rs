@@ -371,9 +371,9 @@ impl LogBackend for SledLog {
                     LogError::Io(std::io::Error::other("routing transaction aborted"))
                 }
             })?;
-        if self.durability == Durability::Fsync {
-            self.sync()?;
-        }
+        // No flush here: only the writer flushes (sled #1308). Routing state is derived
+        // from the log, so decisions not yet synced are simply made again after a crash;
+        // the writer's next sync (or shutdown) makes them durable.
         Ok(())
     }
 
@@ -426,9 +426,6 @@ impl LogBackend for SledLog {
         }
         if sinks.is_none() {
             trees.meta.remove(sub_key(subscription))?;
-        }
-        if self.durability == Durability::Fsync {
-            self.sync()?;
         }
         Ok(dropped)
     }
