@@ -12,3 +12,4 @@ pub mod ingress;
 pub mod log;
 pub mod router;
 pub mod server;
+pub mod delivery;
