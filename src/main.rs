@@ -158,6 +158,7 @@ async fn serve(config: config::Config, subscriptions: Vec<Subscription>) -> anyh
         Some(f) => tracing::info!(file = %f.display(), "config loaded"),
         None => tracing::info!("no config file; running on the embedded defaults"),
     }
+    let signal = shutdown_signal();
     let ingress = tokio::net::TcpListener::bind(config.ingress.listen)
         .await
         .with_context(|| {
@@ -187,7 +188,7 @@ async fn serve(config: config::Config, subscriptions: Vec<Subscription>) -> anyh
         }
     }
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         tracing::info!("shutting down");
         stop.cancel();
     });
@@ -195,20 +196,30 @@ async fn serve(config: config::Config, subscriptions: Vec<Subscription>) -> anyh
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, so
+/// call it before anything a signal should stop has started.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut t), Some(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {},
+                        _ = i.recv() => {},
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -14,9 +14,22 @@ use crate::admin::{self, Health};
 use crate::clock::SharedClock;
 use crate::config::subscriptions::Subscription;
 use crate::config::Config;
+use crate::delivery::client::Sender;
+use crate::delivery::Delivery;
 use crate::ingress::{self, Ingress};
 use crate::log::sled::{SledLog, SledOptions};
 use crate::log::{Log, LogError, WriterOptions};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
 use crate::router::reload::Reloader;
 use crate::router::Routing;
 
@@ -30,6 +43,7 @@ pub struct Server {
     pub log: Log,
     pub health: Arc<Health>,
     pub routing: Arc<Routing>,
+    pub delivery: Arc<Delivery>,
     pub reloader: Arc<Reloader>,
     shutdown: CancellationToken,
     done: JoinHandle<()>,
@@ -44,7 +58,7 @@ impl Server {
         ingress_listener: TcpListener,
         admin_listener: TcpListener,
         clock: SharedClock,
-    ) -> Result<Server, LogError> {
+    ) -> Result<Server, ServerError> {
         let started = Instant::now();
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
@@ -91,6 +105,17 @@ impl Server {
         ));
         let reloader = Reloader::new(config.clone(), routing.clone());
         tokio::spawn(reloader.clone().run(shutdown.clone()));
+        let body_limit = usize::try_from(config.ingress.max_event_bytes).unwrap_or(usize::MAX);
+        let sender = Arc::new(Sender::new(body_limit).map_err(ServerError::Tls)?);
+        let delivery_stop = CancellationToken::new();
+        let (delivery, delivery_task) = Delivery::start(
+            log.clone(),
+            routing.clone(),
+            sender,
+            clock.clone(),
+            config.replies.max_hops,
+            delivery_stop.clone(),
+        );
         let ingress = Arc::new(Ingress {
             log: log.clone(),
             dedupe: (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
@@ -116,6 +141,11 @@ impl Server {
             stop.cancelled().await;
             h.set_ready(false);
             let _ = ingress_task.await;
+            // Lanes finish what is in flight and commit; replies still need the writer.
+            delivery_stop.cancel();
+            if tokio::time::timeout(DRAIN, delivery_task).await.is_err() {
+                tracing::warn!("deliveries still running after the shutdown deadline; their events stay pending");
+            }
             writer_stop.cancel();
             tracker.close();
             tracker.wait().await;
@@ -127,6 +157,7 @@ impl Server {
             log,
             health,
             routing,
+            delivery,
             reloader,
             shutdown,
             done,

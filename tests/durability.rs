@@ -132,28 +132,38 @@ async fn every_acknowledged_event_survives_sigkill() {
     assert!(stored.contains("probe"));
 }
 
-/// A subscription file: every event; `even` events to two sinks.
-const ROUTES: &str = "apiVersion: switchyard.dev/v1alpha1
+/// A subscription file: every event; `even` events to two sinks. The sinks never
+/// answer, so every routed entry stays pending for the check.
+fn routes(base: &str) -> String {
+    format!(
+        "apiVersion: switchyard.dev/v1alpha1
 kind: Subscription
-metadata: { name: every }
+metadata: {{ name: every }}
 spec:
-  sinks: [{ uri: 'http://a.example/' }]
+  sinks: [{{ uri: '{base}/a' }}]
 ---
 apiVersion: switchyard.dev/v1alpha1
 kind: Subscription
-metadata: { name: evens }
+metadata: {{ name: evens }}
 spec:
-  filter: { attributes: { type: even } }
-  sinks: [{ uri: 'http://b.example/' }, { uri: 'http://c.example/' }]
-";
+  filter: {{ attributes: {{ type: even }} }}
+  sinks: [{{ uri: '{base}/b' }}, {{ uri: '{base}/c' }}]
+"
+    )
+}
 
+/// Waits for a "router idle" line at or past `at_least` (it may come before "ready").
 fn wait_idle_at_least(broker: &process::Broker, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut startup = broker.startup.clone().into_iter();
     loop {
-        let line = broker
-            .lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the broker keeps logging");
+        let line = match startup.next() {
+            Some(l) => l,
+            None => broker
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the broker keeps logging"),
+        };
         if let Some(c) = line
             .split("cursor=")
             .nth(1)
@@ -173,7 +183,8 @@ async fn a_kill_mid_routing_neither_loses_nor_doubles_a_lane_entry() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let subs = dir.path().join("subs.yaml");
-    std::fs::write(&subs, ROUTES).unwrap();
+    let hole = common::sink::TestSink::black_hole().await;
+    std::fs::write(&subs, routes(&hole.base)).unwrap();
     let env = [
         ("SWITCHYARD_SUBSCRIPTIONS", subs.to_str().unwrap()),
         ("SWITCHYARD_LOG", "info,switchyard::router=debug"),
@@ -245,10 +256,10 @@ async fn a_kill_mid_routing_neither_loses_nor_doubles_a_lane_entry() {
         "every sequence up to the cursor is stored"
     );
     let lane = |sub: &str, sink: &str| {
-        log.lane_pending("default", &LaneId::new(sub, sink), 0, usize::MAX)
+        log.lane_pending("default", &LaneId::new(sub, hole.url(sink)), 0, usize::MAX)
             .unwrap()
     };
-    assert_eq!(lane("every", "http://a.example/"), all);
-    assert_eq!(lane("evens", "http://b.example/"), evens);
-    assert_eq!(lane("evens", "http://c.example/"), evens);
+    assert_eq!(lane("every", "/a"), all);
+    assert_eq!(lane("evens", "/b"), evens);
+    assert_eq!(lane("evens", "/c"), evens);
 }

@@ -16,7 +16,7 @@ use switchyard::log::sled::{Durability, SledLog, SledOptions};
 use switchyard::log::{
     AppendOutcome, GroupEntry, Log, LogBackend, LogError, LogRecord, WriterOptions,
 };
-use switchyard::log::{LaneId, RouteProgress, SubscriptionState};
+use switchyard::log::{DeadLetter, LaneId, RouteProgress, SubscriptionState};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -188,14 +188,44 @@ impl LogBackend for Flaky {
     ) -> Result<usize, LogError> {
         self.inner.drop_lanes(broker, subscription, sinks)
     }
-    fn lane_pending(
+    fn lane_entries(
         &self,
         broker: &str,
         lane: &LaneId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<u64>, LogError> {
-        self.inner.lane_pending(broker, lane, from, limit)
+    ) -> Result<Vec<(u64, u32)>, LogError> {
+        self.inner.lane_entries(broker, lane, from, limit)
+    }
+    fn finish(&self, broker: &str, lane: &LaneId, seqs: &[u64]) -> Result<(), LogError> {
+        self.inner.finish(broker, lane, seqs)
+    }
+    fn park(
+        &self,
+        broker: &str,
+        lane: &LaneId,
+        seq: u64,
+        due: u64,
+        attempts: u32,
+    ) -> Result<(), LogError> {
+        self.inner.park(broker, lane, seq, due, attempts)
+    }
+    fn unpark_due(
+        &self,
+        broker: &str,
+        lane: &LaneId,
+        now: u64,
+    ) -> Result<(usize, Option<u64>), LogError> {
+        self.inner.unpark_due(broker, lane, now)
+    }
+    fn parked(&self, broker: &str, lane: &LaneId) -> Result<usize, LogError> {
+        self.inner.parked(broker, lane)
+    }
+    fn store_dead_letter(&self, letter: &DeadLetter) -> Result<u64, LogError> {
+        self.inner.store_dead_letter(letter)
+    }
+    fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, LogError> {
+        self.inner.dead_letters()
     }
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError> {
         self.inner.seq_at_time(broker, unix_nanos)

@@ -7,24 +7,40 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::sink::TestSink;
 use common::{minimal, subscription, testdata, TestServer};
 use serde_json::Value;
 
-const NOTIFIER: &str = "http://notifier.ci.svc:8080/";
-const PAGER: &str = "http://pager.ops.svc:8080/";
-const AUDIT: &str = "https://audit.example.com/events";
+/// Sinks that accept and never answer: what the router puts in a lane stays pending
+/// there (in flight) for the whole test, so lanes can be compared exactly.
+struct Sinks {
+    _hole: TestSink,
+    notifier: String,
+    pager: String,
+    audit: String,
+}
 
-fn subs() -> String {
+async fn sinks() -> Sinks {
+    let hole = TestSink::black_hole().await;
+    Sinks {
+        notifier: hole.url("/notifier"),
+        pager: hole.url("/pager"),
+        audit: hole.url("/audit"),
+        _hole: hole,
+    }
+}
+
+fn subs(notifier: &str, pager: &str, audit: &str) -> String {
     let one = |name: &str, filter: &str| {
         subscription(
             name,
-            &format!("  filter:\n{filter}  sinks:\n    - uri: {NOTIFIER}\n"),
+            &format!("  filter:\n{filter}  sinks:\n    - uri: {notifier}\n"),
         )
     };
     let mut s = String::new();
     s += &subscription(
         "all-pipelinerun-failures",
-        &format!("  filter:\n    attributes:\n      type: dev.tekton.event.pipelinerun.failed.v1\n  sinks:\n    - uri: {NOTIFIER}\n    - uri: {PAGER}\n"),
+        &format!("  filter:\n    attributes:\n      type: dev.tekton.event.pipelinerun.failed.v1\n  sinks:\n    - uri: {notifier}\n    - uri: {pager}\n"),
     );
     s += &one("taskrun-outcomes", "    filters:\n      - prefix: { type: dev.tekton.event.taskrun. }\n      - any:\n          - suffix: { type: .successful.v1 }\n          - suffix: { type: .failed.v1 }\n");
     s += &one("ee-cd-namespace", "    cel: 'has(data.pipelineRun) ? data.pipelineRun.metadata.namespace == \"ee-cd\" : data.taskRun.metadata.namespace == \"ee-cd\"'\n");
@@ -53,7 +69,7 @@ fn subs() -> String {
     s += &one("failed-outside-ee-cd", "    attributes:\n      type: dev.tekton.event.taskrun.failed.v1\n    cel: \"!source.contains('/namespaces/ee-cd/')\"\n");
     s += &subscription(
         "everything",
-        &format!("  sinks:\n    - uri: {AUDIT}\n      format: structured\n"),
+        &format!("  sinks:\n    - uri: {audit}\n      format: structured\n"),
     );
     s
 }
@@ -131,31 +147,44 @@ async fn post_fixtures(t: &TestServer) {
 
 #[tokio::test]
 async fn the_routing_table_sends_each_fixture_to_exactly_the_lanes_it_matches() {
+    let Sinks {
+        notifier,
+        pager,
+        audit,
+        _hole,
+    } = sinks().await;
+    let _ = (&notifier, &pager, &audit);
     // The CDEvents fixtures all share one source and id: dedupe would keep only one.
-    let t =
-        TestServer::start_with_subscriptions("dedupe:\n  window: 0\n", &[("tekton.yaml", &subs())])
-            .await;
+    let t = TestServer::start_with_subscriptions(
+        "dedupe:\n  window: 0\n",
+        &[("tekton.yaml", &subs(&notifier, &pager, &audit))],
+    )
+    .await;
     post_fixtures(&t).await;
     t.wait_routed("default").await;
     let expected: &[(&str, &str, &[u64])] = &[
-        ("all-pipelinerun-failures", NOTIFIER, &[10]),
-        ("all-pipelinerun-failures", PAGER, &[10]),
-        ("taskrun-outcomes", NOTIFIER, &[5, 6]),
-        ("ee-cd-namespace", NOTIFIER, &[2, 3, 5, 6, 7, 8, 9, 10]),
-        ("pingcap-pipelineruns", NOTIFIER, &[9, 10]),
-        ("pingcap-taskruns", NOTIFIER, &[5, 6]),
-        ("cdevents-all", NOTIFIER, &[11, 12, 13, 14, 15, 16]),
-        ("cdevents-pipelineruns", NOTIFIER, &[13, 14]),
-        ("not-tekton", NOTIFIER, &[11, 12, 13, 14, 15, 16]),
-        ("selflink-sources", NOTIFIER, &[4]),
-        ("curl-taskruns", NOTIFIER, &[1, 4]),
-        ("started-or-running", NOTIFIER, &[7, 8]),
-        ("deploys-to-test123", NOTIFIER, &[15, 16]),
-        ("artifact-sboms", NOTIFIER, &[11, 12]),
-        ("failed-outside-ee-cd", NOTIFIER, &[]),
+        ("all-pipelinerun-failures", notifier.as_str(), &[10]),
+        ("all-pipelinerun-failures", pager.as_str(), &[10]),
+        ("taskrun-outcomes", notifier.as_str(), &[5, 6]),
+        (
+            "ee-cd-namespace",
+            notifier.as_str(),
+            &[2, 3, 5, 6, 7, 8, 9, 10],
+        ),
+        ("pingcap-pipelineruns", notifier.as_str(), &[9, 10]),
+        ("pingcap-taskruns", notifier.as_str(), &[5, 6]),
+        ("cdevents-all", notifier.as_str(), &[11, 12, 13, 14, 15, 16]),
+        ("cdevents-pipelineruns", notifier.as_str(), &[13, 14]),
+        ("not-tekton", notifier.as_str(), &[11, 12, 13, 14, 15, 16]),
+        ("selflink-sources", notifier.as_str(), &[4]),
+        ("curl-taskruns", notifier.as_str(), &[1, 4]),
+        ("started-or-running", notifier.as_str(), &[7, 8]),
+        ("deploys-to-test123", notifier.as_str(), &[15, 16]),
+        ("artifact-sboms", notifier.as_str(), &[11, 12]),
+        ("failed-outside-ee-cd", notifier.as_str(), &[]),
         (
             "everything",
-            AUDIT,
+            audit.as_str(),
             &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
         ),
     ];
@@ -168,7 +197,7 @@ async fn the_routing_table_sends_each_fixture_to_exactly_the_lanes_it_matches() 
     }
     // A sink a subscription does not have has no lane.
     assert!(t
-        .lane("default", "taskrun-outcomes", PAGER)
+        .lane("default", "taskrun-outcomes", pager.as_str())
         .await
         .is_empty());
     // The CEL that reads data.taskRun fails on CDEvents: no match, counted as errors.
@@ -180,6 +209,13 @@ async fn the_routing_table_sends_each_fixture_to_exactly_the_lanes_it_matches() 
 
 #[tokio::test]
 async fn new_subscriptions_start_from_latest_earliest_or_a_time() {
+    let Sinks {
+        notifier,
+        pager,
+        audit,
+        _hole,
+    } = sinks().await;
+    let _ = (&notifier, &pager, &audit);
     let t = TestServer::start("").await;
     for i in 1..=3 {
         assert_eq!(t.post_json(&minimal(&format!("old-{i}"))).await.status, 202);
@@ -190,7 +226,7 @@ async fn new_subscriptions_start_from_latest_earliest_or_a_time() {
     }
     t.wait_routed("default").await;
     // The clock started at 2026-01-01T00:00:00Z; the second pair arrived a minute later.
-    let sinks = format!("  sinks: [{{uri: '{NOTIFIER}'}}]\n");
+    let sinks = format!("  sinks: [{{uri: '{notifier}'}}]\n");
     let text = [
         subscription("from-latest", &sinks),
         subscription("from-earliest", &format!("{sinks}  startFrom: earliest\n")),
@@ -204,12 +240,18 @@ async fn new_subscriptions_start_from_latest_earliest_or_a_time() {
     t.server().reloader.reload().unwrap();
     assert_eq!(t.post_json(&minimal("after")).await.status, 202);
     t.wait_routed("default").await;
-    assert_eq!(t.lane("default", "from-latest", NOTIFIER).await, [6]);
     assert_eq!(
-        t.lane("default", "from-earliest", NOTIFIER).await,
+        t.lane("default", "from-latest", notifier.as_str()).await,
+        [6]
+    );
+    assert_eq!(
+        t.lane("default", "from-earliest", notifier.as_str()).await,
         [1, 2, 3, 4, 5, 6]
     );
-    assert_eq!(t.lane("default", "from-time", NOTIFIER).await, [4, 5, 6]);
+    assert_eq!(
+        t.lane("default", "from-time", notifier.as_str()).await,
+        [4, 5, 6]
+    );
 }
 
 async fn wait_for(mut cond: impl AsyncFnMut() -> bool, what: &str) {
@@ -225,7 +267,14 @@ async fn wait_for(mut cond: impl AsyncFnMut() -> bool, what: &str) {
 
 #[tokio::test]
 async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_invalid_set() {
-    let sinks = format!("  sinks: [{{uri: '{NOTIFIER}'}}]\n");
+    let Sinks {
+        notifier,
+        pager,
+        audit,
+        _hole,
+    } = sinks().await;
+    let _ = (&notifier, &pager, &audit);
+    let sinks = format!("  sinks: [{{uri: '{notifier}'}}]\n");
     let a = subscription(
         "a",
         &format!("  filter:\n    attributes: {{ type: t1 }}\n{sinks}"),
@@ -268,8 +317,8 @@ async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_in
     .await;
     assert_eq!(t.post_json(&post("3", "t2")).await.status, 202); // seq 3
     t.wait_routed("default").await;
-    assert_eq!(t.lane("default", "a", NOTIFIER).await, [1, 3]);
-    assert_eq!(t.lane("default", "b", NOTIFIER).await, [2, 3]);
+    assert_eq!(t.lane("default", "a", notifier.as_str()).await, [1, 3]);
+    assert_eq!(t.lane("default", "b", notifier.as_str()).await, [2, 3]);
 
     // An invalid edit is rejected whole; the running set keeps working.
     let failures = t.server().reloader.failures.load(Ordering::Relaxed);
@@ -281,7 +330,7 @@ async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_in
     .await;
     assert_eq!(t.post_json(&post("4", "t2")).await.status, 202); // seq 4
     t.wait_routed("default").await;
-    assert_eq!(t.lane("default", "b", NOTIFIER).await, [2, 3, 4]);
+    assert_eq!(t.lane("default", "b", notifier.as_str()).await, [2, 3, 4]);
 
     // Remove b: its lane goes, pending entries counted as dropped.
     std::fs::remove_file(t.dir.path().join("subscriptions/b.yaml")).unwrap();
@@ -292,7 +341,7 @@ async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_in
     .await;
     assert_eq!(t.post_json(&post("5", "t2")).await.status, 202); // seq 5
     t.wait_routed("default").await;
-    assert!(t.lane("default", "b", NOTIFIER).await.is_empty());
+    assert!(t.lane("default", "b", notifier.as_str()).await.is_empty());
     assert_eq!(
         t.server()
             .routing
@@ -301,29 +350,46 @@ async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_in
             .load(Ordering::Relaxed),
         3
     );
-    assert_eq!(t.lane("default", "a", NOTIFIER).await, [1, 3, 4, 5]);
+    assert_eq!(
+        t.lane("default", "a", notifier.as_str()).await,
+        [1, 3, 4, 5]
+    );
 }
 
 #[tokio::test]
 async fn removing_a_sink_drops_its_lane_and_adding_one_starts_it_at_the_next_event() {
-    let one = subscription("s", &format!("  sinks: [{{uri: '{NOTIFIER}'}}]\n"));
+    let Sinks {
+        notifier,
+        pager,
+        audit,
+        _hole,
+    } = sinks().await;
+    let _ = (&notifier, &pager, &audit);
+    let one = subscription("s", &format!("  sinks: [{{uri: '{notifier}'}}]\n"));
     let t = TestServer::start_with_subscriptions("", &[("s.yaml", &one)]).await;
     assert_eq!(t.post_json(&minimal("1")).await.status, 202);
     t.wait_routed("default").await;
     t.write_subscriptions(
         "s.yaml",
-        &subscription("s", &format!("  sinks: [{{uri: '{PAGER}'}}]\n")),
+        &subscription("s", &format!("  sinks: [{{uri: '{pager}'}}]\n")),
     );
     t.server().reloader.reload().unwrap();
     assert_eq!(t.post_json(&minimal("2")).await.status, 202);
     t.wait_routed("default").await;
-    assert!(t.lane("default", "s", NOTIFIER).await.is_empty());
-    assert_eq!(t.lane("default", "s", PAGER).await, [2]);
+    assert!(t.lane("default", "s", notifier.as_str()).await.is_empty());
+    assert_eq!(t.lane("default", "s", pager.as_str()).await, [2]);
 }
 
 #[tokio::test]
 async fn routing_state_survives_a_restart_without_doubling() {
-    let every = subscription("every", &format!("  sinks: [{{uri: '{NOTIFIER}'}}]\n"));
+    let Sinks {
+        notifier,
+        pager,
+        audit,
+        _hole,
+    } = sinks().await;
+    let _ = (&notifier, &pager, &audit);
+    let every = subscription("every", &format!("  sinks: [{{uri: '{notifier}'}}]\n"));
     let mut t = TestServer::start_with_subscriptions("", &[("e.yaml", &every)]).await;
     for i in 0..300 {
         assert_eq!(t.post_json(&minimal(&format!("r{i}"))).await.status, 202);
@@ -332,7 +398,7 @@ async fn routing_state_survives_a_restart_without_doubling() {
     assert_eq!(t.post_json(&minimal("after")).await.status, 202);
     t.wait_routed("default").await;
     assert_eq!(
-        t.lane("default", "every", NOTIFIER).await,
+        t.lane("default", "every", notifier.as_str()).await,
         (1..=301).collect::<Vec<u64>>()
     );
 }

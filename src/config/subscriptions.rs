@@ -33,15 +33,27 @@ pub struct Sink {
     pub format: SinkFormat,
     /// Extra request headers; values may be secrets and are never printed.
     pub headers: Vec<(HeaderName, String)>,
+    /// The sink's own CA and client certificate, when it has them.
+    pub tls: Option<SinkTls>,
+}
+
+/// A sink's TLS settings, loaded and checked at config time.
+#[derive(Clone)]
+pub struct SinkTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub config: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl fmt::Debug for Sink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let tls = self.tls.as_ref().map(|t| (&t.ca_file, &t.cert_file));
         f.debug_struct("Sink")
             .field("uri", &self.uri)
             .field("format", &self.format)
             .field("headers", &names)
+            .field("tls", &tls)
             .finish()
     }
 }
@@ -568,7 +580,7 @@ fn dialect(v: &mut Validator, node: &Node, path: &str) -> Option<Dialect> {
 }
 
 fn sink(v: &mut Validator, node: &Node, path: &str) -> Option<Sink> {
-    let f = fields(v, node, path, &["uri", "format", "headers"])?;
+    let f = fields(v, node, path, &["uri", "format", "headers", "tls"])?;
     let Some(uri_node) = get(&f, "uri") else {
         v.error(node, &format!("{path}.uri"), "missing");
         return None;
@@ -625,11 +637,42 @@ fn sink(v: &mut Validator, node: &Node, path: &str) -> Option<Sink> {
             );
         }
     }
+    let tls = get(&f, "tls").and_then(|n| sink_tls(v, n, &format!("{path}.tls")));
     Some(Sink {
         uri,
         format,
         headers,
+        tls,
     })
+}
+
+/// `tls: { caFile, certFile, keyFile }`: files are read and checked now.
+fn sink_tls(v: &mut Validator, node: &Node, path: &str) -> Option<SinkTls> {
+    let f = fields(v, node, path, &["caFile", "certFile", "keyFile"])?;
+    let file = |v: &mut Validator, key: &str| {
+        get(&f, key)
+            .and_then(|n| v.string(n, &format!("{path}.{key}")))
+            .map(PathBuf::from)
+    };
+    let ca_file = file(v, "caFile");
+    let cert_file = file(v, "certFile");
+    let key_file = file(v, "keyFile");
+    if cert_file.is_some() != key_file.is_some() {
+        v.error(node, path, "certFile and keyFile go together");
+        return None;
+    }
+    let client = cert_file.as_deref().zip(key_file.as_deref());
+    match crate::delivery::client::tls_config(ca_file.as_deref(), client) {
+        Ok(config) => Some(SinkTls {
+            ca_file,
+            cert_file,
+            config: std::sync::Arc::new(config),
+        }),
+        Err(e) => {
+            v.error(node, path, e);
+            None
+        }
+    }
 }
 
 fn delivery(v: &mut Validator, node: Option<&Node>, d: &DeliveryConfig) -> DeliverySpec {

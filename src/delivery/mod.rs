@@ -1,4 +1,161 @@
-//! Delivery: lanes' deliverers, the HTTP client, the retry policy (pure functions),
-//! dead letters and replies.
+//! Delivery: one deliverer per lane (a subscription's sink), the HTTP client, the retry
+//! policy (pure functions), dead letters and replies. A slow or dead sink stalls its own
+//! lane and nothing else.
 
+pub mod client;
+pub mod lane;
 pub mod policy;
+pub mod reply;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::log::{LaneId, Log};
+use crate::router::{RouteSet, Routing};
+use client::Sender;
+use lane::{LaneContext, LaneStats};
+
+type LaneKey = (String, LaneId);
+
+struct Running {
+    route: Arc<crate::router::Route>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The deliverers of every lane, kept in line with the running subscription set.
+pub struct Delivery {
+    log: Log,
+    routing: Arc<Routing>,
+    sender: Arc<Sender>,
+    clock: SharedClock,
+    max_hops: u32,
+    running: Mutex<HashMap<LaneKey, Running>>,
+    stats: Mutex<HashMap<LaneKey, Arc<LaneStats>>>,
+}
+
+impl Delivery {
+    /// Starts a deliverer for every lane of the running set, and follows the set as it
+    /// is reloaded, until `shutdown`; the returned task ends when every lane has stopped.
+    pub fn start(
+        log: Log,
+        routing: Arc<Routing>,
+        sender: Arc<Sender>,
+        clock: SharedClock,
+        max_hops: u32,
+        shutdown: CancellationToken,
+    ) -> (Arc<Delivery>, JoinHandle<()>) {
+        let delivery = Arc::new(Delivery {
+            log,
+            routing: routing.clone(),
+            sender,
+            clock,
+            max_hops,
+            running: Mutex::default(),
+            stats: Mutex::default(),
+        });
+        let me = delivery.clone();
+        let supervisor = tokio::spawn(async move {
+            let mut sets = routing.subscribe();
+            loop {
+                let set = sets.borrow_and_update().clone();
+                me.reconcile(&set);
+                tokio::select! {
+                    r = sets.changed() => if r.is_err() { break },
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            let running: Vec<Running> = me
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .map(|(_, r)| r)
+                .collect();
+            for r in &running {
+                r.stop.cancel();
+            }
+            for r in running {
+                let _ = r.task.await;
+            }
+        });
+        (delivery, supervisor)
+    }
+
+    /// A lane's counters.
+    pub fn stats(&self, broker: &str, lane: &LaneId) -> Arc<LaneStats> {
+        let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((broker.to_string(), lane.clone()))
+            .or_default()
+            .clone()
+    }
+
+    /// Starts lanes that are new or whose subscription changed, stops lanes that are gone.
+    fn reconcile(&self, set: &RouteSet) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wanted: HashMap<LaneKey, (Arc<crate::router::Route>, usize)> = HashMap::new();
+        for route in set.routes() {
+            for (i, lane) in route.lanes.iter().enumerate() {
+                wanted.insert(
+                    (route.subscription.broker.clone(), lane.clone()),
+                    (route.clone(), i),
+                );
+            }
+        }
+        let gone: Vec<LaneKey> = running
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(r) = running.remove(&key) {
+                r.stop.cancel();
+            }
+        }
+        for (key, (route, sink_index)) in wanted {
+            let previous = match running.remove(&key) {
+                Some(r) if Arc::ptr_eq(&r.route, &route) => {
+                    running.insert(key, r);
+                    continue;
+                }
+                Some(r) => {
+                    r.stop.cancel();
+                    Some(r.task)
+                }
+                None => None,
+            };
+            let Some(routed) = self.routing.routed(&key.0) else {
+                continue;
+            };
+            let Some(broker) = self.log.broker(&key.0) else {
+                continue;
+            };
+            let ctx = Arc::new(LaneContext {
+                broker,
+                lane: key.1.clone(),
+                sink: route.subscription.sinks[sink_index].clone(),
+                subscription: route.clone(),
+                log: self.log.clone(),
+                sender: self.sender.clone(),
+                clock: self.clock.clone(),
+                max_hops: self.max_hops,
+                stats: self.stats(&key.0, &key.1),
+            });
+            let stop = CancellationToken::new();
+            let s = stop.clone();
+            // A changed subscription's lane restarts only after the old deliverer has
+            // stopped, so no entry is sent by both.
+            let task = tokio::spawn(async move {
+                if let Some(old) = previous {
+                    let _ = old.await;
+                }
+                ctx.run(routed, s).await;
+            });
+            running.insert(key, Running { route, stop, task });
+        }
+    }
+}

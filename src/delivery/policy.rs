@@ -45,13 +45,23 @@ pub fn classify(attempt: Attempt) -> Verdict {
 /// The backoff before retry `n` (1-based): linear `delay·n`, exponential
 /// `delay·2^(n-1)`, capped by `max`, then scaled by `jitter` in `[0.5, 1.0]` taken from
 /// `sample` in `[0, 1)` ("equal jitter": never less than half the nominal wait).
-pub fn backoff(policy: BackoffPolicy, delay: Duration, max: Duration, n: u32, sample: f64) -> Duration {
+pub fn backoff(
+    policy: BackoffPolicy,
+    delay: Duration,
+    max: Duration,
+    n: u32,
+    sample: f64,
+) -> Duration {
     let n = n.max(1);
     let nominal = match policy {
         BackoffPolicy::Linear => delay.saturating_mul(n),
         BackoffPolicy::Exponential => delay.saturating_mul(2u32.saturating_pow((n - 1).min(31))),
     };
-    let capped = if max.is_zero() { nominal } else { nominal.min(max) };
+    let capped = if max.is_zero() {
+        nominal
+    } else {
+        nominal.min(max)
+    };
     capped.mul_f64(0.5 + 0.5 * sample.clamp(0.0, 1.0))
 }
 
@@ -68,7 +78,12 @@ pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 /// The wait before the next attempt: the backoff, raised by a `Retry-After` on 429 and
 /// 503 up to `retry_after_max`.
-pub fn next_wait(backoff: Duration, status: Option<u16>, retry_after: Option<Duration>, retry_after_max: Duration) -> Duration {
+pub fn next_wait(
+    backoff: Duration,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    retry_after_max: Duration,
+) -> Duration {
     match (status, retry_after) {
         (Some(429 | 503), Some(asked)) => backoff.max(asked.min(retry_after_max)),
         _ => backoff,
@@ -116,15 +131,39 @@ mod tests {
         let ms = Duration::from_millis;
         let max = Duration::from_secs(5);
         // sample 1.0 gives the nominal wait.
-        let exp: Vec<Duration> = (1..=7).map(|n| backoff(BackoffPolicy::Exponential, ms(200), max, n, 1.0)).collect();
-        assert_eq!(exp, [ms(200), ms(400), ms(800), ms(1600), ms(3200), ms(5000), ms(5000)]);
-        let lin: Vec<Duration> = (1..=4).map(|n| backoff(BackoffPolicy::Linear, ms(200), max, n, 1.0)).collect();
+        let exp: Vec<Duration> = (1..=7)
+            .map(|n| backoff(BackoffPolicy::Exponential, ms(200), max, n, 1.0))
+            .collect();
+        assert_eq!(
+            exp,
+            [
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(3200),
+                ms(5000),
+                ms(5000)
+            ]
+        );
+        let lin: Vec<Duration> = (1..=4)
+            .map(|n| backoff(BackoffPolicy::Linear, ms(200), max, n, 1.0))
+            .collect();
         assert_eq!(lin, [ms(200), ms(400), ms(600), ms(800)]);
         // Jitter stays within half to all of the nominal wait.
-        assert_eq!(backoff(BackoffPolicy::Exponential, ms(200), max, 3, 0.0), ms(400));
-        assert_eq!(backoff(BackoffPolicy::Linear, ms(200), max, 1, 0.5), ms(150));
+        assert_eq!(
+            backoff(BackoffPolicy::Exponential, ms(200), max, 3, 0.0),
+            ms(400)
+        );
+        assert_eq!(
+            backoff(BackoffPolicy::Linear, ms(200), max, 1, 0.5),
+            ms(150)
+        );
         // No overflow for huge n.
-        assert_eq!(backoff(BackoffPolicy::Exponential, ms(200), max, 1000, 1.0), max);
+        assert_eq!(
+            backoff(BackoffPolicy::Exponential, ms(200), max, 1000, 1.0),
+            max
+        );
     }
 
     #[test]
@@ -132,8 +171,14 @@ mod tests {
         let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
         assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
         assert_eq!(retry_after(" 2 ", now), Some(Duration::from_secs(2)));
-        assert_eq!(retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
-        assert_eq!(retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(retry_after("soon", now), None);
         assert_eq!(retry_after("-5", now), None);
     }

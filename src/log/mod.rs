@@ -124,16 +124,62 @@ pub trait LogBackend: Send + Sync + 'static {
     ) -> Result<usize, LogError>;
 
     /// A lane's pending sequence numbers from `from` on, in order, at most `limit`.
+    /// A lane's pending sequence numbers from `from` on, in order, at most `limit`.
     fn lane_pending(
         &self,
         broker: &str,
         lane: &LaneId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<u64>, LogError>;
+    ) -> Result<Vec<u64>, LogError> {
+        Ok(self
+            .lane_entries(broker, lane, from, limit)?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect())
+    }
 
-    /// The first sequence whose arrival time is at or after `unix_nanos`
-    /// (`head + 1` when there is none).
+    /// A lane's pending entries from `from` on: sequence and attempts made so far.
+    fn lane_entries(
+        &self,
+        broker: &str,
+        lane: &LaneId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u32)>, LogError>;
+
+    /// Removes finished entries (delivered, dead-lettered, gone) from a lane.
+    fn finish(&self, broker: &str, lane: &LaneId, seqs: &[u64]) -> Result<(), LogError>;
+
+    /// Moves an entry from its lane to the lane's parked set, due at `due_unix_nanos`
+    /// with `attempts` made, in one transaction.
+    fn park(
+        &self,
+        broker: &str,
+        lane: &LaneId,
+        seq: u64,
+        due_unix_nanos: u64,
+        attempts: u32,
+    ) -> Result<(), LogError>;
+
+    /// Moves the lane's parked entries due by `now_unix_nanos` back into the lane;
+    /// returns how many, and when the next one still parked is due.
+    fn unpark_due(
+        &self,
+        broker: &str,
+        lane: &LaneId,
+        now_unix_nanos: u64,
+    ) -> Result<(usize, Option<u64>), LogError>;
+
+    /// How many entries of the lane are parked.
+    fn parked(&self, broker: &str, lane: &LaneId) -> Result<usize, LogError>;
+
+    /// Keeps a dead letter; returns its id.
+    fn store_dead_letter(&self, letter: &DeadLetter) -> Result<u64, LogError>;
+
+    /// Every dead letter kept, oldest first.
+    fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, LogError>;
+
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError>;
 }
 
@@ -172,6 +218,24 @@ pub struct SubscriptionState {
     pub sinks: Vec<String>,
     /// A backfill still to do: `(next, end)` inclusive.
     pub backfill: Option<(u64, u64)>,
+}
+
+/// An event that could not be delivered, kept with why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub broker: String,
+    pub subscription: String,
+    pub sink: String,
+    pub seq: u64,
+    pub attempts: u32,
+    /// The last HTTP status, when there was an answer.
+    pub last_status: Option<u16>,
+    pub last_error: String,
+    pub time_unix_nanos: u64,
+    /// The stored record (`switchyard.v1.Record`), base64, so the letter outlives retention.
+    pub record: String,
+    /// Whether the dead-letter sink took it.
+    pub dead_letter_sink_delivered: bool,
 }
 
 /// The progress a set of routing entries completes.

@@ -10,8 +10,9 @@
 //! Durability (`fsync`): sled's `flush` writes its buffers with `sync_file_range`, which
 //! does not sync file metadata, and it writes large values to `blobs/` without syncing
 //! them at all. So after each flush the backend also `fdatasync`s the `db` file, every
-//! blob file written since the last sync, and the `blobs` directory. Only the writer
-//! flushes (concurrent `flush_async` calls deadlock in 0.34, sled #1308).
+//! blob file written since the last sync, and the `blobs` directory. Only one caller
+//! flushes at a time (concurrent flushes deadlock in 0.34, sled #1308): the writer's
+//! group syncs and the rare dead-letter sync share one lock.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -53,6 +54,8 @@ struct BrokerTrees {
     lanes: Tree,
     /// Routing state: `cursor` → seq; `sub/<name>` → JSON `SubscriptionState`.
     meta: Tree,
+    /// Parked retries: lane prefix ++ due time ++ seq → attempts.
+    parked: Tree,
     head: AtomicU64,
 }
 
@@ -74,6 +77,10 @@ pub struct SledLog {
     blobs_dir: PathBuf,
     /// The highest blob file id already synced.
     synced_blob: Mutex<u64>,
+    /// Dead letters, all brokers: id → JSON `DeadLetter`.
+    dead_letters: Tree,
+    /// One flush at a time: concurrent flushes can deadlock in sled 0.34 (sled #1308).
+    flush_lock: Mutex<()>,
 }
 
 impl SledLog {
@@ -103,6 +110,7 @@ impl SledLog {
                     expiry: db.open_tree(format!("dedupe-expiry/{b}"))?,
                     lanes: db.open_tree(format!("lanes/{b}"))?,
                     meta: db.open_tree(format!("meta/{b}"))?,
+                    parked: db.open_tree(format!("parked/{b}"))?,
                     head: AtomicU64::new(head),
                 },
             );
@@ -113,7 +121,10 @@ impl SledLog {
         };
         let blobs_dir = options.path.join("blobs");
         let synced_blob = Mutex::new(max_blob_id(&blobs_dir)?);
+        let dead_letters = db.open_tree("deadletters")?;
         Ok(SledLog {
+            dead_letters,
+            flush_lock: Mutex::new(()),
             db,
             brokers: trees,
             durability: options.durability,
@@ -255,6 +266,24 @@ fn seq_of(key: &[u8]) -> u64 {
     let n = key.len().min(8);
     b[8 - n..].copy_from_slice(&key[key.len() - n..]);
     u64::from_be_bytes(b)
+}
+
+/// A lane entry's or parked entry's attempt count (empty: none yet).
+fn attempts_of(v: &[u8]) -> u32 {
+    match v {
+        [a, b, c, d] => u32::from_be_bytes([*a, *b, *c, *d]),
+        _ => 0,
+    }
+}
+
+fn transaction_error(e: TransactionError<()>) -> LogError {
+    match e {
+        TransactionError::Storage(s) => LogError::Storage(s),
+        // The closures never abort; sled's type still has the case.
+        TransactionError::Abort(()) => {
+            LogError::Io(std::io::Error::other("log transaction aborted"))
+        }
+    }
 }
 
 fn split_dedupe_value(v: &[u8]) -> (u64, u64) {
@@ -430,24 +459,133 @@ impl LogBackend for SledLog {
         Ok(dropped)
     }
 
-    fn lane_pending(
+    fn lane_entries(
         &self,
         broker: &str,
         lane: &super::LaneId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<u64>, LogError> {
+    ) -> Result<Vec<(u64, u32)>, LogError> {
         let trees = self.trees(broker)?;
         let prefix = lane.key_prefix();
         let mut start = prefix.clone();
         start.extend_from_slice(&from.to_be_bytes());
         let mut out = Vec::new();
         for item in trees.lanes.range(start..) {
-            let (k, _) = item?;
+            let (k, v) = item?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            out.push(seq_of(&k[prefix.len()..]));
+            out.push((seq_of(&k[prefix.len()..]), attempts_of(&v)));
+        }
+        Ok(out)
+    }
+
+    fn finish(&self, broker: &str, lane: &super::LaneId, seqs: &[u64]) -> Result<(), LogError> {
+        let trees = self.trees(broker)?;
+        let prefix = lane.key_prefix();
+        let mut batch = Batch::default();
+        for seq in seqs {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&seq.to_be_bytes());
+            batch.remove(k);
+        }
+        trees.lanes.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn park(
+        &self,
+        broker: &str,
+        lane: &super::LaneId,
+        seq: u64,
+        due: u64,
+        attempts: u32,
+    ) -> Result<(), LogError> {
+        let trees = self.trees(broker)?;
+        let prefix = lane.key_prefix();
+        let mut lane_key = prefix.clone();
+        lane_key.extend_from_slice(&seq.to_be_bytes());
+        let mut parked_key = prefix;
+        parked_key.extend_from_slice(&due.to_be_bytes());
+        parked_key.extend_from_slice(&seq.to_be_bytes());
+        (&trees.lanes, &trees.parked)
+            .transaction(|(l, p)| {
+                l.remove(lane_key.as_slice())?;
+                p.insert(parked_key.as_slice(), &attempts.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(transaction_error)?;
+        Ok(())
+    }
+
+    fn unpark_due(
+        &self,
+        broker: &str,
+        lane: &super::LaneId,
+        now: u64,
+    ) -> Result<(usize, Option<u64>), LogError> {
+        let trees = self.trees(broker)?;
+        let prefix = lane.key_prefix();
+        let mut due = Vec::new();
+        let mut next = None;
+        for item in trees.parked.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            if rest.len() < 16 {
+                continue;
+            }
+            let at = seq_of(&rest[..8]);
+            if at > now {
+                next = Some(at);
+                break;
+            }
+            due.push((k.to_vec(), seq_of(&rest[8..16]), attempts_of(&v)));
+        }
+        if !due.is_empty() {
+            (&trees.lanes, &trees.parked)
+                .transaction(|(l, p)| {
+                    for (key, seq, attempts) in &due {
+                        let mut lane_key = prefix.clone();
+                        lane_key.extend_from_slice(&seq.to_be_bytes());
+                        l.insert(lane_key, &attempts.to_be_bytes())?;
+                        p.remove(key.as_slice())?;
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(transaction_error)?;
+        }
+        Ok((due.len(), next))
+    }
+
+    fn parked(&self, broker: &str, lane: &super::LaneId) -> Result<usize, LogError> {
+        Ok(self
+            .trees(broker)?
+            .parked
+            .scan_prefix(lane.key_prefix())
+            .count())
+    }
+
+    fn store_dead_letter(&self, letter: &super::DeadLetter) -> Result<u64, LogError> {
+        let id = self.db.generate_id()?;
+        let json =
+            serde_json::to_vec(letter).map_err(|e| LogError::Io(std::io::Error::other(e)))?;
+        self.dead_letters.insert(id.to_be_bytes(), json)?;
+        if self.durability == Durability::Fsync {
+            // Dead letters are the last record of an event: make them as durable as appends.
+            // `sync` takes the flush lock, so this never races the writer's flush.
+            self.sync()?;
+        }
+        Ok(id)
+    }
+
+    fn dead_letters(&self) -> Result<Vec<(u64, super::DeadLetter)>, LogError> {
+        let mut out = Vec::new();
+        for item in self.dead_letters.iter() {
+            let (k, v) = item?;
+            if let Ok(letter) = serde_json::from_slice(&v) {
+                out.push((seq_of(&k), letter));
+            }
         }
         Ok(out)
     }
@@ -476,6 +614,7 @@ impl LogBackend for SledLog {
     }
 
     fn sync(&self) -> Result<(), LogError> {
+        let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.db.flush()?;
         if self.durability == Durability::Fsync {
             self.sync_files()?;

@@ -136,6 +136,8 @@ pub struct Routing {
     set: watch::Sender<Arc<RouteSet>>,
     stats: StatsMap,
     log: Log,
+    /// Per broker, bumped whenever a router has written lane entries.
+    routed: HashMap<String, watch::Sender<u64>>,
 }
 
 impl Routing {
@@ -148,15 +150,20 @@ impl Routing {
     ) -> Routing {
         let stats: StatsMap = Arc::default();
         let (tx, _) = watch::channel(Arc::new(RouteSet::new(subscriptions, &stats)));
+        let mut routed = HashMap::new();
         for broker in log.brokers() {
+            let routed_tx = watch::Sender::new(0);
+            routed.insert(broker.to_string(), routed_tx.clone());
             let router = BrokerRouter {
                 broker: broker.to_string(),
                 log: log.clone(),
                 stats: stats.clone(),
+                routed: routed_tx,
             };
             tracker.spawn(router.run(tx.subscribe(), shutdown.clone()));
         }
         Routing {
+            routed,
             set: tx,
             stats,
             log,
@@ -168,6 +175,16 @@ impl Routing {
     pub fn replace(&self, subscriptions: Vec<Subscription>) {
         self.set
             .send_replace(Arc::new(RouteSet::new(subscriptions, &self.stats)));
+    }
+
+    /// A receiver that sees the running set change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<RouteSet>> {
+        self.set.subscribe()
+    }
+
+    /// A receiver that moves whenever the broker's router has written lane entries.
+    pub fn routed(&self, broker: &str) -> Option<watch::Receiver<u64>> {
+        self.routed.get(broker).map(watch::Sender::subscribe)
     }
 
     /// The running set.
@@ -195,6 +212,7 @@ struct BrokerRouter {
     broker: String,
     log: Log,
     stats: StatsMap,
+    routed: watch::Sender<u64>,
 }
 
 /// What one blocking step did.
@@ -371,6 +389,9 @@ impl BrokerRouter {
                 &entries,
                 &RouteProgress::Subscription(name, new_state),
             )?;
+            if !entries.is_empty() {
+                self.routed.send_modify(|n| *n += 1);
+            }
             return Ok(Step::Progress);
         }
         let cursor = backend.router_cursor(&self.broker)?;
@@ -389,6 +410,9 @@ impl BrokerRouter {
             last = head.min(cursor + BATCH as u64);
         }
         backend.record_routes(&self.broker, &entries, &RouteProgress::Cursor(last))?;
+        if !entries.is_empty() {
+            self.routed.send_modify(|n| *n += 1);
+        }
         Ok(Step::Progress)
     }
 }

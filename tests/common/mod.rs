@@ -235,3 +235,5 @@ impl TestServer {
 pub fn subscription(name: &str, spec: &str) -> String {
     format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: {name}\nspec:\n{spec}---\n")
 }
+
+pub mod sink;

@@ -75,13 +75,18 @@ fn wait_ready(lines: &mpsc::Receiver<String>) -> (SocketAddr, SocketAddr, Vec<St
 }
 
 impl Broker {
-    /// SIGTERM, then wait for the exit.
+    /// SIGTERM, then wait for the exit; a failed exit prints what the broker said.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().unwrap()
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) with the pid of our own child and a valid signal number.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        if !status.success() {
+            for line in self.lines.try_iter() {
+                eprintln!("broker: {line}");
+            }
+        }
+        status
     }
 
     /// SIGKILL: no chance to flush anything.

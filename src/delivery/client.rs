@@ -1,0 +1,215 @@
+//! The HTTP client that delivers events: pooled connections (HTTP/1.1 and HTTP/2),
+//! `https` with rustls and the system's plus the webpki roots, or a sink's own CA and
+//! client certificate. Redirects are never followed. A response body is read up to a
+//! limit and no further.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::policy::Attempt;
+use crate::config::subscriptions::{Sink, SinkFormat};
+use crate::event::{binary, json, Event};
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A sink's answer.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The body, at most the limit long.
+    pub body: Bytes,
+    /// Whether the body was longer than the limit (and the rest was not read).
+    pub truncated: bool,
+}
+
+/// Builds a rustls client config: the given CA file's certificates as the only roots
+/// (or the system's plus webpki's), and a client certificate when given.
+pub fn tls_config(
+    ca_file: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("CA file {} holds no certificate", path.display()));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("private key {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+    };
+    // ALPN (h2, http/1.1) is set by the connector builder from enable_http1/enable_http2.
+    Ok(config)
+}
+
+fn client_for(tls: rustls::ClientConfig) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(https)
+}
+
+/// Sends events to sinks over pooled connections.
+pub struct Sender {
+    default: HttpsClient,
+    /// One pool per sink that brings its own TLS settings, by sink URI.
+    custom: Mutex<HashMap<String, HttpsClient>>,
+    body_limit: usize,
+}
+
+impl Sender {
+    /// `body_limit` bounds how much of any answer is read.
+    pub fn new(body_limit: usize) -> Result<Sender, String> {
+        Ok(Sender {
+            default: client_for(tls_config(None, None)?),
+            custom: Mutex::default(),
+            body_limit,
+        })
+    }
+
+    fn client(&self, sink: &Sink) -> HttpsClient {
+        match &sink.tls {
+            None => self.default.clone(),
+            Some(tls) => {
+                let mut map = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+                map.entry(sink.uri.to_string())
+                    .or_insert_with(|| client_for((*tls.config).clone()))
+                    .clone()
+            }
+        }
+    }
+
+    /// Builds the request for `event` as `sink` wants it: binary (every attribute as a
+    /// percent-encoded `ce-` header, `data` as the body) or structured JSON; always
+    /// `Prefer: reply`; the sink's own headers last.
+    pub fn request(sink: &Sink, event: &Event) -> Request<Full<Bytes>> {
+        let mut builder = Request::post(sink.uri.clone());
+        let body = match sink.format {
+            SinkFormat::Binary => {
+                let (headers, body) = binary::encode(event);
+                for (name, value) in headers {
+                    builder = builder.header(name, value);
+                }
+                body
+            }
+            SinkFormat::Structured => {
+                builder = builder.header(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/cloudevents+json"),
+                );
+                Bytes::from(json::encode_event(event))
+            }
+        };
+        builder = builder.header("prefer", "reply");
+        for (name, value) in &sink.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                builder = builder.header(name, v);
+            }
+        }
+        builder
+            .body(Full::new(body))
+            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+    }
+
+    /// One attempt: send, then read the answer's body up to the limit, all within
+    /// `timeout`.
+    pub async fn send(
+        &self,
+        sink: &Sink,
+        event: &Event,
+        timeout: Duration,
+    ) -> Result<Response, Attempt> {
+        let client = self.client(sink);
+        let request = Self::request(sink, event);
+        let limit = self.body_limit;
+        let attempt = async move {
+            let response = client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    Attempt::ConnectError
+                } else {
+                    Attempt::Broken
+                }
+            })?;
+            let (parts, mut body) = response.into_parts();
+            let mut buf = BytesMut::new();
+            let mut truncated = false;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| Attempt::Broken)?;
+                if let Ok(data) = frame.into_data() {
+                    let room = limit.saturating_sub(buf.len());
+                    if data.len() > room {
+                        buf.extend_from_slice(&data[..room]);
+                        truncated = true;
+                        break; // dropping the body closes the connection
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(Response {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body: buf.freeze(),
+                truncated,
+            })
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or(Err(Attempt::Timeout))
+    }
+}

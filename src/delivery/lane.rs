@@ -1,0 +1,473 @@
+//! One lane's deliverer: sends the lane's pending events to its sink with at most
+//! `maxInFlight` in flight (`ordering: ordered`: one at a time, in log order), retries
+//! with backoff, parks long waits durably, dead-letters what cannot be delivered, and
+//! appends replies. Finished entries are removed from the lane at least every 100 ms
+//! and at shutdown, so a crash re-sends at most the in-flight window.
+
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{Response, Sender};
+use super::policy::{self, Attempt, Verdict};
+use super::reply::{self, Reply};
+use crate::clock::SharedClock;
+use crate::config::subscriptions::{Ordering, ReplyMode, Sink, Subscription};
+use crate::event::{AttrValue, Event};
+use crate::log::{record, Append, DeadLetter, LaneId, Log, LogError, LogRecord};
+
+/// A wait longer than this parks the event durably instead of holding an in-flight slot.
+pub const PARK_AFTER: Duration = Duration::from_secs(5);
+
+/// How often finished entries are removed from the lane.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(100);
+
+/// At most this much of a failed answer goes into `knativeerrordata` (Knative's limit).
+const ERROR_DATA_MAX: usize = 1024;
+
+/// A lane's counters.
+#[derive(Debug, Default)]
+pub struct LaneStats {
+    pub attempts: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Events parked (each time one is).
+    pub parked: AtomicU64,
+    /// Events the lane found gone from the log (retention) and skipped.
+    pub gone: AtomicU64,
+    pub replies_appended: AtomicU64,
+    pub replies_dropped: AtomicU64,
+    pub replies_invalid: AtomicU64,
+    /// The last failure and when (ns since the epoch).
+    pub last_error: Mutex<Option<(String, u64)>>,
+}
+
+/// Everything a lane's deliveries need.
+pub struct LaneContext {
+    pub broker: Arc<str>,
+    pub lane: LaneId,
+    pub subscription: Arc<crate::router::Route>,
+    pub sink: Sink,
+    pub log: Log,
+    pub sender: Arc<Sender>,
+    pub clock: SharedClock,
+    pub max_hops: u32,
+    pub stats: Arc<LaneStats>,
+}
+
+/// How one event's delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    DeadLettered,
+    /// Moved to the parked set; no longer the lane's to finish.
+    Parked,
+    /// No longer in the log.
+    Gone,
+    /// Shutdown came first; the entry stays pending.
+    Stopped,
+}
+
+fn jitter_sample(seq: u64) -> f64 {
+    // A fresh RandomState is randomly keyed: enough randomness for jitter.
+    let x = std::collections::hash_map::RandomState::new().hash_one(seq);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl LaneContext {
+    fn sub(&self) -> &Subscription {
+        &self.subscription.subscription
+    }
+
+    fn note_error(&self, error: String) {
+        let now = self.clock.now_unix_nanos();
+        *self
+            .stats
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((error, now));
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn crate::log::LogBackend) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let backend = self.log.backend().clone();
+        tokio::task::spawn_blocking(move || f(backend.as_ref()))
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Runs the lane until `stop`.
+    pub async fn run(self: Arc<Self>, mut routed: watch::Receiver<u64>, stop: CancellationToken) {
+        let ordered = self.sub().delivery.ordering == Ordering::Ordered;
+        let window = if ordered {
+            1
+        } else {
+            self.sub().delivery.max_in_flight.max(1) as usize
+        };
+        let mut in_flight: JoinSet<(u64, Outcome)> = JoinSet::new();
+        let mut busy: HashSet<u64> = HashSet::new();
+        let mut done: Vec<u64> = Vec::new();
+        let mut commit = tokio::time::interval(COMMIT_EVERY);
+        commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_parked: Option<u64> = None;
+        loop {
+            // Take parked entries that are due back into the lane.
+            let now = self.clock.now_unix_nanos();
+            if next_parked.is_none_or(|due| due <= now) {
+                let (b, l) = (self.broker.clone(), self.lane.clone());
+                match self.blocking(move |log| log.unpark_due(&b, &l, now)).await {
+                    Ok((_, next)) => next_parked = next,
+                    Err(e) => {
+                        tracing::warn!(lane = ?self.lane, error = %e, "cannot read parked entries")
+                    }
+                }
+            }
+            // An ordered lane waits for a parked head of line.
+            let blocked = ordered && next_parked.is_some();
+            if in_flight.len() < window && !blocked && !stop.is_cancelled() {
+                let want = window - in_flight.len() + busy.len() + done.len();
+                let (b, l) = (self.broker.clone(), self.lane.clone());
+                match self
+                    .blocking(move |log| log.lane_entries(&b, &l, 0, want))
+                    .await
+                {
+                    Ok(entries) => {
+                        for (seq, attempts) in entries {
+                            if in_flight.len() >= window {
+                                break;
+                            }
+                            if busy.contains(&seq) || done.contains(&seq) {
+                                if ordered {
+                                    break;
+                                }
+                                continue;
+                            }
+                            busy.insert(seq);
+                            let me = self.clone();
+                            let stop = stop.clone();
+                            in_flight
+                                .spawn(async move { (seq, me.deliver(seq, attempts, stop).await) });
+                        }
+                    }
+                    Err(e) => tracing::warn!(lane = ?self.lane, error = %e, "cannot read the lane"),
+                }
+            }
+            let park_wait = next_parked
+                .map(|due| Duration::from_nanos(due.saturating_sub(self.clock.now_unix_nanos())));
+            tokio::select! {
+                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Ok((seq, outcome)) = joined {
+                        busy.remove(&seq);
+                        match outcome {
+                            Outcome::Delivered | Outcome::DeadLettered | Outcome::Gone => done.push(seq),
+                            Outcome::Parked => next_parked = Some(0), // re-read the parked set
+                            Outcome::Stopped => {}
+                        }
+                    }
+                }
+                r = routed.changed() => if r.is_err() { break },
+                _ = commit.tick() => self.commit(&mut done).await,
+                _ = tokio::time::sleep(park_wait.unwrap_or(Duration::from_secs(3600))), if park_wait.is_some() => {},
+                // With deliveries in flight, shutdown waits for them: they stop at their
+                // next step and leave their entries pending.
+                _ = stop.cancelled(), if in_flight.is_empty() => break,
+            }
+        }
+        self.commit(&mut done).await;
+    }
+
+    async fn commit(&self, done: &mut Vec<u64>) {
+        if done.is_empty() {
+            return;
+        }
+        let seqs = std::mem::take(done);
+        let (b, l, s) = (self.broker.clone(), self.lane.clone(), seqs.clone());
+        if let Err(e) = self.blocking(move |log| log.finish(&b, &l, &s)).await {
+            tracing::warn!(lane = ?self.lane, error = %e, "cannot commit finished entries; they will be sent again");
+            *done = seqs;
+        }
+    }
+
+    /// Delivers one event: attempts with short waits in between, parking for long ones,
+    /// dead-lettering at the end.
+    async fn deliver(
+        self: Arc<Self>,
+        seq: u64,
+        mut attempts: u32,
+        stop: CancellationToken,
+    ) -> Outcome {
+        let (b, s) = (self.broker.clone(), seq);
+        let record = match self.blocking(move |log| log.read(&b, s, 1)).await {
+            Ok(mut r) if r.first().is_some_and(|r| r.seq == seq) => r.swap_remove(0),
+            Ok(_) => {
+                self.stats.gone.fetch_add(1, AtomicOrdering::Relaxed);
+                tracing::warn!(lane = ?self.lane, seq, "the event is no longer in the log; skipped");
+                return Outcome::Gone;
+            }
+            Err(e) => {
+                tracing::warn!(lane = ?self.lane, seq, error = %e, "cannot read the event");
+                return Outcome::Stopped;
+            }
+        };
+        let spec = &self.sub().delivery;
+        loop {
+            if stop.is_cancelled() {
+                return Outcome::Stopped;
+            }
+            attempts += 1;
+            self.stats.attempts.fetch_add(1, AtomicOrdering::Relaxed);
+            let result = tokio::select! {
+                r = self.sender.send(&self.sink, &record.event, spec.timeout) => r,
+                _ = stop.cancelled() => return Outcome::Stopped,
+            };
+            let attempt = match &result {
+                Ok(r) => Attempt::Status(r.status),
+                Err(a) => *a,
+            };
+            match policy::classify(attempt) {
+                Verdict::Success => {
+                    if let Ok(response) = &result {
+                        if !self.handle_reply(&record, response).await {
+                            // The reply could not be appended: the delivery is not done.
+                            self.note_error("a reply could not be stored".into());
+                            if let Some(o) =
+                                self.wait_or_park(seq, attempts, None, None, &stop).await
+                            {
+                                return o;
+                            }
+                            continue;
+                        }
+                    }
+                    self.stats.delivered.fetch_add(1, AtomicOrdering::Relaxed);
+                    return Outcome::Delivered;
+                }
+                Verdict::Retry if attempts <= spec.retry => {
+                    let (status, retry_after) = match &result {
+                        Ok(r) => (
+                            Some(r.status),
+                            r.headers
+                                .get("retry-after")
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| policy::retry_after(v, SystemTime::now())),
+                        ),
+                        Err(_) => (None, None),
+                    };
+                    self.note_error(describe(&result));
+                    if let Some(o) = self
+                        .wait_or_park(seq, attempts, status, retry_after, &stop)
+                        .await
+                    {
+                        return o;
+                    }
+                }
+                _ => {
+                    self.note_error(describe(&result));
+                    self.dead_letter(&record, attempts, &result).await;
+                    return Outcome::DeadLettered;
+                }
+            }
+        }
+    }
+
+    /// Waits before the next attempt, or parks the event when the wait is long.
+    /// `Some(outcome)` ends the delivery.
+    async fn wait_or_park(
+        &self,
+        seq: u64,
+        attempts: u32,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        stop: &CancellationToken,
+    ) -> Option<Outcome> {
+        let spec = &self.sub().delivery;
+        let backoff = policy::backoff(
+            spec.backoff_policy,
+            spec.backoff_delay,
+            spec.backoff_max,
+            attempts,
+            jitter_sample(seq),
+        );
+        let wait = policy::next_wait(backoff, status, retry_after, spec.retry_after_max);
+        if wait > PARK_AFTER {
+            let due = self
+                .clock
+                .now_unix_nanos()
+                .saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+            let (b, l) = (self.broker.clone(), self.lane.clone());
+            return match self
+                .blocking(move |log| log.park(&b, &l, seq, due, attempts))
+                .await
+            {
+                Ok(()) => {
+                    self.stats.parked.fetch_add(1, AtomicOrdering::Relaxed);
+                    tracing::debug!(lane = ?self.lane, seq, wait_ms = wait.as_millis() as u64, "parked");
+                    Some(Outcome::Parked)
+                }
+                Err(e) => {
+                    tracing::warn!(lane = ?self.lane, seq, error = %e, "cannot park; the event stays pending");
+                    Some(Outcome::Stopped)
+                }
+            };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => None,
+            _ = stop.cancelled() => Some(Outcome::Stopped),
+        }
+    }
+
+    /// Appends a reply when there is one. `false` when a reply could not be stored.
+    async fn handle_reply(&self, record: &LogRecord, response: &Response) -> bool {
+        if self.sub().reply == ReplyMode::Ignore {
+            return true;
+        }
+        match reply::parse(response) {
+            Reply::None => true,
+            Reply::Invalid(why) => {
+                self.stats
+                    .replies_invalid
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                tracing::warn!(lane = ?self.lane, seq = record.seq, why, "the sink replied with an invalid CloudEvent; ignored");
+                true
+            }
+            Reply::Event(event) => {
+                let hops = record.hops + 1;
+                if hops > self.max_hops {
+                    self.stats
+                        .replies_dropped
+                        .fetch_add(1, AtomicOrdering::Relaxed);
+                    tracing::warn!(lane = ?self.lane, seq = record.seq, hops, id = event.id(), "reply dropped at the hop limit (replies.maxHops)");
+                    return true;
+                }
+                let bytes = record::encode(&self.broker, self.clock.now_unix_nanos(), hops, &event);
+                let append = Append {
+                    record: Bytes::from(bytes),
+                    dedupe_key: None,
+                };
+                match self.log.append(self.broker.clone(), vec![append]).await {
+                    Ok(_) => {
+                        self.stats
+                            .replies_appended
+                            .fetch_add(1, AtomicOrdering::Relaxed);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(lane = ?self.lane, error = %e, "cannot append the reply");
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps the event in the dead-letter store, then sends it to the dead-letter sink
+    /// (if any) with Knative's error extensions, retried with the same policy.
+    async fn dead_letter(
+        &self,
+        record: &LogRecord,
+        attempts: u32,
+        last: &Result<Response, Attempt>,
+    ) {
+        self.stats
+            .dead_lettered
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        let (status, body) = match last {
+            Ok(r) => (Some(r.status), r.body.clone()),
+            Err(_) => (None, Bytes::new()),
+        };
+        let mut letter = DeadLetter {
+            broker: self.broker.to_string(),
+            subscription: self.sub().name.clone(),
+            sink: self.lane.sink.clone(),
+            seq: record.seq,
+            attempts,
+            last_status: status,
+            last_error: describe(last),
+            time_unix_nanos: self.clock.now_unix_nanos(),
+            record: base64::engine::general_purpose::STANDARD.encode(record::encode(
+                &record.broker,
+                record.arrival_unix_nanos,
+                record.hops,
+                &record.event,
+            )),
+            dead_letter_sink_delivered: false,
+        };
+        if let Some(dls) = self.sub().delivery.dead_letter_sink.clone() {
+            let event = with_error_extensions(&record.event, &self.lane.sink, status, &body);
+            letter.dead_letter_sink_delivered =
+                self.send_dead_letter(&dls, &event, record.seq).await;
+        }
+        tracing::warn!(lane = ?self.lane, seq = record.seq, attempts, error = %letter.last_error, to_sink = letter.dead_letter_sink_delivered, "dead-lettered");
+        let l = letter.clone();
+        if let Err(e) = self.blocking(move |log| log.store_dead_letter(&l)).await {
+            tracing::error!(lane = ?self.lane, seq = record.seq, error = %e, "cannot store the dead letter");
+        }
+    }
+
+    async fn send_dead_letter(&self, dls: &Sink, event: &Event, seq: u64) -> bool {
+        let spec = &self.sub().delivery;
+        for attempt in 1..=spec.retry + 1 {
+            match self.sender.send(dls, event, spec.timeout).await {
+                Ok(r) if policy::classify(Attempt::Status(r.status)) == Verdict::Success => {
+                    return true
+                }
+                Ok(r) if policy::classify(Attempt::Status(r.status)) == Verdict::Permanent => {
+                    return false
+                }
+                _ => {}
+            }
+            if attempt <= spec.retry {
+                // The dead-letter path waits in place, each wait capped at the park threshold.
+                let wait = policy::backoff(
+                    spec.backoff_policy,
+                    spec.backoff_delay,
+                    spec.backoff_max,
+                    attempt,
+                    jitter_sample(seq),
+                );
+                tokio::time::sleep(wait.min(PARK_AFTER)).await;
+            }
+        }
+        false
+    }
+}
+
+fn describe(result: &Result<Response, Attempt>) -> String {
+    match result {
+        Ok(r) => format!("HTTP {}", r.status),
+        Err(Attempt::ConnectError) => "connection failed".into(),
+        Err(Attempt::Timeout) => "timed out".into(),
+        Err(Attempt::Broken) => "connection broken".into(),
+        Err(Attempt::Status(s)) => format!("HTTP {s}"),
+    }
+}
+
+/// The event as the dead-letter sink gets it: Knative's `knativeerrordest` (the sink),
+/// `knativeerrorcode` (the last status) and `knativeerrordata` (base64 of at most 1024
+/// bytes of the last answer's body) added.
+pub fn with_error_extensions(event: &Event, sink: &str, status: Option<u16>, body: &[u8]) -> Event {
+    let (mut attributes, data) = event.clone().into_parts();
+    attributes.retain(|(n, _)| !n.starts_with("knativeerror"));
+    attributes.push((
+        "knativeerrordest".into(),
+        AttrValue::String(sink.to_string()),
+    ));
+    if let Some(s) = status {
+        attributes.push(("knativeerrorcode".into(), AttrValue::Integer(i32::from(s))));
+    }
+    if !body.is_empty() {
+        let data = base64::engine::general_purpose::STANDARD
+            .encode(&body[..body.len().min(ERROR_DATA_MAX)]);
+        attributes.push(("knativeerrordata".into(), AttrValue::String(data)));
+    }
+    Event::new(attributes, data).unwrap_or_else(|_| event.clone())
+}
