@@ -192,6 +192,11 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Whether `b` is one well-formed JSON value.
+fn is_json(b: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
+}
+
 fn write_event(event: &Event, out: &mut Vec<u8>) {
     out.push(b'{');
     for (i, (name, value)) in event.attributes().iter().enumerate() {
@@ -216,6 +221,14 @@ fn write_event(event: &Event, out: &mut Vec<u8>) {
         Some(Data::Text(s)) => {
             out.extend_from_slice(b",\"data\":");
             write_str(out, s);
+        }
+        // Bytes that are JSON by their content type go in as JSON (json-format.md, 3.1),
+        // so a binary-mode Tekton event reads the same in structured mode.
+        Some(Data::Binary(b))
+            if event.datacontenttype().is_some_and(is_json_media_type) && is_json(b) =>
+        {
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(b);
         }
         Some(Data::Binary(b)) | Some(Data::Proto { value: b, .. }) => {
             out.extend_from_slice(b",\"data_base64\":");
