@@ -88,15 +88,21 @@ pub fn percent_encode(s: &str) -> String {
 pub fn encode(event: &Event) -> (Vec<(HeaderName, HeaderValue)>, Bytes) {
     let mut headers = Vec::with_capacity(event.attributes().len());
     for (name, value) in event.attributes() {
-        let encoded = percent_encode(&value.to_canonical_string());
-        // Percent-encoding leaves only visible ASCII, always a valid header value.
-        let Ok(value) = HeaderValue::from_str(&encoded) else {
-            continue;
-        };
         if name == "datacontenttype" {
-            headers.push((CONTENT_TYPE, value));
-        } else if let Ok(h) = HeaderName::from_bytes(format!("ce-{name}").as_bytes()) {
-            headers.push((h, value));
+            // Content-Type is an HTTP header with its own syntax, not a ce- header: it is
+            // sent as the (validated) media type, never percent-encoded.
+            if let Ok(v) = HeaderValue::from_str(&value.to_canonical_string()) {
+                headers.push((CONTENT_TYPE, v));
+            }
+            continue;
+        }
+        // Percent-encoding leaves only visible ASCII, always a valid header value.
+        let encoded = percent_encode(&value.to_canonical_string());
+        if let (Ok(h), Ok(v)) = (
+            HeaderName::from_bytes(format!("ce-{name}").as_bytes()),
+            HeaderValue::from_str(&encoded),
+        ) {
+            headers.push((h, v));
         }
     }
     let body = event.data().map(Data::body_bytes).unwrap_or_default();
@@ -191,7 +197,7 @@ mod tests {
     fn encoding_then_decoding_gives_the_same_event() {
         let mut pairs = base();
         pairs.push(("ce-subject", b"caf%C3%A9 %22x%22 100%25"));
-        pairs.push(("content-type", b"application/json"));
+        pairs.push(("content-type", b"application/json; charset=utf-8"));
         let e = decode(&headers(&pairs), Bytes::from_static(b"{\"a\":1}")).unwrap();
         let (hs, body) = encode(&e);
         let mut map = HeaderMap::new();
