@@ -8,40 +8,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::sink::{Answer, TestSink};
-use common::{minimal, subscription, testdata, TestServer};
+use common::{minimal, subscription, TestServer};
 use serde_json::Value;
 use switchyard::log::LaneId;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn tekton(file: &str) -> (Vec<(String, String)>, Vec<u8>) {
-    let fx: Value =
-        serde_json::from_slice(&std::fs::read(testdata().join("tekton").join(file)).unwrap())
-            .unwrap();
-    let headers = fx["headers"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k.to_ascii_lowercase().as_str(),
-                "content-length" | "connection"
-            )
-        })
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().unwrap().to_string()))
-        .collect();
-    (headers, serde_json::to_vec(&fx["body"]).unwrap())
-}
-
-async fn post_tekton(t: &TestServer, file: &str) -> (Vec<(String, String)>, Vec<u8>) {
-    let (headers, body) = tekton(file);
-    let refs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    assert_eq!(t.post("/", &refs, body.clone()).await.status, 202);
-    (headers, body)
-}
 
 #[tokio::test]
 async fn one_tekton_event_fans_out_to_five_sinks_across_three_subscriptions() {
@@ -54,7 +25,17 @@ async fn one_tekton_event_fans_out_to_five_sinks_across_three_subscriptions() {
     ]
     .concat();
     let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
-    let (headers, body) = post_tekton(&t, "10-pipelinerun-failed.json").await;
+    let request = common::tekton_requests()
+        .into_iter()
+        .find(|r| r.file == "10-pipelinerun-failed.json")
+        .unwrap();
+    assert_eq!(t.post_tekton(&request).await.status, 202);
+    let headers: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    let body = request.body.clone();
     for (i, sink) in sinks.iter().enumerate() {
         let got = sink.wait_for(1, WAIT).await;
         assert_eq!(got.len(), 1, "sink {i}");

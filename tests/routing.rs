@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::sink::TestSink;
 use common::{minimal, subscription, testdata, TestServer};
-use serde_json::Value;
 
 /// Sinks that accept and never answer: what the router puts in a lane stays pending
 /// there (in flight) for the whole test, so lanes can be compared exactly.
@@ -77,44 +76,8 @@ fn subs(notifier: &str, pager: &str, audit: &str) -> String {
 /// Posts the ten Tekton requests (seq 1-10), then each CDEvent structured and binary
 /// (seq 11-16: artifact, artifact, pipelinerun, pipelinerun, service, service).
 async fn post_fixtures(t: &TestServer) {
-    let dir = testdata().join("tekton");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with(char::is_numeric)
-        })
-        .collect();
-    files.sort();
-    for f in files {
-        let fx: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
-        let headers: Vec<(String, String)> = fx["headers"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| {
-                !matches!(
-                    k.to_ascii_lowercase().as_str(),
-                    "content-length" | "connection"
-                )
-            })
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-            .collect();
-        let refs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(
-            t.post("/", &refs, serde_json::to_vec(&fx["body"]).unwrap())
-                .await
-                .status,
-            202
-        );
+    for r in common::tekton_requests() {
+        assert_eq!(t.post_tekton(&r).await.status, 202, "{}", r.file);
     }
     let cd = testdata().join("cdevents/as-cloudevent");
     for name in [

@@ -3,71 +3,23 @@
 
 mod common;
 
-use common::{testdata, TestServer};
-use serde_json::Value;
+use common::{tekton_requests, TestServer};
 use switchyard::event::Data;
-
-fn fixtures() -> Vec<(String, Value)> {
-    let dir = testdata().join("tekton");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with(|c: char| c.is_ascii_digit())
-        })
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap(),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn the_ten_tekton_requests_are_stored_byte_identical() {
     let t = TestServer::start("").await;
-    let fixtures = fixtures();
-    assert_eq!(fixtures.len(), 10);
-    let mut sent = Vec::new();
-    for (name, f) in &fixtures {
-        assert_eq!(f["content_mode"], "binary", "{name}");
-        // Hop-by-hop and length headers are the client's to set.
-        let headers: Vec<(String, String)> = f["headers"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| {
-                !matches!(
-                    k.to_ascii_lowercase().as_str(),
-                    "content-length" | "connection" | "host"
-                )
-            })
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-            .collect();
-        let body = serde_json::to_vec(&f["body"]).unwrap();
-        let refs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let reply = t
-            .post(f["path"].as_str().unwrap(), &refs, body.clone())
-            .await;
-        assert_eq!(reply.status, 202, "{name}: {:?}", reply.json());
-        sent.push((name, headers, body));
+    let requests = tekton_requests();
+    assert_eq!(requests.len(), 10);
+    for r in &requests {
+        assert_eq!(r.content_mode, "binary", "{}", r.file);
+        let reply = t.post_tekton(r).await;
+        assert_eq!(reply.status, 202, "{}: {:?}", r.file, reply.json());
     }
     let records = t.records("default").await;
     assert_eq!(records.len(), 10);
-    for (record, (name, headers, body)) in records.iter().zip(&sent) {
+    for (record, r) in records.iter().zip(&requests) {
+        let (name, headers, body) = (&r.file, &r.headers, &r.body);
         let e = &record.event;
         for (k, v) in headers {
             let k = k.to_ascii_lowercase();

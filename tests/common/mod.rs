@@ -237,3 +237,78 @@ pub fn subscription(name: &str, spec: &str) -> String {
 }
 
 pub mod sink;
+
+/// One request of the Tekton corpus (../shared/testdata/tekton), as a client sends it.
+pub struct TektonRequest {
+    pub file: String,
+    pub path: String,
+    pub content_mode: String,
+    /// The fixture's headers, less `Content-Length` and `Connection` (the client's own).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl TektonRequest {
+    pub fn header_refs(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// A header's value, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every request of the Tekton corpus, in file order.
+pub fn tekton_requests() -> Vec<TektonRequest> {
+    let dir = testdata().join("tekton");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let fx: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            TektonRequest {
+                file: p.file_name().unwrap().to_string_lossy().into_owned(),
+                path: fx["path"].as_str().unwrap_or("/").to_string(),
+                content_mode: fx["content_mode"].as_str().unwrap_or_default().to_string(),
+                headers: fx["headers"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, _)| {
+                        !matches!(
+                            k.to_ascii_lowercase().as_str(),
+                            "content-length" | "connection" | "host"
+                        )
+                    })
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect(),
+                body: serde_json::to_vec(&fx["body"]).unwrap(),
+            }
+        })
+        .collect()
+}
+
+impl TestServer {
+    /// Posts one Tekton corpus request as Tekton would.
+    pub async fn post_tekton(&self, r: &TektonRequest) -> Reply {
+        self.post(&r.path, &r.header_refs(), r.body.clone()).await
+    }
+}
