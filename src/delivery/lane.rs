@@ -119,14 +119,20 @@ impl LaneContext {
         let mut done: Vec<u64> = Vec::new();
         let mut commit = tokio::time::interval(COMMIT_EVERY);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The earliest due time still parked, and whether the parked set must be read
+        // (at start, and after an event was parked).
         let mut next_parked: Option<u64> = None;
+        let mut check_parked = true;
         loop {
             // Take parked entries that are due back into the lane.
             let now = self.clock.now_unix_nanos();
-            if next_parked.is_none_or(|due| due <= now) {
+            if check_parked || next_parked.is_some_and(|due| due <= now) {
                 let (b, l) = (self.broker.clone(), self.lane.clone());
                 match self.blocking(move |log| log.unpark_due(&b, &l, now)).await {
-                    Ok((_, next)) => next_parked = next,
+                    Ok((_, next)) => {
+                        next_parked = next;
+                        check_parked = false;
+                    }
                     Err(e) => {
                         tracing::warn!(lane = ?self.lane, error = %e, "cannot read parked entries")
                     }
@@ -162,21 +168,25 @@ impl LaneContext {
                     Err(e) => tracing::warn!(lane = ?self.lane, error = %e, "cannot read the lane"),
                 }
             }
-            let park_wait = next_parked
-                .map(|due| Duration::from_nanos(due.saturating_sub(self.clock.now_unix_nanos())));
+            // Due times are wall-clock; look again at least every second so that a clock
+            // that jumps (NTP, or a test's) is noticed.
+            let park_wait = next_parked.map(|due| {
+                Duration::from_nanos(due.saturating_sub(self.clock.now_unix_nanos()))
+                    .min(Duration::from_secs(1))
+            });
             tokio::select! {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Ok((seq, outcome)) = joined {
                         busy.remove(&seq);
                         match outcome {
                             Outcome::Delivered | Outcome::DeadLettered | Outcome::Gone => done.push(seq),
-                            Outcome::Parked => next_parked = Some(0), // re-read the parked set
+                            Outcome::Parked => check_parked = true,
                             Outcome::Stopped => {}
                         }
                     }
                 }
                 r = routed.changed() => if r.is_err() { break },
-                _ = commit.tick() => self.commit(&mut done).await,
+                _ = commit.tick(), if !done.is_empty() => self.commit(&mut done).await,
                 _ = tokio::time::sleep(park_wait.unwrap_or(Duration::from_secs(3600))), if park_wait.is_some() => {},
                 // With deliveries in flight, shutdown waits for them: they stop at their
                 // next step and leave their entries pending.
