@@ -407,3 +407,89 @@ async fn a_4_mib_event_is_delivered_byte_identical() {
     assert_eq!(got[0].body.len(), body.len());
     assert!(got[0].body.as_ref() == body.as_slice(), "the body differs");
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_count_as_final() {
+    let target = TestSink::start(vec![], Answer::status(200)).await;
+    let sink = TestSink::start(
+        vec![],
+        Answer::status(301).header("location", &target.url("/moved")),
+    )
+    .await;
+    let subs = one_sink("r", &sink.url("/"), "  delivery:\n    backoffDelay: 10ms\n");
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    assert_eq!(t.post_json(&minimal("moved")).await.status, 202);
+    let stats = t
+        .server()
+        .delivery
+        .stats("default", &LaneId::new("r", sink.url("/")));
+    wait_until(|| stats.dead_lettered.load(Ordering::Relaxed) == 1).await;
+    assert_eq!(sink.received().len(), 1);
+    assert!(target.received().is_empty(), "the redirect was followed");
+}
+
+#[tokio::test]
+async fn reply_ignore_turns_replies_off() {
+    let replier = TestSink::start(
+        vec![],
+        Answer::status(200)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "r")
+            .header("ce-source", "/r")
+            .header("ce-type", "reply"),
+    )
+    .await;
+    let subs = one_sink("quiet", &replier.url("/"), "  reply: ignore\n");
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    assert_eq!(t.post_json(&minimal("q")).await.status, 202);
+    let stats = t
+        .server()
+        .delivery
+        .stats("default", &LaneId::new("quiet", replier.url("/")));
+    wait_until(|| stats.delivered.load(Ordering::Relaxed) == 1).await;
+    assert_eq!(stats.replies_appended.load(Ordering::Relaxed), 0);
+    assert_eq!(t.records("default").await.len(), 1, "no reply was appended");
+}
+
+#[tokio::test]
+async fn a_failing_dead_letter_sink_leaves_the_event_in_the_store() {
+    let sink = TestSink::start(vec![], Answer::status(422)).await;
+    let dls = TestSink::start(vec![], Answer::status(500)).await;
+    let subs = one_sink("s", &sink.url("/"), &format!("  delivery:\n    retry: 2\n    backoffDelay: 10ms\n    deadLetterSink: {{ uri: '{}' }}\n", dls.url("/")));
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    assert_eq!(t.post_json(&minimal("lost?")).await.status, 202);
+    dls.wait_for(3, WAIT).await;
+    let backend = t.server().log.backend().clone();
+    wait_until(|| backend.dead_letters().unwrap().len() == 1).await;
+    let letter = &backend.dead_letters().unwrap()[0].1;
+    assert!(!letter.dead_letter_sink_delivered);
+    assert_eq!(letter.last_status, Some(422));
+    assert_eq!(letter.subscription, "s");
+    // The stored record is the event.
+    let record = base64::engine::general_purpose::STANDARD
+        .decode(&letter.record)
+        .unwrap();
+    let decoded = switchyard::log::record::decode(letter.seq, record.into()).unwrap();
+    assert_eq!(decoded.event.id(), "lost?");
+}
+
+#[tokio::test]
+async fn a_lane_keeps_at_most_max_in_flight_requests_open() {
+    let hole = TestSink::black_hole().await;
+    let subs = one_sink(
+        "narrow",
+        &hole.url("/"),
+        "  delivery:\n    maxInFlight: 3\n",
+    );
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    for i in 0..10 {
+        assert_eq!(t.post_json(&minimal(&format!("w{i}"))).await.status, 202);
+    }
+    hole.wait_for(3, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        hole.received().len(),
+        3,
+        "more than maxInFlight requests were sent"
+    );
+}
