@@ -493,3 +493,42 @@ async fn a_lane_keeps_at_most_max_in_flight_requests_open() {
         "more than maxInFlight requests were sent"
     );
 }
+
+#[tokio::test]
+async fn an_answer_body_is_read_up_to_the_limit_and_no_further() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A sink that announces 100 MiB, sends 2 MiB, then stalls.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 104857600\r\n\r\n")
+                    .await;
+                let _ = s.write_all(&vec![b'x'; 2 << 20]).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let subs = one_sink("big-answer", &url, "  delivery:\n    timeout: 15s\n");
+    let mut t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    t.restart_with(|c| c.ingress.max_event_bytes = 1 << 20)
+        .await;
+    assert_eq!(t.post_json(&minimal("a")).await.status, 202);
+    let stats = t
+        .server()
+        .delivery
+        .stats("default", &LaneId::new("big-answer", url.as_str()));
+    let started = Instant::now();
+    wait_until(|| stats.delivered.load(Ordering::Relaxed) == 1).await;
+    // Reading the whole announced body would have waited for the 15 s timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stats.attempts.load(Ordering::Relaxed), 1);
+}

@@ -84,11 +84,18 @@ impl TestServer {
     /// Starts with a full config (for tests of ingress settings).
     pub async fn start_with(config: impl FnOnce(&mut config::Config)) -> TestServer {
         let mut t = TestServer::start("").await;
-        t.server.take().unwrap().stop().await;
-        let mut c = config_for(t.dir.path(), &t.yaml);
-        config(&mut c);
-        t.server = Some(Self::launch(c, &t.clock).await);
+        t.restart_with(config).await;
         t
+    }
+
+    /// Stops the broker and starts it again with its config changed by `tweak`.
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut config::Config)) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+        let mut c = config_for(self.dir.path(), &self.yaml);
+        tweak(&mut c);
+        self.server = Some(Self::launch(c, &self.clock).await);
     }
 
     async fn launch(c: config::Config, clock: &ManualClock) -> Server {
