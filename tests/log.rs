@@ -163,6 +163,9 @@ impl LogBackend for Flaky {
     fn sync(&self) -> Result<(), LogError> {
         self.inner.sync()
     }
+    fn sync_progress(&self) -> Result<(), LogError> {
+        self.inner.sync_progress()
+    }
     fn router_cursor(&self, broker: &str) -> Result<u64, LogError> {
         self.inner.router_cursor(broker)
     }

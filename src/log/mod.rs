@@ -95,6 +95,10 @@ pub trait LogBackend: Send + Sync + 'static {
     /// Makes everything written durable.
     fn sync(&self) -> Result<(), LogError>;
 
+    /// Makes routing and delivery progress durable if any was written since the last
+    /// sync (the writer calls it every 100 ms; routers and deliverers never flush).
+    fn sync_progress(&self) -> Result<(), LogError>;
+
     /// The highest sequence number the router has decided (0 before any).
     fn router_cursor(&self, broker: &str) -> Result<u64, LogError>;
 

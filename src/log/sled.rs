@@ -81,6 +81,8 @@ pub struct SledLog {
     dead_letters: Tree,
     /// One flush at a time: concurrent flushes can deadlock in sled 0.34 (sled #1308).
     flush_lock: Mutex<()>,
+    /// Whether routing or delivery progress was written since the last sync.
+    progress_dirty: std::sync::atomic::AtomicBool,
 }
 
 impl SledLog {
@@ -125,6 +127,7 @@ impl SledLog {
         Ok(SledLog {
             dead_letters,
             flush_lock: Mutex::new(()),
+            progress_dirty: std::sync::atomic::AtomicBool::new(false),
             db,
             brokers: trees,
             durability: options.durability,
@@ -372,6 +375,7 @@ impl LogBackend for SledLog {
         entries: &[(super::LaneId, u64)],
         progress: &super::RouteProgress,
     ) -> Result<(), LogError> {
+        self.progress_dirty.store(true, Ordering::Release);
         let trees = self.trees(broker)?;
         let mut lanes = Batch::default();
         for (lane, seq) in entries {
@@ -400,9 +404,9 @@ impl LogBackend for SledLog {
                     LogError::Io(std::io::Error::other("routing transaction aborted"))
                 }
             })?;
-        // No flush here: only the writer flushes (sled #1308). Routing state is derived
-        // from the log, so decisions not yet synced are simply made again after a crash;
-        // the writer's next sync (or shutdown) makes them durable.
+        // No flush here: the writer syncs progress every 100 ms (`sync_progress`). Routing
+        // state is derived from the log, so decisions a crash catches before that are
+        // simply made again.
         Ok(())
     }
 
@@ -431,6 +435,7 @@ impl LogBackend for SledLog {
         subscription: &str,
         sinks: Option<&[String]>,
     ) -> Result<usize, LogError> {
+        self.progress_dirty.store(true, Ordering::Release);
         let trees = self.trees(broker)?;
         let prefixes: Vec<Vec<u8>> = match sinks {
             Some(sinks) => sinks
@@ -482,6 +487,7 @@ impl LogBackend for SledLog {
     }
 
     fn finish(&self, broker: &str, lane: &super::LaneId, seqs: &[u64]) -> Result<(), LogError> {
+        self.progress_dirty.store(true, Ordering::Release);
         let trees = self.trees(broker)?;
         let prefix = lane.key_prefix();
         let mut batch = Batch::default();
@@ -502,6 +508,7 @@ impl LogBackend for SledLog {
         due: u64,
         attempts: u32,
     ) -> Result<(), LogError> {
+        self.progress_dirty.store(true, Ordering::Release);
         let trees = self.trees(broker)?;
         let prefix = lane.key_prefix();
         let mut lane_key = prefix.clone();
@@ -525,6 +532,7 @@ impl LogBackend for SledLog {
         lane: &super::LaneId,
         now: u64,
     ) -> Result<(usize, Option<u64>), LogError> {
+        self.progress_dirty.store(true, Ordering::Release);
         let trees = self.trees(broker)?;
         let prefix = lane.key_prefix();
         let mut due = Vec::new();
@@ -611,6 +619,13 @@ impl LogBackend for SledLog {
             }
         }
         Ok(lo)
+    }
+
+    fn sync_progress(&self) -> Result<(), LogError> {
+        if self.progress_dirty.swap(false, Ordering::AcqRel) {
+            self.sync()?;
+        }
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), LogError> {

@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 use super::{AppendOutcome, AppendRequest, GroupEntry, LogBackend, LogError, WriterOptions};
 use crate::clock::SharedClock;
 
+/// How often routing and delivery progress is synced.
+pub const PROGRESS_SYNC: Duration = Duration::from_millis(100);
+
 pub(super) async fn run(
     backend: Arc<dyn LogBackend>,
     mut rx: mpsc::Receiver<AppendRequest>,
@@ -24,6 +27,10 @@ pub(super) async fn run(
     // Expired dedupe entries are swept a tenth of a window apart (at least every second).
     let mut sweep = tokio::time::interval((options.dedupe_window / 10).max(Duration::from_secs(1)));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Routing and lane progress (written by routers and deliverers, who never flush)
+    // is made durable here at least every 100 ms, in one sync for all of them.
+    let mut progress = tokio::time::interval(PROGRESS_SYNC);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     loop {
         let first = tokio::select! {
@@ -36,6 +43,13 @@ pub(super) async fn run(
                 // Take no new requests; write the ones already queued, then stop.
                 rx.close();
                 closing = true;
+                continue;
+            }
+            _ = progress.tick() => {
+                let b = backend.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || b.sync_progress()).await {
+                    tracing::warn!(error = %e, "syncing routing and delivery progress failed");
+                }
                 continue;
             }
             _ = sweep.tick(), if window > 0 => {
