@@ -1,5 +1,5 @@
-//! The admin listener: liveness and readiness for now (`/livez`, `/readyz`).
-//! Metrics and the admin API build on it.
+//! The admin listener: `/metrics` (Prometheus text format), `/livez` and `/readyz`.
+//! The admin API builds on it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 
 /// What readiness depends on; set by the server as start-up completes.
 #[derive(Debug, Default)]
@@ -30,16 +32,39 @@ impl Health {
 }
 
 /// Serves the admin endpoints until `shutdown` is cancelled.
-pub async fn serve(health: Arc<Health>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn serve(
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
             _ = shutdown.cancelled() => break,
         };
-        let health = health.clone();
+        let (health, metrics) = (health.clone(), metrics.clone());
         let service = hyper::service::service_fn(move |req| {
-            let health = health.clone();
-            async move { Ok::<_, std::convert::Infallible>(route(&health, &req)) }
+            let (health, metrics) = (health.clone(), metrics.clone());
+            async move {
+                // Collecting reads the log's state: off the async runtime.
+                let response = if req.uri().path() == "/metrics" && req.method() == Method::GET {
+                    let body = tokio::task::spawn_blocking(move || metrics.render())
+                        .await
+                        .unwrap_or_default();
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static(
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        ),
+                    );
+                    r
+                } else {
+                    route(&health, &req)
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

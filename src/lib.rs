@@ -11,5 +11,6 @@ pub mod delivery;
 pub mod event;
 pub mod ingress;
 pub mod log;
+pub mod metrics;
 pub mod router;
 pub mod server;

@@ -19,6 +19,7 @@ use crate::delivery::Delivery;
 use crate::ingress::{self, Ingress};
 use crate::log::sled::{SledLog, SledOptions};
 use crate::log::{Log, LogError, WriterOptions};
+use crate::metrics::Metrics;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,7 @@ pub struct Server {
     pub admin_addr: std::net::SocketAddr,
     pub log: Log,
     pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
     pub routing: Arc<Routing>,
     pub delivery: Arc<Delivery>,
     pub reloader: Arc<Reloader>,
@@ -64,8 +66,10 @@ impl Server {
         let shutdown = CancellationToken::new();
         let ingress_addr = ingress_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let metrics = Metrics::new();
         tokio::spawn(admin::serve(
             health.clone(),
+            metrics.clone(),
             admin_listener,
             shutdown.clone(),
         ));
@@ -88,6 +92,7 @@ impl Server {
             clock.clone(),
             WriterOptions {
                 dedupe_window: config.dedupe.window,
+                metrics: Some(metrics.clone()),
                 ..WriterOptions::default()
             },
             writer_stop.clone(),
@@ -121,7 +126,14 @@ impl Server {
             dedupe: (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
             config: config.ingress.clone(),
             clock,
+            metrics: metrics.clone(),
         });
+        metrics.watch_state(
+            log.clone(),
+            routing.clone(),
+            delivery.clone(),
+            reloader.clone(),
+        );
         let ingress_task = tokio::spawn(ingress::serve(
             ingress,
             ingress_listener,
@@ -156,6 +168,7 @@ impl Server {
             admin_addr,
             log,
             health,
+            metrics,
             routing,
             delivery,
             reloader,

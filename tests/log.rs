@@ -272,6 +272,7 @@ async fn flaky_ingress(delay: Duration) -> (Arc<Flaky>, std::net::SocketAddr, te
         config,
         dedupe: None,
         clock,
+        metrics: switchyard::metrics::Metrics::new(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

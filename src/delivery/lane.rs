@@ -37,6 +37,10 @@ const ERROR_DATA_MAX: usize = 1024;
 #[derive(Debug, Default)]
 pub struct LaneStats {
     pub attempts: AtomicU64,
+    /// Attempts by the class of their answer: 2xx, 3xx, 4xx, 5xx, no answer.
+    pub attempts_class: [AtomicU64; 5],
+    /// Deliveries in flight now.
+    pub in_flight: std::sync::atomic::AtomicI64,
     pub delivered: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// Events parked (each time one is).
@@ -48,6 +52,31 @@ pub struct LaneStats {
     pub replies_invalid: AtomicU64,
     /// The last failure and when (ns since the epoch).
     pub last_error: Mutex<Option<(String, u64)>>,
+}
+
+impl LaneStats {
+    /// Attempts per answer class, as the metrics label them.
+    pub fn attempts_by_class(&self) -> [(&'static str, u64); 5] {
+        let n = |i: usize| self.attempts_class[i].load(AtomicOrdering::Relaxed);
+        [
+            ("2xx", n(0)),
+            ("3xx", n(1)),
+            ("4xx", n(2)),
+            ("5xx", n(3)),
+            ("error", n(4)),
+        ]
+    }
+
+    fn count_attempt(&self, attempt: Attempt) {
+        let i = match attempt {
+            Attempt::Status(s) if (200..300).contains(&s) => 0,
+            Attempt::Status(s) if (300..400).contains(&s) => 1,
+            Attempt::Status(s) if (400..500).contains(&s) => 2,
+            Attempt::Status(_) => 3,
+            _ => 4,
+        };
+        self.attempts_class[i].fetch_add(1, AtomicOrdering::Relaxed);
+    }
 }
 
 /// Everything a lane's deliveries need.
@@ -161,6 +190,7 @@ impl LaneContext {
                             busy.insert(seq);
                             let me = self.clone();
                             let stop = stop.clone();
+                            self.stats.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
                             in_flight
                                 .spawn(async move { (seq, me.deliver(seq, attempts, stop).await) });
                         }
@@ -178,6 +208,7 @@ impl LaneContext {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Ok((seq, outcome)) = joined {
                         busy.remove(&seq);
+                        self.stats.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
                         match outcome {
                             Outcome::Delivered | Outcome::DeadLettered | Outcome::Gone => done.push(seq),
                             Outcome::Parked => check_parked = true,
@@ -194,6 +225,8 @@ impl LaneContext {
             }
         }
         self.commit(&mut done).await;
+        // Deliveries still in the set were dropped with it; their entries stay pending.
+        self.stats.in_flight.store(0, AtomicOrdering::Relaxed);
     }
 
     async fn commit(&self, done: &mut Vec<u64>) {
@@ -244,6 +277,7 @@ impl LaneContext {
                 Ok(r) => Attempt::Status(r.status),
                 Err(a) => *a,
             };
+            self.stats.count_attempt(attempt);
             match policy::classify(attempt) {
                 Verdict::Success => {
                     if let Ok(response) = &result {

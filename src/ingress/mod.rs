@@ -24,7 +24,8 @@ use crate::clock::SharedClock;
 use crate::config::IngressConfig;
 use crate::dedupe::DedupeKey;
 use crate::event::{binary, json, protobuf, Event, EventError};
-use crate::log::{record, Append, Log};
+use crate::log::{record, Append, AppendOutcome, Log};
+use crate::metrics::{self, Metrics};
 use problem::Problem;
 
 /// How a request carries its events, decided from `Content-Type` alone.
@@ -74,6 +75,7 @@ pub struct Ingress {
     /// The dedupe key; `None` when dedupe is off.
     pub dedupe: Option<Arc<DedupeKey>>,
     pub clock: SharedClock,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves the ingress on `listener` until `shutdown` is cancelled, then lets the open
@@ -138,13 +140,33 @@ pub async fn serve(
 
 /// Handles one request.
 pub async fn handle(ingress: &Ingress, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match handle_inner(ingress, req).await {
+    let started = std::time::Instant::now();
+    // Only configured brokers become label values.
+    let broker = broker_of(req.uri().path())
+        .and_then(|b| ingress.log.broker(b))
+        .map_or_else(|| metrics::UNKNOWN_BROKER.to_string(), |b| b.to_string());
+    let response = match handle_inner(ingress, req).await {
         Ok(r) => r,
         Err(p) => {
             tracing::debug!(status = p.status.as_u16(), detail = %p.detail, "request rejected");
+            if matches!(p.status.as_u16(), 400 | 413 | 415) {
+                ingress
+                    .metrics
+                    .ingress_events
+                    .with_label_values(&[broker.as_str(), "rejected"])
+                    .inc();
+            }
             p.into_response()
         }
-    }
+    };
+    let m = &ingress.metrics;
+    m.ingress_requests
+        .with_label_values(&[broker.as_str(), response.status().as_str()])
+        .inc();
+    m.ingress_duration
+        .with_label_values(&[broker.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 fn broker_of(path: &str) -> Option<&str> {
@@ -215,6 +237,11 @@ async fn handle_inner(
         ingress.config.body_read_timeout,
     )
     .await?;
+    ingress
+        .metrics
+        .ingress_bytes
+        .with_label_values(&[&*broker])
+        .inc_by(body.len() as u64);
     let events = decode(mode, &parts.headers, body).map_err(Problem::from)?;
     if events.is_empty() {
         return Ok(accepted());
@@ -233,8 +260,21 @@ async fn handle_inner(
             }),
         })
         .collect();
-    match ingress.log.append(broker, appends).await {
-        Ok(_) => Ok(accepted()),
+    match ingress.log.append(broker.clone(), appends).await {
+        Ok(outcomes) => {
+            let stored = outcomes
+                .iter()
+                .filter(|o| matches!(o, AppendOutcome::Stored(_)))
+                .count() as u64;
+            let events = &ingress.metrics.ingress_events;
+            events
+                .with_label_values(&[&*broker, "accepted"])
+                .inc_by(stored);
+            events
+                .with_label_values(&[&*broker, "duplicate"])
+                .inc_by(outcomes.len() as u64 - stored);
+            Ok(accepted())
+        }
         Err(e) if e.is_unavailable() => Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Storage Unavailable",

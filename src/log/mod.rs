@@ -184,6 +184,11 @@ pub trait LogBackend: Send + Sync + 'static {
     /// Every dead letter kept, oldest first.
     fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, LogError>;
 
+    /// How many dead letters are kept.
+    fn dead_letter_count(&self) -> Result<usize, LogError> {
+        Ok(self.dead_letters()?.len())
+    }
+
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError>;
 }
 
@@ -252,8 +257,10 @@ pub enum RouteProgress {
 }
 
 /// Settings of the writer in front of a backend.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WriterOptions {
+    /// Where the writer counts groups, syncs and appends; `None` counts nothing.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// How long a dedupe key suppresses duplicates; zero turns dedupe off.
     pub dedupe_window: Duration,
     /// How many requests one group may take at most.
@@ -265,6 +272,7 @@ pub struct WriterOptions {
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
+            metrics: None,
             dedupe_window: Duration::from_secs(600),
             max_group_requests: 512,
             queue_depth: 4096,
@@ -309,7 +317,8 @@ impl Log {
             rx,
             heads.clone(),
             clock,
-            options,
+            options.clone(),
+            options.metrics,
             shutdown,
         ));
         Ok(Log { backend, tx, heads })

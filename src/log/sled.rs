@@ -587,6 +587,10 @@ impl LogBackend for SledLog {
         Ok(id)
     }
 
+    fn dead_letter_count(&self) -> Result<usize, LogError> {
+        Ok(self.dead_letters.len())
+    }
+
     fn dead_letters(&self) -> Result<Vec<(u64, super::DeadLetter)>, LogError> {
         let mut out = Vec::new();
         for item in self.dead_letters.iter() {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AppendOutcome, AppendRequest, GroupEntry, LogBackend, LogError, WriterOptions};
 use crate::clock::SharedClock;
+use crate::metrics::Metrics;
 
 /// How often routing and delivery progress is synced.
 pub const PROGRESS_SYNC: Duration = Duration::from_millis(100);
@@ -21,6 +22,7 @@ pub(super) async fn run(
     heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
     clock: SharedClock,
     options: WriterOptions,
+    metrics: Option<Arc<Metrics>>,
     shutdown: CancellationToken,
 ) {
     let window = u64::try_from(options.dedupe_window.as_nanos()).unwrap_or(u64::MAX);
@@ -73,6 +75,10 @@ pub(super) async fn run(
         let (group, replies): (Vec<GroupEntry>, Vec<_>) =
             requests.into_iter().map(|r| (r.entry, r.reply)).unzip();
         let now = clock.now_unix_nanos();
+        let group_started = std::time::Instant::now();
+        if let Some(m) = &metrics {
+            m.log_group_size.observe(group.len() as f64);
+        }
         let b = backend.clone();
         let written = tokio::task::spawn_blocking(move || {
             let result = b.write_group(&group, now);
@@ -91,6 +97,19 @@ pub(super) async fn run(
         };
         match result {
             Ok(outcomes) => {
+                if let Some(m) = &metrics {
+                    m.log_sync_duration
+                        .observe(group_started.elapsed().as_secs_f64());
+                    for (entry, outcomes) in group.iter().zip(&outcomes) {
+                        let stored = outcomes
+                            .iter()
+                            .filter(|o| matches!(o, AppendOutcome::Stored(_)))
+                            .count();
+                        m.log_appended
+                            .with_label_values(&[&*entry.broker])
+                            .inc_by(stored as u64);
+                    }
+                }
                 for (entry, outcomes) in group.iter().zip(&outcomes) {
                     let top = outcomes.iter().filter_map(|o| match o {
                         AppendOutcome::Stored(s) => Some(*s),

@@ -1,0 +1,298 @@
+//! Every metric Switchyard exports, in one place: names (`switchyard_` prefix, base
+//! units, `_total` for counters), help texts and labels. Labels are bounded by the
+//! config (broker, subscription, sink, outcome, status class), never by event id,
+//! source or type. Counters of the moving parts (ingress, log writer) are updated where
+//! things happen; the state of routers and lanes is read at scrape time from the
+//! counters they already keep, so no signal has two owners.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::delivery::Delivery;
+use crate::log::Log;
+use crate::router::reload::Reloader;
+use crate::router::Routing;
+
+/// The broker label for requests to a broker that does not exist (so that a client
+/// cannot create label values).
+pub const UNKNOWN_BROKER: &str = "unknown";
+
+/// The metrics the moving parts update.
+pub struct Metrics {
+    registry: Registry,
+    pub ingress_requests: IntCounterVec,
+    pub ingress_events: IntCounterVec,
+    pub ingress_duration: HistogramVec,
+    pub ingress_bytes: IntCounterVec,
+    pub log_appended: IntCounterVec,
+    pub log_group_size: Histogram,
+    pub log_sync_duration: Histogram,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric")
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let m = Metrics {
+            ingress_requests: counter("switchyard_ingress_requests_total", "HTTP requests to the ingress, by broker and status code.", &["broker", "code"]),
+            ingress_events: counter("switchyard_ingress_events_total", "Events posted, by outcome: accepted (stored), duplicate (inside the dedupe window), rejected (invalid request; counted once per request).", &["broker", "outcome"]),
+            ingress_duration: HistogramVec::new(
+                HistogramOpts::new("switchyard_ingress_request_duration_seconds", "Time from request to answer, durable write included.")
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                &["broker"],
+            )
+            .expect("a valid metric"),
+            ingress_bytes: counter("switchyard_ingress_received_bytes_total", "Request body bytes received.", &["broker"]),
+            log_appended: counter("switchyard_log_appended_events_total", "Events appended to the log (posted and replies).", &["broker"]),
+            log_group_size: Histogram::with_opts(
+                HistogramOpts::new("switchyard_log_group_size", "Requests per group commit.").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+            )
+            .expect("a valid metric"),
+            log_sync_duration: Histogram::with_opts(
+                HistogramOpts::new("switchyard_log_write_duration_seconds", "Time to write and sync one group.")
+                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25]),
+            )
+            .expect("a valid metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.ingress_requests.clone()) as Box<dyn Collector>,
+            Box::new(m.ingress_events.clone()),
+            Box::new(m.ingress_duration.clone()),
+            Box::new(m.ingress_bytes.clone()),
+            Box::new(m.log_appended.clone()),
+            Box::new(m.log_group_size.clone()),
+            Box::new(m.log_sync_duration.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        let build = IntGaugeVec::new(
+            Opts::new("switchyard_build_info", "Always 1; the version is a label."),
+            &["version"],
+        )
+        .expect("a valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.registry
+            .register(Box::new(build))
+            .expect("metric names are unique");
+        #[cfg(target_os = "linux")]
+        {
+            let _ = m.registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        Arc::new(m)
+    }
+
+    /// Adds the collector of routers' and lanes' state.
+    pub fn watch_state(
+        &self,
+        log: Log,
+        routing: Arc<Routing>,
+        delivery: Arc<Delivery>,
+        reloader: Arc<Reloader>,
+    ) {
+        let _ = self.registry.register(Box::new(StateCollector {
+            log,
+            routing,
+            delivery,
+            reloader,
+            descs: state_descs(),
+        }));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Reads routers' and lanes' counters and the log's positions at scrape time.
+struct StateCollector {
+    log: Log,
+    routing: Arc<Routing>,
+    delivery: Arc<Delivery>,
+    reloader: Arc<Reloader>,
+    descs: Vec<Desc>,
+}
+
+const STATE: &[(&str, &str, &[&str])] = &[
+    ("switchyard_log_head_sequence", "The highest sequence number in the broker's log.", &["broker"]),
+    ("switchyard_router_lag_events", "Events appended but not yet routed.", &["broker"]),
+    ("switchyard_router_filter_results_total", "Filter decisions per subscription: match, no_match, error (CEL errors and non-boolean results).", &["subscription", "result"]),
+    ("switchyard_router_dropped_entries_total", "Pending lane entries dropped because their subscription or sink was removed.", &["subscription"]),
+    ("switchyard_delivery_attempts_total", "Delivery attempts by the class of their answer: 2xx, 3xx, 4xx, 5xx, or error (no answer).", &["subscription", "sink", "class"]),
+    ("switchyard_deliveries_total", "Events finished per lane, by outcome: delivered, dead_lettered, gone (no longer in the log).", &["subscription", "sink", "outcome"]),
+    ("switchyard_lane_parked_total", "Times an event was parked for a long wait.", &["subscription", "sink"]),
+    ("switchyard_lane_in_flight", "Deliveries in flight.", &["subscription", "sink"]),
+    ("switchyard_replies_total", "Replies, by outcome: appended, dropped (hop limit), invalid.", &["subscription", "sink", "outcome"]),
+    ("switchyard_deadletter_store_entries", "Events in the dead-letter store.", &[]),
+    ("switchyard_subscription_reloads_total", "Subscription reloads, by result: applied, rejected (the new set was invalid; the running set stayed).", &["result"]),
+];
+
+fn state_descs() -> Vec<Desc> {
+    STATE
+        .iter()
+        .map(|(name, help, labels)| {
+            Desc::new(
+                (*name).into(),
+                (*help).into(),
+                labels.iter().map(|l| (*l).to_string()).collect(),
+                Default::default(),
+            )
+            .expect("a valid metric")
+        })
+        .collect()
+}
+
+impl Collector for StateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric")
+        };
+        let count = |name: &str, help: &str, labels: &[&str]| counter(name, help, labels);
+        let h = |i: usize| (STATE[i].0, STATE[i].1, STATE[i].2);
+        let head = {
+            let (n, d, l) = h(0);
+            gauge(n, d, l)
+        };
+        let lag = {
+            let (n, d, l) = h(1);
+            gauge(n, d, l)
+        };
+        let filter = {
+            let (n, d, l) = h(2);
+            count(n, d, l)
+        };
+        let dropped = {
+            let (n, d, l) = h(3);
+            count(n, d, l)
+        };
+        let attempts = {
+            let (n, d, l) = h(4);
+            count(n, d, l)
+        };
+        let outcomes = {
+            let (n, d, l) = h(5);
+            count(n, d, l)
+        };
+        let parked = {
+            let (n, d, l) = h(6);
+            count(n, d, l)
+        };
+        let in_flight = {
+            let (n, d, l) = h(7);
+            gauge(n, d, l)
+        };
+        let replies = {
+            let (n, d, l) = h(8);
+            count(n, d, l)
+        };
+        let dead = {
+            let (n, d, l) = h(9);
+            gauge(n, d, l)
+        };
+        let reloads = {
+            let (n, d, l) = h(10);
+            count(n, d, l)
+        };
+        reloads
+            .with_label_values(&["applied"])
+            .inc_by(self.reloader.applied.load(Ordering::Relaxed));
+        reloads
+            .with_label_values(&["rejected"])
+            .inc_by(self.reloader.failures.load(Ordering::Relaxed));
+
+        let backend = self.log.backend();
+        for broker in self.log.brokers() {
+            let top = self.log.head(broker).unwrap_or(0);
+            head.with_label_values(&[broker]).set(top as i64);
+            let cursor = backend.router_cursor(broker).unwrap_or(0);
+            lag.with_label_values(&[broker])
+                .set(top.saturating_sub(cursor) as i64);
+        }
+        let set = self.routing.current();
+        for route in set.routes() {
+            let name = route.subscription.name.as_str();
+            let s = &route.stats;
+            filter
+                .with_label_values(&[name, "match"])
+                .inc_by(s.matched.load(Ordering::Relaxed));
+            filter
+                .with_label_values(&[name, "no_match"])
+                .inc_by(s.not_matched.load(Ordering::Relaxed));
+            filter
+                .with_label_values(&[name, "error"])
+                .inc_by(s.errors.load(Ordering::Relaxed));
+            dropped
+                .with_label_values(&[name])
+                .inc_by(s.dropped.load(Ordering::Relaxed));
+            for lane in &route.lanes {
+                let l = self.delivery.stats(&route.subscription.broker, lane);
+                let sink = lane.sink.as_str();
+                for (class, n) in l.attempts_by_class() {
+                    attempts.with_label_values(&[name, sink, class]).inc_by(n);
+                }
+                outcomes
+                    .with_label_values(&[name, sink, "delivered"])
+                    .inc_by(l.delivered.load(Ordering::Relaxed));
+                outcomes
+                    .with_label_values(&[name, sink, "dead_lettered"])
+                    .inc_by(l.dead_lettered.load(Ordering::Relaxed));
+                outcomes
+                    .with_label_values(&[name, sink, "gone"])
+                    .inc_by(l.gone.load(Ordering::Relaxed));
+                parked
+                    .with_label_values(&[name, sink])
+                    .inc_by(l.parked.load(Ordering::Relaxed));
+                in_flight
+                    .with_label_values(&[name, sink])
+                    .set(l.in_flight.load(Ordering::Relaxed));
+                replies
+                    .with_label_values(&[name, sink, "appended"])
+                    .inc_by(l.replies_appended.load(Ordering::Relaxed));
+                replies
+                    .with_label_values(&[name, sink, "dropped"])
+                    .inc_by(l.replies_dropped.load(Ordering::Relaxed));
+                replies
+                    .with_label_values(&[name, sink, "invalid"])
+                    .inc_by(l.replies_invalid.load(Ordering::Relaxed));
+            }
+        }
+        dead.with_label_values::<&str>(&[])
+            .set(backend.dead_letter_count().map(|n| n as i64).unwrap_or(0));
+        let mut out = Vec::new();
+        for c in [
+            &head as &dyn Collector,
+            &lag,
+            &filter,
+            &dropped,
+            &attempts,
+            &outcomes,
+            &parked,
+            &in_flight,
+            &replies,
+            &dead,
+            &reloads,
+        ] {
+            out.extend(c.collect());
+        }
+        out
+    }
+}

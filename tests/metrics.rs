@@ -1,0 +1,193 @@
+//! `/metrics`: the scrape parses, counters move as events flow, and docs/metrics.md
+//! lists exactly the metrics the broker exports.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::sink::{Answer, TestSink};
+use common::{minimal, subscription, TestServer};
+
+/// Scrapes `/metrics`: every sample by its full series (name and labels), and the
+/// declared metric names.
+async fn scrape(t: &TestServer) -> (BTreeMap<String, f64>, BTreeSet<String>) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let resp = client
+        .get(
+            format!("http://{}/metrics", t.server().admin_addr)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let mut samples = BTreeMap::new();
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            names.insert(rest.split_whitespace().next().unwrap().to_string());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            samples.insert(
+                series.to_string(),
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("unparsable sample: {line}")),
+            );
+        }
+    }
+    (samples, names)
+}
+
+fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+    samples.get(series).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn counters_move_as_events_flow_and_the_doc_lists_every_metric() {
+    let ok = TestSink::start(vec![Answer::status(503)], Answer::status(200)).await;
+    let bad = TestSink::start(vec![], Answer::status(400)).await;
+    let subs = [
+        subscription("ok", &format!("  filter:\n    attributes: {{ type: good }}\n  sinks:\n    - uri: {}\n  delivery: {{ backoffDelay: 10ms }}\n", ok.url("/"))),
+        subscription("bad", &format!("  filter:\n    cel: subject == 'x'\n  sinks:\n    - uri: {}\n", bad.url("/"))),
+    ]
+    .concat();
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let mut good = minimal("m1");
+    good["type"] = "good".into();
+    assert_eq!(t.post_json(&good).await.status, 202);
+    assert_eq!(t.post_json(&good).await.status, 202); // a duplicate
+    let mut to_bad = minimal("m2");
+    to_bad["subject"] = "x".into();
+    assert_eq!(t.post_json(&to_bad).await.status, 202);
+    assert_eq!(
+        t.post(
+            "/",
+            &[("content-type", "application/cloudevents+json")],
+            "{"
+        )
+        .await
+        .status,
+        400
+    );
+    assert_eq!(
+        t.post(
+            "/brokers/nope",
+            &[("content-type", "application/cloudevents+json")],
+            "{}"
+        )
+        .await
+        .status,
+        404
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (samples, names) = loop {
+        let (samples, names) = scrape(&t).await;
+        let done = value(&samples, r#"switchyard_deliveries_total{outcome="delivered",sink="OK",subscription="ok"}"#.replace("OK", &ok.url("/")).as_str()) == 1.0
+            && value(&samples, r#"switchyard_deliveries_total{outcome="dead_lettered",sink="BAD",subscription="bad"}"#.replace("BAD", &bad.url("/")).as_str()) == 1.0;
+        if done {
+            break (samples, names);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries did not show up in /metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let v = |s: &str| value(&samples, s);
+    assert_eq!(
+        v(r#"switchyard_ingress_events_total{broker="default",outcome="accepted"}"#),
+        2.0
+    );
+    assert_eq!(
+        v(r#"switchyard_ingress_events_total{broker="default",outcome="duplicate"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"switchyard_ingress_events_total{broker="default",outcome="rejected"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"switchyard_ingress_requests_total{broker="default",code="202"}"#),
+        3.0
+    );
+    assert_eq!(
+        v(r#"switchyard_ingress_requests_total{broker="unknown",code="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"switchyard_log_appended_events_total{broker="default"}"#),
+        2.0
+    );
+    assert_eq!(v(r#"switchyard_log_head_sequence{broker="default"}"#), 2.0);
+    assert_eq!(
+        v(r#"switchyard_router_filter_results_total{result="match",subscription="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"switchyard_router_filter_results_total{result="no_match",subscription="ok"}"#),
+        1.0
+    );
+    // The CEL filter reads `subject`, which the first event does not have.
+    assert_eq!(
+        v(r#"switchyard_router_filter_results_total{result="error",subscription="bad"}"#),
+        1.0
+    );
+    let ok_sink = ok.url("/");
+    assert_eq!(
+        v(&format!(
+            r#"switchyard_delivery_attempts_total{{class="5xx",sink="{ok_sink}",subscription="ok"}}"#
+        )),
+        1.0,
+        "the retry"
+    );
+    assert_eq!(
+        v(&format!(
+            r#"switchyard_delivery_attempts_total{{class="2xx",sink="{ok_sink}",subscription="ok"}}"#
+        )),
+        1.0
+    );
+    assert_eq!(v("switchyard_deadletter_store_entries"), 1.0);
+    assert!(v("process_resident_memory_bytes") > 0.0);
+    assert_eq!(
+        v(&format!(
+            r#"switchyard_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+
+    // docs/metrics.md and the scrape name the same metrics.
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/metrics.md"),
+    )
+    .unwrap();
+    let documented: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect();
+    let missing_from_doc: Vec<&String> = names.difference(&documented).collect();
+    let missing_from_scrape: Vec<&String> = documented.difference(&names).collect();
+    assert!(
+        missing_from_doc.is_empty(),
+        "exported but not documented: {missing_from_doc:?}"
+    );
+    assert!(
+        missing_from_scrape.is_empty(),
+        "documented but not exported: {missing_from_scrape:?}"
+    );
+}
