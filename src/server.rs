@@ -67,9 +67,14 @@ impl Server {
         let ingress_addr = ingress_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let metrics = Metrics::new();
+        let admin = Arc::new(admin::Admin {
+            health: health.clone(),
+            metrics: metrics.clone(),
+            token: config.admin.token.clone(),
+            api: Default::default(),
+        });
         tokio::spawn(admin::serve(
-            health.clone(),
-            metrics.clone(),
+            admin.clone(),
             admin_listener,
             shutdown.clone(),
         ));
@@ -125,7 +130,7 @@ impl Server {
             log: log.clone(),
             dedupe: (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
             config: config.ingress.clone(),
-            clock,
+            clock: clock.clone(),
             metrics: metrics.clone(),
         });
         metrics.watch_state(
@@ -134,6 +139,12 @@ impl Server {
             delivery.clone(),
             reloader.clone(),
         );
+        let _ = admin.api.set(admin::api::Api {
+            log: log.clone(),
+            routing: routing.clone(),
+            delivery: delivery.clone(),
+            clock,
+        });
         let ingress_task = tokio::spawn(ingress::serve(
             ingress,
             ingress_listener,

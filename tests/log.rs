@@ -16,7 +16,7 @@ use switchyard::log::sled::{Durability, SledLog, SledOptions};
 use switchyard::log::{
     AppendOutcome, GroupEntry, Log, LogBackend, LogError, LogRecord, WriterOptions,
 };
-use switchyard::log::{DeadLetter, LaneId, RouteProgress, SubscriptionState};
+use switchyard::log::{DeadLetter, LaneEntry, LaneId, RouteProgress, SubscriptionState};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -197,11 +197,11 @@ impl LogBackend for Flaky {
         lane: &LaneId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, u32)>, LogError> {
+    ) -> Result<Vec<LaneEntry>, LogError> {
         self.inner.lane_entries(broker, lane, from, limit)
     }
-    fn finish(&self, broker: &str, lane: &LaneId, seqs: &[u64]) -> Result<(), LogError> {
-        self.inner.finish(broker, lane, seqs)
+    fn finish(&self, broker: &str, lane: &LaneId, entries: &[LaneEntry]) -> Result<(), LogError> {
+        self.inner.finish(broker, lane, entries)
     }
     fn park(
         &self,
@@ -229,6 +229,12 @@ impl LogBackend for Flaky {
     }
     fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, LogError> {
         self.inner.dead_letters()
+    }
+    fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, LogError> {
+        self.inner.dead_letter(id)
+    }
+    fn delete_dead_letter(&self, id: u64) -> Result<bool, LogError> {
+        self.inner.delete_dead_letter(id)
     }
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError> {
         self.inner.seq_at_time(broker, unix_nanos)

@@ -4,7 +4,7 @@
 //! appends replies. Finished entries are removed from the lane at least every 100 ms
 //! and at shutdown, so a crash re-sends at most the in-flight window.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ use super::reply::{self, Reply};
 use crate::clock::SharedClock;
 use crate::config::subscriptions::{Ordering, ReplyMode, Sink, Subscription};
 use crate::event::{AttrValue, Event};
-use crate::log::{record, Append, DeadLetter, LaneId, Log, LogError, LogRecord};
+use crate::log::{record, Append, DeadLetter, LaneEntry, LaneId, Log, LogError, LogRecord};
 
 /// A wait longer than this parks the event durably instead of holding an in-flight slot.
 pub const PARK_AFTER: Duration = Duration::from_secs(5);
@@ -144,8 +144,9 @@ impl LaneContext {
             self.sub().delivery.max_in_flight.max(1) as usize
         };
         let mut in_flight: JoinSet<(u64, Outcome)> = JoinSet::new();
-        let mut busy: HashSet<u64> = HashSet::new();
-        let mut done: Vec<u64> = Vec::new();
+        // Entries in flight, and finished entries not yet committed, with their stamps.
+        let mut busy: HashMap<u64, LaneEntry> = HashMap::new();
+        let mut done: Vec<LaneEntry> = Vec::new();
         let mut commit = tokio::time::interval(COMMIT_EVERY);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The earliest due time still parked, and whether the parked set must be read
@@ -177,17 +178,22 @@ impl LaneContext {
                     .await
                 {
                     Ok(entries) => {
-                        for (seq, attempts) in entries {
+                        for entry in entries {
                             if in_flight.len() >= window {
                                 break;
                             }
-                            if busy.contains(&seq) || done.contains(&seq) {
+                            let (seq, attempts) = (entry.seq, entry.attempts);
+                            // A finished entry whose stamp changed was put back: send it again.
+                            let finished =
+                                done.iter().any(|d| d.seq == seq && d.stamp == entry.stamp);
+                            if busy.contains_key(&seq) || finished {
                                 if ordered {
                                     break;
                                 }
                                 continue;
                             }
-                            busy.insert(seq);
+                            done.retain(|d| d.seq != seq);
+                            busy.insert(seq, entry);
                             let me = self.clone();
                             let stop = stop.clone();
                             self.stats.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
@@ -207,10 +213,10 @@ impl LaneContext {
             tokio::select! {
                 Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Ok((seq, outcome)) = joined {
-                        busy.remove(&seq);
+                        let entry = busy.remove(&seq);
                         self.stats.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
                         match outcome {
-                            Outcome::Delivered | Outcome::DeadLettered | Outcome::Gone => done.push(seq),
+                            Outcome::Delivered | Outcome::DeadLettered | Outcome::Gone => done.extend(entry),
                             Outcome::Parked => check_parked = true,
                             Outcome::Stopped => {}
                         }
@@ -229,7 +235,7 @@ impl LaneContext {
         self.stats.in_flight.store(0, AtomicOrdering::Relaxed);
     }
 
-    async fn commit(&self, done: &mut Vec<u64>) {
+    async fn commit(&self, done: &mut Vec<LaneEntry>) {
         if done.is_empty() {
             return;
         }

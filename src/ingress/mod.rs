@@ -344,7 +344,7 @@ fn authorize(tokens: &[String], headers: &HeaderMap) -> Result<(), Problem> {
 }
 
 /// Equality whose time depends only on the lengths, not on where the bytes differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -139,21 +139,22 @@ pub trait LogBackend: Send + Sync + 'static {
         Ok(self
             .lane_entries(broker, lane, from, limit)?
             .into_iter()
-            .map(|(seq, _)| seq)
+            .map(|e| e.seq)
             .collect())
     }
 
-    /// A lane's pending entries from `from` on: sequence and attempts made so far.
+    /// A lane's pending entries from `from` on.
     fn lane_entries(
         &self,
         broker: &str,
         lane: &LaneId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, u32)>, LogError>;
+    ) -> Result<Vec<LaneEntry>, LogError>;
 
-    /// Removes finished entries (delivered, dead-lettered, gone) from a lane.
-    fn finish(&self, broker: &str, lane: &LaneId, seqs: &[u64]) -> Result<(), LogError>;
+    /// Removes finished entries (delivered, dead-lettered, gone) from a lane: each only
+    /// if it is still the entry that was taken (a replay may have put it back since).
+    fn finish(&self, broker: &str, lane: &LaneId, entries: &[LaneEntry]) -> Result<(), LogError>;
 
     /// Moves an entry from its lane to the lane's parked set, due at `due_unix_nanos`
     /// with `attempts` made, in one transaction.
@@ -183,6 +184,17 @@ pub trait LogBackend: Send + Sync + 'static {
 
     /// Every dead letter kept, oldest first.
     fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, LogError>;
+
+    /// One dead letter.
+    fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, LogError>;
+
+    /// Removes a dead letter; `false` when there was none with that id.
+    fn delete_dead_letter(&self, id: u64) -> Result<bool, LogError>;
+
+    /// Puts `seq` back into a lane as pending (a dead letter's redelivery).
+    fn requeue(&self, broker: &str, lane: &LaneId, seq: u64) -> Result<(), LogError> {
+        self.record_routes(broker, &[(lane.clone(), seq)], &RouteProgress::None)
+    }
 
     /// How many dead letters are kept.
     fn dead_letter_count(&self) -> Result<usize, LogError> {
@@ -220,6 +232,16 @@ impl LaneId {
     }
 }
 
+/// A pending lane entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneEntry {
+    pub seq: u64,
+    /// Attempts made so far (from a parked retry).
+    pub attempts: u32,
+    /// The stored value, so that finishing removes this entry and not a newer one.
+    pub stamp: Vec<u8>,
+}
+
 /// What a subscription's routing has reached, kept beside its lanes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubscriptionState {
@@ -254,6 +276,8 @@ pub enum RouteProgress {
     Cursor(u64),
     /// One subscription's state (a backfill step, or its first registration).
     Subscription(String, SubscriptionState),
+    /// Entries that complete nothing (a replay, a redelivery).
+    None,
 }
 
 /// Settings of the writer in front of a backend.

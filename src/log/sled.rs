@@ -274,7 +274,7 @@ fn seq_of(key: &[u8]) -> u64 {
 /// A lane entry's or parked entry's attempt count (empty: none yet).
 fn attempts_of(v: &[u8]) -> u32 {
     match v {
-        [a, b, c, d] => u32::from_be_bytes([*a, *b, *c, *d]),
+        [a, b, c, d, ..] => u32::from_be_bytes([*a, *b, *c, *d]),
         _ => 0,
     }
 }
@@ -377,11 +377,21 @@ impl LogBackend for SledLog {
     ) -> Result<(), LogError> {
         self.progress_dirty.store(true, Ordering::Release);
         let trees = self.trees(broker)?;
+        // Entries put back by hand (replay, redelivery) carry a fresh stamp, so that a
+        // deliverer finishing an older copy of the same sequence does not remove them.
+        let stamp: Vec<u8> = match progress {
+            super::RouteProgress::None => {
+                let mut v = 0u32.to_be_bytes().to_vec();
+                v.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+                v
+            }
+            _ => Vec::new(),
+        };
         let mut lanes = Batch::default();
         for (lane, seq) in entries {
             let mut key = lane.key_prefix();
             key.extend_from_slice(&seq.to_be_bytes());
-            lanes.insert(key, &[]);
+            lanes.insert(key, stamp.as_slice());
         }
         let mut meta = Batch::default();
         match progress {
@@ -391,6 +401,7 @@ impl LogBackend for SledLog {
                     .map_err(|e| LogError::Io(std::io::Error::other(e)))?;
                 meta.insert(sub_key(name), json)
             }
+            super::RouteProgress::None => {}
         }
         (&trees.lanes, &trees.meta)
             .transaction(|(l, m)| {
@@ -470,7 +481,7 @@ impl LogBackend for SledLog {
         lane: &super::LaneId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, u32)>, LogError> {
+    ) -> Result<Vec<super::LaneEntry>, LogError> {
         let trees = self.trees(broker)?;
         let prefix = lane.key_prefix();
         let mut start = prefix.clone();
@@ -481,22 +492,32 @@ impl LogBackend for SledLog {
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            out.push((seq_of(&k[prefix.len()..]), attempts_of(&v)));
+            out.push(super::LaneEntry {
+                seq: seq_of(&k[prefix.len()..]),
+                attempts: attempts_of(&v),
+                stamp: v.to_vec(),
+            });
         }
         Ok(out)
     }
 
-    fn finish(&self, broker: &str, lane: &super::LaneId, seqs: &[u64]) -> Result<(), LogError> {
+    fn finish(
+        &self,
+        broker: &str,
+        lane: &super::LaneId,
+        entries: &[super::LaneEntry],
+    ) -> Result<(), LogError> {
         self.progress_dirty.store(true, Ordering::Release);
         let trees = self.trees(broker)?;
         let prefix = lane.key_prefix();
-        let mut batch = Batch::default();
-        for seq in seqs {
+        for e in entries {
             let mut k = prefix.clone();
-            k.extend_from_slice(&seq.to_be_bytes());
-            batch.remove(k);
+            k.extend_from_slice(&e.seq.to_be_bytes());
+            // A mismatch means the entry was put back (replay, redelivery): keep it.
+            let _ = trees
+                .lanes
+                .compare_and_swap(k, Some(e.stamp.as_slice()), None::<&[u8]>)?;
         }
-        trees.lanes.apply_batch(batch)?;
         Ok(())
     }
 
@@ -585,6 +606,17 @@ impl LogBackend for SledLog {
             self.sync()?;
         }
         Ok(id)
+    }
+
+    fn dead_letter(&self, id: u64) -> Result<Option<super::DeadLetter>, LogError> {
+        Ok(self
+            .dead_letters
+            .get(id.to_be_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    fn delete_dead_letter(&self, id: u64) -> Result<bool, LogError> {
+        Ok(self.dead_letters.remove(id.to_be_bytes())?.is_some())
     }
 
     fn dead_letter_count(&self) -> Result<usize, LogError> {

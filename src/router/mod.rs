@@ -182,6 +182,14 @@ impl Routing {
         self.set.subscribe()
     }
 
+    /// Wakes the broker's deliverers: lane entries were written outside the router (a
+    /// replay, a redelivery).
+    pub fn notify_routed(&self, broker: &str) {
+        if let Some(tx) = self.routed.get(broker) {
+            tx.send_modify(|n| *n += 1);
+        }
+    }
+
     /// A receiver that moves whenever the broker's router has written lane entries.
     pub fn routed(&self, broker: &str) -> Option<watch::Receiver<u64>> {
         self.routed.get(broker).map(watch::Sender::subscribe)

@@ -1,0 +1,510 @@
+//! The admin API (JSON): subscriptions and their lanes, replay, the stored events, dead
+//! letters, and explain. docs/admin-api.yaml describes it; a test keeps the two in line.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{into_axum, Admin};
+use crate::clock::SharedClock;
+use crate::delivery::Delivery;
+use crate::event::{json as event_json, protobuf::format_rfc3339};
+use crate::ingress::problem::Problem;
+use crate::log::{record, LaneId, Log, LogBackend, LogError, LogRecord, RouteProgress};
+use crate::router::filter::{Decision, Dialect};
+use crate::router::{activation, explain, Route, Routing};
+
+/// What the API reads and changes; set when the log is open.
+pub struct Api {
+    pub log: Log,
+    pub routing: Arc<Routing>,
+    pub delivery: Arc<Delivery>,
+    pub clock: SharedClock,
+}
+
+/// The routes, in the order docs/admin-api.yaml lists them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/subscriptions"),
+    ("GET", "/api/v1/subscriptions/{name}"),
+    ("POST", "/api/v1/subscriptions/{name}/replay"),
+    ("GET", "/api/v1/brokers/{broker}/events"),
+    ("GET", "/api/v1/brokers/{broker}/events/{seq}"),
+    ("GET", "/api/v1/deadletters"),
+    ("POST", "/api/v1/deadletters/{id}/redeliver"),
+    ("DELETE", "/api/v1/deadletters/{id}"),
+    ("POST", "/api/v1/explain"),
+];
+
+pub fn routes() -> Router<Arc<Admin>> {
+    Router::new()
+        .route("/api/v1/subscriptions", get(list_subscriptions))
+        .route("/api/v1/subscriptions/{name}", get(get_subscription))
+        .route("/api/v1/subscriptions/{name}/replay", post(replay))
+        .route("/api/v1/brokers/{broker}/events", get(list_events))
+        .route("/api/v1/brokers/{broker}/events/{seq}", get(get_event))
+        .route("/api/v1/deadletters", get(list_dead_letters))
+        .route("/api/v1/deadletters/{id}/redeliver", post(redeliver))
+        .route(
+            "/api/v1/deadletters/{id}",
+            axum::routing::delete(delete_dead_letter),
+        )
+        .route("/api/v1/explain", post(explain_event))
+}
+
+/// An API error: a problem+json answer (boxed: it is large and rare).
+pub struct ApiError(Box<Problem>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        into_axum(self.0.into_response())
+    }
+}
+
+fn problem(status: StatusCode, title: &'static str, detail: impl Into<String>) -> ApiError {
+    ApiError(Box::new(Problem::new(status, title, detail)))
+}
+
+fn api(admin: &Admin) -> Result<&Api, ApiError> {
+    admin.api.get().ok_or_else(|| {
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Starting",
+            "the log is still opening",
+        )
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    log: &Log,
+    f: impl FnOnce(&dyn LogBackend) -> Result<T, LogError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let backend = log.backend().clone();
+    match tokio::task::spawn_blocking(move || f(backend.as_ref())).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Storage Unavailable",
+            e.to_string(),
+        )),
+        Err(_) => Err(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Storage Unavailable",
+            "the storage task failed",
+        )),
+    }
+}
+
+fn time(nanos: u64) -> String {
+    format_rfc3339(
+        (nanos / 1_000_000_000) as i64,
+        (nanos % 1_000_000_000) as u32,
+    )
+}
+
+fn dialect_json(d: &Dialect) -> Value {
+    let pairs = |p: &[(String, String)]| {
+        Value::Object(
+            p.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        )
+    };
+    match d {
+        Dialect::Exact(p) => json!({ "exact": pairs(p) }),
+        Dialect::Prefix(p) => json!({ "prefix": pairs(p) }),
+        Dialect::Suffix(p) => json!({ "suffix": pairs(p) }),
+        Dialect::All(list) => json!({ "all": list.iter().map(dialect_json).collect::<Vec<_>>() }),
+        Dialect::Any(list) => json!({ "any": list.iter().map(dialect_json).collect::<Vec<_>>() }),
+        Dialect::Not(inner) => json!({ "not": dialect_json(inner) }),
+    }
+}
+
+/// A subscription with the state of each of its lanes.
+async fn subscription_json(api: &Api, route: &Arc<Route>) -> Result<Value, ApiError> {
+    let s = &route.subscription;
+    let mut lanes = Vec::new();
+    for lane in &route.lanes {
+        let stats = api.delivery.stats(&s.broker, lane);
+        let (b, l) = (s.broker.clone(), lane.clone());
+        let (pending, parked) = blocking(&api.log, move |log| {
+            Ok((
+                log.lane_pending(&b, &l, 0, usize::MAX)?,
+                log.parked(&b, &l)?,
+            ))
+        })
+        .await?;
+        let last_error = stats
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        lanes.push(json!({
+            "sink": lane.sink,
+            "cursor": pending.first(),
+            "lag": pending.len(),
+            "inFlight": stats.in_flight.load(Ordering::Relaxed),
+            "parked": parked,
+            "delivered": stats.delivered.load(Ordering::Relaxed),
+            "deadLettered": stats.dead_lettered.load(Ordering::Relaxed),
+            "lastError": last_error.map(|(message, at)| json!({ "message": message, "time": time(at) })),
+        }));
+    }
+    let f = &s.filter;
+    Ok(json!({
+        "name": s.name,
+        "broker": s.broker,
+        "file": s.file.display().to_string(),
+        "filter": {
+            "attributes": f.attributes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+            "filters": f.filters.iter().map(dialect_json).collect::<Vec<_>>(),
+            "cel": f.cel.as_ref().map(|c| c.source()),
+        },
+        "matched": route.stats.matched.load(Ordering::Relaxed),
+        "notMatched": route.stats.not_matched.load(Ordering::Relaxed),
+        "errors": route.stats.errors.load(Ordering::Relaxed),
+        "lanes": lanes,
+    }))
+}
+
+fn find(api: &Api, name: &str) -> Result<Arc<Route>, ApiError> {
+    api.routing
+        .current()
+        .routes()
+        .find(|r| r.subscription.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            problem(
+                StatusCode::NOT_FOUND,
+                "Unknown Subscription",
+                format!("there is no subscription '{name}'"),
+            )
+        })
+}
+
+async fn list_subscriptions(State(admin): State<Arc<Admin>>) -> Response {
+    let api = match api(&admin) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let set = api.routing.current();
+    let mut routes: Vec<&Arc<Route>> = set.routes().collect();
+    routes.sort_by(|a, b| a.subscription.name.cmp(&b.subscription.name));
+    let mut out = Vec::new();
+    for r in routes {
+        match subscription_json(api, r).await {
+            Ok(v) => out.push(v),
+            Err(e) => return e.into_response(),
+        }
+    }
+    Json(out).into_response()
+}
+
+async fn get_subscription(State(admin): State<Arc<Admin>>, Path(name): Path<String>) -> Response {
+    let result = async {
+        let api = api(&admin)?;
+        let route = find(api, &name)?;
+        subscription_json(api, &route).await
+    }
+    .await;
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// A position in a broker's log: a sequence number or an RFC 3339 time.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Position {
+    Seq(u64),
+    Time(String),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReplayRequest {
+    pub from: Position,
+    pub to: Option<Position>,
+    pub sink: Option<String>,
+}
+
+async fn resolve(api: &Api, broker: &str, p: &Position) -> Result<u64, ApiError> {
+    match p {
+        Position::Seq(s) => Ok(*s),
+        Position::Time(t) => {
+            let (secs, nanos) = crate::event::validate::parse_rfc3339(t)
+                .map_err(|e| problem(StatusCode::BAD_REQUEST, "Bad Position", e))?;
+            let at = u64::try_from(secs)
+                .unwrap_or(0)
+                .saturating_mul(1_000_000_000)
+                + u64::from(nanos);
+            let b = broker.to_string();
+            blocking(&api.log, move |log| log.seq_at_time(&b, at)).await
+        }
+    }
+}
+
+async fn replay(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let api = api(&admin)?;
+        let route = find(api, &name)?;
+        let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| problem(StatusCode::BAD_REQUEST, "Bad Replay Request", format!("expected {{\"from\": seq or RFC 3339 time, \"to\"?: ..., \"sink\"?: uri}}: {e}")))?;
+        let broker = route.subscription.broker.clone();
+        let lanes: Vec<LaneId> = match &request.sink {
+            None => route.lanes.clone(),
+            Some(sink) => {
+                let lane = route.lanes.iter().find(|l| &l.sink == sink).cloned();
+                vec![lane.ok_or_else(|| problem(StatusCode::NOT_FOUND, "Unknown Sink", format!("'{name}' has no sink {sink}")))?]
+            }
+        };
+        let from = resolve(api, &broker, &request.from).await?.max(1);
+        let head = api.log.head(&broker).unwrap_or(0);
+        let to = match &request.to {
+            None => head,
+            // A time bound is exclusive: events that arrived before it.
+            Some(p @ Position::Time(_)) => resolve(api, &broker, p).await?.saturating_sub(1),
+            Some(Position::Seq(s)) => *s,
+        }
+        .min(head);
+        let b = broker.clone();
+        let r = route.clone();
+        let queued = blocking(&api.log, move |log| {
+            let mut queued = 0u64;
+            let mut next = from;
+            let mut needs = activation::Needs::default();
+            if let Some(c) = &r.subscription.filter.cel {
+                needs.add(c.variables());
+            }
+            let base = activation::base();
+            while next <= to {
+                let records = log.read(&b, next, 256)?;
+                let Some(last) = records.last().map(|r| r.seq) else { break };
+                let mut entries = Vec::new();
+                for rec in records.iter().filter(|rec| rec.seq <= to) {
+                    let data = if needs.data { activation::parse_data(&rec.event) } else { None };
+                    let act = activation::activation(&base, &rec.event, data.as_ref(), &needs);
+                    if r.subscription.filter.decide(&rec.event, &act) == Decision::Match {
+                        queued += 1;
+                        entries.extend(lanes.iter().map(|l| (l.clone(), rec.seq)));
+                    }
+                }
+                log.record_routes(&b, &entries, &RouteProgress::None)?;
+                next = last + 1;
+            }
+            Ok(queued)
+        })
+        .await?;
+        api.routing.notify_routed(&broker);
+        Ok::<_, ApiError>(json!({ "queued": queued, "from": from, "to": to }))
+    }
+    .await;
+    match result {
+        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+fn record_json(r: &LogRecord) -> Value {
+    let event: Value =
+        serde_json::from_slice(&event_json::encode_event(&r.event)).unwrap_or(Value::Null);
+    json!({ "seq": r.seq, "arrival": time(r.arrival_unix_nanos), "hops": r.hops, "event": event })
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn list_events(
+    State(admin): State<Arc<Admin>>,
+    Path(broker): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Response {
+    let result = async {
+        let api = api(&admin)?;
+        if api.log.broker(&broker).is_none() {
+            return Err(problem(
+                StatusCode::NOT_FOUND,
+                "Unknown Broker",
+                format!("there is no broker '{broker}'"),
+            ));
+        }
+        let from = q.after.unwrap_or(0) + 1;
+        let limit = q.limit.unwrap_or(100).min(1000);
+        let records = blocking(&api.log, move |log| log.read(&broker, from, limit)).await?;
+        Ok(records.iter().map(record_json).collect::<Vec<_>>())
+    }
+    .await;
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn get_event(
+    State(admin): State<Arc<Admin>>,
+    Path((broker, seq)): Path<(String, u64)>,
+) -> Response {
+    let result = async {
+        let api = api(&admin)?;
+        if api.log.broker(&broker).is_none() {
+            return Err(problem(
+                StatusCode::NOT_FOUND,
+                "Unknown Broker",
+                format!("there is no broker '{broker}'"),
+            ));
+        }
+        let records = blocking(&api.log, move |log| log.read(&broker, seq, 1)).await?;
+        match records.first() {
+            Some(r) if r.seq == seq => Ok(record_json(r)),
+            _ => Err(problem(
+                StatusCode::NOT_FOUND,
+                "No Such Event",
+                format!("there is no event {seq}"),
+            )),
+        }
+    }
+    .await;
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DeadLetterQuery {
+    subscription: Option<String>,
+    sink: Option<String>,
+}
+
+async fn list_dead_letters(
+    State(admin): State<Arc<Admin>>,
+    Query(q): Query<DeadLetterQuery>,
+) -> Response {
+    let result = async {
+        let api = api(&admin)?;
+        let letters = blocking(&api.log, |log| log.dead_letters()).await?;
+        let out: Vec<Value> = letters
+            .into_iter()
+            .filter(|(_, l)| {
+                q.subscription.as_ref().is_none_or(|s| &l.subscription == s)
+                    && q.sink.as_ref().is_none_or(|s| &l.sink == s)
+            })
+            .map(|(id, l)| {
+                let event = base64::engine::general_purpose::STANDARD
+                    .decode(&l.record)
+                    .ok()
+                    .and_then(|b| record::decode(l.seq, Bytes::from(b)))
+                    .map(|r| {
+                        serde_json::from_slice::<Value>(&event_json::encode_event(&r.event))
+                            .unwrap_or(Value::Null)
+                    });
+                json!({
+                    "id": id,
+                    "broker": l.broker,
+                    "subscription": l.subscription,
+                    "sink": l.sink,
+                    "seq": l.seq,
+                    "attempts": l.attempts,
+                    "lastStatus": l.last_status,
+                    "lastError": l.last_error,
+                    "time": time(l.time_unix_nanos),
+                    "deadLetterSinkDelivered": l.dead_letter_sink_delivered,
+                    "event": event,
+                })
+            })
+            .collect();
+        Ok::<_, ApiError>(out)
+    }
+    .await;
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn redeliver(State(admin): State<Arc<Admin>>, Path(id): Path<u64>) -> Response {
+    let result = async {
+        let api = api(&admin)?;
+        let letter = blocking(&api.log, move |log| log.dead_letter(id)).await?.ok_or_else(|| problem(StatusCode::NOT_FOUND, "No Such Dead Letter", format!("there is no dead letter {id}")))?;
+        let lane = LaneId::new(letter.subscription.clone(), letter.sink.clone());
+        let (b, l, seq) = (letter.broker.clone(), lane.clone(), letter.seq);
+        let present = blocking(&api.log, move |log| Ok(log.read(&b, seq, 1)?.first().is_some_and(|r| r.seq == seq))).await?;
+        if !present {
+            return Err(problem(StatusCode::CONFLICT, "Event Gone", format!("event {seq} is no longer in the log; the dead letter keeps it for inspection")));
+        }
+        let b = letter.broker.clone();
+        blocking(&api.log, move |log| {
+            log.requeue(&b, &l, seq)?;
+            log.delete_dead_letter(id)
+        })
+        .await?;
+        api.routing.notify_routed(&letter.broker);
+        Ok::<_, ApiError>(json!({ "id": id, "requeued": { "subscription": lane.subscription, "sink": lane.sink, "seq": seq } }))
+    }
+    .await;
+    match result {
+        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn delete_dead_letter(State(admin): State<Arc<Admin>>, Path(id): Path<u64>) -> Response {
+    let result = async {
+        let api = api(&admin)?;
+        if blocking(&api.log, move |log| log.delete_dead_letter(id)).await? {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        } else {
+            Err(problem(
+                StatusCode::NOT_FOUND,
+                "No Such Dead Letter",
+                format!("there is no dead letter {id}"),
+            ))
+        }
+    }
+    .await;
+    result.unwrap_or_else(|r| r.into_response())
+}
+
+async fn explain_event(State(admin): State<Arc<Admin>>, body: Bytes) -> Response {
+    let result = async {
+        let api = api(&admin)?;
+        let event = event_json::decode_event(&body).map_err(|e| ApiError(Box::new(Problem::from(e))))?;
+        let set = api.routing.current();
+        let verdicts = explain::explain(set.routes().map(|r| &r.subscription), &event);
+        let out: Vec<Value> = verdicts
+            .into_iter()
+            .map(|v| {
+                let parts: Vec<Value> = v
+                    .parts
+                    .iter()
+                    .map(|(part, r)| match r {
+                        crate::router::filter::PartResult::Match => json!({ "part": part, "result": "match" }),
+                        crate::router::filter::PartResult::NoMatch => json!({ "part": part, "result": "no_match" }),
+                        crate::router::filter::PartResult::Error(e) => json!({ "part": part, "result": "error", "error": e }),
+                    })
+                    .collect();
+                json!({ "subscription": v.subscription, "broker": v.broker, "matched": v.matched, "parts": parts })
+            })
+            .collect();
+        Ok::<_, ApiError>(out)
+    }
+    .await;
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
