@@ -4,6 +4,7 @@
 //! they own; `DESIGN.md`'s "Parts" table is the map.
 
 pub mod admin;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dedupe;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use switchyard::cli;
 use switchyard::clock::SystemClock;
 use switchyard::config;
 use switchyard::config::subscriptions::{self, Subscription};
@@ -52,6 +53,291 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Build one event and post it to the ingress in binary mode, as `kn event send` does.
+    Send {
+        /// The ingress URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/")]
+        to: String,
+        #[arg(long = "type")]
+        ty: String,
+        #[arg(long)]
+        source: String,
+        /// Default: a fresh id.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        /// The data: a string, or @FILE.
+        #[arg(long)]
+        data: Option<String>,
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+        /// An extension attribute, NAME=VALUE; repeat for more.
+        #[arg(short = 'e', long = "extension")]
+        extensions: Vec<String>,
+        /// A bearer token for `ingress.tokens`.
+        #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// List stored events (the admin API).
+    Events {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long, default_value = "default")]
+        broker: String,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Keep printing new events as they arrive.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Re-route a range of the log through a subscription into its lanes (the admin API).
+    Replay {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The subscription.
+        name: String,
+        /// A sequence number or an RFC 3339 arrival time.
+        #[arg(long)]
+        from: String,
+        /// Inclusive as a sequence, exclusive as a time; default: the newest event.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this sink's lane.
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// The dead-letter store (the admin API).
+    Deadletters {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        action: Option<DeadLetterAction>,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin listener's URL.
+    #[arg(long, default_value = "http://127.0.0.1:9090", global = true)]
+    admin: String,
+    /// The admin token (`admin.token`), needed for calls that change something.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
+    /// How to print results.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "table",
+        global = true
+    )]
+    output: cli::Output,
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    /// List dead letters (the default).
+    List {
+        #[arg(long)]
+        subscription: Option<String>,
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Put a dead letter's event back into its lane.
+    Redeliver { id: u64 },
+    /// Remove a dead letter.
+    Delete { id: u64 },
+}
+
+/// Runs one client command and prints its result; exit 1 when it failed.
+#[tokio::main(flavor = "current_thread")]
+async fn client(command: Command) -> ExitCode {
+    match run_client(command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(
+    output: cli::Output,
+    value: &serde_json::Value,
+    table: impl FnOnce(&serde_json::Value) -> String,
+) {
+    match output {
+        cli::Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        cli::Output::Table => println!("{}", table(value)),
+    }
+}
+
+async fn run_client(command: Command) -> Result<(), cli::CliError> {
+    use http::Method;
+    match command {
+        Command::Send {
+            to,
+            ty,
+            source,
+            id,
+            subject,
+            data,
+            content_type,
+            extensions,
+            token,
+        } => {
+            let enc = switchyard::event::binary::percent_encode;
+            let mut headers = vec![
+                ("ce-specversion".to_string(), "1.0".to_string()),
+                ("ce-id".to_string(), enc(&id.unwrap_or_else(cli::new_id))),
+                ("ce-source".to_string(), enc(&source)),
+                ("ce-type".to_string(), enc(&ty)),
+            ];
+            if let Some(s) = subject {
+                headers.push(("ce-subject".into(), enc(&s)));
+            }
+            for e in extensions {
+                let (k, v) = e.split_once('=').ok_or_else(|| {
+                    cli::CliError::Usage(format!("--extension takes NAME=VALUE, not '{e}'"))
+                })?;
+                // Header names lose their case on the wire: check the name here.
+                switchyard::event::validate::check_name(k)
+                    .map_err(|e| cli::CliError::Usage(format!("--extension {k}: {}", e.detail)))?;
+                headers.push((format!("ce-{k}"), enc(v)));
+            }
+            let body =
+                match data {
+                    None => None,
+                    Some(d) => Some(match d.strip_prefix('@') {
+                        Some(path) => bytes::Bytes::from(std::fs::read(path).map_err(|e| {
+                            cli::CliError::Usage(format!("cannot read {path}: {e}"))
+                        })?),
+                        None => bytes::Bytes::from(d),
+                    }),
+                };
+            let body = body.map(|b| (content_type.as_str(), b));
+            cli::call(Method::POST, &to, token.as_deref(), body, &headers).await?;
+            println!("accepted");
+            Ok(())
+        }
+        Command::Events {
+            admin,
+            broker,
+            after,
+            limit,
+            follow,
+        } => {
+            let mut after = after;
+            loop {
+                let url = format!(
+                    "{}/api/v1/brokers/{broker}/events?after={after}&limit={limit}",
+                    admin.admin.trim_end_matches('/')
+                );
+                let events =
+                    cli::call(Method::GET, &url, admin.token.as_deref(), None, &[]).await?;
+                let list = events.as_array().cloned().unwrap_or_default();
+                if !follow || !list.is_empty() {
+                    print(admin.output, &events, cli::events_table);
+                }
+                if let Some(last) = list.last().and_then(|e| e["seq"].as_u64()) {
+                    after = last;
+                }
+                if !follow {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        Command::Replay {
+            admin,
+            name,
+            from,
+            to,
+            sink,
+        } => {
+            let position = |p: &str| {
+                p.parse::<u64>()
+                    .map(serde_json::Value::from)
+                    .unwrap_or_else(|_| serde_json::Value::from(p))
+            };
+            let mut body = serde_json::json!({ "from": position(&from) });
+            if let Some(t) = to {
+                body["to"] = position(&t);
+            }
+            if let Some(s) = sink {
+                body["sink"] = s.into();
+            }
+            let url = format!(
+                "{}/api/v1/subscriptions/{name}/replay",
+                admin.admin.trim_end_matches('/')
+            );
+            let answer = cli::call(
+                Method::POST,
+                &url,
+                admin.token.as_deref(),
+                Some(("application/json", bytes::Bytes::from(body.to_string()))),
+                &[],
+            )
+            .await?;
+            print(admin.output, &answer, |a| {
+                format!(
+                    "{} event(s) queued ({}..={})",
+                    a["queued"], a["from"], a["to"]
+                )
+            });
+            Ok(())
+        }
+        Command::Deadletters { admin, action } => {
+            let base = admin.admin.trim_end_matches('/').to_string();
+            match action.unwrap_or(DeadLetterAction::List {
+                subscription: None,
+                sink: None,
+            }) {
+                DeadLetterAction::List { subscription, sink } => {
+                    let mut query = Vec::new();
+                    if let Some(s) = subscription {
+                        query.push(format!("subscription={s}"));
+                    }
+                    if let Some(s) = sink {
+                        query.push(format!("sink={s}"));
+                    }
+                    let url = format!("{base}/api/v1/deadletters?{}", query.join("&"));
+                    let letters =
+                        cli::call(Method::GET, &url, admin.token.as_deref(), None, &[]).await?;
+                    print(admin.output, &letters, cli::dead_letters_table);
+                }
+                DeadLetterAction::Redeliver { id } => {
+                    let url = format!("{base}/api/v1/deadletters/{id}/redeliver");
+                    let answer =
+                        cli::call(Method::POST, &url, admin.token.as_deref(), None, &[]).await?;
+                    print(admin.output, &answer, |_| {
+                        format!("dead letter {id} requeued")
+                    });
+                }
+                DeadLetterAction::Delete { id } => {
+                    let url = format!("{base}/api/v1/deadletters/{id}");
+                    cli::call(Method::DELETE, &url, admin.token.as_deref(), None, &[]).await?;
+                    print(admin.output, &serde_json::json!({ "deleted": id }), |_| {
+                        format!("dead letter {id} deleted")
+                    });
+                }
+            }
+            Ok(())
+        }
+        _ => Err(cli::CliError::Usage("not a client command".into())),
+    }
 }
 
 fn main() -> ExitCode {
@@ -74,6 +360,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Explain { event, config } => explain(&event, config.as_deref(), &env),
+        command @ (Command::Send { .. }
+        | Command::Events { .. }
+        | Command::Replay { .. }
+        | Command::Deadletters { .. }) => client(command),
         Command::Serve { config } => {
             init_tracing(&env);
             let (config, subscriptions) = match load_all(config.as_deref(), &env) {
