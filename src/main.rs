@@ -38,6 +38,14 @@ enum Command {
         /// The server config file (default: $SWITCHYARD_CONFIG, else config/switchyard.yaml if present).
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Log lines for people (`text`) or for machines (`json`, one object per line).
+        #[arg(
+            long,
+            value_enum,
+            default_value = "text",
+            env = "SWITCHYARD_LOG_FORMAT"
+        )]
+        log_format: LogFormat,
     },
     /// Validate the config and the subscription files; print every error, exit 1 if any.
     Check {
@@ -117,6 +125,12 @@ enum Command {
         #[command(subcommand)]
         action: Option<DeadLetterAction>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -364,8 +378,8 @@ fn main() -> ExitCode {
         | Command::Events { .. }
         | Command::Replay { .. }
         | Command::Deadletters { .. }) => client(command),
-        Command::Serve { config } => {
-            init_tracing(&env);
+        Command::Serve { config, log_format } => {
+            init_tracing(&env, log_format);
             let (config, subscriptions) = match load_all(config.as_deref(), &env) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -429,17 +443,21 @@ fn explain(
     ExitCode::SUCCESS
 }
 
-fn init_tracing(env: &BTreeMap<String, String>) {
+fn init_tracing(env: &BTreeMap<String, String>, format: LogFormat) {
     let filter = env
         .get("SWITCHYARD_LOG")
         .or_else(|| env.get("RUST_LOG"))
         .cloned()
         .unwrap_or_else(|| "info".to_string());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 #[tokio::main]

@@ -300,3 +300,26 @@ fn the_example_subscriptions_validate() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("5 subscription(s)"));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = process::start(
+        None,
+        dir.path(),
+        &[
+            ("SWITCHYARD_INGRESS_LISTEN", "127.0.0.1:0"),
+            ("SWITCHYARD_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("SWITCHYARD_LOG_FORMAT", "json"),
+        ],
+    );
+    for line in &broker.startup {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(broker.terminate().success());
+}

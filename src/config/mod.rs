@@ -300,7 +300,15 @@ fn apply_env(root: &mut Node, env: &BTreeMap<String, String>, v: &mut Validator)
         let Some(rest) = name.strip_prefix("SWITCHYARD_") else {
             continue;
         };
-        if name == CONFIG_ENV || name == "SWITCHYARD_LOG" {
+        // Variables of the command line itself, not config keys.
+        if [
+            CONFIG_ENV,
+            "SWITCHYARD_LOG",
+            "SWITCHYARD_LOG_FORMAT",
+            "SWITCHYARD_TOKEN",
+        ]
+        .contains(&name.as_str())
+        {
             continue;
         }
         let wanted = env_form(rest);

@@ -52,7 +52,12 @@ pub fn start(config: Option<&Path>, cwd: &Path, env: &[(&str, &str)]) -> Broker 
     }
 }
 
+/// A field of a log line, text (`name=value`) or JSON (`"fields": {"name": ...}`).
 fn field(line: &str, name: &str) -> Option<SocketAddr> {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        return v["fields"][name].as_str()?.parse().ok();
+    }
     let start = line.find(&format!("{name}="))? + name.len() + 1;
     line[start..].split_whitespace().next()?.parse().ok()
 }
