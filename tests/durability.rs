@@ -331,3 +331,57 @@ async fn a_kill_during_delivery_loses_nothing_and_resends_at_most_the_in_flight_
         "{duplicates} duplicates (sink had {before} requests at the kill)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_delivery_exits_in_time_and_loses_nothing() {
+    let sink = common::sink::TestSink::start(
+        Vec::new(),
+        common::sink::Answer::status(200).after(Duration::from_millis(700)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let subs = dir.path().join("subs.yaml");
+    std::fs::write(
+        &subs,
+        format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: {{ name: slow }}\nspec:\n  sinks: [{{ uri: '{}' }}]\n  delivery: {{ maxInFlight: 4 }}\n", sink.url("/")),
+    )
+    .unwrap();
+    let env = [("SWITCHYARD_SUBSCRIPTIONS", subs.to_str().unwrap())];
+    let broker = process::start(Some(&config), dir.path(), &env);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let ids: Vec<String> = (0..20).map(|n| format!("t{n}")).collect();
+    for id in &ids {
+        let req = http::Request::post(format!("http://{}/", broker.ingress))
+            .header("content-type", "application/cloudevents+json")
+            .body(Full::new(Bytes::from(format!(
+                r#"{{"specversion":"1.0","id":"{id}","source":"/term","type":"t"}}"#
+            ))))
+            .unwrap();
+        assert_eq!(client.request(req).await.unwrap().status(), 202);
+    }
+    sink.wait_for(4, Duration::from_secs(20)).await;
+    let stopping = Instant::now();
+    assert!(broker.terminate().success(), "a clean exit");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+    // Whatever was not delivered before the stop is delivered after a restart.
+    let broker = process::start(Some(&config), dir.path(), &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: std::collections::HashSet<String> = sink
+            .received()
+            .iter()
+            .filter_map(|r| r.header("ce-id").map(str::to_string))
+            .collect();
+        if ids.iter().all(|id| got.contains(id)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of 20 delivered", got.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(broker.terminate().success());
+}
