@@ -34,6 +34,7 @@ pub struct Metrics {
     pub log_appended: IntCounterVec,
     pub log_group_size: Histogram,
     pub log_sync_duration: Histogram,
+    pub log_retention_deleted: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -63,6 +64,7 @@ impl Metrics {
                     .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25]),
             )
             .expect("a valid metric"),
+            log_retention_deleted: counter("switchyard_log_retention_deleted_events_total", "Events deleted because they were older than storage.retention.maxAge.", &["broker"]),
             registry,
         };
         for c in [
@@ -73,6 +75,7 @@ impl Metrics {
             Box::new(m.log_appended.clone()),
             Box::new(m.log_group_size.clone()),
             Box::new(m.log_sync_duration.clone()),
+            Box::new(m.log_retention_deleted.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

@@ -98,6 +98,7 @@ impl Server {
             WriterOptions {
                 dedupe_window: config.dedupe.window,
                 metrics: Some(metrics.clone()),
+                retention_max_age: config.storage.retention_max_age,
                 ..WriterOptions::default()
             },
             writer_stop.clone(),
@@ -105,6 +106,10 @@ impl Server {
         )?;
         for b in &config.brokers {
             tracing::info!(broker = %b, head = log.head(b).unwrap_or(0), "log opened");
+            // Present from the start, so that a scrape shows it before the first deletion.
+            metrics
+                .log_retention_deleted
+                .with_label_values(&[b.as_str()]);
         }
         tracing::info!(subscriptions = subscriptions.len(), "subscriptions loaded");
         let routing = Arc::new(Routing::start(

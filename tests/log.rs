@@ -236,6 +236,9 @@ impl LogBackend for Flaky {
     fn delete_dead_letter(&self, id: u64) -> Result<bool, LogError> {
         self.inner.delete_dead_letter(id)
     }
+    fn expire_events(&self, broker: &str, cutoff: u64, limit: usize) -> Result<usize, LogError> {
+        self.inner.expire_events(broker, cutoff, limit)
+    }
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError> {
         self.inner.seq_at_time(broker, unix_nanos)
     }
@@ -372,4 +375,39 @@ async fn relaxed_durability_stores_and_keeps_events_across_a_clean_restart() {
     };
     let log = SledLog::open(&options, &["default".to_string()]).unwrap();
     assert_eq!(log.read("default", 1, 100).unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn retention_deletes_events_older_than_the_maximum_age() {
+    let mut t = TestServer::start("").await;
+    t.restart_with(|c| c.storage.retention_max_age = Duration::from_secs(2))
+        .await;
+    for i in 0..3 {
+        assert_eq!(t.post_json(&minimal(&format!("old{i}"))).await.status, 202);
+    }
+    t.clock.advance(Duration::from_secs(1));
+    assert_eq!(t.post_json(&minimal("young")).await.status, 202);
+    t.clock.advance(Duration::from_millis(1500));
+    // The writer looks every second: the three old ones go, the young one stays.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids: Vec<String> = t
+            .records("default")
+            .await
+            .iter()
+            .map(|r| r.event.id().to_string())
+            .collect();
+        if ids == ["young"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still stored: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Sequence numbers keep counting after the deletion.
+    assert_eq!(t.post_json(&minimal("new")).await.status, 202);
+    let records = t.records("default").await;
+    assert_eq!(records.last().unwrap().seq, 5);
 }

@@ -259,8 +259,10 @@ impl LaneContext {
         let record = match self.blocking(move |log| log.read(&b, s, 1)).await {
             Ok(mut r) if r.first().is_some_and(|r| r.seq == seq) => r.swap_remove(0),
             Ok(_) => {
-                self.stats.gone.fetch_add(1, AtomicOrdering::Relaxed);
-                tracing::warn!(lane = ?self.lane, seq, "the event is no longer in the log; skipped");
+                // Logged once per lane; every one is counted.
+                if self.stats.gone.fetch_add(1, AtomicOrdering::Relaxed) == 0 {
+                    tracing::warn!(lane = ?self.lane, seq, "an event was deleted (retention) before it was delivered; skipped, and further ones are counted (outcome gone)");
+                }
                 return Outcome::Gone;
             }
             Err(e) => {

@@ -196,6 +196,15 @@ pub trait LogBackend: Send + Sync + 'static {
         self.record_routes(broker, &[(lane.clone(), seq)], &RouteProgress::None)
     }
 
+    /// Deletes the broker's oldest events that arrived before `cutoff_unix_nanos`, at
+    /// most `limit`; returns how many.
+    fn expire_events(
+        &self,
+        broker: &str,
+        cutoff_unix_nanos: u64,
+        limit: usize,
+    ) -> Result<usize, LogError>;
+
     /// How many dead letters are kept.
     fn dead_letter_count(&self) -> Result<usize, LogError> {
         Ok(self.dead_letters()?.len())
@@ -291,6 +300,8 @@ pub struct WriterOptions {
     pub max_group_requests: usize,
     /// How many requests may wait for the writer before producers wait too.
     pub queue_depth: usize,
+    /// Events that arrived longer ago than this are deleted; zero keeps everything.
+    pub retention_max_age: Duration,
 }
 
 impl Default for WriterOptions {
@@ -300,6 +311,7 @@ impl Default for WriterOptions {
             dedupe_window: Duration::from_secs(600),
             max_group_requests: 512,
             queue_depth: 4096,
+            retention_max_age: Duration::ZERO,
         }
     }
 }

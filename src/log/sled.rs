@@ -619,6 +619,26 @@ impl LogBackend for SledLog {
         Ok(self.dead_letters.remove(id.to_be_bytes())?.is_some())
     }
 
+    fn expire_events(&self, broker: &str, cutoff: u64, limit: usize) -> Result<usize, LogError> {
+        let trees = self.trees(broker)?;
+        let mut batch = Batch::default();
+        let mut n = 0;
+        for item in trees.events.iter().take(limit) {
+            let (k, v) = item?;
+            let seq = seq_of(&k);
+            // A record that cannot be read is old by position: it goes with its neighbours.
+            let arrival = super::record::decode(seq, Bytes::copy_from_slice(&v))
+                .map_or(0, |r| r.arrival_unix_nanos);
+            if arrival >= cutoff {
+                break;
+            }
+            batch.remove(k);
+            n += 1;
+        }
+        trees.events.apply_batch(batch)?;
+        Ok(n)
+    }
+
     fn dead_letter_count(&self) -> Result<usize, LogError> {
         Ok(self.dead_letters.len())
     }
