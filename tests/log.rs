@@ -411,3 +411,35 @@ async fn retention_deletes_events_older_than_the_maximum_age() {
     let records = t.records("default").await;
     assert_eq!(records.last().unwrap().seq, 5);
 }
+
+#[test]
+fn finishing_an_entry_keeps_it_when_a_replay_put_it_back_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions {
+        path: dir.path().join("data"),
+        durability: Durability::Relaxed,
+        cache_capacity: 8 << 20,
+        dedupe_window_nanos: 0,
+    };
+    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    let lane = LaneId::new("s", "http://sink/");
+    log.record_routes(
+        "default",
+        &[(lane.clone(), 1), (lane.clone(), 2)],
+        &RouteProgress::Cursor(2),
+    )
+    .unwrap();
+    // A deliverer takes both entries...
+    let taken = log.lane_entries("default", &lane, 0, 10).unwrap();
+    // ...a replay puts 2 back before the deliverer commits...
+    log.requeue("default", &lane, 2).unwrap();
+    log.finish("default", &lane, &taken).unwrap();
+    // ...so 1 is finished and 2 is pending again.
+    assert_eq!(log.lane_pending("default", &lane, 0, 10).unwrap(), [2]);
+    let again = log.lane_entries("default", &lane, 0, 10).unwrap();
+    log.finish("default", &lane, &again).unwrap();
+    assert!(log
+        .lane_pending("default", &lane, 0, 10)
+        .unwrap()
+        .is_empty());
+}

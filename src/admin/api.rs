@@ -190,35 +190,28 @@ fn find(api: &Api, name: &str) -> Result<Arc<Route>, ApiError> {
         })
 }
 
-async fn list_subscriptions(State(admin): State<Arc<Admin>>) -> Response {
-    let api = match api(&admin) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
+async fn list_subscriptions(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    let api = api(&admin)?;
     let set = api.routing.current();
     let mut routes: Vec<&Arc<Route>> = set.routes().collect();
     routes.sort_by(|a, b| a.subscription.name.cmp(&b.subscription.name));
     let mut out = Vec::new();
     for r in routes {
-        match subscription_json(api, r).await {
-            Ok(v) => out.push(v),
-            Err(e) => return e.into_response(),
-        }
+        out.push(subscription_json(api, r).await?);
     }
-    Json(out).into_response()
+    Ok(Json(out).into_response())
 }
 
-async fn get_subscription(State(admin): State<Arc<Admin>>, Path(name): Path<String>) -> Response {
-    let result = async {
+async fn get_subscription(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let v = {
         let api = api(&admin)?;
         let route = find(api, &name)?;
         subscription_json(api, &route).await
-    }
-    .await;
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r.into_response(),
-    }
+    }?;
+    Ok(Json(v).into_response())
 }
 
 /// A position in a broker's log: a sequence number or an RFC 3339 time.
@@ -256,8 +249,8 @@ async fn replay(
     State(admin): State<Arc<Admin>>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Response {
-    let result = async {
+) -> Result<Response, ApiError> {
+    let v = {
         let api = api(&admin)?;
         let route = find(api, &name)?;
         let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| problem(StatusCode::BAD_REQUEST, "Bad Replay Request", format!("expected {{\"from\": seq or RFC 3339 time, \"to\"?: ..., \"sink\"?: uri}}: {e}")))?;
@@ -266,7 +259,13 @@ async fn replay(
             None => route.lanes.clone(),
             Some(sink) => {
                 let lane = route.lanes.iter().find(|l| &l.sink == sink).cloned();
-                vec![lane.ok_or_else(|| problem(StatusCode::NOT_FOUND, "Unknown Sink", format!("'{name}' has no sink {sink}")))?]
+                vec![lane.ok_or_else(|| {
+                    problem(
+                        StatusCode::NOT_FOUND,
+                        "Unknown Sink",
+                        format!("'{name}' has no sink {sink}"),
+                    )
+                })?]
             }
         };
         let from = resolve(api, &broker, &request.from).await?.max(1);
@@ -290,10 +289,16 @@ async fn replay(
             let base = activation::base();
             while next <= to {
                 let records = log.read(&b, next, 256)?;
-                let Some(last) = records.last().map(|r| r.seq) else { break };
+                let Some(last) = records.last().map(|r| r.seq) else {
+                    break;
+                };
                 let mut entries = Vec::new();
                 for rec in records.iter().filter(|rec| rec.seq <= to) {
-                    let data = if needs.data { activation::parse_data(&rec.event) } else { None };
+                    let data = if needs.data {
+                        activation::parse_data(&rec.event)
+                    } else {
+                        None
+                    };
                     let act = activation::activation(&base, &rec.event, data.as_ref(), &needs);
                     if r.subscription.filter.decide(&rec.event, &act) == Decision::Match {
                         queued += 1;
@@ -307,13 +312,9 @@ async fn replay(
         })
         .await?;
         api.routing.notify_routed(&broker);
-        Ok::<_, ApiError>(json!({ "queued": queued, "from": from, "to": to }))
-    }
-    .await;
-    match result {
-        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
-        Err(r) => r.into_response(),
-    }
+        Ok(json!({ "queued": queued, "from": from, "to": to }))
+    }?;
+    Ok((StatusCode::ACCEPTED, Json(v)).into_response())
 }
 
 fn record_json(r: &LogRecord) -> Value {
@@ -332,8 +333,8 @@ async fn list_events(
     State(admin): State<Arc<Admin>>,
     Path(broker): Path<String>,
     Query(q): Query<EventsQuery>,
-) -> Response {
-    let result = async {
+) -> Result<Response, ApiError> {
+    let v = {
         let api = api(&admin)?;
         if api.log.broker(&broker).is_none() {
             return Err(problem(
@@ -346,19 +347,15 @@ async fn list_events(
         let limit = q.limit.unwrap_or(100).min(1000);
         let records = blocking(&api.log, move |log| log.read(&broker, from, limit)).await?;
         Ok(records.iter().map(record_json).collect::<Vec<_>>())
-    }
-    .await;
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r.into_response(),
-    }
+    }?;
+    Ok(Json(v).into_response())
 }
 
 async fn get_event(
     State(admin): State<Arc<Admin>>,
     Path((broker, seq)): Path<(String, u64)>,
-) -> Response {
-    let result = async {
+) -> Result<Response, ApiError> {
+    let v = {
         let api = api(&admin)?;
         if api.log.broker(&broker).is_none() {
             return Err(problem(
@@ -376,12 +373,8 @@ async fn get_event(
                 format!("there is no event {seq}"),
             )),
         }
-    }
-    .await;
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r.into_response(),
-    }
+    }?;
+    Ok(Json(v).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,8 +386,8 @@ struct DeadLetterQuery {
 async fn list_dead_letters(
     State(admin): State<Arc<Admin>>,
     Query(q): Query<DeadLetterQuery>,
-) -> Response {
-    let result = async {
+) -> Result<Response, ApiError> {
+    let v = {
         let api = api(&admin)?;
         let letters = blocking(&api.log, |log| log.dead_letters()).await?;
         let out: Vec<Value> = letters
@@ -427,24 +420,40 @@ async fn list_dead_letters(
                 })
             })
             .collect();
-        Ok::<_, ApiError>(out)
-    }
-    .await;
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r.into_response(),
-    }
+        Ok(out)
+    }?;
+    Ok(Json(v).into_response())
 }
 
-async fn redeliver(State(admin): State<Arc<Admin>>, Path(id): Path<u64>) -> Response {
-    let result = async {
+async fn redeliver(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    let v = {
         let api = api(&admin)?;
-        let letter = blocking(&api.log, move |log| log.dead_letter(id)).await?.ok_or_else(|| problem(StatusCode::NOT_FOUND, "No Such Dead Letter", format!("there is no dead letter {id}")))?;
+        let letter = blocking(&api.log, move |log| log.dead_letter(id))
+            .await?
+            .ok_or_else(|| {
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "No Such Dead Letter",
+                    format!("there is no dead letter {id}"),
+                )
+            })?;
         let lane = LaneId::new(letter.subscription.clone(), letter.sink.clone());
         let (b, l, seq) = (letter.broker.clone(), lane.clone(), letter.seq);
-        let present = blocking(&api.log, move |log| Ok(log.read(&b, seq, 1)?.first().is_some_and(|r| r.seq == seq))).await?;
+        let present = blocking(&api.log, move |log| {
+            Ok(log.read(&b, seq, 1)?.first().is_some_and(|r| r.seq == seq))
+        })
+        .await?;
         if !present {
-            return Err(problem(StatusCode::CONFLICT, "Event Gone", format!("event {seq} is no longer in the log; the dead letter keeps it for inspection")));
+            return Err(problem(
+                StatusCode::CONFLICT,
+                "Event Gone",
+                format!(
+                    "event {seq} is no longer in the log; the dead letter keeps it for inspection"
+                ),
+            ));
         }
         let b = letter.broker.clone();
         blocking(&api.log, move |log| {
@@ -453,17 +462,18 @@ async fn redeliver(State(admin): State<Arc<Admin>>, Path(id): Path<u64>) -> Resp
         })
         .await?;
         api.routing.notify_routed(&letter.broker);
-        Ok::<_, ApiError>(json!({ "id": id, "requeued": { "subscription": lane.subscription, "sink": lane.sink, "seq": seq } }))
-    }
-    .await;
-    match result {
-        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
-        Err(r) => r.into_response(),
-    }
+        Ok(
+            json!({ "id": id, "requeued": { "subscription": lane.subscription, "sink": lane.sink, "seq": seq } }),
+        )
+    }?;
+    Ok((StatusCode::ACCEPTED, Json(v)).into_response())
 }
 
-async fn delete_dead_letter(State(admin): State<Arc<Admin>>, Path(id): Path<u64>) -> Response {
-    let result = async {
+async fn delete_dead_letter(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<u64>,
+) -> Result<Response, ApiError> {
+    let v = {
         let api = api(&admin)?;
         if blocking(&api.log, move |log| log.delete_dead_letter(id)).await? {
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -474,15 +484,15 @@ async fn delete_dead_letter(State(admin): State<Arc<Admin>>, Path(id): Path<u64>
                 format!("there is no dead letter {id}"),
             ))
         }
-    }
-    .await;
-    result.unwrap_or_else(|r| r.into_response())
+    }?;
+    Ok(v)
 }
 
-async fn explain_event(State(admin): State<Arc<Admin>>, body: Bytes) -> Response {
-    let result = async {
+async fn explain_event(State(admin): State<Arc<Admin>>, body: Bytes) -> Result<Response, ApiError> {
+    let v = {
         let api = api(&admin)?;
-        let event = event_json::decode_event(&body).map_err(|e| ApiError(Box::new(Problem::from(e))))?;
+        let event =
+            event_json::decode_event(&body).map_err(|e| ApiError(Box::new(Problem::from(e))))?;
         let set = api.routing.current();
         let verdicts = explain::explain(set.routes().map(|r| &r.subscription), &event);
         let out: Vec<Value> = verdicts
@@ -500,11 +510,7 @@ async fn explain_event(State(admin): State<Arc<Admin>>, body: Bytes) -> Response
                 json!({ "subscription": v.subscription, "broker": v.broker, "matched": v.matched, "parts": parts })
             })
             .collect();
-        Ok::<_, ApiError>(out)
-    }
-    .await;
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r.into_response(),
-    }
+        Ok(out)
+    }?;
+    Ok(Json(v).into_response())
 }
