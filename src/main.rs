@@ -453,7 +453,12 @@ fn init_tracing(env: &BTreeMap<String, String>, format: LogFormat) {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().with_current_span(false).init(),
+        // A lane's lines carry its span: {"span": {"name": "lane", "broker", "subscription", "sink"}}.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),

@@ -15,6 +15,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::clock::SharedClock;
 use crate::delivery::Delivery;
 use crate::log::Log;
 use crate::router::reload::Reloader;
@@ -35,6 +36,8 @@ pub struct Metrics {
     pub log_group_size: Histogram,
     pub log_sync_duration: Histogram,
     pub log_retention_deleted: IntCounterVec,
+    pub deadletter_retention_deleted: prometheus::IntCounter,
+    pub delivery_duration: HistogramVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -64,7 +67,14 @@ impl Metrics {
                     .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25]),
             )
             .expect("a valid metric"),
-            log_retention_deleted: counter("switchyard_log_retention_deleted_events_total", "Events deleted because they were older than storage.retention.maxAge.", &["broker"]),
+            log_retention_deleted: counter("switchyard_log_retention_deleted_events_total", "Events deleted by retention, by reason: max_age (older than storage.retention.maxAge), max_bytes (oldest while the log was over storage.retention.maxBytes).", &["broker", "reason"]),
+            deadletter_retention_deleted: prometheus::IntCounter::new("switchyard_deadletter_retention_deleted_total", "Dead letters deleted by the store's bounds (storage.deadLetters.maxCount, maxAge).").expect("a valid metric"),
+            delivery_duration: HistogramVec::new(
+                HistogramOpts::new("switchyard_delivery_duration_seconds", "Time from an event's first attempt (or its return from the parked set) to delivered or dead-lettered.")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+                &["subscription", "sink"],
+            )
+            .expect("a valid metric"),
             registry,
         };
         for c in [
@@ -76,6 +86,8 @@ impl Metrics {
             Box::new(m.log_group_size.clone()),
             Box::new(m.log_sync_duration.clone()),
             Box::new(m.log_retention_deleted.clone()),
+            Box::new(m.deadletter_retention_deleted.clone()),
+            Box::new(m.delivery_duration.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
@@ -104,12 +116,14 @@ impl Metrics {
         routing: Arc<Routing>,
         delivery: Arc<Delivery>,
         reloader: Arc<Reloader>,
+        clock: SharedClock,
     ) {
         let _ = self.registry.register(Box::new(StateCollector {
             log,
             routing,
             delivery,
             reloader,
+            clock,
             descs: state_descs(),
         }));
     }
@@ -128,6 +142,7 @@ struct StateCollector {
     routing: Arc<Routing>,
     delivery: Arc<Delivery>,
     reloader: Arc<Reloader>,
+    clock: SharedClock,
     descs: Vec<Desc>,
 }
 
@@ -143,7 +158,21 @@ const STATE: &[(&str, &str, &[&str])] = &[
     ("switchyard_replies_total", "Replies, by outcome: appended, dropped (hop limit), invalid.", &["subscription", "sink", "outcome"]),
     ("switchyard_deadletter_store_entries", "Events in the dead-letter store.", &[]),
     ("switchyard_subscription_reloads_total", "Subscription reloads, by result: applied, rejected (the new set was invalid; the running set stayed).", &["result"]),
+    ("switchyard_log_stored_events", "Events the broker's log holds now.", &["broker"]),
+    ("switchyard_log_stored_bytes", "Bytes of the records the broker's log holds now (what storage.retention.maxBytes bounds).", &["broker"]),
+    ("switchyard_log_disk_bytes", "Bytes the log's files take on disk (all brokers, with the backend's own overhead).", &[]),
+    ("switchyard_lane_lag_events", "Events waiting in the lane: pending, in flight and parked.", &["subscription", "sink"]),
+    ("switchyard_lane_oldest_pending_age_seconds", "Age of the oldest event waiting in the lane (0 when none is).", &["subscription", "sink"]),
+    ("switchyard_lane_parked_events", "Events of the lane parked for a long wait now.", &["subscription", "sink"]),
 ];
+
+/// A metric of the `STATE` table by name.
+fn state(name: &str) -> (&'static str, &'static str, &'static [&'static str]) {
+    *STATE
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .expect("a metric of the STATE table")
+}
 
 fn state_descs() -> Vec<Desc> {
     STATE
@@ -166,55 +195,34 @@ impl Collector for StateCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric")
+        let gauge = |name: &str| {
+            let (n, d, l) = state(name);
+            IntGaugeVec::new(Opts::new(n, d), l).expect("a valid metric")
         };
-        let count = |name: &str, help: &str, labels: &[&str]| counter(name, help, labels);
-        let h = |i: usize| (STATE[i].0, STATE[i].1, STATE[i].2);
-        let head = {
-            let (n, d, l) = h(0);
-            gauge(n, d, l)
+        let count = |name: &str| {
+            let (n, d, l) = state(name);
+            counter(n, d, l)
         };
-        let lag = {
-            let (n, d, l) = h(1);
-            gauge(n, d, l)
+        let head = gauge("switchyard_log_head_sequence");
+        let lag = gauge("switchyard_router_lag_events");
+        let filter = count("switchyard_router_filter_results_total");
+        let dropped = count("switchyard_router_dropped_entries_total");
+        let attempts = count("switchyard_delivery_attempts_total");
+        let outcomes = count("switchyard_deliveries_total");
+        let parked = count("switchyard_lane_parked_total");
+        let in_flight = gauge("switchyard_lane_in_flight");
+        let replies = count("switchyard_replies_total");
+        let dead = gauge("switchyard_deadletter_store_entries");
+        let reloads = count("switchyard_subscription_reloads_total");
+        let stored_events = gauge("switchyard_log_stored_events");
+        let stored_bytes = gauge("switchyard_log_stored_bytes");
+        let disk = gauge("switchyard_log_disk_bytes");
+        let lane_lag = gauge("switchyard_lane_lag_events");
+        let oldest = {
+            let (n, d, l) = state("switchyard_lane_oldest_pending_age_seconds");
+            prometheus::GaugeVec::new(Opts::new(n, d), l).expect("a valid metric")
         };
-        let filter = {
-            let (n, d, l) = h(2);
-            count(n, d, l)
-        };
-        let dropped = {
-            let (n, d, l) = h(3);
-            count(n, d, l)
-        };
-        let attempts = {
-            let (n, d, l) = h(4);
-            count(n, d, l)
-        };
-        let outcomes = {
-            let (n, d, l) = h(5);
-            count(n, d, l)
-        };
-        let parked = {
-            let (n, d, l) = h(6);
-            count(n, d, l)
-        };
-        let in_flight = {
-            let (n, d, l) = h(7);
-            gauge(n, d, l)
-        };
-        let replies = {
-            let (n, d, l) = h(8);
-            count(n, d, l)
-        };
-        let dead = {
-            let (n, d, l) = h(9);
-            gauge(n, d, l)
-        };
-        let reloads = {
-            let (n, d, l) = h(10);
-            count(n, d, l)
-        };
+        let parked_now = gauge("switchyard_lane_parked_events");
         reloads
             .with_label_values(&["applied"])
             .inc_by(self.reloader.applied.load(Ordering::Relaxed));
@@ -229,10 +237,21 @@ impl Collector for StateCollector {
             let cursor = backend.router_cursor(broker).unwrap_or(0);
             lag.with_label_values(&[broker])
                 .set(top.saturating_sub(cursor) as i64);
+            let stored = backend.stored(broker).unwrap_or_default();
+            stored_events
+                .with_label_values(&[broker])
+                .set(stored.events as i64);
+            stored_bytes
+                .with_label_values(&[broker])
+                .set(stored.bytes as i64);
         }
+        disk.with_label_values::<&str>(&[])
+            .set(backend.disk_bytes().map_or(0, |n| n as i64));
+        let now = self.clock.now_unix_nanos();
         let set = self.routing.current();
         for route in set.routes() {
             let name = route.subscription.name.as_str();
+            let broker = route.subscription.broker.as_str();
             let s = &route.stats;
             filter
                 .with_label_values(&[name, "match"])
@@ -247,35 +266,47 @@ impl Collector for StateCollector {
                 .with_label_values(&[name])
                 .inc_by(s.dropped.load(Ordering::Relaxed));
             for lane in &route.lanes {
-                let l = self.delivery.stats(&route.subscription.broker, lane);
+                let l = self.delivery.stats(broker, lane);
                 let sink = lane.sink.as_str();
                 for (class, n) in l.attempts_by_class() {
                     attempts.with_label_values(&[name, sink, class]).inc_by(n);
                 }
-                outcomes
-                    .with_label_values(&[name, sink, "delivered"])
-                    .inc_by(l.delivered.load(Ordering::Relaxed));
-                outcomes
-                    .with_label_values(&[name, sink, "dead_lettered"])
-                    .inc_by(l.dead_lettered.load(Ordering::Relaxed));
-                outcomes
-                    .with_label_values(&[name, sink, "gone"])
-                    .inc_by(l.gone.load(Ordering::Relaxed));
+                for (outcome, n) in [
+                    ("delivered", &l.delivered),
+                    ("dead_lettered", &l.dead_lettered),
+                    ("gone", &l.gone),
+                ] {
+                    outcomes
+                        .with_label_values(&[name, sink, outcome])
+                        .inc_by(n.load(Ordering::Relaxed));
+                }
                 parked
                     .with_label_values(&[name, sink])
                     .inc_by(l.parked.load(Ordering::Relaxed));
                 in_flight
                     .with_label_values(&[name, sink])
                     .set(l.in_flight.load(Ordering::Relaxed));
-                replies
-                    .with_label_values(&[name, sink, "appended"])
-                    .inc_by(l.replies_appended.load(Ordering::Relaxed));
-                replies
-                    .with_label_values(&[name, sink, "dropped"])
-                    .inc_by(l.replies_dropped.load(Ordering::Relaxed));
-                replies
-                    .with_label_values(&[name, sink, "invalid"])
-                    .inc_by(l.replies_invalid.load(Ordering::Relaxed));
+                for (outcome, n) in [
+                    ("appended", &l.replies_appended),
+                    ("dropped", &l.replies_dropped),
+                    ("invalid", &l.replies_invalid),
+                ] {
+                    replies
+                        .with_label_values(&[name, sink, outcome])
+                        .inc_by(n.load(Ordering::Relaxed));
+                }
+                lane_lag
+                    .with_label_values(&[name, sink])
+                    .set(backend.lane_depth(broker, lane).map_or(0, |n| n as i64));
+                parked_now
+                    .with_label_values(&[name, sink])
+                    .set(backend.parked(broker, lane).map_or(0, |n| n as i64));
+                let age = backend
+                    .lane_oldest_arrival(broker, lane)
+                    .ok()
+                    .flatten()
+                    .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
+                oldest.with_label_values(&[name, sink]).set(age);
             }
         }
         dead.with_label_values::<&str>(&[])
@@ -293,6 +324,12 @@ impl Collector for StateCollector {
             &replies,
             &dead,
             &reloads,
+            &stored_events,
+            &stored_bytes,
+            &disk,
+            &lane_lag,
+            &oldest,
+            &parked_now,
         ] {
             out.extend(c.collect());
         }

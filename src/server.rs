@@ -34,9 +34,6 @@ pub enum ServerError {
 use crate::router::reload::Reloader;
 use crate::router::Routing;
 
-/// How long in-flight requests may take to finish at shutdown.
-pub const DRAIN: Duration = Duration::from_secs(10);
-
 /// A running server.
 pub struct Server {
     pub ingress_addr: std::net::SocketAddr,
@@ -62,6 +59,8 @@ impl Server {
         clock: SharedClock,
     ) -> Result<Server, ServerError> {
         let started = Instant::now();
+        // One budget for the whole shutdown: requests, then deliveries, share it.
+        let grace = config.shutdown_grace_period;
         let health = Arc::new(Health::default());
         let shutdown = CancellationToken::new();
         let ingress_addr = ingress_listener.local_addr()?;
@@ -86,6 +85,10 @@ impl Server {
             dedupe_window_nanos: u64::try_from(config.dedupe.window.as_nanos()).unwrap_or(u64::MAX),
         };
         let brokers = config.brokers.clone();
+        health.set_not_ready(format!(
+            "opening the log in {}",
+            config.storage.path.display()
+        ));
         let backend = tokio::task::spawn_blocking(move || SledLog::open(&options, &brokers))
             .await
             .map_err(|_| LogError::Closed)??;
@@ -98,7 +101,12 @@ impl Server {
             WriterOptions {
                 dedupe_window: config.dedupe.window,
                 metrics: Some(metrics.clone()),
-                retention_max_age: config.storage.retention_max_age,
+                retention: crate::log::Retention {
+                    max_age: config.storage.retention_max_age,
+                    max_bytes: config.storage.retention_max_bytes,
+                    dead_letters_max_count: config.storage.dead_letters_max_count,
+                    dead_letters_max_age: config.storage.dead_letters_max_age,
+                },
                 ..WriterOptions::default()
             },
             writer_stop.clone(),
@@ -107,10 +115,13 @@ impl Server {
         for b in &config.brokers {
             tracing::info!(broker = %b, head = log.head(b).unwrap_or(0), "log opened");
             // Present from the start, so that a scrape shows it before the first deletion.
-            metrics
-                .log_retention_deleted
-                .with_label_values(&[b.as_str()]);
+            for reason in ["max_age", "max_bytes"] {
+                metrics
+                    .log_retention_deleted
+                    .with_label_values(&[b.as_str(), reason]);
+            }
         }
+        health.set_not_ready("loading subscriptions");
         tracing::info!(subscriptions = subscriptions.len(), "subscriptions loaded");
         let routing = Arc::new(Routing::start(
             log.clone(),
@@ -123,13 +134,18 @@ impl Server {
         let body_limit = usize::try_from(config.ingress.max_event_bytes).unwrap_or(usize::MAX);
         let sender = Arc::new(Sender::new(body_limit).map_err(ServerError::Tls)?);
         let delivery_stop = CancellationToken::new();
+        let delivery_abort = CancellationToken::new();
         let (delivery, delivery_task) = Delivery::start(
             log.clone(),
             routing.clone(),
             sender,
             clock.clone(),
-            config.replies.max_hops,
+            crate::delivery::DeliveryOptions {
+                max_hops: config.replies.max_hops,
+                durations: Some(metrics.delivery_duration.clone()),
+            },
             delivery_stop.clone(),
+            delivery_abort.clone(),
         );
         let ingress = Arc::new(Ingress {
             log: log.clone(),
@@ -143,6 +159,7 @@ impl Server {
             routing.clone(),
             delivery.clone(),
             reloader.clone(),
+            clock.clone(),
         );
         let _ = admin.api.set(admin::api::Api {
             log: log.clone(),
@@ -154,9 +171,9 @@ impl Server {
             ingress,
             ingress_listener,
             shutdown.clone(),
-            DRAIN,
+            grace,
         ));
-        health.set_ready(true);
+        health.set_ready();
         tracing::info!(
             ingress = %ingress_addr,
             admin = %admin_addr,
@@ -167,12 +184,22 @@ impl Server {
         let h = health.clone();
         let done = tokio::spawn(async move {
             stop.cancelled().await;
-            h.set_ready(false);
+            let deadline = tokio::time::Instant::now() + grace;
+            h.set_not_ready("shutting down");
+            tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down");
             let _ = ingress_task.await;
-            // Lanes finish what is in flight and commit; replies still need the writer.
+            // Lanes finish the attempts under way and commit; replies still need the
+            // writer. Past the grace period the attempts are cancelled: their events stay
+            // pending and are sent again after the restart.
             delivery_stop.cancel();
-            if tokio::time::timeout(DRAIN, delivery_task).await.is_err() {
-                tracing::warn!("deliveries still running after the shutdown deadline; their events stay pending");
+            let mut delivery_task = delivery_task;
+            if tokio::time::timeout_at(deadline, &mut delivery_task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("deliveries still under way after shutdown.gracePeriod; cancelled, their events stay pending");
+                delivery_abort.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(2), delivery_task).await;
             }
             writer_stop.cancel();
             tracker.close();

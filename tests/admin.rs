@@ -350,3 +350,47 @@ fn the_openapi_document_describes_exactly_the_routes() {
     routes.sort();
     assert_eq!(documented, routes);
 }
+
+#[tokio::test]
+async fn readyz_names_what_the_server_is_waiting_for() {
+    use std::sync::Arc;
+    use switchyard::admin::{self, Admin, Health};
+    let health = Arc::new(Health::default());
+    let admin = Arc::new(Admin {
+        health: health.clone(),
+        metrics: switchyard::metrics::Metrics::new(),
+        token: None,
+        api: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(admin::serve(admin, listener, stop.clone()));
+    let get = |path: &'static str| async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let resp = client
+            .get(format!("http://{addr}{path}").parse().unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    };
+    health.set_not_ready("opening the log in /var/lib/switchyard");
+    assert_eq!(
+        get("/readyz").await,
+        (
+            503,
+            "not ready: opening the log in /var/lib/switchyard\n".to_string()
+        )
+    );
+    // The process is alive all along.
+    assert_eq!(get("/livez").await.0, 200);
+    health.set_not_ready("loading subscriptions");
+    assert_eq!(get("/readyz").await.1, "not ready: loading subscriptions\n");
+    health.set_ready();
+    assert_eq!(get("/readyz").await, (200, "ready\n".to_string()));
+    stop.cancel();
+}

@@ -302,10 +302,15 @@ fn the_example_subscriptions_validate() {
 }
 
 #[test]
-fn json_logs_are_one_object_per_line() {
+fn json_logs_are_one_object_per_line_and_a_lane_failure_names_its_lane_and_event() {
     let dir = tempfile::tempdir().unwrap();
+    // Port 1 refuses connections; with no retries the event is dead-lettered at once.
+    let config = config_with_subscriptions(
+        dir.path(),
+        "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: { name: nowhere }\nspec:\n  sinks:\n    - uri: http://127.0.0.1:1/hook\n  delivery: { retry: 0 }\n",
+    );
     let broker = process::start(
-        None,
+        Some(&config),
         dir.path(),
         &[
             ("SWITCHYARD_INGRESS_LISTEN", "127.0.0.1:0"),
@@ -313,13 +318,31 @@ fn json_logs_are_one_object_per_line() {
             ("SWITCHYARD_LOG_FORMAT", "json"),
         ],
     );
+    let parse = |line: &str| -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"))
+    };
     for line in &broker.startup {
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        let v = parse(line);
         assert!(
             v["level"].is_string() && v["fields"]["message"].is_string(),
             "{line}"
         );
     }
+    assert!(http_post_event(broker.ingress).starts_with("HTTP/1.1 202"));
+    let failure = loop {
+        let line = broker
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a dead-letter line");
+        let v = parse(&line);
+        if v["fields"]["message"] == "dead-lettered" {
+            break v;
+        }
+    };
+    assert_eq!(failure["level"], "WARN");
+    assert_eq!(failure["span"]["broker"], "default");
+    assert_eq!(failure["span"]["subscription"], "nowhere");
+    assert_eq!(failure["span"]["sink"], "http://127.0.0.1:1/hook");
+    assert_eq!(failure["fields"]["event_id"], "d-1");
     assert!(broker.terminate().success());
 }

@@ -532,3 +532,46 @@ async fn an_answer_body_is_read_up_to_the_limit_and_no_further() {
     );
     assert_eq!(stats.attempts.load(Ordering::Relaxed), 1);
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_a_hung_delivery_only_as_long_as_the_grace_period() {
+    let hole = TestSink::black_hole().await;
+    let subs = one_sink("hung", &hole.url("/"), "");
+    let mut t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    t.restart_with(|c| c.shutdown_grace_period = Duration::from_millis(700))
+        .await;
+    assert_eq!(t.post_json(&minimal("h1")).await.status, 202);
+    hole.wait_for(1, WAIT).await;
+    // The sink never answers (the attempt timeout is 30 s): shutdown gives up after
+    // the grace period, and the event stays pending for the next start.
+    let started = Instant::now();
+    t.server.take().unwrap().stop().await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(10),
+        "shutdown took {took:?}"
+    );
+    t.restart().await;
+    assert_eq!(t.lane("default", "hung", &hole.url("/")).await, [1]);
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_attempt_under_way_finish_and_commits_it() {
+    let slow = TestSink::start(
+        vec![Answer::status(200).after(Duration::from_millis(600))],
+        Answer::status(200),
+    )
+    .await;
+    let subs = one_sink("slow", &slow.url("/"), "");
+    let mut t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    assert_eq!(t.post_json(&minimal("f1")).await.status, 202);
+    slow.wait_for(1, WAIT).await;
+    // Stop while the sink is still answering: the answer is awaited and committed.
+    let started = Instant::now();
+    t.server.take().unwrap().stop().await;
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    t.restart().await;
+    assert!(t.lane("default", "slow", &slow.url("/")).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(slow.received().len(), 1, "not sent again after the restart");
+}

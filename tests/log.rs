@@ -16,7 +16,9 @@ use switchyard::log::sled::{Durability, SledLog, SledOptions};
 use switchyard::log::{
     AppendOutcome, GroupEntry, Log, LogBackend, LogError, LogRecord, WriterOptions,
 };
-use switchyard::log::{DeadLetter, LaneEntry, LaneId, RouteProgress, SubscriptionState};
+use switchyard::log::{
+    DeadLetter, Expired, LaneEntry, LaneId, RouteProgress, Stored, SubscriptionState,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -224,6 +226,9 @@ impl LogBackend for Flaky {
     fn parked(&self, broker: &str, lane: &LaneId) -> Result<usize, LogError> {
         self.inner.parked(broker, lane)
     }
+    fn next_parked(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError> {
+        self.inner.next_parked(broker, lane)
+    }
     fn store_dead_letter(&self, letter: &DeadLetter) -> Result<u64, LogError> {
         self.inner.store_dead_letter(letter)
     }
@@ -236,8 +241,23 @@ impl LogBackend for Flaky {
     fn delete_dead_letter(&self, id: u64) -> Result<bool, LogError> {
         self.inner.delete_dead_letter(id)
     }
-    fn expire_events(&self, broker: &str, cutoff: u64, limit: usize) -> Result<usize, LogError> {
-        self.inner.expire_events(broker, cutoff, limit)
+    fn expire_events(
+        &self,
+        broker: &str,
+        cutoff: u64,
+        free_bytes: u64,
+        limit: usize,
+    ) -> Result<Expired, LogError> {
+        self.inner.expire_events(broker, cutoff, free_bytes, limit)
+    }
+    fn stored(&self, broker: &str) -> Result<Stored, LogError> {
+        self.inner.stored(broker)
+    }
+    fn disk_bytes(&self) -> Result<u64, LogError> {
+        self.inner.disk_bytes()
+    }
+    fn expire_dead_letters(&self, max_count: u64, cutoff: u64) -> Result<usize, LogError> {
+        self.inner.expire_dead_letters(max_count, cutoff)
     }
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError> {
         self.inner.seq_at_time(broker, unix_nanos)
@@ -245,6 +265,13 @@ impl LogBackend for Flaky {
 }
 
 async fn flaky_ingress(delay: Duration) -> (Arc<Flaky>, std::net::SocketAddr, tempfile::TempDir) {
+    let (backend, addr, dir, _) = flaky_ingress_and_log(delay).await;
+    (backend, addr, dir)
+}
+
+async fn flaky_ingress_and_log(
+    delay: Duration,
+) -> (Arc<Flaky>, std::net::SocketAddr, tempfile::TempDir, Log) {
     let dir = tempfile::tempdir().unwrap();
     let options = SledOptions {
         path: dir.path().join("data"),
@@ -277,7 +304,7 @@ async fn flaky_ingress(delay: Duration) -> (Arc<Flaky>, std::net::SocketAddr, te
         .unwrap()
         .ingress;
     let ingress = Arc::new(Ingress {
-        log,
+        log: log.clone(),
         config,
         dedupe: None,
         clock,
@@ -291,7 +318,7 @@ async fn flaky_ingress(delay: Duration) -> (Arc<Flaky>, std::net::SocketAddr, te
         CancellationToken::new(),
         Duration::from_secs(1),
     ));
-    (backend, addr, dir)
+    (backend, addr, dir, log)
 }
 
 async fn post_to(addr: std::net::SocketAddr, id: &str) -> (u16, Option<String>) {
@@ -313,14 +340,19 @@ async fn post_to(addr: std::net::SocketAddr, id: &str) -> (u16, Option<String>) 
 
 #[tokio::test]
 async fn when_storage_fails_ingress_answers_503_and_resumes_when_it_recovers() {
-    let (backend, addr, _dir) = flaky_ingress(Duration::ZERO).await;
+    let (backend, addr, _dir, log) = flaky_ingress_and_log(Duration::ZERO).await;
     assert_eq!(post_to(addr, "before").await.0, 202);
+    assert_eq!(log.write_failure(), None);
     backend.failing.store(true, Ordering::SeqCst);
     let (status, retry_after) = post_to(addr, "during").await;
     assert_eq!(status, 503);
     assert_eq!(retry_after.as_deref(), Some("1"));
+    // Readiness reports the failure (GET /readyz answers 503 with it) until a write works.
+    let failure = log.write_failure().expect("the failure is reported");
+    assert!(failure.contains("disk"), "{failure}");
     backend.failing.store(false, Ordering::SeqCst);
     assert_eq!(post_to(addr, "after").await.0, 202);
+    assert_eq!(log.write_failure(), None);
     let ids: Vec<String> = backend
         .read("default", 1, 10)
         .unwrap()

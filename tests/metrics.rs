@@ -191,3 +191,67 @@ async fn counters_move_as_events_flow_and_the_doc_lists_every_metric() {
         "documented but not exported: {missing_from_scrape:?}"
     );
 }
+
+#[tokio::test]
+async fn lane_gauges_show_a_backlog_while_the_sink_is_down_and_clear_when_it_drains() {
+    // The sink is down and asks to come back in a minute: every event parks.
+    let sink = TestSink::start(vec![], Answer::status(503).header("retry-after", "60")).await;
+    let subs = subscription(
+        "slow",
+        &format!(
+            "  sinks:\n    - uri: {}\n  delivery: {{ retry: 5 }}\n",
+            sink.url("/")
+        ),
+    );
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    for i in 0..3 {
+        assert_eq!(t.post_json(&minimal(&format!("g{i}"))).await.status, 202);
+    }
+    let lane = |name: &str| format!(r#"{name}{{sink="{}",subscription="slow"}}"#, sink.url("/"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let samples = loop {
+        let (samples, _) = scrape(&t).await;
+        if value(&samples, &lane("switchyard_lane_parked_events")) == 3.0 {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "the events did not park");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let v = |s: &str| value(&samples, s);
+    assert_eq!(v(&lane("switchyard_lane_lag_events")), 3.0);
+    assert_eq!(v(r#"switchyard_log_stored_events{broker="default"}"#), 3.0);
+    assert!(v(r#"switchyard_log_stored_bytes{broker="default"}"#) > 3.0 * 50.0);
+    assert!(v("switchyard_log_disk_bytes") > 0.0);
+    // The broker's clock moves 30 s: the oldest waiting event is 30 s old.
+    t.clock.advance(Duration::from_secs(30));
+    let (samples, _) = scrape(&t).await;
+    let age = value(
+        &samples,
+        &lane("switchyard_lane_oldest_pending_age_seconds"),
+    );
+    assert!((30.0..31.0).contains(&age), "oldest pending age {age}");
+
+    // The sink comes back and the parked events come due: the lane drains.
+    sink.set_default(Answer::status(200));
+    t.clock.advance(Duration::from_secs(61));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let samples = loop {
+        let (samples, _) = scrape(&t).await;
+        let delivered = value(
+            &samples,
+            &format!(
+                r#"switchyard_deliveries_total{{outcome="delivered",sink="{}",subscription="slow"}}"#,
+                sink.url("/")
+            ),
+        );
+        if delivered == 3.0 && value(&samples, &lane("switchyard_lane_lag_events")) == 0.0 {
+            break samples;
+        }
+        assert!(Instant::now() < deadline, "the lane did not drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let v = |s: &str| value(&samples, s);
+    assert_eq!(v(&lane("switchyard_lane_parked_events")), 0.0);
+    assert_eq!(v(&lane("switchyard_lane_oldest_pending_age_seconds")), 0.0);
+    assert_eq!(v(&lane("switchyard_delivery_duration_seconds_count")), 3.0);
+}

@@ -4,8 +4,7 @@
 
 pub mod api;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -19,19 +18,39 @@ use tokio_util::sync::CancellationToken;
 use crate::ingress::problem::Problem;
 use crate::metrics::Metrics;
 
-/// What readiness depends on; set by the server as start-up completes.
-#[derive(Debug, Default)]
+/// What readiness depends on: the server names the step it is at while it starts
+/// (opening the log, loading subscriptions, binding listeners) and stops; the log
+/// writer's health is read at each probe.
+#[derive(Debug)]
 pub struct Health {
-    ready: AtomicBool,
+    /// Why the server is not ready; `None` once it is.
+    not_ready: Mutex<Option<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            not_ready: Mutex::new(Some("starting".into())),
+        }
+    }
 }
 
 impl Health {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+    /// Not ready, for this reason.
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+    pub fn set_ready(&self) {
+        *self.not_ready.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why the server is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        self.not_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -57,15 +76,21 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Cancellat
         .await;
 }
 
+/// 200 `ready`, or 503 with the reason: the start-up step not yet done, shutting down,
+/// or the log failing to write.
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
-    if admin.health.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
+    let reason = admin.health.not_ready().or_else(|| {
+        let api = admin.api.get()?;
+        let failing = api.log.write_failure()?;
+        Some(format!("the log cannot write: {failing}"))
+    });
+    match reason {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "starting: the log is opening\n",
+            format!("not ready: {reason}\n"),
         )
-            .into_response()
+            .into_response(),
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Config {
     pub subscriptions_set: bool,
     pub delivery: DeliveryConfig,
     pub replies: RepliesConfig,
+    /// How long in-flight requests and deliveries may take to finish at shutdown.
+    pub shutdown_grace_period: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +113,10 @@ pub struct StorageConfig {
     pub cache_capacity: u64,
     pub retention_max_age: Duration,
     pub retention_max_bytes: u64,
+    /// The dead-letter store keeps at most this many letters (the oldest go first).
+    pub dead_letters_max_count: u64,
+    /// Dead letters older than this are deleted; zero keeps them.
+    pub dead_letters_max_age: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -161,11 +167,13 @@ storage:
   durability: fsync
   cacheCapacity: 64MiB
   retention: { maxAge: 7d, maxBytes: 10GiB }
+  deadLetters: { maxCount: 100000, maxAge: 30d }
 brokers: [default]
 dedupe: { window: 10m, key: 'source + "\n" + id' }
 subscriptions: [./config/subscriptions]
 delivery: { retry: 10, backoffPolicy: exponential, backoffDelay: PT0.2S, backoffMax: PT5M, retryAfterMax: PT10M, timeout: PT30S }
 replies: { maxHops: 8 }
+shutdown: { gracePeriod: 20s }
 "#;
 
 /// Every settable key, as a dotted path: the schema that unknown keys and environment
@@ -186,6 +194,8 @@ const KEYS: &[&str] = &[
     "storage.cacheCapacity",
     "storage.retention.maxAge",
     "storage.retention.maxBytes",
+    "storage.deadLetters.maxCount",
+    "storage.deadLetters.maxAge",
     "brokers",
     "dedupe.window",
     "dedupe.key",
@@ -197,6 +207,7 @@ const KEYS: &[&str] = &[
     "delivery.retryAfterMax",
     "delivery.timeout",
     "replies.maxHops",
+    "shutdown.gracePeriod",
 ];
 
 /// The keys whose values are lists.
@@ -720,6 +731,16 @@ impl Validator {
                 node!("storage.retention.maxBytes"),
                 "storage.retention.maxBytes",
             ),
+            dead_letters_max_count: self.int(
+                node!("storage.deadLetters.maxCount"),
+                "storage.deadLetters.maxCount",
+                1,
+                i64::MAX,
+            ) as u64,
+            dead_letters_max_age: self.duration(
+                node!("storage.deadLetters.maxAge"),
+                "storage.deadLetters.maxAge",
+            ),
         };
         let brokers_node = node!("brokers");
         let mut brokers = Vec::new();
@@ -790,6 +811,8 @@ impl Validator {
         let replies = RepliesConfig {
             max_hops: self.int(node!("replies.maxHops"), "replies.maxHops", 0, 255) as u32,
         };
+        let shutdown_grace_period =
+            self.duration(node!("shutdown.gracePeriod"), "shutdown.gracePeriod");
         Config {
             file: file.map(Path::to_path_buf),
             ingress,
@@ -801,6 +824,7 @@ impl Validator {
             subscriptions_set,
             delivery,
             replies,
+            shutdown_grace_period,
         }
     }
 }

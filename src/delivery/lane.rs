@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::client::{Response, Sender};
 use super::policy::{self, Attempt, Verdict};
@@ -52,6 +53,8 @@ pub struct LaneStats {
     pub replies_invalid: AtomicU64,
     /// The last failure and when (ns since the epoch).
     pub last_error: Mutex<Option<(String, u64)>>,
+    /// Time from the first attempt to delivered or dead-lettered, when measured.
+    pub duration: Option<prometheus::Histogram>,
 }
 
 impl LaneStats {
@@ -90,6 +93,9 @@ pub struct LaneContext {
     pub clock: SharedClock,
     pub max_hops: u32,
     pub stats: Arc<LaneStats>,
+    /// Cancels attempts under way: when the lane is replaced or removed, or when the
+    /// shutdown grace period is over. (`stop` only ends what comes after them.)
+    pub abort: CancellationToken,
 }
 
 /// How one event's delivery ended.
@@ -164,7 +170,7 @@ impl LaneContext {
                         check_parked = false;
                     }
                     Err(e) => {
-                        tracing::warn!(lane = ?self.lane, error = %e, "cannot read parked entries")
+                        tracing::warn!(error = %e, "cannot read parked entries")
                     }
                 }
             }
@@ -197,11 +203,13 @@ impl LaneContext {
                             let me = self.clone();
                             let stop = stop.clone();
                             self.stats.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
-                            in_flight
-                                .spawn(async move { (seq, me.deliver(seq, attempts, stop).await) });
+                            in_flight.spawn(
+                                async move { (seq, me.deliver(seq, attempts, stop).await) }
+                                    .instrument(tracing::Span::current()),
+                            );
                         }
                     }
-                    Err(e) => tracing::warn!(lane = ?self.lane, error = %e, "cannot read the lane"),
+                    Err(e) => tracing::warn!(error = %e, "cannot read the lane"),
                 }
             }
             // Due times are wall-clock; look again at least every second so that a clock
@@ -225,8 +233,9 @@ impl LaneContext {
                 r = routed.changed() => if r.is_err() { break },
                 _ = commit.tick(), if !done.is_empty() => self.commit(&mut done).await,
                 _ = tokio::time::sleep(park_wait.unwrap_or(Duration::from_secs(3600))), if park_wait.is_some() => {},
-                // With deliveries in flight, shutdown waits for them: they stop at their
-                // next step and leave their entries pending.
+                // With deliveries in flight, stopping waits for them: an attempt under
+                // way finishes (unless aborted), then they stop at their next step and
+                // leave their entries pending.
                 _ = stop.cancelled(), if in_flight.is_empty() => break,
             }
         }
@@ -242,34 +251,47 @@ impl LaneContext {
         let seqs = std::mem::take(done);
         let (b, l, s) = (self.broker.clone(), self.lane.clone(), seqs.clone());
         if let Err(e) = self.blocking(move |log| log.finish(&b, &l, &s)).await {
-            tracing::warn!(lane = ?self.lane, error = %e, "cannot commit finished entries; they will be sent again");
+            tracing::warn!(error = %e, "cannot commit finished entries; they will be sent again");
             *done = seqs;
         }
     }
 
     /// Delivers one event: attempts with short waits in between, parking for long ones,
     /// dead-lettering at the end.
-    async fn deliver(
-        self: Arc<Self>,
-        seq: u64,
-        mut attempts: u32,
-        stop: CancellationToken,
-    ) -> Outcome {
+    async fn deliver(self: Arc<Self>, seq: u64, attempts: u32, stop: CancellationToken) -> Outcome {
         let (b, s) = (self.broker.clone(), seq);
         let record = match self.blocking(move |log| log.read(&b, s, 1)).await {
             Ok(mut r) if r.first().is_some_and(|r| r.seq == seq) => r.swap_remove(0),
             Ok(_) => {
                 // Logged once per lane; every one is counted.
                 if self.stats.gone.fetch_add(1, AtomicOrdering::Relaxed) == 0 {
-                    tracing::warn!(lane = ?self.lane, seq, "an event was deleted (retention) before it was delivered; skipped, and further ones are counted (outcome gone)");
+                    tracing::warn!(seq, "an event was deleted (retention) before it was delivered; skipped, and further ones are counted (outcome gone)");
                 }
                 return Outcome::Gone;
             }
             Err(e) => {
-                tracing::warn!(lane = ?self.lane, seq, error = %e, "cannot read the event");
+                tracing::warn!(seq, error = %e, "cannot read the event");
                 return Outcome::Stopped;
             }
         };
+        let started = std::time::Instant::now();
+        let outcome = self.attempt_until_done(&record, attempts, &stop).await;
+        if matches!(outcome, Outcome::Delivered | Outcome::DeadLettered) {
+            if let Some(h) = &self.stats.duration {
+                h.observe(started.elapsed().as_secs_f64());
+            }
+        }
+        outcome
+    }
+
+    /// Sends `record` until it is delivered, dead-lettered, parked, or the lane stops.
+    async fn attempt_until_done(
+        &self,
+        record: &LogRecord,
+        mut attempts: u32,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let seq = record.seq;
         let spec = &self.sub().delivery;
         loop {
             if stop.is_cancelled() {
@@ -279,7 +301,8 @@ impl LaneContext {
             self.stats.attempts.fetch_add(1, AtomicOrdering::Relaxed);
             let result = tokio::select! {
                 r = self.sender.send(&self.sink, &record.event, spec.timeout) => r,
-                _ = stop.cancelled() => return Outcome::Stopped,
+                // At shutdown an attempt under way may finish (shutdown.gracePeriod).
+                _ = self.abort.cancelled() => return Outcome::Stopped,
             };
             let attempt = match &result {
                 Ok(r) => Attempt::Status(r.status),
@@ -289,11 +312,11 @@ impl LaneContext {
             match policy::classify(attempt) {
                 Verdict::Success => {
                     if let Ok(response) = &result {
-                        if !self.handle_reply(&record, response).await {
+                        if !self.handle_reply(record, response).await {
                             // The reply could not be appended: the delivery is not done.
                             self.note_error("a reply could not be stored".into());
                             if let Some(o) =
-                                self.wait_or_park(seq, attempts, None, None, &stop).await
+                                self.wait_or_park(seq, attempts, None, None, stop).await
                             {
                                 return o;
                             }
@@ -315,8 +338,9 @@ impl LaneContext {
                         Err(_) => (None, None),
                     };
                     self.note_error(describe(&result));
+                    tracing::debug!(seq, event_id = record.event.id(), attempts, error = %describe(&result), "attempt failed; retrying");
                     if let Some(o) = self
-                        .wait_or_park(seq, attempts, status, retry_after, &stop)
+                        .wait_or_park(seq, attempts, status, retry_after, stop)
                         .await
                     {
                         return o;
@@ -324,7 +348,7 @@ impl LaneContext {
                 }
                 _ => {
                     self.note_error(describe(&result));
-                    self.dead_letter(&record, attempts, &result).await;
+                    self.dead_letter(record, attempts, &result).await;
                     return Outcome::DeadLettered;
                 }
             }
@@ -362,11 +386,11 @@ impl LaneContext {
             {
                 Ok(()) => {
                     self.stats.parked.fetch_add(1, AtomicOrdering::Relaxed);
-                    tracing::debug!(lane = ?self.lane, seq, wait_ms = wait.as_millis() as u64, "parked");
+                    tracing::debug!(seq, wait_ms = wait.as_millis() as u64, "parked");
                     Some(Outcome::Parked)
                 }
                 Err(e) => {
-                    tracing::warn!(lane = ?self.lane, seq, error = %e, "cannot park; the event stays pending");
+                    tracing::warn!(seq, error = %e, "cannot park; the event stays pending");
                     Some(Outcome::Stopped)
                 }
             };
@@ -388,7 +412,12 @@ impl LaneContext {
                 self.stats
                     .replies_invalid
                     .fetch_add(1, AtomicOrdering::Relaxed);
-                tracing::warn!(lane = ?self.lane, seq = record.seq, why, "the sink replied with an invalid CloudEvent; ignored");
+                tracing::warn!(
+                    seq = record.seq,
+                    event_id = record.event.id(),
+                    why,
+                    "the sink replied with an invalid CloudEvent; ignored"
+                );
                 true
             }
             Reply::Event(event) => {
@@ -397,7 +426,13 @@ impl LaneContext {
                     self.stats
                         .replies_dropped
                         .fetch_add(1, AtomicOrdering::Relaxed);
-                    tracing::warn!(lane = ?self.lane, seq = record.seq, hops, id = event.id(), "reply dropped at the hop limit (replies.maxHops)");
+                    tracing::warn!(
+                        seq = record.seq,
+                        event_id = record.event.id(),
+                        hops,
+                        reply_id = event.id(),
+                        "reply dropped at the hop limit (replies.maxHops)"
+                    );
                     return true;
                 }
                 let bytes = record::encode(&self.broker, self.clock.now_unix_nanos(), hops, &event);
@@ -413,7 +448,7 @@ impl LaneContext {
                         true
                     }
                     Err(e) => {
-                        tracing::warn!(lane = ?self.lane, error = %e, "cannot append the reply");
+                        tracing::warn!(error = %e, "cannot append the reply");
                         false
                     }
                 }
@@ -458,10 +493,10 @@ impl LaneContext {
             letter.dead_letter_sink_delivered =
                 self.send_dead_letter(&dls, &event, record.seq).await;
         }
-        tracing::warn!(lane = ?self.lane, seq = record.seq, attempts, error = %letter.last_error, to_sink = letter.dead_letter_sink_delivered, "dead-lettered");
+        tracing::warn!(seq = record.seq, event_id = record.event.id(), attempts, error = %letter.last_error, to_sink = letter.dead_letter_sink_delivered, "dead-lettered");
         let l = letter.clone();
         if let Err(e) = self.blocking(move |log| log.store_dead_letter(&l)).await {
-            tracing::error!(lane = ?self.lane, seq = record.seq, error = %e, "cannot store the dead letter");
+            tracing::error!(seq = record.seq, event_id = record.event.id(), error = %e, "cannot store the dead letter");
         }
     }
 

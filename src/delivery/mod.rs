@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::clock::SharedClock;
 use crate::log::{LaneId, Log};
@@ -24,7 +25,25 @@ type LaneKey = (String, LaneId);
 struct Running {
     route: Arc<crate::router::Route>,
     stop: CancellationToken,
+    abort: CancellationToken,
     task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the lane now, attempts under way included (a reload replaced or removed it).
+    fn cancel(&self) {
+        self.stop.cancel();
+        self.abort.cancel();
+    }
+}
+
+/// Settings of every lane.
+#[derive(Clone, Default)]
+pub struct DeliveryOptions {
+    /// `replies.maxHops`.
+    pub max_hops: u32,
+    /// Where lanes observe their delivery durations; `None` observes nothing.
+    pub durations: Option<prometheus::HistogramVec>,
 }
 
 /// The deliverers of every lane, kept in line with the running subscription set.
@@ -36,27 +55,35 @@ pub struct Delivery {
     max_hops: u32,
     running: Mutex<HashMap<LaneKey, Running>>,
     stats: Mutex<HashMap<LaneKey, Arc<LaneStats>>>,
+    /// Where lanes observe their delivery durations (by subscription and sink).
+    durations: Option<prometheus::HistogramVec>,
+    /// Cancelled when the shutdown grace period is over: attempts still under way end.
+    abort: CancellationToken,
 }
 
 impl Delivery {
     /// Starts a deliverer for every lane of the running set, and follows the set as it
     /// is reloaded, until `shutdown`; the returned task ends when every lane has stopped.
+    /// After `shutdown`, attempts under way may finish until `abort`.
     pub fn start(
         log: Log,
         routing: Arc<Routing>,
         sender: Arc<Sender>,
         clock: SharedClock,
-        max_hops: u32,
+        options: DeliveryOptions,
         shutdown: CancellationToken,
+        abort: CancellationToken,
     ) -> (Arc<Delivery>, JoinHandle<()>) {
         let delivery = Arc::new(Delivery {
             log,
             routing: routing.clone(),
             sender,
             clock,
-            max_hops,
+            max_hops: options.max_hops,
             running: Mutex::default(),
             stats: Mutex::default(),
+            durations: options.durations,
+            abort,
         });
         let me = delivery.clone();
         let supervisor = tokio::spawn(async move {
@@ -90,7 +117,14 @@ impl Delivery {
     pub fn stats(&self, broker: &str, lane: &LaneId) -> Arc<LaneStats> {
         let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((broker.to_string(), lane.clone()))
-            .or_default()
+            .or_insert_with(|| {
+                Arc::new(LaneStats {
+                    duration: self.durations.as_ref().map(|h| {
+                        h.with_label_values(&[lane.subscription.as_str(), lane.sink.as_str()])
+                    }),
+                    ..LaneStats::default()
+                })
+            })
             .clone()
     }
 
@@ -113,7 +147,7 @@ impl Delivery {
             .collect();
         for key in gone {
             if let Some(r) = running.remove(&key) {
-                r.stop.cancel();
+                r.cancel();
             }
         }
         for (key, (route, sink_index)) in wanted {
@@ -123,7 +157,7 @@ impl Delivery {
                     continue;
                 }
                 Some(r) => {
-                    r.stop.cancel();
+                    r.cancel();
                     Some(r.task)
                 }
                 None => None,
@@ -144,18 +178,38 @@ impl Delivery {
                 clock: self.clock.clone(),
                 max_hops: self.max_hops,
                 stats: self.stats(&key.0, &key.1),
+                abort: self.abort.child_token(),
             });
             let stop = CancellationToken::new();
             let s = stop.clone();
+            let abort = ctx.abort.clone();
             // A changed subscription's lane restarts only after the old deliverer has
             // stopped, so no entry is sent by both.
-            let task = tokio::spawn(async move {
-                if let Some(old) = previous {
-                    let _ = old.await;
+            // Every line a lane logs carries its broker, subscription and sink.
+            let span = tracing::info_span!(
+                "lane",
+                broker = %key.0,
+                subscription = %key.1.subscription,
+                sink = %key.1.sink
+            );
+            let task = tokio::spawn(
+                async move {
+                    if let Some(old) = previous {
+                        let _ = old.await;
+                    }
+                    ctx.run(routed, s).await;
                 }
-                ctx.run(routed, s).await;
-            });
-            running.insert(key, Running { route, stop, task });
+                .instrument(span),
+            );
+            running.insert(
+                key,
+                Running {
+                    route,
+                    stop,
+                    abort,
+                    task,
+                },
+            );
         }
     }
 }

@@ -6,6 +6,7 @@
 //! backend; a NATS JetStream backend can implement the same trait.
 
 pub mod record;
+mod retention;
 pub mod sled;
 mod writer;
 
@@ -179,6 +180,24 @@ pub trait LogBackend: Send + Sync + 'static {
     /// How many entries of the lane are parked.
     fn parked(&self, broker: &str, lane: &LaneId) -> Result<usize, LogError>;
 
+    /// The sequence of the lane's parked entry that is due first.
+    fn next_parked(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError>;
+
+    /// The arrival time of the oldest event the lane still holds: its first pending
+    /// entry, or the parked entry due first (parked entries are, almost always, older).
+    fn lane_oldest_arrival(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError> {
+        let pending = self.lane_pending(broker, lane, 0, 1)?.first().copied();
+        let parked = self.next_parked(broker, lane)?;
+        let Some(seq) = pending.into_iter().chain(parked).min() else {
+            return Ok(None);
+        };
+        Ok(self
+            .read(broker, seq, 1)?
+            .first()
+            .filter(|r| r.seq == seq)
+            .map(|r| r.arrival_unix_nanos))
+    }
+
     /// Keeps a dead letter; returns its id.
     fn store_dead_letter(&self, letter: &DeadLetter) -> Result<u64, LogError>;
 
@@ -196,21 +215,71 @@ pub trait LogBackend: Send + Sync + 'static {
         self.record_routes(broker, &[(lane.clone(), seq)], &RouteProgress::None)
     }
 
-    /// Deletes the broker's oldest events that arrived before `cutoff_unix_nanos`, at
-    /// most `limit`; returns how many.
+    /// Deletes the broker's oldest events, at most `limit`: those that arrived before
+    /// `cutoff_unix_nanos`, then more until `free_bytes` of records are gone.
     fn expire_events(
         &self,
         broker: &str,
         cutoff_unix_nanos: u64,
+        free_bytes: u64,
         limit: usize,
-    ) -> Result<usize, LogError>;
+    ) -> Result<Expired, LogError>;
+
+    /// The events and record bytes the broker stores now.
+    fn stored(&self, broker: &str) -> Result<Stored, LogError>;
+
+    /// The arrival time of the broker's oldest stored event.
+    fn oldest_arrival(&self, broker: &str) -> Result<Option<u64>, LogError> {
+        Ok(self
+            .read(broker, 0, 1)?
+            .first()
+            .map(|r| r.arrival_unix_nanos))
+    }
+
+    /// Bytes the log takes on disk (every broker, and the backend's own overhead).
+    fn disk_bytes(&self) -> Result<u64, LogError>;
 
     /// How many dead letters are kept.
     fn dead_letter_count(&self) -> Result<usize, LogError> {
         Ok(self.dead_letters()?.len())
     }
 
+    /// Deletes the oldest dead letters while more than `max_count` are kept, and those
+    /// stored before `cutoff_unix_nanos`; returns how many.
+    fn expire_dead_letters(
+        &self,
+        max_count: u64,
+        cutoff_unix_nanos: u64,
+    ) -> Result<usize, LogError>;
+
+    /// Events waiting in a lane: pending and parked.
+    fn lane_depth(&self, broker: &str, lane: &LaneId) -> Result<u64, LogError> {
+        Ok(
+            (self.lane_pending(broker, lane, 0, usize::MAX)?.len() + self.parked(broker, lane)?)
+                as u64,
+        )
+    }
+
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError>;
+}
+
+/// What retention deleted in one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Events older than the age bound.
+    pub by_age: usize,
+    /// Events deleted to bring the log under the size bound.
+    pub by_size: usize,
+    /// Record bytes freed.
+    pub bytes: u64,
+}
+
+/// What a broker's log holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub events: u64,
+    /// The records' bytes (what `storage.retention.maxBytes` bounds).
+    pub bytes: u64,
 }
 
 /// A lane: one sink of one subscription. Its pending entries are sequence numbers of
@@ -289,6 +358,20 @@ pub enum RouteProgress {
     None,
 }
 
+/// What the log keeps: zero turns a bound off.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    /// Events that arrived longer ago than this are deleted.
+    pub max_age: Duration,
+    /// While the stored records of all brokers take more bytes than this, the oldest
+    /// events are deleted.
+    pub max_bytes: u64,
+    /// The dead-letter store keeps at most this many letters.
+    pub dead_letters_max_count: u64,
+    /// Dead letters older than this are deleted.
+    pub dead_letters_max_age: Duration,
+}
+
 /// Settings of the writer in front of a backend.
 #[derive(Clone)]
 pub struct WriterOptions {
@@ -300,8 +383,8 @@ pub struct WriterOptions {
     pub max_group_requests: usize,
     /// How many requests may wait for the writer before producers wait too.
     pub queue_depth: usize,
-    /// Events that arrived longer ago than this are deleted; zero keeps everything.
-    pub retention_max_age: Duration,
+    /// How much the log keeps, and the dead-letter store's bounds.
+    pub retention: Retention,
 }
 
 impl Default for WriterOptions {
@@ -311,7 +394,7 @@ impl Default for WriterOptions {
             dedupe_window: Duration::from_secs(600),
             max_group_requests: 512,
             queue_depth: 4096,
-            retention_max_age: Duration::ZERO,
+            retention: Retention::default(),
         }
     }
 }
@@ -328,6 +411,8 @@ pub struct Log {
     backend: Arc<dyn LogBackend>,
     tx: mpsc::Sender<AppendRequest>,
     heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
+    /// The error of the last group write, cleared by the next one that succeeds.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Log {
@@ -347,17 +432,42 @@ impl Log {
             heads.insert(Arc::<str>::from(b.as_str()), watch::Sender::new(head));
         }
         let heads = Arc::new(heads);
+        tracker.spawn(retention::run(
+            backend.clone(),
+            brokers
+                .iter()
+                .map(|b| Arc::<str>::from(b.as_str()))
+                .collect(),
+            clock.clone(),
+            options.retention.clone(),
+            options.metrics.clone(),
+            shutdown.clone(),
+        ));
         let (tx, rx) = mpsc::channel(options.queue_depth);
+        let failure = Arc::default();
         tracker.spawn(writer::run(
             backend.clone(),
             rx,
             heads.clone(),
+            Arc::clone(&failure),
             clock,
-            options.clone(),
-            options.metrics,
+            options,
             shutdown,
         ));
-        Ok(Log { backend, tx, heads })
+        Ok(Log {
+            backend,
+            tx,
+            heads,
+            failure,
+        })
+    }
+
+    /// Why the last write failed, while writes fail.
+    pub fn write_failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The broker's name as the log holds it, if the log has that broker.

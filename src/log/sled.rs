@@ -3,9 +3,16 @@
 //! Per broker: `events/<broker>` (big-endian u64 sequence → record),
 //! `dedupe/<broker>` (dedupe key → first-seen time and sequence),
 //! `dedupe-expiry/<broker>` (first-seen time ++ key, for sweeping), `lanes/<broker>`
-//! (lane prefix ++ sequence → ()) and `meta/<broker>` (router cursor, subscription
-//! states). A group's writes to one broker are one transaction over the event and dedupe
-//! trees; routing decisions are one transaction over the lanes and meta trees.
+//! (lane prefix ++ sequence → stamp), `parked/<broker>` (lane prefix ++ due time ++
+//! sequence → attempts), `meta/<broker>` (router cursor, subscription states) and
+//! `stats/<broker>` (the stored event count and record bytes). A group's writes to one
+//! broker are one transaction over the event, dedupe and stats trees; routing decisions
+//! are one transaction over the lanes and meta trees. Dead letters of every broker are
+//! in `deadletters` (id → JSON).
+//!
+//! Counts that metrics and retention read often (stored events and bytes, each lane's
+//! depth, the dead letters) are kept in memory beside the trees, updated after each
+//! write commits; the lane depths and the dead-letter count are counted once at open.
 //!
 //! Durability (`fsync`): sled's `flush` writes its buffers with `sync_file_range`, which
 //! does not sync file metadata, and it writes large values to `blobs/` without syncing
@@ -24,7 +31,7 @@ use bytes::Bytes;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, Transactional, Tree};
 
-use super::{AppendOutcome, GroupEntry, LogBackend, LogError, LogRecord};
+use super::{AppendOutcome, Expired, GroupEntry, LaneId, LogBackend, LogError, LogRecord, Stored};
 
 /// How the log makes appends durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +63,29 @@ struct BrokerTrees {
     meta: Tree,
     /// Parked retries: lane prefix ++ due time ++ seq → attempts.
     parked: Tree,
+    /// `events` → count, `bytes` → record bytes (big-endian u64).
+    stats: Tree,
     head: AtomicU64,
+    stored_events: AtomicU64,
+    stored_bytes: AtomicU64,
+    /// Held while the counts are read, written with the events, and stored back: the
+    /// writer and retention both change them.
+    stats_lock: Mutex<()>,
+}
+
+/// A lane's entries: all of them (pending and parked), and the parked ones.
+#[derive(Debug, Default, Clone, Copy)]
+struct LaneCounts {
+    depth: u64,
+    parked: u64,
+}
+
+const STAT_EVENTS: &[u8] = b"events";
+const STAT_BYTES: &[u8] = b"bytes";
+
+/// Reads a big-endian u64 stat; 0 when absent.
+fn stat(tree: &Tree, key: &[u8]) -> Result<Option<u64>, LogError> {
+    Ok(tree.get(key)?.map(|v| seq_of(&v)))
 }
 
 const CURSOR_KEY: &[u8] = b"cursor";
@@ -83,6 +112,9 @@ pub struct SledLog {
     flush_lock: Mutex<()>,
     /// Whether routing or delivery progress was written since the last sync.
     progress_dirty: std::sync::atomic::AtomicBool,
+    /// Entries per lane, by broker and lane key prefix.
+    depths: Mutex<HashMap<(String, Vec<u8>), LaneCounts>>,
+    dead_letter_total: AtomicU64,
 }
 
 impl SledLog {
@@ -98,22 +130,54 @@ impl SledLog {
             });
         let db = config.open()?;
         let mut trees = HashMap::new();
+        let mut depths = HashMap::new();
         for b in brokers {
             let events = db.open_tree(format!("events/{b}"))?;
             let head = match events.last()? {
                 Some((k, _)) => seq_of(&k),
                 None => 0,
             };
+            let stats = db.open_tree(format!("stats/{b}"))?;
+            let (count, bytes) = match (stat(&stats, STAT_EVENTS)?, stat(&stats, STAT_BYTES)?) {
+                (Some(c), Some(b)) => (c, b),
+                // A log written before the stats existed: count it once.
+                _ => {
+                    let (mut c, mut n) = (0u64, 0u64);
+                    for item in events.iter() {
+                        let (_, v) = item?;
+                        c += 1;
+                        n += v.len() as u64;
+                    }
+                    (c, n)
+                }
+            };
+            let lanes = db.open_tree(format!("lanes/{b}"))?;
+            let parked = db.open_tree(format!("parked/{b}"))?;
+            for (tree, is_parked) in [(&lanes, false), (&parked, true)] {
+                for key in tree.iter().keys() {
+                    let key = key?;
+                    if let Some(prefix) = lane_prefix_of(&key) {
+                        let counts: &mut LaneCounts =
+                            depths.entry((b.clone(), prefix.to_vec())).or_default();
+                        counts.depth += 1;
+                        counts.parked += u64::from(is_parked);
+                    }
+                }
+            }
             trees.insert(
                 b.clone(),
                 BrokerTrees {
                     events,
                     dedupe: db.open_tree(format!("dedupe/{b}"))?,
                     expiry: db.open_tree(format!("dedupe-expiry/{b}"))?,
-                    lanes: db.open_tree(format!("lanes/{b}"))?,
+                    lanes,
                     meta: db.open_tree(format!("meta/{b}"))?,
-                    parked: db.open_tree(format!("parked/{b}"))?,
+                    parked,
+                    stats,
                     head: AtomicU64::new(head),
+                    stored_events: AtomicU64::new(count),
+                    stored_bytes: AtomicU64::new(bytes),
+                    stats_lock: Mutex::new(()),
                 },
             );
         }
@@ -125,6 +189,8 @@ impl SledLog {
         let synced_blob = Mutex::new(max_blob_id(&blobs_dir)?);
         let dead_letters = db.open_tree("deadletters")?;
         Ok(SledLog {
+            dead_letter_total: AtomicU64::new(dead_letters.len() as u64),
+            depths: Mutex::new(depths),
             dead_letters,
             flush_lock: Mutex::new(()),
             progress_dirty: std::sync::atomic::AtomicBool::new(false),
@@ -157,6 +223,7 @@ impl SledLog {
         let mut dedupe = Batch::default();
         let mut expiry = Batch::default();
         let mut outcomes = Vec::with_capacity(entry.appends.len());
+        let (mut added, mut added_bytes) = (0u64, 0u64);
         for append in &entry.appends {
             if let Some(key) = &append.dedupe_key {
                 let earlier = seen
@@ -171,6 +238,8 @@ impl SledLog {
                 }
             }
             next += 1;
+            added += 1;
+            added_bytes += append.record.len() as u64;
             events.insert(&next.to_be_bytes(), append.record.as_ref());
             if let Some(key) = &append.dedupe_key {
                 let mut value = [0u8; 16];
@@ -187,11 +256,16 @@ impl SledLog {
             }
             outcomes.push(AppendOutcome::Stored(next));
         }
-        (&trees.events, &trees.dedupe, &trees.expiry)
-            .transaction(|(e, d, x)| {
+        let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let count = trees.stored_events.load(Ordering::Acquire) + added;
+        let bytes = trees.stored_bytes.load(Ordering::Acquire) + added_bytes;
+        (&trees.events, &trees.dedupe, &trees.expiry, &trees.stats)
+            .transaction(|(e, d, x, s)| {
                 e.apply_batch(&events)?;
                 d.apply_batch(&dedupe)?;
                 x.apply_batch(&expiry)?;
+                s.insert(STAT_EVENTS, &count.to_be_bytes())?;
+                s.insert(STAT_BYTES, &bytes.to_be_bytes())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
@@ -202,6 +276,8 @@ impl SledLog {
                 }
             })?;
         trees.head.store(next, Ordering::Release);
+        trees.stored_events.store(count, Ordering::Release);
+        trees.stored_bytes.store(bytes, Ordering::Release);
         Ok(outcomes)
     }
 
@@ -218,6 +294,18 @@ impl SledLog {
         let (first_seen, seq) = split_dedupe_value(&v);
         let fresh = now.saturating_sub(first_seen) < self.dedupe_window_nanos;
         Ok(fresh.then_some(seq))
+    }
+
+    /// A lane's counts (zero for a lane never seen).
+    fn lane_counts(&self, broker: &str, lane: &LaneId) -> Result<LaneCounts, LogError> {
+        self.trees(broker)?;
+        Ok(self
+            .depths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(broker.to_string(), lane.key_prefix()))
+            .copied()
+            .unwrap_or_default())
     }
 
     /// Syncs the data file, new blob files and the blobs directory.
@@ -251,6 +339,13 @@ impl SledLog {
         *synced = newest;
         Ok(())
     }
+}
+
+/// The lane part (`subscription \0 sink \0`) of a lanes or parked key.
+fn lane_prefix_of(key: &[u8]) -> Option<&[u8]> {
+    let first = key.iter().position(|&b| b == 0)?;
+    let second = first + 1 + key[first + 1..].iter().position(|&b| b == 0)?;
+    Some(&key[..=second])
 }
 
 fn max_blob_id(dir: &Path) -> Result<u64, LogError> {
@@ -387,12 +482,15 @@ impl LogBackend for SledLog {
             }
             _ => Vec::new(),
         };
-        let mut lanes = Batch::default();
-        for (lane, seq) in entries {
-            let mut key = lane.key_prefix();
-            key.extend_from_slice(&seq.to_be_bytes());
-            lanes.insert(key, stamp.as_slice());
-        }
+        let keys: Vec<(usize, Vec<u8>)> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (lane, seq))| {
+                let mut key = lane.key_prefix();
+                key.extend_from_slice(&seq.to_be_bytes());
+                (i, key)
+            })
+            .collect();
         let mut meta = Batch::default();
         match progress {
             super::RouteProgress::Cursor(c) => meta.insert(CURSOR_KEY, &c.to_be_bytes()),
@@ -403,11 +501,18 @@ impl LogBackend for SledLog {
             }
             super::RouteProgress::None => {}
         }
-        (&trees.lanes, &trees.meta)
+        // The indexes of entries that were not pending already (a transaction may run
+        // more than once, so it starts afresh each time).
+        let fresh = (&trees.lanes, &trees.meta)
             .transaction(|(l, m)| {
-                l.apply_batch(&lanes)?;
+                let mut fresh = Vec::new();
+                for (i, key) in &keys {
+                    if l.insert(key.as_slice(), stamp.as_slice())?.is_none() {
+                        fresh.push(*i);
+                    }
+                }
                 m.apply_batch(&meta)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<()>>(fresh)
             })
             .map_err(|e| match e {
                 TransactionError::Storage(s) => LogError::Storage(s),
@@ -415,6 +520,15 @@ impl LogBackend for SledLog {
                     LogError::Io(std::io::Error::other("routing transaction aborted"))
                 }
             })?;
+        if !fresh.is_empty() {
+            let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
+            for i in fresh {
+                depths
+                    .entry((broker.to_string(), entries[i].0.key_prefix()))
+                    .or_default()
+                    .depth += 1;
+            }
+        }
         // No flush here: the writer syncs progress every 100 ms (`sync_progress`). Routing
         // state is derived from the log, so decisions a crash catches before that are
         // simply made again.
@@ -460,15 +574,20 @@ impl LogBackend for SledLog {
             }
         };
         let mut dropped = 0;
-        for prefix in prefixes {
-            let mut batch = Batch::default();
-            for item in trees.lanes.scan_prefix(&prefix) {
-                let (k, _) = item?;
-                batch.remove(k);
-                dropped += 1;
+        for prefix in &prefixes {
+            for tree in [&trees.lanes, &trees.parked] {
+                let mut batch = Batch::default();
+                for key in tree.scan_prefix(prefix).keys() {
+                    batch.remove(key?);
+                    dropped += 1;
+                }
+                tree.apply_batch(batch)?;
             }
-            trees.lanes.apply_batch(batch)?;
         }
+        self.depths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(b, lane), _| b != broker || !prefixes.iter().any(|p| lane.starts_with(p)));
         if sinks.is_none() {
             trees.meta.remove(sub_key(subscription))?;
         }
@@ -510,13 +629,24 @@ impl LogBackend for SledLog {
         self.progress_dirty.store(true, Ordering::Release);
         let trees = self.trees(broker)?;
         let prefix = lane.key_prefix();
+        let mut removed = 0;
         for e in entries {
             let mut k = prefix.clone();
             k.extend_from_slice(&e.seq.to_be_bytes());
             // A mismatch means the entry was put back (replay, redelivery): keep it.
-            let _ = trees
+            if trees
                 .lanes
-                .compare_and_swap(k, Some(e.stamp.as_slice()), None::<&[u8]>)?;
+                .compare_and_swap(k, Some(e.stamp.as_slice()), None::<&[u8]>)?
+                .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = depths.get_mut(&(broker.to_string(), prefix)) {
+                c.depth = c.depth.saturating_sub(removed);
+            }
         }
         Ok(())
     }
@@ -539,11 +669,19 @@ impl LogBackend for SledLog {
         parked_key.extend_from_slice(&seq.to_be_bytes());
         (&trees.lanes, &trees.parked)
             .transaction(|(l, p)| {
-                l.remove(lane_key.as_slice())?;
+                let was_pending = l.remove(lane_key.as_slice())?.is_some();
                 p.insert(parked_key.as_slice(), &attempts.to_be_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<()>>(was_pending)
             })
-            .map_err(transaction_error)?;
+            .map_err(transaction_error)
+            .map(|was_pending| {
+                let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
+                let c = depths
+                    .entry((broker.to_string(), lane.key_prefix()))
+                    .or_default();
+                c.parked += 1;
+                c.depth += u64::from(!was_pending);
+            })?;
         Ok(())
     }
 
@@ -572,27 +710,46 @@ impl LogBackend for SledLog {
             due.push((k.to_vec(), seq_of(&rest[8..16]), attempts_of(&v)));
         }
         if !due.is_empty() {
-            (&trees.lanes, &trees.parked)
+            // An entry already pending again (a replay) merges with the parked one.
+            let merged = (&trees.lanes, &trees.parked)
                 .transaction(|(l, p)| {
+                    let mut merged = 0u64;
                     for (key, seq, attempts) in &due {
                         let mut lane_key = prefix.clone();
                         lane_key.extend_from_slice(&seq.to_be_bytes());
-                        l.insert(lane_key, &attempts.to_be_bytes())?;
+                        if l.insert(lane_key, &attempts.to_be_bytes())?.is_some() {
+                            merged += 1;
+                        }
                         p.remove(key.as_slice())?;
                     }
-                    Ok::<_, ConflictableTransactionError<()>>(())
+                    Ok::<_, ConflictableTransactionError<()>>(merged)
                 })
                 .map_err(transaction_error)?;
+            let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = depths.get_mut(&(broker.to_string(), prefix)) {
+                c.parked = c.parked.saturating_sub(due.len() as u64);
+                c.depth = c.depth.saturating_sub(merged);
+            }
         }
         Ok((due.len(), next))
     }
 
     fn parked(&self, broker: &str, lane: &super::LaneId) -> Result<usize, LogError> {
-        Ok(self
+        Ok(self.lane_counts(broker, lane)?.parked as usize)
+    }
+
+    fn next_parked(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError> {
+        let prefix = lane.key_prefix();
+        let Some((k, _)) = self
             .trees(broker)?
             .parked
-            .scan_prefix(lane.key_prefix())
-            .count())
+            .scan_prefix(&prefix)
+            .next()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        Ok(k.get(prefix.len() + 8..).map(seq_of))
     }
 
     fn store_dead_letter(&self, letter: &super::DeadLetter) -> Result<u64, LogError> {
@@ -600,6 +757,7 @@ impl LogBackend for SledLog {
         let json =
             serde_json::to_vec(letter).map_err(|e| LogError::Io(std::io::Error::other(e)))?;
         self.dead_letters.insert(id.to_be_bytes(), json)?;
+        self.dead_letter_total.fetch_add(1, Ordering::AcqRel);
         if self.durability == Durability::Fsync {
             // Dead letters are the last record of an event: make them as durable as appends.
             // `sync` takes the flush lock, so this never races the writer's flush.
@@ -616,31 +774,116 @@ impl LogBackend for SledLog {
     }
 
     fn delete_dead_letter(&self, id: u64) -> Result<bool, LogError> {
-        Ok(self.dead_letters.remove(id.to_be_bytes())?.is_some())
+        let removed = self.dead_letters.remove(id.to_be_bytes())?.is_some();
+        if removed {
+            self.dead_letter_total.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(removed)
     }
 
-    fn expire_events(&self, broker: &str, cutoff: u64, limit: usize) -> Result<usize, LogError> {
+    fn expire_dead_letters(&self, max_count: u64, cutoff: u64) -> Result<usize, LogError> {
+        let mut excess = self
+            .dead_letter_total
+            .load(Ordering::Acquire)
+            .saturating_sub(max_count);
+        let mut removed = 0;
+        for item in self.dead_letters.iter() {
+            let (k, v) = item?;
+            // Ids grow with time, so the first letter young enough ends the old ones.
+            let old = serde_json::from_slice::<super::DeadLetter>(&v)
+                .map_or(true, |l| l.time_unix_nanos < cutoff);
+            if excess == 0 && !old {
+                break;
+            }
+            if self.dead_letters.remove(&k)?.is_some() {
+                self.dead_letter_total.fetch_sub(1, Ordering::AcqRel);
+                removed += 1;
+            }
+            excess = excess.saturating_sub(1);
+        }
+        Ok(removed)
+    }
+
+    fn expire_events(
+        &self,
+        broker: &str,
+        cutoff: u64,
+        free_bytes: u64,
+        limit: usize,
+    ) -> Result<Expired, LogError> {
         let trees = self.trees(broker)?;
         let mut batch = Batch::default();
-        let mut n = 0;
+        let mut expired = Expired::default();
         for item in trees.events.iter().take(limit) {
             let (k, v) = item?;
             let seq = seq_of(&k);
             // A record that cannot be read is old by position: it goes with its neighbours.
             let arrival = super::record::decode(seq, Bytes::copy_from_slice(&v))
                 .map_or(0, |r| r.arrival_unix_nanos);
-            if arrival >= cutoff {
+            if arrival < cutoff {
+                expired.by_age += 1;
+            } else if expired.bytes < free_bytes {
+                expired.by_size += 1;
+            } else {
                 break;
             }
+            expired.bytes += v.len() as u64;
             batch.remove(k);
-            n += 1;
         }
-        trees.events.apply_batch(batch)?;
-        Ok(n)
+        let n = (expired.by_age + expired.by_size) as u64;
+        if n == 0 {
+            return Ok(expired);
+        }
+        let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let count = trees
+            .stored_events
+            .load(Ordering::Acquire)
+            .saturating_sub(n);
+        let bytes = trees
+            .stored_bytes
+            .load(Ordering::Acquire)
+            .saturating_sub(expired.bytes);
+        (&trees.events, &trees.stats)
+            .transaction(|(e, s)| {
+                e.apply_batch(&batch)?;
+                s.insert(STAT_EVENTS, &count.to_be_bytes())?;
+                s.insert(STAT_BYTES, &bytes.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(transaction_error)?;
+        trees.stored_events.store(count, Ordering::Release);
+        trees.stored_bytes.store(bytes, Ordering::Release);
+        Ok(expired)
+    }
+
+    fn stored(&self, broker: &str) -> Result<Stored, LogError> {
+        let trees = self.trees(broker)?;
+        Ok(Stored {
+            events: trees.stored_events.load(Ordering::Acquire),
+            bytes: trees.stored_bytes.load(Ordering::Acquire),
+        })
+    }
+
+    fn oldest_arrival(&self, broker: &str) -> Result<Option<u64>, LogError> {
+        let Some((k, v)) = self.trees(broker)?.events.first()? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            super::record::decode(seq_of(&k), Bytes::copy_from_slice(&v))
+                .map_or(0, |r| r.arrival_unix_nanos),
+        ))
+    }
+
+    fn disk_bytes(&self) -> Result<u64, LogError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn lane_depth(&self, broker: &str, lane: &LaneId) -> Result<u64, LogError> {
+        Ok(self.lane_counts(broker, lane)?.depth)
     }
 
     fn dead_letter_count(&self) -> Result<usize, LogError> {
-        Ok(self.dead_letters.len())
+        Ok(self.dead_letter_total.load(Ordering::Acquire) as usize)
     }
 
     fn dead_letters(&self) -> Result<Vec<(u64, super::DeadLetter)>, LogError> {

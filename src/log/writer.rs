@@ -20,11 +20,12 @@ pub(super) async fn run(
     backend: Arc<dyn LogBackend>,
     mut rx: mpsc::Receiver<AppendRequest>,
     heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
     clock: SharedClock,
     options: WriterOptions,
-    metrics: Option<Arc<Metrics>>,
     shutdown: CancellationToken,
 ) {
+    let metrics: Option<Arc<Metrics>> = options.metrics.clone();
     let window = u64::try_from(options.dedupe_window.as_nanos()).unwrap_or(u64::MAX);
     // Expired dedupe entries are swept a tenth of a window apart (at least every second).
     let mut sweep = tokio::time::interval((options.dedupe_window / 10).max(Duration::from_secs(1)));
@@ -33,12 +34,6 @@ pub(super) async fn run(
     // is made durable here at least every 100 ms, in one sync for all of them.
     let mut progress = tokio::time::interval(PROGRESS_SYNC);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Retention looks a tenth of the maximum age apart, between 1 s and 60 s.
-    let max_age = u64::try_from(options.retention_max_age.as_nanos()).unwrap_or(u64::MAX);
-    let mut retention = tokio::time::interval(
-        (options.retention_max_age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
-    );
-    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     loop {
         let first = tokio::select! {
@@ -51,23 +46,6 @@ pub(super) async fn run(
                 // Take no new requests; write the ones already queued, then stop.
                 rx.close();
                 closing = true;
-                continue;
-            }
-            _ = retention.tick(), if max_age > 0 => {
-                let cutoff = clock.now_unix_nanos().saturating_sub(max_age);
-                for broker in heads.keys() {
-                    let (b, name) = (backend.clone(), broker.clone());
-                    match tokio::task::spawn_blocking(move || b.expire_events(&name, cutoff, 10_000)).await {
-                        Ok(Ok(n)) if n > 0 => {
-                            tracing::info!(broker = %broker, deleted = n, "retention deleted old events");
-                            if let Some(m) = &metrics {
-                                m.log_retention_deleted.with_label_values(&[&**broker]).inc_by(n as u64);
-                            }
-                        }
-                        Ok(Err(e)) => tracing::warn!(broker = %broker, error = %e, "retention failed"),
-                        _ => {}
-                    }
-                }
                 continue;
             }
             _ = progress.tick() => {
@@ -118,6 +96,8 @@ pub(super) async fn run(
                 continue;
             }
         };
+        *failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            result.as_ref().err().map(ToString::to_string);
         match result {
             Ok(outcomes) => {
                 if let Some(m) = &metrics {
