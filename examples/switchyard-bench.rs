@@ -1,0 +1,1458 @@
+//! The load harness: runs the broker as a child process on a temporary directory,
+//! local sinks, an open- or closed-loop load generator with HDR percentiles, and the
+//! baselines each scenario is compared with, all in one invocation; prints a table and
+//! writes a JSON report.
+//!
+//! ```text
+//! cargo build --release --bin switchyard --example switchyard-bench
+//! target/release/examples/switchyard-bench [--scenarios S1,S3] [--seconds 10]
+//!     [--backlog 1000000] [--out target/switchyard-bench/report.json]
+//! ```
+//!
+//! Baselines, with the same client, payload and connection count:
+//! - B-http: a bare hyper server that reads the body and answers 202;
+//! - B-durable: the same server appending each body to a file through one writer
+//!   thread with group commit and `fdatasync`, answering after the sync;
+//! - B-deliver: a bare hyper client posting to the same sinks.
+//!
+//! Both baseline servers run as child processes (this program, `--serve-baseline`), so
+//! their CPU and memory are read from /proc exactly as the broker's are.
+//! See docs/performance.md for the method and the figures.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+
+type Body = Full<Bytes>;
+
+/// Builds the request for event (or batch) number `id`, to `uri`.
+type BuildRequest = dyn Fn(u64, &str) -> Request<Body> + Send + Sync;
+
+// ---------------------------------------------------------------------------------
+// Command line
+
+struct Args {
+    scenarios: Vec<String>,
+    seconds: u64,
+    backlog: u64,
+    out: PathBuf,
+    broker: PathBuf,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        scenarios: [
+            "S1",
+            "S1-tekton",
+            "S1-256B",
+            "S2",
+            "S3",
+            "S4",
+            "S5",
+            "S6",
+            "S7",
+            "S8",
+        ]
+        .map(String::from)
+        .to_vec(),
+        seconds: 10,
+        backlog: 1_000_000,
+        out: PathBuf::from("target/switchyard-bench/report.json"),
+        broker: std::env::current_exe()
+            .ok()
+            .and_then(|p| Some(p.parent()?.parent()?.join("switchyard")))
+            .unwrap_or_else(|| PathBuf::from("target/release/switchyard")),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--scenarios" => {
+                args.scenarios = value().split(',').map(str::to_string).collect();
+            }
+            "--seconds" => args.seconds = value().parse().expect("--seconds N"),
+            "--backlog" => args.backlog = value().parse().expect("--backlog N"),
+            "--out" => args.out = PathBuf::from(value()),
+            "--broker" => args.broker = PathBuf::from(value()),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    args
+}
+
+// ---------------------------------------------------------------------------------
+// Payloads
+
+#[derive(Clone)]
+struct Payload {
+    name: &'static str,
+    /// Builds the request for event number `id` (the body is shared).
+    build: Arc<BuildRequest>,
+    /// Events per request.
+    events: u64,
+}
+
+fn structured_1k(id: u64) -> Value {
+    json!({
+        "specversion": "1.0", "id": id.to_string(), "source": "/bench",
+        "type": "bench.t0", "datacontenttype": "application/json",
+        "data": {"pipelineRun": {"name": "build", "namespace": "ci"}, "pad": "x".repeat(820)}
+    })
+}
+
+fn payload_1k() -> Payload {
+    Payload {
+        name: "1 KiB structured",
+        events: 1,
+        build: Arc::new(|id, uri| {
+            let body = serde_json::to_vec(&structured_1k(id)).unwrap();
+            Request::post(uri)
+                .header("content-type", "application/cloudevents+json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap()
+        }),
+    }
+}
+
+/// 1 KiB events, but each of a type `bench.t<id % types>`.
+fn payload_typed(types: u64) -> Payload {
+    Payload {
+        name: "1 KiB structured",
+        events: 1,
+        build: Arc::new(move |id, uri| {
+            let mut e = structured_1k(id);
+            e["type"] = format!("bench.t{}", id % types).into();
+            Request::post(uri)
+                .header("content-type", "application/cloudevents+json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(&e).unwrap())))
+                .unwrap()
+        }),
+    }
+}
+
+fn payload_256b() -> Payload {
+    let data = Bytes::from(format!(
+        "{{\"status\":\"ok\",\"pad\":\"{}\"}}",
+        "x".repeat(180)
+    ));
+    Payload {
+        name: "256 B binary",
+        events: 1,
+        build: Arc::new(move |id, uri| {
+            Request::post(uri)
+                .header("ce-specversion", "1.0")
+                .header("ce-id", id.to_string())
+                .header("ce-source", "/bench")
+                .header("ce-type", "bench.t0")
+                .header("content-type", "application/json")
+                .body(Full::new(data.clone()))
+                .unwrap()
+        }),
+    }
+}
+
+fn payload_batch(n: u64) -> Payload {
+    Payload {
+        name: "batch of 100 x 1 KiB",
+        events: n,
+        build: Arc::new(move |id, uri| {
+            let batch: Vec<Value> = (0..n).map(|i| structured_1k(id * n + i)).collect();
+            Request::post(uri)
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(Full::new(Bytes::from(serde_json::to_vec(&batch).unwrap())))
+                .unwrap()
+        }),
+    }
+}
+
+fn payload_tekton() -> Payload {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/tekton");
+    let mut fixtures = Vec::new();
+    for i in 1..=10 {
+        let name = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with(&format!("{i:02}-")))
+            .unwrap();
+        let f: Value = serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap();
+        let headers: Vec<(String, String)> = f["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.to_ascii_lowercase();
+                k.starts_with("ce-") && k != "ce-id" || k == "content-type"
+            })
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().unwrap().to_string()))
+            .collect();
+        let body = Bytes::from(serde_json::to_vec(&f["body"]).unwrap());
+        fixtures.push((headers, body));
+    }
+    let fixtures = Arc::new(fixtures);
+    Payload {
+        name: "Tekton binary (3-24 KiB)",
+        events: 1,
+        build: Arc::new(move |id, uri| {
+            let (headers, body) = &fixtures[(id % 10) as usize];
+            let mut r = Request::post(uri).header("ce-id", id.to_string());
+            for (k, v) in headers {
+                r = r.header(k, v);
+            }
+            r.body(Full::new(body.clone())).unwrap()
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Load generator
+
+/// Send times (ns since the harness started) by event id, for end-to-end latency.
+struct SendTimes {
+    start: Instant,
+    at: Vec<AtomicU64>,
+}
+
+impl SendTimes {
+    fn new(capacity: usize) -> Arc<SendTimes> {
+        Arc::new(SendTimes {
+            start: Instant::now(),
+            at: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+#[derive(Default)]
+struct LoadResult {
+    requests: u64,
+    events: u64,
+    failures: u64,
+    elapsed: Duration,
+    latency: Option<Histogram<u64>>,
+    /// Event ids acknowledged with 2xx (only when asked to keep them).
+    acked: Vec<u64>,
+}
+
+struct Load {
+    uri: String,
+    addr: SocketAddr,
+    connections: usize,
+    /// Requests per second in all; `None` sends as fast as answers come (closed loop).
+    rate: Option<f64>,
+    duration: Duration,
+    /// Stop after this many requests in all.
+    max_requests: u64,
+    payload: Payload,
+    times: Option<Arc<SendTimes>>,
+    keep_acked: bool,
+    /// Stops the load early (when set).
+    stop: Arc<AtomicBool>,
+    first_id: u64,
+}
+
+async fn run_load(load: Load) -> LoadResult {
+    let next_id = Arc::new(AtomicU64::new(load.first_id));
+    let started = Instant::now();
+    let load = Arc::new(load);
+    let mut tasks = Vec::new();
+    for c in 0..load.connections {
+        let load = load.clone();
+        let next_id = next_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut result = LoadResult {
+                latency: Some(Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()),
+                ..LoadResult::default()
+            };
+            let Ok(stream) = tokio::net::TcpStream::connect(load.addr).await else {
+                result.failures += 1;
+                return result;
+            };
+            let _ = stream.set_nodelay(true);
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            // Open loop: this connection's share of the rate, on a fixed schedule;
+            // latency counts from when a request was due, not from when it went out.
+            let interval = load
+                .rate
+                .map(|r| Duration::from_secs_f64(load.connections as f64 / r));
+            let offset = interval.map(|i| i.mul_f64(c as f64 / load.connections as f64));
+            let mut k = 0u32;
+            loop {
+                if started.elapsed() >= load.duration || load.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let due = match (interval, offset) {
+                    (Some(i), Some(o)) => {
+                        let due = started + o + i * k;
+                        k += 1;
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    _ => Instant::now(),
+                };
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                if id - load.first_id >= load.max_requests {
+                    break;
+                }
+                if let Some(t) = &load.times {
+                    for e in 0..load.payload.events {
+                        if let Some(slot) = t.at.get((id * load.payload.events + e) as usize) {
+                            slot.store(t.now(), Ordering::Relaxed);
+                        }
+                    }
+                }
+                let request = (load.payload.build)(id, &load.uri);
+                if sender.ready().await.is_err() {
+                    result.failures += 1;
+                    break;
+                }
+                match sender.send_request(request).await {
+                    Ok(resp) => {
+                        let ok = resp.status().is_success();
+                        let _ = resp.into_body().collect().await;
+                        result.requests += 1;
+                        if ok {
+                            result.events += load.payload.events;
+                            let us = due.elapsed().as_micros() as u64;
+                            let _ = result.latency.as_mut().unwrap().record(us.max(1));
+                            if load.keep_acked {
+                                result.acked.push(id);
+                            }
+                        } else {
+                            result.failures += 1;
+                        }
+                    }
+                    Err(_) => {
+                        result.failures += 1;
+                        break;
+                    }
+                }
+            }
+            result
+        }));
+    }
+    let mut total = LoadResult {
+        latency: Some(Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()),
+        ..LoadResult::default()
+    };
+    for t in tasks {
+        let r = t.await.unwrap();
+        total.requests += r.requests;
+        total.events += r.events;
+        total.failures += r.failures;
+        total
+            .latency
+            .as_mut()
+            .unwrap()
+            .add(r.latency.unwrap())
+            .unwrap();
+        total.acked.extend(r.acked);
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+// ---------------------------------------------------------------------------------
+// Sinks
+
+#[derive(Clone, Copy, PartialEq)]
+enum SinkMode {
+    Ok,
+    /// Every other request answers 503.
+    HalfFailing,
+    /// Never answers in time.
+    Hang,
+}
+
+struct Sink {
+    addr: SocketAddr,
+    received: AtomicU64,
+    ok: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+    times: Option<Arc<SendTimes>>,
+    mode: SinkMode,
+}
+
+impl Sink {
+    async fn start(mode: SinkMode, times: Option<Arc<SendTimes>>) -> Arc<Sink> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, mode, times)
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        mode: SinkMode,
+        times: Option<Arc<SendTimes>>,
+    ) -> Arc<Sink> {
+        let sink = Arc::new(Sink {
+            addr: listener.local_addr().unwrap(),
+            received: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            latency: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).unwrap()),
+            times,
+            mode,
+        });
+        let s = sink.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let _ = stream.set_nodelay(true);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let s = s.clone();
+                        async move { Ok::<_, hyper::Error>(s.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        sink
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let n = self.received.fetch_add(1, Ordering::Relaxed);
+        let id = req
+            .headers()
+            .get("ce-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        let id = id.or_else(|| {
+            let v: Value = serde_json::from_slice(body.as_ref().ok()?).ok()?;
+            v["id"].as_str()?.parse().ok()
+        });
+        let status = match self.mode {
+            SinkMode::Ok => 200,
+            SinkMode::HalfFailing if n % 2 == 0 => 503,
+            SinkMode::HalfFailing => 200,
+            SinkMode::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                200
+            }
+        };
+        if status == 200 {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+            if let (Some(t), Some(id)) = (&self.times, id) {
+                if let Some(sent) = t.at.get(id as usize).map(|a| a.load(Ordering::Relaxed)) {
+                    if sent > 0 {
+                        let us = (t.now().saturating_sub(sent) / 1000).max(1);
+                        let _ = self.latency.lock().unwrap().record(us);
+                    }
+                }
+            }
+        }
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Child processes: the broker and the baseline servers
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    dir: PathBuf,
+    rss_peak: Arc<AtomicU64>,
+    sampling: Arc<AtomicBool>,
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf with a valid name has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time (user + system) of the process so far.
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // After the command: state(0) ... utime(11) stime(12).
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        Duration::from_secs_f64(ticks as f64 / clock_ticks())
+    }
+
+    fn status_kib(&self, key: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Peak resident memory so far (the kernel's high-water mark), in bytes.
+    fn peak_rss(&self) -> u64 {
+        (self.status_kib("VmHWM:") * 1024).max(self.rss_peak.load(Ordering::Relaxed))
+    }
+
+    fn start_sampling(&self) {
+        let (pid, peak, on) = (self.pid(), self.rss_peak.clone(), self.sampling.clone());
+        on.store(true, Ordering::Relaxed);
+        std::thread::spawn(move || {
+            while on.load(Ordering::Relaxed) {
+                let kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+                match kib {
+                    Some(k) => {
+                        peak.fetch_max(k * 1024, Ordering::Relaxed);
+                    }
+                    None => break,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
+
+    fn kill9(mut self) -> PathBuf {
+        self.sampling.store(false, Ordering::Relaxed);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.dir.clone()
+    }
+
+    fn stop(mut self) {
+        self.sampling.store(false, Ordering::Relaxed);
+        // SAFETY: kill(2) on our own child's pid with a valid signal.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, name: &str) -> Option<SocketAddr> {
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    line[start..].split_whitespace().next()?.parse().ok()
+}
+
+/// Starts the broker on `dir` with `subscriptions` (YAML) and the durability.
+fn start_broker(bin: &Path, dir: &Path, subscriptions: &str, durability: &str) -> (Proc, Instant) {
+    let subs = dir.join("subscriptions");
+    std::fs::create_dir_all(&subs).unwrap();
+    std::fs::write(subs.join("bench.yaml"), subscriptions).unwrap();
+    let config = dir.join("switchyard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "ingress: {{ listen: 127.0.0.1:0 }}\nadmin: {{ listen: 127.0.0.1:0 }}\nstorage: {{ path: {}, durability: {durability} }}\nsubscriptions: [{}]\n",
+            dir.join("data").display(),
+            subs.display()
+        ),
+    )
+    .unwrap();
+    let spawned = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("SWITCHYARD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (build it: cargo build --release)",
+                bin.display()
+            )
+        });
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("switchyard ready") {
+                let _ = tx.send(line);
+            } else if line.contains("ERROR") {
+                eprintln!("broker: {line}");
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the broker became ready");
+    let proc = Proc {
+        child,
+        addr: field(&line, "ingress").unwrap(),
+        admin: field(&line, "admin"),
+        dir: dir.to_path_buf(),
+        rss_peak: Arc::default(),
+        sampling: Arc::default(),
+    };
+    (proc, spawned)
+}
+
+fn start_baseline(kind: &str, dir: &Path) -> Proc {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--serve-baseline", kind])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    Proc {
+        child,
+        addr: line.trim().parse().expect("the baseline's address"),
+        admin: None,
+        dir: dir.to_path_buf(),
+        rss_peak: Arc::default(),
+        sampling: Arc::default(),
+    }
+}
+
+/// The baseline servers (`--serve-baseline http|durable DIR`): print the address, serve.
+fn serve_baseline(kind: &str, dir: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let durable = kind == "durable";
+    type Ack = tokio::sync::oneshot::Sender<()>;
+    let (tx, rx) = std::sync::mpsc::channel::<(Bytes, Ack)>();
+    if durable {
+        let mut file = std::fs::File::create(dir.join("baseline.log")).unwrap();
+        std::thread::spawn(move || {
+            // One writer: take what is queued, write it, one fdatasync, then answer all.
+            while let Ok(first) = rx.recv() {
+                let mut group = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    group.push(more);
+                }
+                for (body, _) in &group {
+                    file.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+                    file.write_all(body).unwrap();
+                }
+                file.sync_data().unwrap();
+                for (_, ack) in group {
+                    let _ = ack.send(());
+                }
+            }
+        });
+    }
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = stream.set_nodelay(true);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        if durable {
+                            let (ack, done) = tokio::sync::oneshot::channel();
+                            let _ = tx.send((body, ack));
+                            let _ = done.await;
+                        }
+                        Ok::<_, hyper::Error>(
+                            Response::builder()
+                                .status(202)
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------
+// Measuring a run
+
+#[derive(Clone, Default, serde::Serialize)]
+struct Row {
+    scenario: String,
+    what: String,
+    payload: String,
+    rate: f64,
+    unit: String,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    cpu_us_per_event: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    baseline: Option<String>,
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+    notes: String,
+}
+
+fn percentiles(h: &Histogram<u64>) -> (f64, f64, f64) {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    (ms(0.5), ms(0.99), ms(0.999))
+}
+
+fn row(
+    scenario: &str,
+    what: &str,
+    payload: &str,
+    rate: f64,
+    unit: &str,
+    h: &Histogram<u64>,
+) -> Row {
+    let (p50, p99, p999) = percentiles(h);
+    Row {
+        scenario: scenario.into(),
+        what: what.into(),
+        payload: payload.into(),
+        rate,
+        unit: unit.into(),
+        p50_ms: p50,
+        p99_ms: p99,
+        p999_ms: p999,
+        ..Row::default()
+    }
+}
+
+/// Runs a load against a server process and measures its CPU and memory.
+async fn measured(proc: &Proc, load: Load) -> (LoadResult, f64, f64) {
+    let cpu0 = proc.cpu();
+    let r = run_load(load).await;
+    let cpu = proc.cpu().saturating_sub(cpu0);
+    let per_event = cpu.as_secs_f64() * 1e6 / r.events.max(1) as f64;
+    (r, per_event, proc.peak_rss() as f64 / (1 << 20) as f64)
+}
+
+fn load(proc: &Proc, path: &str, payload: Payload, connections: usize, seconds: u64) -> Load {
+    Load {
+        uri: format!("http://{}{path}", proc.addr),
+        addr: proc.addr,
+        connections,
+        rate: None,
+        duration: Duration::from_secs(seconds),
+        max_requests: u64::MAX,
+        payload,
+        times: None,
+        keep_acked: false,
+        stop: Arc::default(),
+        first_id: 0,
+    }
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchyard-bench-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A baseline server's throughput and latency under the same load.
+async fn baseline_server(
+    kind: &str,
+    payload: &Payload,
+    connections: usize,
+    seconds: u64,
+    rate: Option<f64>,
+) -> Row {
+    let dir = tempdir(&format!("b-{kind}"));
+    let proc = start_baseline(kind, &dir);
+    let mut l = load(&proc, "/", payload.clone(), connections, seconds);
+    l.rate = rate;
+    let (r, cpu, rss) = measured(&proc, l).await;
+    proc.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let name = if kind == "http" {
+        "B-http"
+    } else {
+        "B-durable"
+    };
+    let mut row = row(
+        name,
+        &format!("{name} ({connections} connections)"),
+        payload.name,
+        r.events as f64 / r.elapsed.as_secs_f64(),
+        "events/s",
+        r.latency.as_ref().unwrap(),
+    );
+    row.cpu_us_per_event = Some(cpu);
+    row.peak_rss_mib = Some(rss);
+    row
+}
+
+// ---------------------------------------------------------------------------------
+// Scenarios
+
+struct Bench {
+    args: Args,
+    rows: Vec<Row>,
+}
+
+fn subscription(name: &str, filter: &str, sinks: &[String], delivery: &str) -> String {
+    let sinks: String = sinks.iter().map(|s| format!("    - uri: {s}\n")).collect();
+    format!(
+        "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: {{ name: {name} }}\nspec:\n{filter}  sinks:\n{sinks}{delivery}---\n"
+    )
+}
+
+impl Bench {
+    fn push(&mut self, row: Row) {
+        println!(
+            "{:<10} {:<44} {:>10.0} {:<12} p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} ms {}{}{}",
+            row.scenario,
+            row.what,
+            row.rate,
+            row.unit,
+            row.p50_ms,
+            row.p99_ms,
+            row.p999_ms,
+            row.cpu_us_per_event
+                .map_or(String::new(), |c| format!("cpu {c:.0} µs/ev ")),
+            row.peak_rss_mib
+                .map_or(String::new(), |r| format!("rss {r:.0} MiB ")),
+            row.ratio
+                .map_or(String::new(), |r| format!("ratio {r:.2} {}", row.target)),
+        );
+        self.rows.push(row);
+    }
+
+    /// S1 (and S8): single events, 64 connections, against B-durable (B-http).
+    async fn ingest(&mut self, scenario: &str, payload: Payload, relaxed: bool) {
+        let secs = self.args.seconds;
+        let (base_kind, target) = if relaxed {
+            ("http", 0.6)
+        } else {
+            ("durable", 0.6)
+        };
+        let base = baseline_server(base_kind, &payload, 64, secs, None).await;
+        let base_rate = base.rate;
+        self.push(base.clone());
+        let dir = tempdir(scenario);
+        let durability = if relaxed { "relaxed" } else { "fsync" };
+        let (broker, _) = start_broker(&self.args.broker, &dir, "", durability);
+        let (r, cpu, rss) = measured(&broker, load(&broker, "/", payload.clone(), 64, secs)).await;
+        broker.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        let rate = r.events as f64 / r.elapsed.as_secs_f64();
+        let mut row = row(
+            scenario,
+            "broker ingest (64 connections)",
+            payload.name,
+            rate,
+            "events/s",
+            r.latency.as_ref().unwrap(),
+        );
+        row.cpu_us_per_event = Some(cpu);
+        row.peak_rss_mib = Some(rss);
+        row.baseline = Some(base.scenario.clone());
+        row.ratio = Some(rate / base_rate);
+        let p99_ok = relaxed || row.p99_ms <= 20.0;
+        row.met = Some(rate / base_rate >= target && p99_ok);
+        row.target = if relaxed {
+            format!(">= {target} x B-http")
+        } else {
+            format!(">= {target} x B-durable; p99 <= 20 ms")
+        };
+        row.notes = format!("{} failed requests", r.failures);
+        self.push(row);
+    }
+
+    /// S2: batches of 100 against B-durable fed the same batches (one append per batch:
+    /// group size 100 in records).
+    async fn batches(&mut self) {
+        let secs = self.args.seconds;
+        let payload = payload_batch(100);
+        let base = baseline_server("durable", &payload, 64, secs, None).await;
+        let base_rate = base.rate;
+        self.push(base.clone());
+        let dir = tempdir("s2");
+        let (broker, _) = start_broker(&self.args.broker, &dir, "", "fsync");
+        let (r, cpu, rss) = measured(&broker, load(&broker, "/", payload.clone(), 64, secs)).await;
+        broker.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        let rate = r.events as f64 / r.elapsed.as_secs_f64();
+        let mut row = row(
+            "S2",
+            "broker ingest, batches (64 connections)",
+            payload.name,
+            rate,
+            "records/s",
+            r.latency.as_ref().unwrap(),
+        );
+        row.cpu_us_per_event = Some(cpu);
+        row.peak_rss_mib = Some(rss);
+        row.baseline = Some("B-durable".into());
+        row.ratio = Some(rate / base_rate);
+        row.met = Some(rate / base_rate >= 0.5);
+        row.target = ">= 0.5 x B-durable".into();
+        self.push(row);
+    }
+
+    /// B-deliver: a bare client posting to sinks at `rate` (or as fast as it can).
+    async fn baseline_deliver(
+        &mut self,
+        sinks: usize,
+        connections: usize,
+        rate: Option<f64>,
+    ) -> Row {
+        let times = SendTimes::new(50_000_000);
+        let mut all = Vec::new();
+        for _ in 0..sinks {
+            all.push(Sink::start(SinkMode::Ok, Some(times.clone())).await);
+        }
+        let per_sink = connections.div_ceil(sinks).max(1);
+        let secs = self.args.seconds;
+        let mut tasks = Vec::new();
+        for (i, sink) in all.iter().enumerate() {
+            let l = Load {
+                uri: sink.url(),
+                addr: sink.addr,
+                connections: per_sink,
+                rate: rate.map(|r| r / sinks as f64),
+                duration: Duration::from_secs(secs),
+                max_requests: u64::MAX,
+                payload: payload_1k(),
+                times: Some(times.clone()),
+                keep_acked: false,
+                stop: Arc::default(),
+                first_id: i as u64 * 10_000_000,
+            };
+            tasks.push(tokio::spawn(run_load(l)));
+        }
+        let mut delivered = 0;
+        let mut elapsed = Duration::ZERO;
+        let mut h = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap();
+        for t in tasks {
+            let r = t.await.unwrap();
+            delivered += r.events;
+            elapsed = elapsed.max(r.elapsed);
+            h.add(r.latency.unwrap()).unwrap();
+        }
+        row(
+            "B-deliver",
+            &format!("bare client -> {sinks} sink(s), {connections} connections"),
+            "1 KiB structured",
+            delivered as f64 / elapsed.as_secs_f64(),
+            "deliveries/s",
+            &h,
+        )
+    }
+
+    /// S3: end to end at a fixed rate through 10 subscriptions of one sink each (each
+    /// event matches one of them).
+    async fn end_to_end(&mut self, scenario: &str, rate: f64, failing: bool) -> Option<f64> {
+        let secs = self.args.seconds;
+        let times = SendTimes::new((rate as usize) * (secs as usize + 5) + 1000);
+        let mut sinks = Vec::new();
+        for i in 0..10 {
+            let mode = match (failing, i) {
+                (true, 0) => SinkMode::HalfFailing,
+                (true, 1) => SinkMode::Hang,
+                _ => SinkMode::Ok,
+            };
+            sinks.push(Sink::start(mode, Some(times.clone())).await);
+        }
+        let subs: String = (0..10)
+            .map(|i| {
+                subscription(
+                    &format!("s{i}"),
+                    &format!("  filter:\n    attributes: {{ type: bench.t{i} }}\n"),
+                    &[sinks[i].url()],
+                    "  delivery: { timeout: PT1S, backoffDelay: PT0.05S }\n",
+                )
+            })
+            .collect();
+        let dir = tempdir(scenario);
+        let (broker, _) = start_broker(&self.args.broker, &dir, &subs, "fsync");
+        let mut l = load(&broker, "/", payload_typed(10), 64, secs);
+        l.rate = Some(rate);
+        l.times = Some(times.clone());
+        let (r, cpu, rss) = measured(&broker, l).await;
+        // Let deliveries catch up.
+        let healthy: Vec<&Arc<Sink>> = if failing {
+            sinks[2..].iter().collect()
+        } else {
+            sinks.iter().collect()
+        };
+        let expected = r.events * healthy.len() as u64 / 10;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while healthy
+            .iter()
+            .map(|s| s.ok.load(Ordering::Relaxed))
+            .sum::<u64>()
+            < expected.saturating_sub(10)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        broker.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+        for s in &healthy {
+            h.add(&*s.latency.lock().unwrap()).unwrap();
+        }
+        let delivered: u64 = healthy.iter().map(|s| s.ok.load(Ordering::Relaxed)).sum();
+        let what = if failing {
+            "send -> healthy sinks (1 half-503, 1 hanging)"
+        } else {
+            "send -> sink receipt, 10 subscriptions"
+        };
+        let mut row = row(
+            scenario,
+            what,
+            "1 KiB structured",
+            r.events as f64 / r.elapsed.as_secs_f64(),
+            "events/s",
+            &h,
+        );
+        row.cpu_us_per_event = Some(cpu);
+        row.peak_rss_mib = Some(rss);
+        row.notes = format!(
+            "{delivered} of {expected} expected deliveries to healthy sinks; ingest p99 {:.2} ms",
+            percentiles(r.latency.as_ref().unwrap()).1
+        );
+        let p99 = row.p99_ms;
+        self.push(row);
+        Some(p99)
+    }
+
+    async fn s3(&mut self) -> Option<f64> {
+        let rate = 1000.0;
+        let durable =
+            baseline_server("durable", &payload_1k(), 64, self.args.seconds, Some(rate)).await;
+        let mut deliver = self.baseline_deliver(10, 64, Some(rate)).await;
+        deliver.scenario = "B-deliver".into();
+        let bound = 3.0 * (durable.p99_ms + deliver.p99_ms);
+        self.push(durable);
+        self.push(deliver);
+        let p99 = self.end_to_end("S3", rate, false).await?;
+        if let Some(last) = self.rows.last_mut() {
+            last.baseline = Some("3 x (B-durable p99 + B-deliver p99)".into());
+            last.ratio = Some(p99 / (bound / 3.0));
+            last.target = format!("p99 <= {bound:.2} ms");
+            last.met = Some(p99 <= bound);
+        }
+        Some(p99)
+    }
+
+    async fn s7(&mut self, s3_p99: Option<f64>) {
+        let p99 = self.end_to_end("S7", 1000.0, true).await;
+        if let (Some(last), Some(base), Some(p99)) = (self.rows.last_mut(), s3_p99, p99) {
+            last.baseline = Some("S3 p99".into());
+            last.ratio = Some(p99 / base);
+            last.target = "healthy p99 <= 1.5 x S3 p99".into();
+            last.met = Some(p99 <= 1.5 * base);
+        }
+    }
+
+    /// S4: 100 subscriptions (attribute and CEL filters, some on data), each event
+    /// matching 10, against B-deliver to the same 10 sinks.
+    async fn s4(&mut self) {
+        let secs = self.args.seconds;
+        let deliver = self.baseline_deliver(10, 64, None).await;
+        let base_rate = deliver.rate;
+        self.push(deliver);
+        let times = SendTimes::new(20_000_000);
+        let mut sinks = Vec::new();
+        for _ in 0..10 {
+            sinks.push(Sink::start(SinkMode::Ok, Some(times.clone())).await);
+        }
+        // Ten groups of ten: in each group one filter kind; the group of type t0 matches.
+        let mut subs = String::new();
+        for i in 0..100 {
+            let group = i / 10;
+            let ty = if i % 10 == 0 {
+                "bench.t0".to_string()
+            } else {
+                format!("bench.t{}", i % 10)
+            };
+            let filter = match group % 3 {
+                0 => format!("  filter:\n    attributes: {{ type: {ty} }}\n"),
+                1 => format!("  filter:\n    cel: type == '{ty}' && source == '/bench'\n"),
+                _ => format!(
+                    "  filter:\n    cel: type == '{ty}' && data.pipelineRun.namespace == 'ci'\n"
+                ),
+            };
+            subs.push_str(&subscription(
+                &format!("f{i}"),
+                &filter,
+                &[sinks[i % 10].url()],
+                "  delivery: { maxInFlight: 64 }\n",
+            ));
+        }
+        let dir = tempdir("s4");
+        let (broker, _) = start_broker(&self.args.broker, &dir, &subs, "fsync");
+        let l = load(&broker, "/", payload_1k(), 64, secs);
+        let started = Instant::now();
+        let (r, cpu, rss) = measured(&broker, l).await;
+        let expected = r.events * 10;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let total = || {
+            sinks
+                .iter()
+                .map(|s| s.ok.load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        while total() < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let took = started.elapsed();
+        let delivered = total();
+        broker.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        let rate = delivered as f64 / took.as_secs_f64();
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+        for s in &sinks {
+            h.add(&*s.latency.lock().unwrap()).unwrap();
+        }
+        let mut row = row(
+            "S4",
+            "fan-out, 100 subscriptions, 10 match",
+            "1 KiB structured",
+            rate,
+            "deliveries/s",
+            &h,
+        );
+        row.cpu_us_per_event = Some(cpu);
+        row.peak_rss_mib = Some(rss);
+        row.baseline = Some("B-deliver".into());
+        row.ratio = Some(rate / base_rate);
+        row.target = ">= 0.5 x B-deliver".into();
+        row.met = Some(rate / base_rate >= 0.5);
+        row.notes = format!(
+            "{} events ingested, {delivered} of {expected} deliveries in {:.1} s",
+            r.events,
+            took.as_secs_f64()
+        );
+        self.push(row);
+    }
+
+    /// S5 and S6: a backlog while the only sink is down, the drain when it returns,
+    /// then kill -9 under load and a restart on the stored log.
+    async fn backlog(&mut self, want_s5: bool, want_s6: bool) {
+        let n = self.args.backlog;
+        let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sink_addr = down.local_addr().unwrap();
+        drop(down);
+        let subs = subscription(
+            "backlog",
+            "",
+            &[format!("http://{sink_addr}/")],
+            "  delivery: { maxInFlight: 64 }\n",
+        );
+        let dir = tempdir("s5");
+        let (broker, _) = start_broker(&self.args.broker, &dir, &subs, "fsync");
+        broker.start_sampling();
+        let batches = n.div_ceil(100);
+        let mut l = load(&broker, "/", payload_batch(100), 16, 24 * 3600);
+        l.max_requests = batches;
+        let ingest = run_load(l).await;
+        let logical = ingest.events * 1024;
+        println!(
+            "S5: {} events stored in {:.1} s",
+            ingest.events,
+            ingest.elapsed.as_secs_f64()
+        );
+        let rss_backlog = broker.peak_rss();
+        // The sink comes back.
+        let sink = {
+            let listener = tokio::net::TcpListener::bind(sink_addr).await.unwrap();
+            Sink::serve(listener, SinkMode::Ok, None)
+        };
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(1800);
+        while sink.ok.load(Ordering::Relaxed) < ingest.events && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let drain = started.elapsed();
+        let delivered = sink.ok.load(Ordering::Relaxed);
+        let disk = dir_bytes(&dir.join("data"));
+        let rss = broker.peak_rss();
+        if want_s5 {
+            let h = Histogram::<u64>::new(3).unwrap();
+            let mut row = row(
+                "S5",
+                "backlog while the sink is down, then drain",
+                "batches of 100 x 1 KiB",
+                delivered as f64 / drain.as_secs_f64(),
+                "deliveries/s (drain)",
+                &h,
+            );
+            row.peak_rss_mib = Some(rss as f64 / (1 << 20) as f64);
+            row.ratio = Some(disk as f64 / logical as f64);
+            row.baseline = Some("disk / logical bytes".into());
+            row.target = "RSS <= 200 MiB; disk <= 2.5 x logical".into();
+            row.met = Some(rss <= 200 << 20 && disk as f64 <= 2.5 * logical as f64);
+            row.notes = format!(
+                "{} events; ingest {:.0} events/s; peak RSS {:.0} MiB while the backlog built, {:.0} MiB overall; disk {:.0} MiB for {:.0} MiB logical; drained {delivered} in {:.1} s",
+                ingest.events,
+                ingest.events as f64 / ingest.elapsed.as_secs_f64(),
+                rss_backlog as f64 / (1 << 20) as f64,
+                rss as f64 / (1 << 20) as f64,
+                disk as f64 / (1 << 20) as f64,
+                logical as f64 / (1 << 20) as f64,
+                drain.as_secs_f64()
+            );
+            self.push(row);
+        }
+        if !want_s6 {
+            broker.stop();
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        // S6: single events under load, kill -9 mid-flight, restart, count.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut l = load(&broker, "/", payload_1k(), 32, 3600);
+        l.keep_acked = true;
+        l.stop = stop.clone();
+        l.first_id = 100_000_000;
+        let running = tokio::spawn(run_load(l));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let dir = broker.kill9();
+        stop.store(true, Ordering::Relaxed);
+        let acked = running.await.unwrap().acked;
+        let (broker, spawned) = start_broker(&self.args.broker, &dir, &subs, "fsync");
+        let admin = broker.admin.unwrap();
+        let ready = loop {
+            if http_get(admin, "/readyz").await.0 == 200 {
+                break spawned.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        // Every acknowledged id is stored: the last ones, read back through the admin API.
+        let metrics = http_get(admin, "/metrics").await.1;
+        let head: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("switchyard_log_head_sequence{broker=\"default\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut stored = std::collections::HashSet::new();
+        let mut after = head.saturating_sub(acked.len() as u64 + 1000);
+        loop {
+            let (_, body) = http_get(
+                admin,
+                &format!("/api/v1/brokers/default/events?after={after}&limit=1000"),
+            )
+            .await;
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let Some(events) = v.as_array().filter(|e| !e.is_empty()) else {
+                break;
+            };
+            for e in events {
+                if let Some(id) = e["event"]["id"]
+                    .as_str()
+                    .and_then(|i| i.parse::<u64>().ok())
+                {
+                    stored.insert(id);
+                }
+                after = after.max(e["seq"].as_u64().unwrap_or(after));
+            }
+        }
+        let lost = acked.iter().filter(|id| !stored.contains(id)).count();
+        broker.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+        let h = Histogram::<u64>::new(3).unwrap();
+        let mut row = row(
+            "S6",
+            "restart after kill -9 with the stored log",
+            "1 KiB structured",
+            0.0,
+            "",
+            &h,
+        );
+        row.target = "start to /readyz <= 2 s; 0 acknowledged lost".into();
+        row.met = Some(ready <= Duration::from_secs(2) && lost == 0);
+        row.notes = format!(
+            "{} events stored; start to /readyz 200 in {:.0} ms; {} acknowledged during the kill window, {lost} lost",
+            head,
+            ready.as_secs_f64() * 1000.0,
+            acked.len()
+        );
+        self.push(row);
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            total += if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.blocks() * 512
+            };
+        }
+    }
+    total
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let client =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Body>();
+    match client
+        .get(format!("http://{addr}{path}").parse().unwrap())
+        .await
+    {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+fn machine() -> BTreeMap<&'static str, String> {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let mut m = BTreeMap::new();
+    m.insert("cpu", cpu);
+    m.insert(
+        "cores",
+        std::thread::available_parallelism()
+            .map_or(0, |n| n.get())
+            .to_string(),
+    );
+    m.insert(
+        "kernel",
+        read("/proc/sys/kernel/osrelease").trim().to_string(),
+    );
+    m.insert(
+        "memory",
+        read("/proc/meminfo")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    m
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--serve-baseline") {
+        serve_baseline(&argv[2], Path::new(&argv[3]));
+        return;
+    }
+    let args = parse_args();
+    assert!(
+        args.broker.exists(),
+        "no broker at {}: cargo build --release --bin switchyard",
+        args.broker.display()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut bench = Bench { args, rows: Vec::new() };
+        let want = |s: &str| bench.args.scenarios.iter().any(|x| x == s);
+        let (s1, s1t, s1s, s2, s3, s4, s5, s6, s7, s8) = (
+            want("S1"), want("S1-tekton"), want("S1-256B"), want("S2"), want("S3"), want("S4"), want("S5"), want("S6"), want("S7"), want("S8"),
+        );
+        if s1 {
+            bench.ingest("S1", payload_1k(), false).await;
+        }
+        if s1t {
+            bench.ingest("S1-tekton", payload_tekton(), false).await;
+        }
+        if s1s {
+            bench.ingest("S1-256B", payload_256b(), false).await;
+        }
+        if s2 {
+            bench.batches().await;
+        }
+        let mut s3_p99 = None;
+        if s3 || s7 {
+            s3_p99 = bench.s3().await;
+        }
+        if s7 {
+            bench.s7(s3_p99).await;
+        }
+        if s4 {
+            bench.s4().await;
+        }
+        if s8 {
+            bench.ingest("S8", payload_1k(), true).await;
+        }
+        if s5 || s6 {
+            bench.backlog(s5, s6).await;
+        }
+        let report = json!({ "machine": machine(), "seconds": bench.args.seconds, "rows": bench.rows });
+        if let Some(parent) = bench.args.out.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&bench.args.out, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+        println!("\nreport: {}", bench.args.out.display());
+        println!("\n| scenario | what | payload | rate | p50 / p99 / p99.9 ms | CPU µs/event | peak RSS MiB | vs | ratio | target | met |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &bench.rows {
+            println!(
+                "| {} | {} | {} | {:.0} {} | {:.2} / {:.2} / {:.2} | {} | {} | {} | {} | {} | {} |",
+                r.scenario, r.what, r.payload, r.rate, r.unit, r.p50_ms, r.p99_ms, r.p999_ms,
+                r.cpu_us_per_event.map_or("".into(), |c| format!("{c:.0}")),
+                r.peak_rss_mib.map_or("".into(), |c| format!("{c:.0}")),
+                r.baseline.clone().unwrap_or_default(),
+                r.ratio.map_or("".into(), |c| format!("{c:.2}")),
+                r.target,
+                r.met.map_or("", |m| if m { "yes" } else { "no" }),
+            );
+        }
+        for r in &bench.rows {
+            if !r.notes.is_empty() {
+                println!("- {}: {}", r.scenario, r.notes);
+            }
+        }
+    });
+}
