@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -80,12 +80,16 @@ struct LaneCounts {
     parked: u64,
 }
 
-const STAT_EVENTS: &[u8] = b"events";
-const STAT_BYTES: &[u8] = b"bytes";
+/// The stats key: the head sequence the counts include, the event count and the record
+/// bytes (three big-endian u64).
+const COUNTS: &[u8] = b"counts";
 
-/// Reads a big-endian u64 stat; 0 when absent.
-fn stat(tree: &Tree, key: &[u8]) -> Result<Option<u64>, LogError> {
-    Ok(tree.get(key)?.map(|v| seq_of(&v)))
+fn counts_value(head: u64, count: u64, bytes: u64) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    v[..8].copy_from_slice(&head.to_be_bytes());
+    v[8..16].copy_from_slice(&count.to_be_bytes());
+    v[16..].copy_from_slice(&bytes.to_be_bytes());
+    v
 }
 
 const CURSOR_KEY: &[u8] = b"cursor";
@@ -138,19 +142,17 @@ impl SledLog {
                 None => 0,
             };
             let stats = db.open_tree(format!("stats/{b}"))?;
-            let (count, bytes) = match (stat(&stats, STAT_EVENTS)?, stat(&stats, STAT_BYTES)?) {
-                (Some(c), Some(b)) => (c, b),
-                // A log written before the stats existed: count it once.
-                _ => {
-                    let (mut c, mut n) = (0u64, 0u64);
-                    for item in events.iter() {
-                        let (_, v) = item?;
-                        c += 1;
-                        n += v.len() as u64;
-                    }
-                    (c, n)
-                }
+            // The counts name the head they include; count anything past it (a log
+            // written before the counts existed is counted whole, once).
+            let (counted, mut count, mut bytes) = match stats.get(COUNTS)? {
+                Some(v) if v.len() == 24 => (seq_of(&v[..8]), seq_of(&v[8..16]), seq_of(&v[16..])),
+                _ => (0, 0, 0),
             };
+            for item in events.range((counted + 1).to_be_bytes()..) {
+                let (_, v) = item?;
+                count += 1;
+                bytes += v.len() as u64;
+            }
             let lanes = db.open_tree(format!("lanes/{b}"))?;
             let parked = db.open_tree(format!("parked/{b}"))?;
             for (tree, is_parked) in [(&lanes, false), (&parked, true)] {
@@ -210,51 +212,60 @@ impl SledLog {
             .ok_or_else(|| LogError::UnknownBroker(broker.to_string()))
     }
 
-    /// Writes one entry's records; returns its outcomes.
-    fn write_entry(
+    /// Writes the entries of one broker (all of a group's entries for it) in one
+    /// transaction; returns each entry's outcomes. One transaction per broker and group,
+    /// not per request: sled 0.34 writes its I/O buffer out (`pwrite` and a waiting
+    /// `sync_file_range`) twice for every transaction or batch it applies, which made
+    /// per-request transactions the largest cost of an append (docs/performance.md).
+    fn write_broker(
         &self,
-        entry: &GroupEntry,
+        broker: &str,
+        entries: &[&GroupEntry],
         now: u64,
-        seen: &mut HashMap<Arc<str>, HashMap<Vec<u8>, u64>>,
-    ) -> Result<Vec<AppendOutcome>, LogError> {
-        let trees = self.trees(&entry.broker)?;
+    ) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
+        let trees = self.trees(broker)?;
         let mut next = trees.head.load(Ordering::Acquire);
         let mut events = Batch::default();
         let mut dedupe = Batch::default();
         let mut expiry = Batch::default();
-        let mut outcomes = Vec::with_capacity(entry.appends.len());
+        // Keys stored earlier in this group, so that a duplicate inside it is caught.
+        let mut seen: HashMap<&[u8], u64> = HashMap::new();
+        let mut all = Vec::with_capacity(entries.len());
         let (mut added, mut added_bytes) = (0u64, 0u64);
-        for append in &entry.appends {
-            if let Some(key) = &append.dedupe_key {
-                let earlier = seen
-                    .get(&entry.broker)
-                    .and_then(|keys| keys.get(key.as_slice()))
-                    .copied();
-                if let Some(seq) =
-                    earlier.map_or_else(|| self.find_duplicate(trees, key, now), |s| Ok(Some(s)))?
-                {
-                    outcomes.push(AppendOutcome::Duplicate(seq));
-                    continue;
+        for entry in entries {
+            let mut outcomes = Vec::with_capacity(entry.appends.len());
+            for append in &entry.appends {
+                if let Some(key) = &append.dedupe_key {
+                    let earlier = match seen.get(key.as_slice()) {
+                        Some(&seq) => Some(seq),
+                        None => self.find_duplicate(trees, key, now)?,
+                    };
+                    if let Some(seq) = earlier {
+                        outcomes.push(AppendOutcome::Duplicate(seq));
+                        continue;
+                    }
                 }
+                next += 1;
+                added += 1;
+                added_bytes += append.record.len() as u64;
+                events.insert(&next.to_be_bytes(), append.record.as_ref());
+                if let Some(key) = &append.dedupe_key {
+                    let mut value = [0u8; 16];
+                    value[..8].copy_from_slice(&now.to_be_bytes());
+                    value[8..].copy_from_slice(&next.to_be_bytes());
+                    dedupe.insert(key.as_slice(), &value);
+                    let mut exp = Vec::with_capacity(8 + key.len());
+                    exp.extend_from_slice(&now.to_be_bytes());
+                    exp.extend_from_slice(key);
+                    expiry.insert(exp, &[]);
+                    seen.insert(key.as_slice(), next);
+                }
+                outcomes.push(AppendOutcome::Stored(next));
             }
-            next += 1;
-            added += 1;
-            added_bytes += append.record.len() as u64;
-            events.insert(&next.to_be_bytes(), append.record.as_ref());
-            if let Some(key) = &append.dedupe_key {
-                let mut value = [0u8; 16];
-                value[..8].copy_from_slice(&now.to_be_bytes());
-                value[8..].copy_from_slice(&next.to_be_bytes());
-                dedupe.insert(key.as_slice(), &value);
-                let mut exp = Vec::with_capacity(8 + key.len());
-                exp.extend_from_slice(&now.to_be_bytes());
-                exp.extend_from_slice(key);
-                expiry.insert(exp, &[]);
-                seen.entry(entry.broker.clone())
-                    .or_default()
-                    .insert(key.clone(), next);
-            }
-            outcomes.push(AppendOutcome::Stored(next));
+            all.push(outcomes);
+        }
+        if added == 0 {
+            return Ok(all);
         }
         let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
         let count = trees.stored_events.load(Ordering::Acquire) + added;
@@ -264,21 +275,14 @@ impl SledLog {
                 e.apply_batch(&events)?;
                 d.apply_batch(&dedupe)?;
                 x.apply_batch(&expiry)?;
-                s.insert(STAT_EVENTS, &count.to_be_bytes())?;
-                s.insert(STAT_BYTES, &bytes.to_be_bytes())?;
+                s.insert(COUNTS, &counts_value(next, count, bytes))?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(s) => LogError::Storage(s),
-                // The closure never aborts; sled's type still has the case.
-                TransactionError::Abort(()) => {
-                    LogError::Io(std::io::Error::other("log transaction aborted"))
-                }
-            })?;
+            .map_err(transaction_error)?;
         trees.head.store(next, Ordering::Release);
         trees.stored_events.store(count, Ordering::Release);
         trees.stored_bytes.store(bytes, Ordering::Release);
-        Ok(outcomes)
+        Ok(all)
     }
 
     /// The sequence of a stored event with the same key, first seen inside the window.
@@ -397,11 +401,24 @@ impl LogBackend for SledLog {
         group: &[GroupEntry],
         now: u64,
     ) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
-        let mut seen = HashMap::new();
-        let outcomes = group
-            .iter()
-            .map(|entry| self.write_entry(entry, now, &mut seen))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Entries by broker, in group order; outcomes go back in the same order.
+        let mut by_broker: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, entry) in group.iter().enumerate() {
+            match by_broker.iter_mut().find(|(b, _)| *b == &*entry.broker) {
+                Some((_, idx)) => idx.push(i),
+                None => by_broker.push((&entry.broker, vec![i])),
+            }
+        }
+        let mut outcomes = vec![Vec::new(); group.len()];
+        for (broker, idx) in by_broker {
+            let entries: Vec<&GroupEntry> = idx.iter().map(|&i| &group[i]).collect();
+            for (i, o) in idx
+                .into_iter()
+                .zip(self.write_broker(broker, &entries, now)?)
+            {
+                outcomes[i] = o;
+            }
+        }
         if self.durability == Durability::Fsync {
             self.sync()?;
         }
@@ -843,11 +860,11 @@ impl LogBackend for SledLog {
             .stored_bytes
             .load(Ordering::Acquire)
             .saturating_sub(expired.bytes);
+        let head = trees.head.load(Ordering::Acquire);
         (&trees.events, &trees.stats)
             .transaction(|(e, s)| {
                 e.apply_batch(&batch)?;
-                s.insert(STAT_EVENTS, &count.to_be_bytes())?;
-                s.insert(STAT_BYTES, &bytes.to_be_bytes())?;
+                s.insert(COUNTS, &counts_value(head, count, bytes))?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(transaction_error)?;
