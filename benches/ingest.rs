@@ -1,6 +1,7 @@
-//! Ingest micro-benchmarks: decoding per content mode, and durable append throughput by
-//! group size against a same-run baseline (the same bytes appended to a plain file with
-//! one `fdatasync` per group: the physical ceiling for durable ingest on this disk).
+//! Ingest micro-benchmarks: decoding per content mode, encoding for delivery, and durable
+//! append throughput by group size against a same-run baseline (the same bytes appended
+//! to a plain file with one `fdatasync` per group: the physical ceiling for durable
+//! ingest on this disk).
 //!
 //! `cargo bench --bench ingest`; see docs/performance.md.
 
@@ -134,5 +135,25 @@ fn append(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, append);
+/// Encoding for delivery: binary mode (headers and body) and structured JSON, for the
+/// Tekton event and the 1 KiB event (decoded once, outside the loop).
+fn encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode");
+    g.throughput(Throughput::Elements(1));
+    let (headers, body) = tekton_request();
+    let tekton = binary::decode(&headers, body).unwrap();
+    let one =
+        json::decode_event(&Bytes::from(serde_json::to_vec(&structured_1k(0)).unwrap())).unwrap();
+    for (name, event) in [("tekton-15KiB", &tekton), ("1KiB", &one)] {
+        g.bench_function(format!("binary/{name}"), |b| {
+            b.iter(|| binary::encode(event))
+        });
+        g.bench_function(format!("structured-json/{name}"), |b| {
+            b.iter(|| json::encode_event(event))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, encode, append);
 criterion_main!(benches);

@@ -649,10 +649,50 @@ fn serve_baseline(kind: &str, dir: &Path) {
         .enable_all()
         .build()
         .unwrap();
-    let durable = kind == "durable";
+    let durable = kind == "durable" || kind == "sled";
     type Ack = tokio::sync::oneshot::Sender<()>;
     let (tx, rx) = std::sync::mpsc::channel::<(Bytes, Ack)>();
-    if durable {
+    if kind == "sled" {
+        // B-sled (a diagnostic, not a target's baseline): the same writer thread, but
+        // each group goes through Switchyard's storage layer (one sled transaction,
+        // flush, fdatasync), the bodies stored as they came. It isolates sled's cost
+        // from the rest of the broker.
+        use switchyard::log::sled::{Durability, SledLog, SledOptions};
+        use switchyard::log::{Append, GroupEntry, LogBackend};
+        let log = SledLog::open(
+            &SledOptions {
+                path: dir.join("sled"),
+                durability: Durability::Fsync,
+                cache_capacity: 64 << 20,
+                dedupe_window_nanos: 0,
+            },
+            &["default".to_string()],
+        )
+        .unwrap();
+        let broker: Arc<str> = Arc::from("default");
+        std::thread::spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut group = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    group.push(more);
+                }
+                let entries: Vec<GroupEntry> = group
+                    .iter()
+                    .map(|(body, _)| GroupEntry {
+                        broker: broker.clone(),
+                        appends: vec![Append {
+                            record: body.clone(),
+                            dedupe_key: None,
+                        }],
+                    })
+                    .collect();
+                log.write_group(&entries, 1).unwrap();
+                for (_, ack) in group {
+                    let _ = ack.send(());
+                }
+            }
+        });
+    } else if durable {
         let mut file = std::fs::File::create(dir.join("baseline.log")).unwrap();
         std::thread::spawn(move || {
             // One writer: take what is queued, write it, one fdatasync, then answer all.
@@ -802,10 +842,10 @@ async fn baseline_server(
     let (r, cpu, rss) = measured(&proc, l).await;
     proc.stop();
     let _ = std::fs::remove_dir_all(&dir);
-    let name = if kind == "http" {
-        "B-http"
-    } else {
-        "B-durable"
+    let name = match kind {
+        "http" => "B-http",
+        "sled" => "B-sled",
+        _ => "B-durable",
     };
     let mut row = row(
         name,
@@ -867,6 +907,15 @@ impl Bench {
         let base = baseline_server(base_kind, &payload, 64, secs, None).await;
         let base_rate = base.rate;
         self.push(base.clone());
+        if !relaxed {
+            let mut sled = baseline_server("sled", &payload, 64, secs, None).await;
+            sled.ratio = Some(sled.rate / base_rate);
+            sled.baseline = Some("B-durable".into());
+            sled.notes =
+                "diagnostic: the storage layer alone (sled, one transaction and sync per group)"
+                    .into();
+            self.push(sled);
+        }
         let dir = tempdir(scenario);
         let durability = if relaxed { "relaxed" } else { "fsync" };
         let (broker, _) = start_broker(&self.args.broker, &dir, "", durability);
@@ -1122,7 +1171,8 @@ impl Bench {
         }
         let dir = tempdir("s4");
         let (broker, _) = start_broker(&self.args.broker, &dir, &subs, "fsync");
-        let l = load(&broker, "/", payload_1k(), 64, secs);
+        let mut l = load(&broker, "/", payload_1k(), 64, secs);
+        l.times = Some(times.clone());
         let started = Instant::now();
         let (r, cpu, rss) = measured(&broker, l).await;
         let expected = r.events * 10;
