@@ -1166,7 +1166,7 @@ impl Bench {
                 &format!("f{i}"),
                 &filter,
                 &[sinks[i % 10].url()],
-                "  delivery: { maxInFlight: 64 }\n",
+                "",
             ));
         }
         let dir = tempdir("s4");
@@ -1224,12 +1224,7 @@ impl Bench {
         let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let sink_addr = down.local_addr().unwrap();
         drop(down);
-        let subs = subscription(
-            "backlog",
-            "",
-            &[format!("http://{sink_addr}/")],
-            "  delivery: { maxInFlight: 64 }\n",
-        );
+        let subs = subscription("backlog", "", &[format!("http://{sink_addr}/")], "");
         let dir = tempdir("s5");
         let (broker, _) = start_broker(&self.args.broker, &dir, &subs, "fsync");
         broker.start_sampling();

@@ -72,7 +72,7 @@ impl Server {
             token: config.admin.token.clone(),
             api: Default::default(),
         });
-        tokio::spawn(admin::serve(
+        let admin_task = tokio::spawn(admin::serve(
             admin.clone(),
             admin_listener,
             shutdown.clone(),
@@ -130,7 +130,7 @@ impl Server {
             &tracker,
         ));
         let reloader = Reloader::new(config.clone(), routing.clone());
-        tokio::spawn(reloader.clone().run(shutdown.clone()));
+        let reloader_task = tokio::spawn(reloader.clone().run(shutdown.clone()));
         let body_limit = usize::try_from(config.ingress.max_event_bytes).unwrap_or(usize::MAX);
         let sender = Arc::new(Sender::new(body_limit).map_err(ServerError::Tls)?);
         let delivery_stop = CancellationToken::new();
@@ -199,11 +199,16 @@ impl Server {
             {
                 tracing::warn!("deliveries still under way after shutdown.gracePeriod; cancelled, their events stay pending");
                 delivery_abort.cancel();
-                let _ = tokio::time::timeout(Duration::from_secs(2), delivery_task).await;
+                // Every attempt ends at the abort; the lanes then commit and stop.
+                let _ = delivery_task.await;
             }
             writer_stop.cancel();
             tracker.close();
             tracker.wait().await;
+            // Everything that holds the log has ended, so the data directory is free
+            // (sled's lock released) when `stop` returns.
+            let _ = reloader_task.await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
             tracing::info!("switchyard stopped");
         });
         Ok(Server {

@@ -101,7 +101,9 @@ fn client_for(tls: rustls::ClientConfig) -> HttpsClient {
         .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
+        // Lanes of several subscriptions share a sink's host: keep enough connections
+        // that their combined maxInFlight does not churn through new ones.
+        .pool_max_idle_per_host(512)
         .build(https)
 }
 

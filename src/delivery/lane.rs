@@ -159,15 +159,21 @@ impl LaneContext {
         // (at start, and after an event was parked).
         let mut next_parked: Option<u64> = None;
         let mut check_parked = true;
+        // New entries are read from just past the last one taken; the lane is read
+        // from its start again after each commit and after parked entries came back
+        // (they, and entries a replay puts back, can be below that point).
+        let mut scan_from: u64 = 0;
+        let mut full_scan = true;
         loop {
             // Take parked entries that are due back into the lane.
             let now = self.clock.now_unix_nanos();
             if check_parked || next_parked.is_some_and(|due| due <= now) {
                 let (b, l) = (self.broker.clone(), self.lane.clone());
                 match self.blocking(move |log| log.unpark_due(&b, &l, now)).await {
-                    Ok((_, next)) => {
+                    Ok((back, next)) => {
                         next_parked = next;
                         check_parked = false;
+                        full_scan |= back > 0;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read parked entries")
@@ -177,18 +183,25 @@ impl LaneContext {
             // An ordered lane waits for a parked head of line.
             let blocked = ordered && next_parked.is_some();
             if in_flight.len() < window && !blocked && !stop.is_cancelled() {
-                let want = window - in_flight.len() + busy.len() + done.len();
-                let (b, l) = (self.broker.clone(), self.lane.clone());
+                let (from, want) = if full_scan {
+                    (0, window - in_flight.len() + busy.len() + done.len())
+                } else {
+                    (scan_from, window - in_flight.len())
+                };
+                // A short in-cache scan, read in place (no hop to a blocking thread).
                 match self
-                    .blocking(move |log| log.lane_entries(&b, &l, 0, want))
-                    .await
+                    .log
+                    .backend()
+                    .lane_entries(&self.broker, &self.lane, from, want)
                 {
                     Ok(entries) => {
+                        full_scan = false;
                         for entry in entries {
                             if in_flight.len() >= window {
                                 break;
                             }
                             let (seq, attempts) = (entry.seq, entry.attempts);
+                            scan_from = scan_from.max(seq + 1);
                             // A finished entry whose stamp changed was put back: send it again.
                             let finished =
                                 done.iter().any(|d| d.seq == seq && d.stamp == entry.stamp);
@@ -231,7 +244,10 @@ impl LaneContext {
                     }
                 }
                 r = routed.changed() => if r.is_err() { break },
-                _ = commit.tick(), if !done.is_empty() => self.commit(&mut done).await,
+                _ = commit.tick() => {
+                    self.commit(&mut done).await;
+                    full_scan = true;
+                }
                 _ = tokio::time::sleep(park_wait.unwrap_or(Duration::from_secs(3600))), if park_wait.is_some() => {},
                 // With deliveries in flight, stopping waits for them: an attempt under
                 // way finishes (unless aborted), then they stop at their next step and
@@ -259,8 +275,10 @@ impl LaneContext {
     /// Delivers one event: attempts with short waits in between, parking for long ones,
     /// dead-lettering at the end.
     async fn deliver(self: Arc<Self>, seq: u64, attempts: u32, stop: CancellationToken) -> Outcome {
-        let (b, s) = (self.broker.clone(), seq);
-        let record = match self.blocking(move |log| log.read(&b, s, 1)).await {
+        // Read on the runtime, not a blocking thread: a recent record is in sled's cache
+        // (or the OS page cache) and the read takes microseconds, less than the hop
+        // to another thread would (docs/performance.md, S4).
+        let record = match self.log.backend().read(&self.broker, seq, 1) {
             Ok(mut r) if r.first().is_some_and(|r| r.seq == seq) => r.swap_remove(0),
             Ok(_) => {
                 // Logged once per lane; every one is counted.
