@@ -1,19 +1,14 @@
 //! The embedded backend: sled 0.34.7.
 //!
 //! Per broker: `events/<broker>` (big-endian u64 sequence → record),
-//! `dedupe-index/<broker>` (first-seen time ++ the key's digest → sequence), `lanes/<broker>`
+//! `dedupe/<broker>` (dedupe key → first-seen time and sequence),
+//! `dedupe-expiry/<broker>` (first-seen time ++ key, for sweeping), `lanes/<broker>`
 //! (lane prefix ++ sequence → stamp), `parked/<broker>` (lane prefix ++ due time ++
 //! sequence → attempts), `meta/<broker>` (router cursor, subscription states) and
 //! `stats/<broker>` (the stored event count and record bytes). A group's writes to one
 //! broker are one transaction over the event, dedupe and stats trees; routing decisions
 //! are one transaction over the lanes and meta trees. Dead letters of every broker are
 //! in `deadletters` (id → JSON).
-//!
-//! The dedupe index is looked up in memory: a map from the key's digest (the first 16
-//! bytes of its SHA-256, so that no two keys share an entry) to its first-seen time and
-//! sequence, loaded from `dedupe-index` at open. The tree is written in time order, one
-//! sequential insert per stored event in the group's transaction, and swept from its
-//! start; a lookup never reads sled (docs/performance.md).
 //!
 //! Counts that metrics and retention read often (stored events and bytes, each lane's
 //! depth, the dead letters) are kept in memory beside the trees, updated after each
@@ -60,10 +55,8 @@ pub struct SledOptions {
 
 struct BrokerTrees {
     events: Tree,
-    /// `time ++ digest` → sequence, in time order.
     dedupe: Tree,
-    /// The same entries by digest: first-seen time and sequence.
-    dedupe_map: Mutex<HashMap<Digest, (u64, u64)>>,
+    expiry: Tree,
     /// Lane entries: `subscription \0 sink \0 seq` → ().
     lanes: Tree,
     /// Routing state: `cursor` → seq; `sub/<name>` → JSON `SubscriptionState`.
@@ -78,16 +71,6 @@ struct BrokerTrees {
     /// Held while the counts are read, written with the events, and stored back: the
     /// writer and retention both change them.
     stats_lock: Mutex<()>,
-}
-
-/// The first 16 bytes of a dedupe key's SHA-256.
-type Digest = [u8; 16];
-
-fn digest(key: &[u8]) -> Digest {
-    let full = ring::digest::digest(&ring::digest::SHA256, key);
-    let mut d = [0u8; 16];
-    d.copy_from_slice(&full.as_ref()[..16]);
-    d
 }
 
 /// A lane's entries: all of them (pending and parked), and the parked ones.
@@ -170,18 +153,6 @@ impl SledLog {
                 count += 1;
                 bytes += v.len() as u64;
             }
-            let dedupe = db.open_tree(format!("dedupe-index/{b}"))?;
-            let mut dedupe_map = HashMap::new();
-            for item in dedupe.iter() {
-                let (k, v) = item?;
-                if k.len() == 24 && v.len() == 8 {
-                    let mut d = [0u8; 16];
-                    d.copy_from_slice(&k[8..]);
-                    // In time order: a later entry for the same digest replaces one
-                    // that expired before it was stored again.
-                    dedupe_map.insert(d, (seq_of(&k[..8]), seq_of(&v)));
-                }
-            }
             let lanes = db.open_tree(format!("lanes/{b}"))?;
             let parked = db.open_tree(format!("parked/{b}"))?;
             for (tree, is_parked) in [(&lanes, false), (&parked, true)] {
@@ -199,8 +170,8 @@ impl SledLog {
                 b.clone(),
                 BrokerTrees {
                     events,
-                    dedupe_map: Mutex::new(dedupe_map),
-                    dedupe,
+                    dedupe: db.open_tree(format!("dedupe/{b}"))?,
+                    expiry: db.open_tree(format!("dedupe-expiry/{b}"))?,
                     lanes,
                     meta: db.open_tree(format!("meta/{b}"))?,
                     parked,
@@ -256,23 +227,19 @@ impl SledLog {
         let mut next = trees.head.load(Ordering::Acquire);
         let mut events = Batch::default();
         let mut dedupe = Batch::default();
+        let mut expiry = Batch::default();
         // Keys stored earlier in this group, so that a duplicate inside it is caught.
-        let mut seen: HashMap<Digest, u64> = HashMap::new();
-        let mut map = trees.dedupe_map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen: HashMap<&[u8], u64> = HashMap::new();
         let mut all = Vec::with_capacity(entries.len());
         let (mut added, mut added_bytes) = (0u64, 0u64);
         for entry in entries {
             let mut outcomes = Vec::with_capacity(entry.appends.len());
             for append in &entry.appends {
-                let key = append.dedupe_key.as_deref().map(digest);
-                if let Some(d) = &key {
-                    let earlier = seen.get(d).copied().or_else(|| {
-                        map.get(d)
-                            .filter(|(first_seen, _)| {
-                                now.saturating_sub(*first_seen) < self.dedupe_window_nanos
-                            })
-                            .map(|&(_, seq)| seq)
-                    });
+                if let Some(key) = &append.dedupe_key {
+                    let earlier = match seen.get(key.as_slice()) {
+                        Some(&seq) => Some(seq),
+                        None => self.find_duplicate(trees, key, now)?,
+                    };
                     if let Some(seq) = earlier {
                         outcomes.push(AppendOutcome::Duplicate(seq));
                         continue;
@@ -282,12 +249,16 @@ impl SledLog {
                 added += 1;
                 added_bytes += append.record.len() as u64;
                 events.insert(&next.to_be_bytes(), append.record.as_ref());
-                if let Some(d) = key {
-                    let mut k = [0u8; 24];
-                    k[..8].copy_from_slice(&now.to_be_bytes());
-                    k[8..].copy_from_slice(&d);
-                    dedupe.insert(&k, &next.to_be_bytes());
-                    seen.insert(d, next);
+                if let Some(key) = &append.dedupe_key {
+                    let mut value = [0u8; 16];
+                    value[..8].copy_from_slice(&now.to_be_bytes());
+                    value[8..].copy_from_slice(&next.to_be_bytes());
+                    dedupe.insert(key.as_slice(), &value);
+                    let mut exp = Vec::with_capacity(8 + key.len());
+                    exp.extend_from_slice(&now.to_be_bytes());
+                    exp.extend_from_slice(key);
+                    expiry.insert(exp, &[]);
+                    seen.insert(key.as_slice(), next);
                 }
                 outcomes.push(AppendOutcome::Stored(next));
             }
@@ -296,26 +267,37 @@ impl SledLog {
         if added == 0 {
             return Ok(all);
         }
-        // The map changes only once the transaction has committed.
-        let fresh: Vec<(Digest, u64)> = seen.into_iter().collect();
         let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
         let count = trees.stored_events.load(Ordering::Acquire) + added;
         let bytes = trees.stored_bytes.load(Ordering::Acquire) + added_bytes;
-        (&trees.events, &trees.dedupe, &trees.stats)
-            .transaction(|(e, d, s)| {
+        (&trees.events, &trees.dedupe, &trees.expiry, &trees.stats)
+            .transaction(|(e, d, x, s)| {
                 e.apply_batch(&events)?;
                 d.apply_batch(&dedupe)?;
+                x.apply_batch(&expiry)?;
                 s.insert(COUNTS, &counts_value(next, count, bytes))?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(transaction_error)?;
-        for (d, seq) in fresh {
-            map.insert(d, (now, seq));
-        }
         trees.head.store(next, Ordering::Release);
         trees.stored_events.store(count, Ordering::Release);
         trees.stored_bytes.store(bytes, Ordering::Release);
         Ok(all)
+    }
+
+    /// The sequence of a stored event with the same key, first seen inside the window.
+    fn find_duplicate(
+        &self,
+        trees: &BrokerTrees,
+        key: &[u8],
+        now: u64,
+    ) -> Result<Option<u64>, LogError> {
+        let Some(v) = trees.dedupe.get(key)? else {
+            return Ok(None);
+        };
+        let (first_seen, seq) = split_dedupe_value(&v);
+        let fresh = now.saturating_sub(first_seen) < self.dedupe_window_nanos;
+        Ok(fresh.then_some(seq))
     }
 
     /// A lane's counts (zero for a lane never seen).
@@ -406,6 +388,13 @@ fn transaction_error(e: TransactionError<()>) -> LogError {
     }
 }
 
+fn split_dedupe_value(v: &[u8]) -> (u64, u64) {
+    if v.len() < 16 {
+        return (0, 0);
+    }
+    (seq_of(&v[..8]), seq_of(&v[8..16]))
+}
+
 impl LogBackend for SledLog {
     fn write_group(
         &self,
@@ -459,40 +448,29 @@ impl LogBackend for SledLog {
     fn expire_dedupe(&self, cutoff: u64) -> Result<usize, LogError> {
         let mut removed = 0;
         for trees in self.brokers.values() {
-            let mut old = Batch::default();
-            let mut gone = Vec::new();
-            let mut n = 0;
-            for item in trees.dedupe.range(..cutoff.to_be_bytes()) {
+            let mut dedupe = Batch::default();
+            let mut expiry = Batch::default();
+            for item in trees.expiry.range(..cutoff.to_be_bytes()) {
                 let (k, _) = item?;
-                if k.len() == 24 {
-                    let mut d = [0u8; 16];
-                    d.copy_from_slice(&k[8..]);
-                    gone.push((seq_of(&k[..8]), d));
+                let (ts, key) = k.split_at(8.min(k.len()));
+                if let Some(v) = trees.dedupe.get(key)? {
+                    // The key may have been stored again later; only drop the old entry.
+                    if split_dedupe_value(&v).0 == seq_of(ts) {
+                        dedupe.remove(key);
+                    }
                 }
-                old.remove(k);
-                n += 1;
+                expiry.remove(k.as_ref());
+                removed += 1;
             }
-            if n == 0 {
-                continue;
-            }
-            removed += n;
-            trees.dedupe.apply_batch(old)?;
-            let mut map = trees.dedupe_map.lock().unwrap_or_else(|p| p.into_inner());
-            for (first_seen, d) in gone {
-                // The key may have been stored again later; only drop the old entry.
-                if map.get(&d).is_some_and(|(t, _)| *t == first_seen) {
-                    map.remove(&d);
-                }
-            }
+            // Dedupe entries go first: a crash in between leaves only harmless expiry keys.
+            trees.dedupe.apply_batch(dedupe)?;
+            trees.expiry.apply_batch(expiry)?;
         }
         Ok(removed)
     }
 
     fn dedupe_entries(&self) -> usize {
-        self.brokers
-            .values()
-            .map(|t| t.dedupe_map.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.brokers.values().map(|t| t.dedupe.len()).sum()
     }
 
     fn router_cursor(&self, broker: &str) -> Result<u64, LogError> {
