@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::sink::{Answer, TestSink};
-use common::{minimal, subscription, TestServer};
+use common::{minimal, subscription, wait_until, TestServer};
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
@@ -47,14 +47,6 @@ async fn call(
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
-}
-
-async fn wait_until(mut cond: impl AsyncFnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + WAIT;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 const TOKEN: &str = "admin-secret";
@@ -188,23 +180,20 @@ async fn every_admin_endpoint_works_through_http() {
     assert_eq!(t.post_json(&refused).await.status, 202);
     refused["id"] = "x2".into();
     assert_eq!(t.post_json(&refused).await.status, 202);
-    wait_until(
-        async || {
-            call(
-                &t,
-                Method::GET,
-                "/api/v1/deadletters?subscription=refuse",
-                None,
-                None,
-            )
-            .await
-            .1
-            .as_array()
-            .map_or(0, Vec::len)
-                == 2
-        },
-        "two dead letters",
-    )
+    wait_until("two dead letters", async || {
+        call(
+            &t,
+            Method::GET,
+            "/api/v1/deadletters?subscription=refuse",
+            None,
+            None,
+        )
+        .await
+        .1
+        .as_array()
+        .map_or(0, Vec::len)
+            == 2
+    })
     .await;
     let (_, letters) = call(
         &t,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::sink::{Answer, TestSink};
-use common::{minimal, subscription, TestServer};
+use common::{minimal, subscription, wait_until, TestServer};
 use serde_json::Value;
 use switchyard::log::LaneId;
 
@@ -111,18 +111,13 @@ async fn retries_on_503_then_delivers_waiting_as_the_backoff_says() {
         .server()
         .delivery
         .stats("default", &LaneId::new("s", sink.url("/")));
-    wait_until(|| stats.delivered.load(Ordering::Relaxed) == 1).await;
+    wait_until("the delivery", async || {
+        stats.delivered.load(Ordering::Relaxed) == 1
+    })
+    .await;
     assert_eq!(stats.attempts.load(Ordering::Relaxed), 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.received().len(), 3, "no attempt after the success");
-}
-
-async fn wait_until(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -266,7 +261,10 @@ async fn a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_resta
     let lane = LaneId::new("down", down.url("/"));
     down.wait_for(1, WAIT).await;
     let backend = t.server().log.backend().clone();
-    wait_until(|| backend.parked("default", &lane).unwrap() == 1).await;
+    wait_until("the event to park", async || {
+        backend.parked("default", &lane).unwrap() == 1
+    })
+    .await;
     // Newer events keep flowing to the healthy sink while one is parked.
     assert_eq!(t.post_json(&minimal("p2")).await.status, 202);
     up.wait_for(2, WAIT).await;
@@ -374,7 +372,10 @@ async fn a_reply_feeds_a_second_subscription_and_a_reply_loop_stops_at_the_hop_l
         .server()
         .delivery
         .stats("default", &LaneId::new("loop", echo.url("/")));
-    wait_until(|| stats.replies_dropped.load(Ordering::Relaxed) == 1).await;
+    wait_until("a reply dropped at the hop limit", async || {
+        stats.replies_dropped.load(Ordering::Relaxed) == 1
+    })
+    .await;
     assert_eq!(stats.replies_appended.load(Ordering::Relaxed), 3);
     assert_eq!(echo.received().len(), 4, "the original and three replies");
     let hops: Vec<u32> = t.records("default").await.iter().map(|r| r.hops).collect();
@@ -423,7 +424,10 @@ async fn redirects_are_not_followed_and_count_as_final() {
         .server()
         .delivery
         .stats("default", &LaneId::new("r", sink.url("/")));
-    wait_until(|| stats.dead_lettered.load(Ordering::Relaxed) == 1).await;
+    wait_until("the dead letter", async || {
+        stats.dead_lettered.load(Ordering::Relaxed) == 1
+    })
+    .await;
     assert_eq!(sink.received().len(), 1);
     assert!(target.received().is_empty(), "the redirect was followed");
 }
@@ -446,7 +450,10 @@ async fn reply_ignore_turns_replies_off() {
         .server()
         .delivery
         .stats("default", &LaneId::new("quiet", replier.url("/")));
-    wait_until(|| stats.delivered.load(Ordering::Relaxed) == 1).await;
+    wait_until("the delivery", async || {
+        stats.delivered.load(Ordering::Relaxed) == 1
+    })
+    .await;
     assert_eq!(stats.replies_appended.load(Ordering::Relaxed), 0);
     assert_eq!(t.records("default").await.len(), 1, "no reply was appended");
 }
@@ -460,7 +467,10 @@ async fn a_failing_dead_letter_sink_leaves_the_event_in_the_store() {
     assert_eq!(t.post_json(&minimal("lost?")).await.status, 202);
     dls.wait_for(3, WAIT).await;
     let backend = t.server().log.backend().clone();
-    wait_until(|| backend.dead_letters().unwrap().len() == 1).await;
+    wait_until("the dead letter in the store", async || {
+        backend.dead_letters().unwrap().len() == 1
+    })
+    .await;
     let letter = &backend.dead_letters().unwrap()[0].1;
     assert!(!letter.dead_letter_sink_delivered);
     assert_eq!(letter.last_status, Some(422));
@@ -523,7 +533,10 @@ async fn an_answer_body_is_read_up_to_the_limit_and_no_further() {
         .delivery
         .stats("default", &LaneId::new("big-answer", url.as_str()));
     let started = Instant::now();
-    wait_until(|| stats.delivered.load(Ordering::Relaxed) == 1).await;
+    wait_until("the delivery", async || {
+        stats.delivered.load(Ordering::Relaxed) == 1
+    })
+    .await;
     // Reading the whole announced body would have waited for the 15 s timeout.
     assert!(
         started.elapsed() < Duration::from_secs(10),

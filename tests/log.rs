@@ -409,41 +409,6 @@ async fn relaxed_durability_stores_and_keeps_events_across_a_clean_restart() {
     assert_eq!(log.read("default", 1, 100).unwrap().len(), 20);
 }
 
-#[tokio::test]
-async fn retention_deletes_events_older_than_the_maximum_age() {
-    let mut t = TestServer::start("").await;
-    t.restart_with(|c| c.storage.retention_max_age = Duration::from_secs(2))
-        .await;
-    for i in 0..3 {
-        assert_eq!(t.post_json(&minimal(&format!("old{i}"))).await.status, 202);
-    }
-    t.clock.advance(Duration::from_secs(1));
-    assert_eq!(t.post_json(&minimal("young")).await.status, 202);
-    t.clock.advance(Duration::from_millis(1500));
-    // The writer looks every second: the three old ones go, the young one stays.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ids: Vec<String> = t
-            .records("default")
-            .await
-            .iter()
-            .map(|r| r.event.id().to_string())
-            .collect();
-        if ids == ["young"] {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still stored: {ids:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Sequence numbers keep counting after the deletion.
-    assert_eq!(t.post_json(&minimal("new")).await.status, 202);
-    let records = t.records("default").await;
-    assert_eq!(records.last().unwrap().seq, 5);
-}
-
 #[test]
 fn finishing_an_entry_keeps_it_when_a_replay_put_it_back_meanwhile() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,10 +4,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::sink::{Answer, TestSink};
-use common::{minimal, subscription, TestServer};
+use common::{eventually, minimal, subscription, TestServer};
 
 /// Scrapes `/metrics`: every sample by its full series (name and labels), and the
 /// declared metric names.
@@ -92,20 +92,13 @@ async fn counters_move_as_events_flow_and_the_doc_lists_every_metric() {
         404
     );
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (samples, names) = loop {
+    let (samples, names) = eventually("the deliveries in /metrics", async || {
         let (samples, names) = scrape(&t).await;
         let done = value(&samples, r#"switchyard_deliveries_total{outcome="delivered",sink="OK",subscription="ok"}"#.replace("OK", &ok.url("/")).as_str()) == 1.0
             && value(&samples, r#"switchyard_deliveries_total{outcome="dead_lettered",sink="BAD",subscription="bad"}"#.replace("BAD", &bad.url("/")).as_str()) == 1.0;
-        if done {
-            break (samples, names);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deliveries did not show up in /metrics"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        done.then_some((samples, names))
+    })
+    .await;
     let v = |s: &str| value(&samples, s);
     assert_eq!(
         v(r#"switchyard_ingress_events_total{broker="default",outcome="accepted"}"#),
@@ -208,15 +201,11 @@ async fn lane_gauges_show_a_backlog_while_the_sink_is_down_and_clear_when_it_dra
         assert_eq!(t.post_json(&minimal(&format!("g{i}"))).await.status, 202);
     }
     let lane = |name: &str| format!(r#"{name}{{sink="{}",subscription="slow"}}"#, sink.url("/"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let samples = loop {
+    let samples = eventually("the events to park", async || {
         let (samples, _) = scrape(&t).await;
-        if value(&samples, &lane("switchyard_lane_parked_events")) == 3.0 {
-            break samples;
-        }
-        assert!(Instant::now() < deadline, "the events did not park");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (value(&samples, &lane("switchyard_lane_parked_events")) == 3.0).then_some(samples)
+    })
+    .await;
     let v = |s: &str| value(&samples, s);
     assert_eq!(v(&lane("switchyard_lane_lag_events")), 3.0);
     assert_eq!(v(r#"switchyard_log_stored_events{broker="default"}"#), 3.0);
@@ -234,8 +223,7 @@ async fn lane_gauges_show_a_backlog_while_the_sink_is_down_and_clear_when_it_dra
     // The sink comes back and the parked events come due: the lane drains.
     sink.set_default(Answer::status(200));
     t.clock.advance(Duration::from_secs(61));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let samples = loop {
+    let samples = eventually("the lane to drain", async || {
         let (samples, _) = scrape(&t).await;
         let delivered = value(
             &samples,
@@ -244,12 +232,10 @@ async fn lane_gauges_show_a_backlog_while_the_sink_is_down_and_clear_when_it_dra
                 sink.url("/")
             ),
         );
-        if delivered == 3.0 && value(&samples, &lane("switchyard_lane_lag_events")) == 0.0 {
-            break samples;
-        }
-        assert!(Instant::now() < deadline, "the lane did not drain");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        let drained = value(&samples, &lane("switchyard_lane_lag_events")) == 0.0;
+        (delivered == 3.0 && drained).then_some(samples)
+    })
+    .await;
     let v = |s: &str| value(&samples, s);
     assert_eq!(v(&lane("switchyard_lane_parked_events")), 0.0);
     assert_eq!(v(&lane("switchyard_lane_oldest_pending_age_seconds")), 0.0);

@@ -1,16 +1,17 @@
-//! Retention and the log's own counts: `maxBytes` deletes the oldest events, the disk
-//! space of deleted events is used again, lanes skip events deleted under them, the
-//! dead-letter store keeps to its bounds, and the counts metrics read (stored events
-//! and bytes, lane depth, parked, dead letters) stay right across writes and a reopen.
+//! Retention and the log's own counts: `maxAge` and `maxBytes` delete the oldest
+//! events, the disk space of deleted events is used again, lanes skip events deleted
+//! under them, the dead-letter store keeps to its bounds, and the counts metrics read
+//! (stored events and bytes, lane depth, parked, dead letters) stay right across writes
+//! and a reopen.
 
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::sink::{Answer, TestSink};
-use common::{minimal, subscription, TestServer};
+use common::{eventually, minimal, subscription, TestServer};
 use switchyard::event::{AttrValue, Data, Event};
 use switchyard::log::sled::{Durability, SledLog, SledOptions};
 use switchyard::log::{record, Append, DeadLetter, GroupEntry, LaneId, LogBackend, RouteProgress};
@@ -248,15 +249,27 @@ fn the_space_of_deleted_events_is_used_again_so_the_disk_stays_bounded() {
     );
 }
 
-async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+#[tokio::test]
+async fn max_age_deletes_events_older_than_the_maximum_age() {
+    let mut t = TestServer::start("").await;
+    t.restart_with(|c| c.storage.retention_max_age = Duration::from_secs(2))
+        .await;
+    for i in 0..3 {
+        assert_eq!(t.post_json(&minimal(&format!("old{i}"))).await.status, 202);
     }
+    t.clock.advance(Duration::from_secs(1));
+    assert_eq!(t.post_json(&minimal("young")).await.status, 202);
+    t.clock.advance(Duration::from_millis(1500));
+    // Retention looks every second: the three old ones go, the young one stays.
+    eventually("only the young event to stay", async || {
+        let records = t.records("default").await;
+        (records.len() == 1 && records[0].event.id() == "young").then_some(())
+    })
+    .await;
+    // Sequence numbers keep counting after the deletion.
+    assert_eq!(t.post_json(&minimal("new")).await.status, 202);
+    let records = t.records("default").await;
+    assert_eq!(records.last().unwrap().seq, 5);
 }
 
 #[tokio::test]
@@ -274,7 +287,7 @@ async fn max_bytes_deletes_the_oldest_events_and_counts_them() {
         assert_eq!(t.post_json(&minimal(&format!("s{i}"))).await.status, 202);
     }
     let backend = t.server().log.backend().clone();
-    wait_for("the log to shrink under maxBytes", async || {
+    eventually("the log to shrink under maxBytes", async || {
         (backend.stored("default").unwrap().bytes <= 4096).then_some(())
     })
     .await;
@@ -325,7 +338,7 @@ async fn a_lane_skips_events_deleted_while_it_waited_and_counts_them() {
     t.clock.advance(Duration::from_secs(61));
     assert_eq!(t.post_json(&minimal("young")).await.status, 202);
     let backend = t.server().log.backend().clone();
-    wait_for("old1 and old2 to be deleted", async || {
+    eventually("old1 and old2 to be deleted", async || {
         (backend.stored("default").unwrap().events == 1).then_some(())
     })
     .await;
@@ -337,7 +350,7 @@ async fn a_lane_skips_events_deleted_while_it_waited_and_counts_them() {
         .server()
         .delivery
         .stats("default", &LaneId::new("slow", sink.url("/")));
-    let counts = wait_for("the lane to count its outcomes", async || {
+    let counts = eventually("the lane to count its outcomes", async || {
         let gone = stats.gone.load(std::sync::atomic::Ordering::Relaxed);
         let delivered = stats.delivered.load(std::sync::atomic::Ordering::Relaxed);
         (gone + delivered == 4).then_some((gone, delivered))
@@ -366,7 +379,7 @@ async fn the_dead_letter_store_bound_applies_in_a_running_broker() {
     sink.wait_for(5, Duration::from_secs(10)).await;
     let backend = t.server().log.backend().clone();
     // Every letter is stored (the newest is there) and the oldest three were deleted.
-    let kept = wait_for("the store to keep its bound", async || {
+    let kept = eventually("the store to keep its bound", async || {
         let letters = backend.dead_letters().unwrap();
         let deleted = t
             .server()

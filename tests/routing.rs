@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::sink::TestSink;
-use common::{minimal, subscription, testdata, TestServer};
+use common::{minimal, subscription, testdata, wait_until, TestServer};
 
 /// Sinks that accept and never answer: what the router puts in a lane stays pending
 /// there (in flight) for the whole test, so lanes can be compared exactly.
@@ -217,17 +217,6 @@ async fn new_subscriptions_start_from_latest_earliest_or_a_time() {
     );
 }
 
-async fn wait_for(mut cond: impl AsyncFnMut() -> bool, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_invalid_set() {
     let Sinks {
@@ -259,10 +248,9 @@ async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_in
             &format!("  filter:\n    attributes: {{ type: t2 }}\n{sinks}"),
         ),
     );
-    wait_for(
-        async || t.server().routing.current().len() == 2,
-        "b to be loaded",
-    )
+    wait_until("b to be loaded", async || {
+        t.server().routing.current().len() == 2
+    })
     .await;
     assert_eq!(t.post_json(&post("2", "t2")).await.status, 202); // seq 2
                                                                  // Change a's filter to t2: it applies from the next routed event.
@@ -273,10 +261,9 @@ async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_in
             &format!("  filter:\n    attributes: {{ type: t2 }}\n{sinks}"),
         ),
     );
-    wait_for(
-        async || t.server().reloader.applied.load(Ordering::Relaxed) >= 2,
-        "a's change to be loaded",
-    )
+    wait_until("a's change to be loaded", async || {
+        t.server().reloader.applied.load(Ordering::Relaxed) >= 2
+    })
     .await;
     assert_eq!(t.post_json(&post("3", "t2")).await.status, 202); // seq 3
     t.wait_routed("default").await;
@@ -286,10 +273,9 @@ async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_in
     // An invalid edit is rejected whole; the running set keeps working.
     let failures = t.server().reloader.failures.load(Ordering::Relaxed);
     t.write_subscriptions("b.yaml", &subscription("b", "  sinks: []\n"));
-    wait_for(
-        async || t.server().reloader.failures.load(Ordering::Relaxed) > failures,
-        "the invalid edit to be rejected",
-    )
+    wait_until("the invalid edit to be rejected", async || {
+        t.server().reloader.failures.load(Ordering::Relaxed) > failures
+    })
     .await;
     assert_eq!(t.post_json(&post("4", "t2")).await.status, 202); // seq 4
     t.wait_routed("default").await;
@@ -297,10 +283,9 @@ async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_in
 
     // Remove b: its lane goes, pending entries counted as dropped.
     std::fs::remove_file(t.dir.path().join("subscriptions/b.yaml")).unwrap();
-    wait_for(
-        async || t.server().routing.current().len() == 1,
-        "b to be removed",
-    )
+    wait_until("b to be removed", async || {
+        t.server().routing.current().len() == 1
+    })
     .await;
     assert_eq!(t.post_json(&post("5", "t2")).await.status, 202); // seq 5
     t.wait_routed("default").await;

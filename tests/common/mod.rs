@@ -19,6 +19,30 @@ use switchyard::server::Server;
 /// 2026-01-01T00:00:00Z, a fixed start for manual clocks.
 pub const T0: u64 = 1_767_225_600_000_000_000;
 
+/// How long the polling helpers wait before they fail.
+pub const EVENTUALLY: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Polls `probe` every 20 ms until it returns `Some`, and returns that; fails naming
+/// `what` after `EVENTUALLY`.
+pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `cond` until it holds; fails naming `what` after `EVENTUALLY`.
+pub async fn wait_until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    eventually(what, async || cond().await.then_some(())).await
+}
+
 pub fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
 }
