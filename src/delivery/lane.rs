@@ -160,8 +160,9 @@ impl LaneContext {
         let mut next_parked: Option<u64> = None;
         let mut check_parked = true;
         // New entries are read from just past the last one taken; the lane is read
-        // from its start again after each commit and after parked entries came back
-        // (they, and entries a replay puts back, can be below that point).
+        // from its start again at each commit tick (every 100 ms, busy or not) and
+        // after parked entries came back: they, and entries a replay or redelivery
+        // puts back, can be below that point.
         let mut scan_from: u64 = 0;
         let mut full_scan = true;
         loop {

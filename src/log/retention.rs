@@ -65,7 +65,7 @@ pub(super) async fn run(
                         "retention deleted old events"
                     );
                     if let Some(m) = &metrics {
-                        let count = m.log_retention_deleted.clone();
+                        let count = &m.log_retention_deleted;
                         count
                             .with_label_values(&[&*broker, "max_age"])
                             .inc_by(e.by_age as u64);

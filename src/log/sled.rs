@@ -63,7 +63,7 @@ struct BrokerTrees {
     meta: Tree,
     /// Parked retries: lane prefix ++ due time ++ seq → attempts.
     parked: Tree,
-    /// `events` → count, `bytes` → record bytes (big-endian u64).
+    /// `counts` → the head the counts include, the event count, the record bytes.
     stats: Tree,
     head: AtomicU64,
     stored_events: AtomicU64,
@@ -531,12 +531,7 @@ impl LogBackend for SledLog {
                 m.apply_batch(&meta)?;
                 Ok::<_, ConflictableTransactionError<()>>(fresh)
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(s) => LogError::Storage(s),
-                TransactionError::Abort(()) => {
-                    LogError::Io(std::io::Error::other("routing transaction aborted"))
-                }
-            })?;
+            .map_err(transaction_error)?;
         if !fresh.is_empty() {
             let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
             for i in fresh {
