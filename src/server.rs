@@ -70,6 +70,8 @@ impl Server {
             health: health.clone(),
             metrics: metrics.clone(),
             token: config.admin.token.clone(),
+            metrics_public: config.admin.metrics_public,
+            health_public: config.admin.health_public,
             api: Default::default(),
         });
         let admin_task = tokio::spawn(admin::serve(

@@ -70,7 +70,7 @@ async fn every_admin_endpoint_works_through_http() {
     sink.wait_for(5, WAIT).await;
 
     // Subscriptions and their lanes.
-    let (status, list) = call(&t, Method::GET, "/api/v1/subscriptions", None, None).await;
+    let (status, list) = call(&t, Method::GET, "/api/v1/subscriptions", Some(TOKEN), None).await;
     assert_eq!(status, 200, "{list}");
     let names: Vec<&str> = list
         .as_array()
@@ -79,7 +79,14 @@ async fn every_admin_endpoint_works_through_http() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["notify", "refuse"]);
-    let (status, one) = call(&t, Method::GET, "/api/v1/subscriptions/notify", None, None).await;
+    let (status, one) = call(
+        &t,
+        Method::GET,
+        "/api/v1/subscriptions/notify",
+        Some(TOKEN),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(one["filter"]["attributes"]["type"], "dev.switchyard.test");
     assert_eq!(one["matched"], 5);
@@ -87,9 +94,15 @@ async fn every_admin_endpoint_works_through_http() {
     assert_eq!(lane["sink"], sink.url("/n"));
     assert_eq!(lane["delivered"], 5);
     assert_eq!(
-        call(&t, Method::GET, "/api/v1/subscriptions/nope", None, None)
-            .await
-            .0,
+        call(
+            &t,
+            Method::GET,
+            "/api/v1/subscriptions/nope",
+            Some(TOKEN),
+            None
+        )
+        .await
+        .0,
         404
     );
 
@@ -98,7 +111,7 @@ async fn every_admin_endpoint_works_through_http() {
         &t,
         Method::GET,
         "/api/v1/brokers/default/events?after=1&limit=2",
-        None,
+        Some(TOKEN),
         None,
     )
     .await;
@@ -116,7 +129,7 @@ async fn every_admin_endpoint_works_through_http() {
         &t,
         Method::GET,
         "/api/v1/brokers/default/events/4",
-        None,
+        Some(TOKEN),
         None,
     )
     .await;
@@ -126,7 +139,7 @@ async fn every_admin_endpoint_works_through_http() {
             &t,
             Method::GET,
             "/api/v1/brokers/default/events/99",
-            None,
+            Some(TOKEN),
             None
         )
         .await
@@ -134,9 +147,15 @@ async fn every_admin_endpoint_works_through_http() {
         404
     );
     assert_eq!(
-        call(&t, Method::GET, "/api/v1/brokers/nope/events", None, None)
-            .await
-            .0,
+        call(
+            &t,
+            Method::GET,
+            "/api/v1/brokers/nope/events",
+            Some(TOKEN),
+            None
+        )
+        .await
+        .0,
         404
     );
 
@@ -185,7 +204,7 @@ async fn every_admin_endpoint_works_through_http() {
             &t,
             Method::GET,
             "/api/v1/deadletters?subscription=refuse",
-            None,
+            Some(TOKEN),
             None,
         )
         .await
@@ -199,7 +218,7 @@ async fn every_admin_endpoint_works_through_http() {
         &t,
         Method::GET,
         "/api/v1/deadletters?subscription=refuse",
-        None,
+        Some(TOKEN),
         None,
     )
     .await;
@@ -210,7 +229,7 @@ async fn every_admin_endpoint_works_through_http() {
             &t,
             Method::GET,
             "/api/v1/deadletters?subscription=notify",
-            None,
+            Some(TOKEN),
             None
         )
         .await
@@ -270,7 +289,7 @@ async fn every_admin_endpoint_works_through_http() {
         404
     );
     assert_eq!(
-        call(&t, Method::GET, "/api/v1/deadletters", None, None)
+        call(&t, Method::GET, "/api/v1/deadletters", Some(TOKEN), None)
             .await
             .1,
         json!([])
@@ -308,7 +327,10 @@ async fn every_admin_endpoint_works_through_http() {
     );
 
     // Health and metrics stay open.
-    assert_eq!(call(&t, Method::GET, "/readyz", None, None).await.0, 200);
+    assert_eq!(
+        call(&t, Method::GET, "/readyz", Some(TOKEN), None).await.0,
+        200
+    );
 }
 
 #[test]
@@ -349,6 +371,8 @@ async fn readyz_names_what_the_server_is_waiting_for() {
         health: health.clone(),
         metrics: switchyard::metrics::Metrics::new(),
         token: None,
+        metrics_public: true,
+        health_public: true,
         api: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -382,4 +406,55 @@ async fn readyz_names_what_the_server_is_waiting_for() {
     health.set_ready();
     assert_eq!(get("/readyz").await, (200, "ready\n".to_string()));
     stop.cancel();
+}
+
+#[tokio::test]
+async fn the_admin_token_guards_every_api_call_and_public_opens_metrics_and_health() {
+    let mut t = TestServer::start("").await;
+    t.restart_with(|c| c.admin.token = Some(TOKEN.into())).await;
+    let status = |r: (u16, Value)| r.0;
+    for path in ["/api/v1/subscriptions", "/api/v1/brokers/default/events"] {
+        assert_eq!(
+            status(call(&t, Method::GET, path, None, None).await),
+            401,
+            "{path} without the token"
+        );
+        assert_eq!(
+            status(call(&t, Method::GET, path, Some("wrong"), None).await),
+            401,
+            "{path} with a wrong token"
+        );
+        assert_eq!(
+            status(call(&t, Method::GET, path, Some(TOKEN), None).await),
+            200,
+            "{path} with the token"
+        );
+    }
+    // By default (`public: [metrics, health]`) scrapes and probes need no token.
+    for path in ["/metrics", "/livez", "/readyz"] {
+        assert_eq!(
+            status(call(&t, Method::GET, path, None, None).await),
+            200,
+            "{path}"
+        );
+    }
+    // With nothing public, they need it too.
+    t.restart_with(|c| {
+        c.admin.token = Some(TOKEN.into());
+        c.admin.metrics_public = false;
+        c.admin.health_public = false;
+    })
+    .await;
+    for path in ["/metrics", "/livez", "/readyz"] {
+        assert_eq!(
+            status(call(&t, Method::GET, path, None, None).await),
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            status(call(&t, Method::GET, path, Some(TOKEN), None).await),
+            200,
+            "{path}"
+        );
+    }
 }

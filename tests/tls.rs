@@ -1,5 +1,6 @@
-//! HTTPS sinks: a sink's own CA and client certificate (mTLS), against a real TLS
-//! server that requires a client certificate signed by its CA.
+//! TLS both ways: HTTPS sinks with their own CA and client certificate (mTLS) against a
+//! real TLS server that requires one, and the ingress serving HTTPS, with and without
+//! client-certificate authentication.
 
 mod common;
 
@@ -42,6 +43,8 @@ fn pki() -> Pki {
     std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.path().join("client.pem"), &client.0).unwrap();
     std::fs::write(dir.path().join("client-key.pem"), &client.1).unwrap();
+    std::fs::write(dir.path().join("server.pem"), &server.0).unwrap();
+    std::fs::write(dir.path().join("server-key.pem"), &server.1).unwrap();
     Pki {
         dir,
         ca_pem: ca.pem(),
@@ -170,4 +173,140 @@ fn a_missing_ca_file_is_a_config_error_with_its_line() {
         "{}",
         errs[0].message
     );
+}
+
+/// Posts one event over HTTPS with `config`; the status, or why the connection failed.
+async fn post_https(
+    addr: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+    id: &str,
+) -> Result<u16, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = http::Request::post("/")
+        .header("content-type", "application/cloudevents+json")
+        .body(Full::new(bytes::Bytes::from(minimal(id).to_string())))
+        .unwrap();
+    let response = send
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    Ok(response.status().as_u16())
+}
+
+fn ingress_tls(pki: &Pki, client_ca: bool) -> switchyard::config::IngressTls {
+    let d = pki.dir.path();
+    let ca = client_ca.then(|| d.join("ca.pem"));
+    let config = switchyard::ingress::tls::server_config(
+        &d.join("server.pem"),
+        &d.join("server-key.pem"),
+        ca.as_deref(),
+    )
+    .unwrap();
+    switchyard::config::IngressTls {
+        cert_file: d.join("server.pem"),
+        key_file: d.join("server-key.pem"),
+        client_ca_file: ca,
+        config: Arc::new(config),
+    }
+}
+
+#[tokio::test]
+async fn the_ingress_serves_https_and_with_a_client_ca_admits_only_its_certificates() {
+    use switchyard::delivery::client::tls_config;
+    let other = pki(); // an unrelated CA
+    let pki = pki();
+    let d = pki.dir.path();
+    let ca = d.join("ca.pem");
+    let mine = (d.join("client.pem"), d.join("client-key.pem"));
+    let theirs = (
+        other.dir.path().join("client.pem"),
+        other.dir.path().join("client-key.pem"),
+    );
+    let with = |cert: Option<&(std::path::PathBuf, std::path::PathBuf)>| {
+        tls_config(Some(&ca), cert.map(|(c, k)| (c.as_path(), k.as_path()))).unwrap()
+    };
+
+    // TLS without client certificates: any client that trusts the CA gets in.
+    let mut t = TestServer::start("").await;
+    t.restart_with(|c| c.ingress.tls = Some(ingress_tls(&pki, false)))
+        .await;
+    let addr = t.server().ingress_addr;
+    assert_eq!(post_https(addr, with(None), "tls").await, Ok(202));
+    // Plain HTTP to a TLS listener does not get an answer.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = minimal("plain").to_string();
+        let request = format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "a plain HTTP request got an HTTP answer"
+        );
+    }
+
+    // Mutual TLS: only certificates from the client CA complete the handshake.
+    t.restart_with(|c| c.ingress.tls = Some(ingress_tls(&pki, true)))
+        .await;
+    let addr = t.server().ingress_addr;
+    assert_eq!(post_https(addr, with(Some(&mine)), "mtls").await, Ok(202));
+    for (what, config) in [
+        ("no certificate", with(None)),
+        ("another CA's certificate", with(Some(&theirs))),
+    ] {
+        let got = post_https(addr, config, what).await;
+        assert!(got.is_err(), "{what}: {got:?}");
+    }
+    assert_eq!(
+        t.server().log.head("default"),
+        Some(2),
+        "exactly the two admitted events were stored"
+    );
+}
+
+#[test]
+fn ingress_tls_files_are_checked_at_load_with_their_key() {
+    let load = |text: &str| {
+        switchyard::config::from_yaml(
+            Some(std::path::Path::new("c.yaml")),
+            text,
+            &Default::default(),
+        )
+    };
+    let errs = load("ingress:\n  tls:\n    certFile: /nonexistent/cert.pem\n")
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        (errs[0].key.as_str(), errs[0].line),
+        ("ingress.tls.keyFile", 3),
+        "{errs:?}"
+    );
+    let errs = load("ingress:\n  tls:\n    certFile: /nonexistent/cert.pem\n    keyFile: /nonexistent/key.pem\n").unwrap_err().0;
+    assert_eq!(
+        (errs[0].key.as_str(), errs[0].line),
+        ("ingress.tls", 3),
+        "{errs:?}"
+    );
+    assert!(
+        errs[0].message.contains("/nonexistent/cert.pem"),
+        "{}",
+        errs[0].message
+    );
+    let errs = load("ingress:\n  tls:\n    clientCaFile: /x/ca.pem\n")
+        .unwrap_err()
+        .0;
+    assert_eq!(errs[0].key, "ingress.tls.clientCaFile", "{errs:?}");
 }

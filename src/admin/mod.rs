@@ -1,13 +1,14 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/livez`, `/readyz`, and
 //! the admin API under `/api/v1` (see `api.rs` and docs/admin-api.yaml). When
-//! `admin.token` is set, every call that changes something needs it as a bearer token.
+//! `admin.token` is set, every API call needs it as a bearer token, and so do
+//! `/metrics` and the health probes unless `admin.public` lists them.
 
 pub mod api;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -59,6 +60,10 @@ pub struct Admin {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub token: Option<String>,
+    /// `/metrics` answers without the token.
+    pub metrics_public: bool,
+    /// `/livez` and `/readyz` answer without the token.
+    pub health_public: bool,
     pub api: OnceLock<api::Api>,
 }
 
@@ -110,10 +115,15 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
         .into_response()
 }
 
-/// With `admin.token` set, calls that change something need `Authorization: Bearer`.
+/// With `admin.token` set, every call needs `Authorization: Bearer <token>` but those
+/// to the endpoints `admin.public` opens.
 async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next) -> Response {
-    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
-    if let (Some(token), false) = (&admin.token, reads) {
+    let public = match request.uri().path() {
+        "/metrics" => admin.metrics_public,
+        "/livez" | "/readyz" => admin.health_public,
+        _ => false,
+    };
+    if let (Some(token), false) = (&admin.token, public) {
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -128,7 +138,7 @@ async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next
             let p = Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",
-                "this call needs the admin token as Authorization: Bearer <token>",
+                "the admin listener needs its token as Authorization: Bearer <token>",
             )
             .with_header(header::WWW_AUTHENTICATE, "Bearer");
             return into_axum(p.into_response());

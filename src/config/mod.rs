@@ -98,12 +98,39 @@ pub struct IngressConfig {
     pub body_read_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// TLS, when a certificate is configured; plain HTTP otherwise.
+    pub tls: Option<IngressTls>,
+}
+
+/// The ingress's TLS files, and the server config built from them at load.
+#[derive(Clone)]
+pub struct IngressTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate issued by this CA (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for IngressTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IngressTls")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("client_ca_file", &self.client_ca_file)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// When set, every `/api/v1` call needs it as a bearer token.
     pub token: Option<String>,
+    /// `/metrics` answers without the token.
+    pub metrics_public: bool,
+    /// `/livez` and `/readyz` answer without the token.
+    pub health_public: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -158,9 +185,11 @@ ingress:
   headerReadTimeout: 10s
   bodyReadTimeout: 60s
   maxConnections: 4096
+  tls: { certFile: null, keyFile: null, clientCaFile: null }
 admin:
   listen: 127.0.0.1:9090
   token: null
+  public: [metrics, health]
 storage:
   backend: sled
   path: ./data
@@ -186,8 +215,12 @@ const KEYS: &[&str] = &[
     "ingress.headerReadTimeout",
     "ingress.bodyReadTimeout",
     "ingress.maxConnections",
+    "ingress.tls.certFile",
+    "ingress.tls.keyFile",
+    "ingress.tls.clientCaFile",
     "admin.listen",
     "admin.token",
+    "admin.public",
     "storage.backend",
     "storage.path",
     "storage.durability",
@@ -211,7 +244,7 @@ const KEYS: &[&str] = &[
 ];
 
 /// The keys whose values are lists.
-const LIST_KEYS: &[&str] = &["ingress.tokens", "brokers", "subscriptions"];
+const LIST_KEYS: &[&str] = &["ingress.tokens", "admin.public", "brokers", "subscriptions"];
 
 /// Which file to read: `-c`, else `SWITCHYARD_CONFIG`, else [`DEFAULT_PATH`] if it
 /// exists. `None` means the embedded defaults. A named file must exist.
@@ -660,6 +693,60 @@ impl Validator {
         }
     }
 
+    /// An optional file path: `None` when the key is null.
+    fn optional_path(&mut self, node: &Node, key: &str) -> Option<PathBuf> {
+        match &node.value {
+            Value::Null => None,
+            _ => self.string(node, key).map(PathBuf::from),
+        }
+    }
+
+    /// `ingress.tls`: certFile and keyFile together, and an optional clientCaFile; the
+    /// files are read and checked now, so a bad one stops the start with its key.
+    fn ingress_tls(&mut self, user: &Node, defaults: &Node) -> Option<IngressTls> {
+        let mut path = |key: &str| {
+            let node = self.pick(user, defaults, key);
+            (self.optional_path(node, key), node.line)
+        };
+        let (cert, cert_line) = path("ingress.tls.certFile");
+        let (key, key_line) = path("ingress.tls.keyFile");
+        let (client_ca, ca_line) = path("ingress.tls.clientCaFile");
+        let (cert_file, key_file) = match (cert, key) {
+            (Some(c), Some(k)) => (c, k),
+            (None, None) => {
+                if client_ca.is_some() {
+                    self.error_at(
+                        ca_line,
+                        "ingress.tls.clientCaFile",
+                        "client certificates need TLS: set ingress.tls.certFile and keyFile too",
+                    );
+                }
+                return None;
+            }
+            (c, _) => {
+                let (line, key) = if c.is_some() {
+                    (cert_line, "ingress.tls.keyFile")
+                } else {
+                    (key_line, "ingress.tls.certFile")
+                };
+                self.error_at(line, key, "certFile and keyFile go together; set both");
+                return None;
+            }
+        };
+        match crate::ingress::tls::server_config(&cert_file, &key_file, client_ca.as_deref()) {
+            Ok(config) => Some(IngressTls {
+                cert_file,
+                key_file,
+                client_ca_file: client_ca,
+                config: Arc::new(config),
+            }),
+            Err(e) => {
+                self.error_at(cert_line, "ingress.tls", e);
+                None
+            }
+        }
+    }
+
     fn build(&mut self, user: &Node, defaults: &Node, file: Option<&Path>) -> Config {
         macro_rules! node {
             ($path:literal) => {
@@ -691,13 +778,24 @@ impl Validator {
                 1,
                 1 << 20,
             ) as usize,
+            tls: self.ingress_tls(user, defaults),
         };
+        let (mut metrics_public, mut health_public) = (false, false);
+        for n in self.list(node!("admin.public"), "admin.public") {
+            match n.scalar_text().as_deref() {
+                Some("metrics") => metrics_public = true,
+                Some("health") => health_public = true,
+                _ => self.error(n, "admin.public", "each entry is metrics or health"),
+            }
+        }
         let admin = AdminConfig {
             listen: self.addr(node!("admin.listen"), "admin.listen"),
             token: {
                 let n = node!("admin.token");
                 self.secret(n, "admin.token")
             },
+            metrics_public,
+            health_public,
         };
         let backend = node!("storage.backend");
         let text = backend.scalar_text().unwrap_or_default();

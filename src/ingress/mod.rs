@@ -3,6 +3,7 @@
 //! answered `202` only once the log has made it durable.
 
 pub mod problem;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +99,11 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
+    let acceptor = ingress
+        .config
+        .tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
     loop {
         // Hold a permit before accepting: beyond the limit, clients wait in the backlog.
         let permit = tokio::select! {
@@ -115,19 +121,49 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let ingress = ingress.clone();
+        let ingress2 = ingress.clone();
         let service = hyper::service::service_fn(move |req| {
-            let ingress = ingress.clone();
+            let ingress = ingress2.clone();
             async move { Ok::<_, std::convert::Infallible>(handle(&ingress, req).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
+        match &acceptor {
+            None => {
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                // The handshake gets the header read timeout: a client that stalls in it
+                // holds a connection slot no longer than one that stalls in its headers.
+                let handshake = tokio::time::timeout(
+                    ingress.config.header_read_timeout,
+                    acceptor.accept(stream),
+                );
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match handshake.await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown())
