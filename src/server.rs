@@ -134,7 +134,11 @@ impl Server {
         let reloader = Reloader::new(config.clone(), routing.clone());
         let reloader_task = tokio::spawn(reloader.clone().run(shutdown.clone()));
         let body_limit = usize::try_from(config.ingress.max_event_bytes).unwrap_or(usize::MAX);
-        let sender = Arc::new(Sender::new(body_limit).map_err(ServerError::Tls)?);
+        let guard = crate::delivery::outbound::Guard {
+            allowed: config.delivery.allow_addresses.clone(),
+            admin: Some(admin_addr),
+        };
+        let sender = Arc::new(Sender::new(body_limit, guard).map_err(ServerError::Tls)?);
         let delivery_stop = CancellationToken::new();
         let delivery_abort = CancellationToken::new();
         let (delivery, delivery_task) = Delivery::start(

@@ -346,3 +346,137 @@ fn json_logs_are_one_object_per_line_and_a_lane_failure_names_its_lane_and_event
     assert_eq!(failure["fields"]["event_id"], "d-1");
     assert!(broker.terminate().success());
 }
+
+#[test]
+fn secrets_never_appear_in_logs_metrics_explain_check_or_the_admin_api() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ingress_token = "ingress-tok-7f3a91e0";
+    let admin_token = "admin-tok-c2e8b4d6";
+    let header_secret = "hdr-val-99d1a7c3";
+    let signing_key = "sign-key-5b7e2f10";
+    let whsec = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(signing_key)
+    );
+    let admin_file = dir.path().join("admin-token");
+    std::fs::write(&admin_file, format!("{admin_token}\n")).unwrap();
+    // Port 1 refuses connections: the event is dead-lettered, so the letter and the
+    // failure line are part of what is checked.
+    let config = config_with_subscriptions(
+        dir.path(),
+        "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: { name: guarded }\nspec:\n  sinks:\n    - uri: http://127.0.0.1:1/hook\n      headers:\n        Authorization: { valueFrom: { env: T_HEADER } }\n      signing: { secrets: [{ valueFrom: { env: T_SIGNING } }] }\n  delivery: { retry: 1, backoffDelay: 10ms }\n",
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "ingress:\n  tokens: [{{ valueFrom: {{ env: T_INGRESS }} }}]\nadmin:\n  token: {{ valueFrom: {{ file: {} }} }}\n",
+        admin_file.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let env = [
+        ("T_INGRESS", ingress_token),
+        ("T_HEADER", header_secret),
+        ("T_SIGNING", whsec.as_str()),
+        ("SWITCHYARD_INGRESS_LISTEN", "127.0.0.1:0"),
+        ("SWITCHYARD_ADMIN_LISTEN", "127.0.0.1:0"),
+    ];
+    let mut seen: Vec<String> = Vec::new();
+    let broker = process::start(
+        Some(&config),
+        dir.path(),
+        &[&env[..], &[("SWITCHYARD_LOG", "debug")]].concat(),
+    );
+    seen.extend(broker.startup.iter().cloned());
+
+    let post = |token: &str| {
+        let body = r#"{"specversion":"1.0","id":"s-1","source":"/s","type":"t"}"#;
+        exchange(
+            broker.ingress,
+            &format!(
+                "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {token}\r\ncontent-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let wrong = post(&format!("{ingress_token}x"));
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let ok = post(ingress_token);
+    assert!(ok.starts_with("HTTP/1.1 202"), "{ok}");
+    seen.extend([wrong, ok]);
+    let admin_get = |path: &str, token: &str| {
+        exchange(
+            broker.admin,
+            &format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {token}\r\n\r\n"),
+        )
+    };
+    // The dead letter is there once the failure line is.
+    loop {
+        let line = broker
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a dead-letter line");
+        let done = line.contains("dead-lettered");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    for path in [
+        "/api/v1/subscriptions",
+        "/api/v1/subscriptions/guarded",
+        "/api/v1/deadletters",
+        "/api/v1/brokers/default/events",
+        "/metrics",
+    ] {
+        let answer = admin_get(path, admin_token);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        seen.push(answer);
+    }
+    let refused = admin_get("/api/v1/subscriptions", "not-the-token");
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    seen.push(refused);
+    for args in [
+        vec![
+            "check".to_string(),
+            "-c".into(),
+            config.display().to_string(),
+        ],
+        vec![
+            "explain".to_string(),
+            "-c".into(),
+            config.display().to_string(),
+            "--event".into(),
+            common::testdata()
+                .join("tekton/10-pipelinerun-failed.json")
+                .display()
+                .to_string(),
+        ],
+    ] {
+        let out = bin().args(&args).envs(env).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        seen.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let lines = broker.lines;
+    let mut child = broker.child;
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) with the pid of our own child and a valid signal number.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    seen.extend(lines.try_iter());
+
+    let all = seen.join("\n");
+    assert!(
+        all.len() > 2000,
+        "the run said too little to be a check: {all}"
+    );
+    for secret in [
+        ingress_token,
+        admin_token,
+        header_secret,
+        signing_key,
+        &whsec,
+    ] {
+        assert!(!all.contains(secret), "{secret} leaked:\n{all}");
+    }
+}

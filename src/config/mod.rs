@@ -168,6 +168,8 @@ pub struct DeliveryConfig {
     pub backoff_max: Duration,
     pub retry_after_max: Duration,
     pub timeout: Duration,
+    /// Cloud metadata addresses that sinks may reach anyway.
+    pub allow_addresses: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,7 +202,7 @@ storage:
 brokers: [default]
 dedupe: { window: 10m, key: 'source + "\n" + id' }
 subscriptions: [./config/subscriptions]
-delivery: { retry: 10, backoffPolicy: exponential, backoffDelay: PT0.2S, backoffMax: PT5M, retryAfterMax: PT10M, timeout: PT30S }
+delivery: { retry: 10, backoffPolicy: exponential, backoffDelay: PT0.2S, backoffMax: PT5M, retryAfterMax: PT10M, timeout: PT30S, allowAddresses: [] }
 replies: { maxHops: 8 }
 shutdown: { gracePeriod: 20s }
 "#;
@@ -239,12 +241,19 @@ const KEYS: &[&str] = &[
     "delivery.backoffMax",
     "delivery.retryAfterMax",
     "delivery.timeout",
+    "delivery.allowAddresses",
     "replies.maxHops",
     "shutdown.gracePeriod",
 ];
 
 /// The keys whose values are lists.
-const LIST_KEYS: &[&str] = &["ingress.tokens", "admin.public", "brokers", "subscriptions"];
+const LIST_KEYS: &[&str] = &[
+    "ingress.tokens",
+    "admin.public",
+    "brokers",
+    "subscriptions",
+    "delivery.allowAddresses",
+];
 
 /// Which file to read: `-c`, else `SWITCHYARD_CONFIG`, else [`DEFAULT_PATH`] if it
 /// exists. `None` means the embedded defaults. A named file must exist.
@@ -905,6 +914,18 @@ impl Validator {
             retry_after_max: self
                 .duration(node!("delivery.retryAfterMax"), "delivery.retryAfterMax"),
             timeout: self.duration(node!("delivery.timeout"), "delivery.timeout"),
+            allow_addresses: {
+                let key = "delivery.allowAddresses";
+                let mut out = Vec::new();
+                for n in self.list(node!("delivery.allowAddresses"), key) {
+                    let text = n.scalar_text().unwrap_or_default();
+                    match text.parse::<std::net::IpAddr>() {
+                        Ok(ip) => out.push(ip.to_canonical()),
+                        Err(_) => self.error(n, key, format!("'{text}' is not an IP address")),
+                    }
+                }
+                out
+            },
         };
         let replies = RepliesConfig {
             max_hops: self.int(node!("replies.maxHops"), "replies.maxHops", 0, 255) as u32,

@@ -8,6 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use http::header::HeaderName;
 use http::Uri;
 
@@ -35,6 +36,21 @@ pub struct Sink {
     pub headers: Vec<(HeaderName, String)>,
     /// The sink's own CA and client certificate, when it has them.
     pub tls: Option<SinkTls>,
+    /// Standard Webhooks signing keys, when the sink wants signed requests.
+    pub signing: Option<Signing>,
+}
+
+/// The keys a sink's requests are signed with (Standard Webhooks, HMAC-SHA256): one
+/// signature per key, so a receiver can rotate its secret. Never printed.
+#[derive(Clone)]
+pub struct Signing {
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for Signing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signing({} keys)", self.keys.len())
+    }
 }
 
 /// A sink's TLS settings, loaded and checked at config time.
@@ -54,6 +70,7 @@ impl fmt::Debug for Sink {
             .field("format", &self.format)
             .field("headers", &names)
             .field("tls", &tls)
+            .field("signing", &self.signing)
             .finish()
     }
 }
@@ -381,7 +398,7 @@ fn subscription(
             let mut out = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 let path = format!("spec.sinks[{i}]");
-                if let Some(s) = sink(v, item, &path) {
+                if let Some(s) = sink(v, item, &path, defaults) {
                     if out.iter().any(|o: &Sink| o.uri == s.uri) {
                         v.error(item, &path, format!("{} is listed twice", s.uri));
                     } else {
@@ -579,8 +596,13 @@ fn dialect(v: &mut Validator, node: &Node, path: &str) -> Option<Dialect> {
     }
 }
 
-fn sink(v: &mut Validator, node: &Node, path: &str) -> Option<Sink> {
-    let f = fields(v, node, path, &["uri", "format", "headers", "tls"])?;
+fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Option<Sink> {
+    let f = fields(
+        v,
+        node,
+        path,
+        &["uri", "format", "headers", "tls", "signing"],
+    )?;
     let Some(uri_node) = get(&f, "uri") else {
         v.error(node, &format!("{path}.uri"), "missing");
         return None;
@@ -597,6 +619,22 @@ fn sink(v: &mut Validator, node: &Node, path: &str) -> Option<Sink> {
             return None;
         }
     };
+    let literal = uri.host().and_then(|h| {
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok()
+    });
+    if literal
+        .is_some_and(|ip| crate::delivery::outbound::is_refused_metadata(ip, &d.allow_addresses))
+    {
+        v.error(
+            uri_node,
+            &format!("{path}.uri"),
+            "is a cloud metadata address; deliveries do not go there unless delivery.allowAddresses lists it",
+        );
+        return None;
+    }
     let format = match get(&f, "format") {
         None => SinkFormat::Binary,
         Some(n) => v.choice(
@@ -638,12 +676,53 @@ fn sink(v: &mut Validator, node: &Node, path: &str) -> Option<Sink> {
         }
     }
     let tls = get(&f, "tls").and_then(|n| sink_tls(v, n, &format!("{path}.tls")));
+    let signing = get(&f, "signing").and_then(|n| signing(v, n, &format!("{path}.signing")));
     Some(Sink {
         uri,
         format,
         headers,
         tls,
+        signing,
     })
+}
+
+/// `signing: { secrets: [whsec_…, …] }`: each secret a string or a `valueFrom`
+/// reference, `whsec_` followed by the base64 key.
+fn signing(v: &mut Validator, node: &Node, path: &str) -> Option<Signing> {
+    let f = fields(v, node, path, &["secrets"])?;
+    let here = format!("{path}.secrets");
+    let Some(list) = get(&f, "secrets") else {
+        v.error(node, &here, "missing; list one or more whsec_ secrets");
+        return None;
+    };
+    let Value::Seq(items) = &list.value else {
+        v.error(list, &here, format!("must be a list, not {}", list.kind()));
+        return None;
+    };
+    let mut keys = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let here = format!("{here}[{i}]");
+        let Some(secret) = v.secret(item, &here) else {
+            continue;
+        };
+        let key = secret
+            .strip_prefix("whsec_")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .filter(|k| !k.is_empty());
+        match key {
+            Some(k) => keys.push(k),
+            // The message names the problem, never the value.
+            None => v.error(
+                item,
+                &here,
+                "a signing secret is whsec_ followed by a base64 key",
+            ),
+        }
+    }
+    if items.is_empty() {
+        v.error(list, &here, "list one or more whsec_ secrets");
+    }
+    (!keys.is_empty() && keys.len() == items.len()).then_some(Signing { keys })
 }
 
 /// `tls: { caFile, certFile, keyFile }`: files are read and checked now.
@@ -725,7 +804,7 @@ fn delivery(v: &mut Validator, node: Option<&Node>, d: &DeliveryConfig) -> Deliv
                     v.error(n, &path, "must be greater than zero");
                 }
             }
-            "deadLetterSink" => spec.dead_letter_sink = sink(v, n, &path),
+            "deadLetterSink" => spec.dead_letter_sink = sink(v, n, &path, d),
             "ordering" => {
                 spec.ordering = v.choice(
                     n,

@@ -1,7 +1,7 @@
 //! The HTTP client that delivers events: pooled connections (HTTP/1.1 and HTTP/2),
 //! `https` with rustls and the system's plus the webpki roots, or a sink's own CA and
 //! client certificate. Redirects are never followed. A response body is read up to a
-//! limit and no further.
+//! limit and no further. Sinks that ask for it get Standard Webhooks signatures.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,11 +19,54 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::outbound::{self, Guard, GuardedConnector};
 use super::policy::Attempt;
 use crate::config::subscriptions::{Sink, SinkFormat};
 use crate::event::{binary, json, Event};
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
+
+/// What names one message to its sink: the `webhook-id` (the same on every attempt,
+/// so a receiver can drop repeats) and the send time, for signed requests.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: String,
+    pub unix_secs: i64,
+}
+
+/// The Standard Webhooks headers for `body`: `webhook-id`, `webhook-timestamp`, and
+/// `webhook-signature` holding `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` for
+/// each key, space-separated.
+pub fn webhook_headers(
+    keys: &[Vec<u8>],
+    message: &Message,
+    body: &[u8],
+) -> [(&'static str, String); 3] {
+    use base64::Engine as _;
+    let timestamp = message.unix_secs.to_string();
+    let signatures: Vec<String> = keys
+        .iter()
+        .map(|key| {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+            let mut ctx = ring::hmac::Context::with_key(&key);
+            ctx.update(message.id.as_bytes());
+            ctx.update(b".");
+            ctx.update(timestamp.as_bytes());
+            ctx.update(b".");
+            ctx.update(body);
+            let tag = ctx.sign();
+            format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+            )
+        })
+        .collect();
+    [
+        ("webhook-id", message.id.clone()),
+        ("webhook-timestamp", timestamp),
+        ("webhook-signature", signatures.join(" ")),
+    ]
+}
 
 /// A sink's answer.
 #[derive(Debug, Clone)]
@@ -88,11 +131,15 @@ pub fn tls_config(
     Ok(config)
 }
 
-fn client_for(tls: rustls::ClientConfig) -> HttpsClient {
+fn client_for(tls: rustls::ClientConfig, guard: &Arc<Guard>) -> HttpsClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let http = GuardedConnector {
+        inner: http,
+        guard: guard.clone(),
+    };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -112,15 +159,19 @@ pub struct Sender {
     default: HttpsClient,
     /// One pool per sink that brings its own TLS settings, by sink URI.
     custom: Mutex<HashMap<String, HttpsClient>>,
+    guard: Arc<Guard>,
     body_limit: usize,
 }
 
 impl Sender {
-    /// `body_limit` bounds how much of any answer is read.
-    pub fn new(body_limit: usize) -> Result<Sender, String> {
+    /// `body_limit` bounds how much of any answer is read; `guard` says where
+    /// connections may not go.
+    pub fn new(body_limit: usize, guard: Guard) -> Result<Sender, String> {
+        let guard = Arc::new(guard);
         Ok(Sender {
-            default: client_for(tls_config(None, None)?),
+            default: client_for(tls_config(None, None)?, &guard),
             custom: Mutex::default(),
+            guard,
             body_limit,
         })
     }
@@ -131,7 +182,7 @@ impl Sender {
             Some(tls) => {
                 let mut map = self.custom.lock().unwrap_or_else(|p| p.into_inner());
                 map.entry(sink.uri.to_string())
-                    .or_insert_with(|| client_for((*tls.config).clone()))
+                    .or_insert_with(|| client_for((*tls.config).clone(), &self.guard))
                     .clone()
             }
         }
@@ -139,8 +190,9 @@ impl Sender {
 
     /// Builds the request for `event` as `sink` wants it: binary (every attribute as a
     /// percent-encoded `ce-` header, `data` as the body) or structured JSON; always
-    /// `Prefer: reply`; the sink's own headers last.
-    pub fn request(sink: &Sink, event: &Event) -> Request<Full<Bytes>> {
+    /// `Prefer: reply`; the signature headers when the sink signs; the sink's own
+    /// headers last.
+    pub fn request(sink: &Sink, event: &Event, message: &Message) -> Request<Full<Bytes>> {
         let mut builder = Request::post(sink.uri.clone());
         let body = match sink.format {
             SinkFormat::Binary => {
@@ -159,6 +211,11 @@ impl Sender {
             }
         };
         builder = builder.header("prefer", "reply");
+        if let Some(signing) = &sink.signing {
+            for (name, value) in webhook_headers(&signing.keys, message, &body) {
+                builder = builder.header(name, value);
+            }
+        }
         for (name, value) in &sink.headers {
             if let Ok(v) = HeaderValue::from_str(value) {
                 builder = builder.header(name, v);
@@ -175,14 +232,17 @@ impl Sender {
         &self,
         sink: &Sink,
         event: &Event,
+        message: &Message,
         timeout: Duration,
     ) -> Result<Response, Attempt> {
         let client = self.client(sink);
-        let request = Self::request(sink, event);
+        let request = Self::request(sink, event, message);
         let limit = self.body_limit;
         let attempt = async move {
             let response = client.request(request).await.map_err(|e| {
-                if e.is_connect() {
+                if outbound::is_refused(&e) {
+                    Attempt::Refused
+                } else if e.is_connect() {
                     Attempt::ConnectError
                 } else {
                     Attempt::Broken

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::client::{Response, Sender};
+use super::client::{Message, Response, Sender};
 use super::policy::{self, Attempt, Verdict};
 use super::reply::{self, Reply};
 use crate::clock::SharedClock;
@@ -120,6 +120,14 @@ fn jitter_sample(seq: u64) -> f64 {
 impl LaneContext {
     fn sub(&self) -> &Subscription {
         &self.subscription.subscription
+    }
+
+    /// The message a delivery of `seq` is, to its sink: the same id on every attempt.
+    fn message(&self, seq: u64, suffix: &str) -> Message {
+        Message {
+            id: format!("{}-{seq}{suffix}", self.broker),
+            unix_secs: (self.clock.now_unix_nanos() / 1_000_000_000) as i64,
+        }
     }
 
     fn note_error(&self, error: String) {
@@ -318,8 +326,9 @@ impl LaneContext {
             }
             attempts += 1;
             self.stats.attempts.fetch_add(1, AtomicOrdering::Relaxed);
+            let message = self.message(seq, "");
             let result = tokio::select! {
-                r = self.sender.send(&self.sink, &record.event, spec.timeout) => r,
+                r = self.sender.send(&self.sink, &record.event, &message, spec.timeout) => r,
                 // At shutdown an attempt under way may finish (shutdown.gracePeriod).
                 _ = self.abort.cancelled() => return Outcome::Stopped,
             };
@@ -522,7 +531,8 @@ impl LaneContext {
     async fn send_dead_letter(&self, dls: &Sink, event: &Event, seq: u64) -> bool {
         let spec = &self.sub().delivery;
         for attempt in 1..=spec.retry + 1 {
-            match self.sender.send(dls, event, spec.timeout).await {
+            let message = self.message(seq, "-dead-letter");
+            match self.sender.send(dls, event, &message, spec.timeout).await {
                 Ok(r) if policy::classify(Attempt::Status(r.status)) == Verdict::Success => {
                     return true
                 }
@@ -553,6 +563,7 @@ fn describe(result: &Result<Response, Attempt>) -> String {
         Err(Attempt::ConnectError) => "connection failed".into(),
         Err(Attempt::Timeout) => "timed out".into(),
         Err(Attempt::Broken) => "connection broken".into(),
+        Err(Attempt::Refused) => "refused: the sink's address is a cloud metadata address or the broker's admin listener (see delivery.allowAddresses)".into(),
         Err(Attempt::Status(s)) => format!("HTTP {s}"),
     }
 }

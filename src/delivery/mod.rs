@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod lane;
+pub mod outbound;
 pub mod policy;
 pub mod reply;
 

@@ -17,6 +17,9 @@ pub enum Attempt {
     Timeout,
     /// The connection broke after the request went out (reset, truncated answer).
     Broken,
+    /// The sink's address is one the broker does not send to (a cloud metadata
+    /// address, or its own admin listener); nothing was sent.
+    Refused,
 }
 
 /// What to do about it.
@@ -31,13 +34,13 @@ pub enum Verdict {
 
 /// Classifies an attempt: any 2xx succeeds; connect errors, timeouts, broken
 /// connections, 404, 408, 409, 429 and 5xx are retried; other 4xx and 3xx (redirects are
-/// not followed) are final.
+/// not followed) and refused addresses are final.
 pub fn classify(attempt: Attempt) -> Verdict {
     match attempt {
         Attempt::Status(s) if (200..300).contains(&s) => Verdict::Success,
         Attempt::Status(404 | 408 | 409 | 429) => Verdict::Retry,
         Attempt::Status(s) if (500..600).contains(&s) => Verdict::Retry,
-        Attempt::Status(_) => Verdict::Permanent,
+        Attempt::Status(_) | Attempt::Refused => Verdict::Permanent,
         Attempt::ConnectError | Attempt::Timeout | Attempt::Broken => Verdict::Retry,
     }
 }
