@@ -19,7 +19,26 @@ pub struct Broker {
 
 /// Starts `switchyard serve [-c config]` in `cwd` and waits (bounded) for it to be ready.
 pub fn start(config: Option<&Path>, cwd: &Path, env: &[(&str, &str)]) -> Broker {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    start_under(&[], config, cwd, env)
+}
+
+/// As [`start`], run under `wrapper` (e.g. `strace -f -o FILE`), which must pass stderr
+/// through.
+pub fn start_under(
+    wrapper: &[&str],
+    config: Option<&Path>,
+    cwd: &Path,
+    env: &[(&str, &str)],
+) -> Broker {
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let mut cmd = match wrapper.split_first() {
+        None => Command::new(bin),
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+    };
     cmd.arg("serve");
     if let Some(c) = config {
         cmd.arg("-c").arg(c);
