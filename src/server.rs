@@ -105,9 +105,21 @@ impl Server {
                 metrics: Some(metrics.clone()),
                 retention: crate::log::Retention {
                     max_age: config.storage.retention_max_age,
-                    max_bytes: config.storage.retention_max_bytes,
+                    // As a hard quota, maxBytes refuses appends and deletes nothing.
+                    max_bytes: if config.storage.refuse_at_max_bytes {
+                        0
+                    } else {
+                        config.storage.retention_max_bytes
+                    },
                     dead_letters_max_count: config.storage.dead_letters_max_count,
                     dead_letters_max_age: config.storage.dead_letters_max_age,
+                },
+                space: crate::log::SpaceLimits {
+                    path: Some(config.storage.path.clone()),
+                    min_free_bytes: config.storage.min_free_bytes,
+                    quota_bytes: (config.storage.refuse_at_max_bytes
+                        && config.storage.retention_max_bytes > 0)
+                        .then_some(config.storage.retention_max_bytes),
                 },
                 ..WriterOptions::default()
             },

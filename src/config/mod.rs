@@ -140,6 +140,10 @@ pub struct StorageConfig {
     pub cache_capacity: u64,
     pub retention_max_age: Duration,
     pub retention_max_bytes: u64,
+    /// At `retention_max_bytes`, refuse appends instead of deleting the oldest events.
+    pub refuse_at_max_bytes: bool,
+    /// Appends are refused while the log's filesystem has less free space than this.
+    pub min_free_bytes: u64,
     /// The dead-letter store keeps at most this many letters (the oldest go first).
     pub dead_letters_max_count: u64,
     /// Dead letters older than this are deleted; zero keeps them.
@@ -197,7 +201,8 @@ storage:
   path: ./data
   durability: fsync
   cacheCapacity: 64MiB
-  retention: { maxAge: 7d, maxBytes: 10GiB }
+  retention: { maxAge: 7d, maxBytes: 10GiB, onMaxBytes: deleteOldest }
+  minFreeBytes: 64MiB
   deadLetters: { maxCount: 100000, maxAge: 30d }
 brokers: [default]
 dedupe: { window: 10m, key: 'source + "\n" + id' }
@@ -229,6 +234,8 @@ const KEYS: &[&str] = &[
     "storage.cacheCapacity",
     "storage.retention.maxAge",
     "storage.retention.maxBytes",
+    "storage.retention.onMaxBytes",
+    "storage.minFreeBytes",
     "storage.deadLetters.maxCount",
     "storage.deadLetters.maxAge",
     "brokers",
@@ -838,6 +845,12 @@ impl Validator {
                 node!("storage.retention.maxBytes"),
                 "storage.retention.maxBytes",
             ),
+            refuse_at_max_bytes: self.choice(
+                node!("storage.retention.onMaxBytes"),
+                "storage.retention.onMaxBytes",
+                &[("deleteOldest", false), ("refuseWrites", true)],
+            ),
+            min_free_bytes: self.size(node!("storage.minFreeBytes"), "storage.minFreeBytes"),
             dead_letters_max_count: self.int(
                 node!("storage.deadLetters.maxCount"),
                 "storage.deadLetters.maxCount",

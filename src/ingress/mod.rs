@@ -311,6 +311,13 @@ async fn handle_inner(
                 .inc_by(outcomes.len() as u64 - stored);
             Ok(accepted())
         }
+        Err(e) if matches!(*e, crate::log::LogError::Full(_)) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Storage Full",
+            format!("the log takes no more events until there is room: {e}"),
+        )
+        // Room comes back at retention's pace, not in a second.
+        .with_header(RETRY_AFTER, "10")),
         Err(e) if e.is_unavailable() => Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Storage Unavailable",

@@ -9,6 +9,7 @@ pub mod record;
 mod retention;
 pub mod sled;
 mod writer;
+pub use writer::free_bytes;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,6 +59,9 @@ pub enum LogError {
     Closed,
     #[error("record {seq} of broker '{broker}' is corrupt")]
     Corrupt { broker: String, seq: u64 },
+    /// Writes are refused before the disk fills up: the reason names the bound.
+    #[error("{0}")]
+    Full(String),
 }
 
 impl LogError {
@@ -385,6 +389,22 @@ pub struct WriterOptions {
     pub queue_depth: usize,
     /// How much the log keeps, and the dead-letter store's bounds.
     pub retention: Retention,
+    /// When appends are refused for want of space.
+    pub space: SpaceLimits,
+}
+
+/// When the writer refuses appends (`503` with `Retry-After` at the ingress) instead of
+/// letting the disk fill: sled cannot recover from a failed write without a restart, so
+/// the broker stops short of one. Deliveries and retention go on, and appends resume by
+/// themselves once there is room again.
+#[derive(Debug, Clone, Default)]
+pub struct SpaceLimits {
+    /// The directory whose filesystem is watched.
+    pub path: Option<std::path::PathBuf>,
+    /// Appends stop while the filesystem has less free space than this; zero: never.
+    pub min_free_bytes: u64,
+    /// Appends stop while all brokers' stored records take at least this many bytes.
+    pub quota_bytes: Option<u64>,
 }
 
 impl Default for WriterOptions {
@@ -395,6 +415,7 @@ impl Default for WriterOptions {
             max_group_requests: 512,
             queue_depth: 4096,
             retention: Retention::default(),
+            space: SpaceLimits::default(),
         }
     }
 }

@@ -9,12 +9,54 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{AppendOutcome, AppendRequest, GroupEntry, LogBackend, LogError, WriterOptions};
+use super::{
+    AppendOutcome, AppendRequest, GroupEntry, LogBackend, LogError, SpaceLimits, WriterOptions,
+};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
 /// How often routing and delivery progress is synced.
 pub const PROGRESS_SYNC: Duration = Duration::from_millis(100);
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs(3) with a NUL-terminated path and a zeroed struct it fills in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Why appends must wait, if they must: too little free disk, or the quota reached.
+fn space_refusal(
+    backend: &dyn LogBackend,
+    limits: &SpaceLimits,
+    brokers: impl Iterator<Item = Arc<str>>,
+) -> Option<String> {
+    if let (Some(path), min) = (&limits.path, limits.min_free_bytes) {
+        match free_bytes(path) {
+            Ok(free) if min > 0 && free < min => {
+                return Some(format!(
+                    "the disk holding the log has {free} bytes free, less than storage.minFreeBytes ({min})"
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the free space"),
+        }
+    }
+    let quota = limits.quota_bytes?;
+    let stored: u64 = brokers
+        .filter_map(|b| backend.stored(&b).ok())
+        .map(|s| s.bytes)
+        .sum();
+    (stored >= quota).then(|| {
+        format!("the log holds {stored} bytes, at storage.retention.maxBytes ({quota}) with onMaxBytes: refuseWrites")
+    })
+}
 
 pub(super) async fn run(
     backend: Arc<dyn LogBackend>,
@@ -35,6 +77,8 @@ pub(super) async fn run(
     let mut progress = tokio::time::interval(PROGRESS_SYNC);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
+    // Whether the last group was refused for space, to log changes only.
+    let mut refusing = false;
     loop {
         let first = tokio::select! {
             biased;
@@ -75,6 +119,29 @@ pub(super) async fn run(
         }
         let (group, replies): (Vec<GroupEntry>, Vec<_>) =
             requests.into_iter().map(|r| (r.entry, r.reply)).unzip();
+        let b = backend.clone();
+        let (limits, brokers) = (
+            options.space.clone(),
+            heads.keys().cloned().collect::<Vec<_>>(),
+        );
+        let refusal =
+            tokio::task::spawn_blocking(move || space_refusal(&*b, &limits, brokers.into_iter()))
+                .await
+                .unwrap_or(None);
+        if let Some(reason) = refusal {
+            if !refusing {
+                tracing::warn!(reason = %reason, "appends refused for want of space; answering 503 until there is room");
+                refusing = true;
+            }
+            let e = Arc::new(LogError::Full(reason));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+            continue;
+        }
+        if std::mem::take(&mut refusing) {
+            tracing::info!("there is room again; appends resume");
+        }
         let now = clock.now_unix_nanos();
         let group_started = std::time::Instant::now();
         if let Some(m) = &metrics {

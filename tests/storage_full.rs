@@ -1,0 +1,162 @@
+//! Storage trouble: the log at its hard quota (`onMaxBytes: refuseWrites`) and a disk
+//! that fills up (a small tmpfs, when this process may mount one). In both, producers
+//! get `503` with `Retry-After`, everything already acknowledged stays readable, and
+//! appends resume by themselves once there is room.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{minimal, wait_until, TestServer};
+
+/// Posts `event`s with ids `{prefix}-{n}` until one is refused; returns the acked ids
+/// and the refusal.
+async fn fill(
+    t: &TestServer,
+    prefix: &str,
+    data: &str,
+    limit: usize,
+) -> (Vec<String>, common::Reply) {
+    let mut acked = Vec::new();
+    for n in 0..limit {
+        let id = format!("{prefix}-{n}");
+        let mut event = minimal(&id);
+        event["data"] = serde_json::Value::String(data.to_string());
+        let reply = t.post_json(&event).await;
+        if reply.status != 202 {
+            return (acked, reply);
+        }
+        acked.push(id);
+    }
+    panic!("{limit} events were all accepted");
+}
+
+fn assert_full(reply: &common::Reply, names: &str) {
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert_eq!(reply.headers["retry-after"], "10");
+    assert_eq!(reply.headers["content-type"], "application/problem+json");
+    let problem = reply.json();
+    assert_eq!(problem["title"], "Storage Full");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains(names), "{detail}");
+}
+
+async fn stored_ids(t: &TestServer) -> Vec<String> {
+    t.records("default")
+        .await
+        .iter()
+        .map(|r| r.event.id().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn at_the_hard_quota_appends_get_503_and_resume_when_retention_frees_room() {
+    let mut t = TestServer::start("").await;
+    t.restart_with(|c| {
+        c.storage.retention_max_bytes = 64 << 10;
+        c.storage.refuse_at_max_bytes = true;
+        c.storage.retention_max_age = Duration::from_secs(3600);
+        c.dedupe.window = Duration::ZERO;
+    })
+    .await;
+    let data = "q".repeat(2048);
+    let (acked, refused) = fill(&t, "quota", &data, 1000).await;
+    assert_full(&refused, "storage.retention.maxBytes");
+    assert!(
+        acked.len() >= 25,
+        "64 KiB holds at least 25 events of 2 KiB: {}",
+        acked.len()
+    );
+    // Refusing is not deleting: every acknowledged event is still there.
+    assert_eq!(stored_ids(&t).await, acked);
+    // Still refused while nothing changes.
+    assert_eq!(t.post_json(&minimal("still-full")).await.status, 503);
+
+    // An hour later retention deletes them all by age; appends resume.
+    t.clock.advance(Duration::from_secs(2 * 3600));
+    wait_until("retention frees the quota", async || {
+        t.post_json(&minimal("after-retention")).await.status == 202
+    })
+    .await;
+    assert_eq!(stored_ids(&t).await, ["after-retention"]);
+}
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(Mount(dir.to_path_buf()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn on_a_filling_disk_appends_stop_short_of_full_and_resume_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = match Mount::tmpfs(dir.path(), "24m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a small filesystem here ({why})");
+            return;
+        }
+    };
+    let data_dir = mount.0.join("data");
+    // Something else on the same disk takes most of it.
+    let filler = mount.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 12 << 20]).unwrap();
+
+    let mut t = TestServer::start("").await;
+    let path = data_dir.clone();
+    t.restart_with(move |c| {
+        c.storage.path = path;
+        c.storage.min_free_bytes = 4 << 20;
+        c.dedupe.window = Duration::ZERO;
+    })
+    .await;
+    let data = "d".repeat(4096);
+    let (acked, refused) = fill(&t, "disk", &data, 10_000).await;
+    assert_full(&refused, "storage.minFreeBytes");
+    assert!(!acked.is_empty());
+    let free = switchyard::log::free_bytes(&data_dir).unwrap();
+    assert!(free > 0, "the disk never filled: {free} bytes still free");
+    assert_eq!(
+        stored_ids(&t).await,
+        acked,
+        "nothing stored was lost or damaged"
+    );
+
+    // The other tenant frees its space: appends resume without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("appends resume", async || {
+        t.post_json(&minimal("after-space")).await.status == 202
+    })
+    .await;
+    // And everything survives a restart.
+    t.restart_with({
+        let path = data_dir.clone();
+        move |c| c.storage.path = path
+    })
+    .await;
+    let mut expected = acked.clone();
+    expected.push("after-space".into());
+    assert_eq!(stored_ids(&t).await, expected);
+    drop(t);
+    drop(mount);
+}
