@@ -164,6 +164,7 @@ const STATE: &[(&str, &str, &[&str])] = &[
     ("switchyard_lane_lag_events", "Events waiting in the lane: pending, in flight and parked.", &["subscription", "sink"]),
     ("switchyard_lane_oldest_pending_age_seconds", "Age of the oldest event waiting in the lane (0 when none is).", &["subscription", "sink"]),
     ("switchyard_lane_parked_events", "Events of the lane parked for a long wait now.", &["subscription", "sink"]),
+    ("switchyard_log_damaged_records", "Records found damaged since start: corrupt (do not decode; skipped) or lost (stored before the last start, gone when it opened).", &["broker", "kind"]),
 ];
 
 /// A metric of the `STATE` table by name.
@@ -223,6 +224,7 @@ impl Collector for StateCollector {
             prometheus::GaugeVec::new(Opts::new(n, d), l).expect("a valid metric")
         };
         let parked_now = gauge("switchyard_lane_parked_events");
+        let damaged = gauge("switchyard_log_damaged_records");
         reloads
             .with_label_values(&["applied"])
             .inc_by(self.reloader.applied.load(Ordering::Relaxed));
@@ -238,6 +240,13 @@ impl Collector for StateCollector {
             lag.with_label_values(&[broker])
                 .set(top.saturating_sub(cursor) as i64);
             let stored = backend.stored(broker).unwrap_or_default();
+            let damage = backend.damage(broker);
+            damaged
+                .with_label_values(&[broker, "corrupt"])
+                .set(damage.corrupt as i64);
+            damaged
+                .with_label_values(&[broker, "lost"])
+                .set(damage.lost as i64);
             stored_events
                 .with_label_values(&[broker])
                 .set(stored.events as i64);
@@ -330,6 +339,7 @@ impl Collector for StateCollector {
             &lane_lag,
             &oldest,
             &parked_now,
+            &damaged,
         ] {
             out.extend(c.collect());
         }

@@ -5,7 +5,7 @@
 //! that write ended and ended before the `202` was written.
 //!
 //! Runs when `strace` is installed and ptrace is allowed; otherwise it says why it did
-//! nothing, unless `SWITCHYARD_REQUIRE_STRACE` is set (`.ci/run` installs strace and
+//! nothing, unless `STRACE_REQUIRED` is set (`.ci/run` installs strace and
 //! sets it), when it fails instead.
 
 mod common;
@@ -113,8 +113,8 @@ fn post(addr: std::net::SocketAddr, id: &str) -> String {
 fn every_202_follows_a_sync_of_the_log_that_covers_its_event() {
     if let Err(why) = strace_works() {
         // CI sets this: there, a missing strace is a broken set-up, not a reason to skip.
-        if std::env::var_os("SWITCHYARD_REQUIRE_STRACE").is_some() {
-            panic!("SWITCHYARD_REQUIRE_STRACE is set but {why}");
+        if std::env::var_os("STRACE_REQUIRED").is_some() {
+            panic!("STRACE_REQUIRED is set but {why}");
         }
         eprintln!("skipped: {why}");
         return;

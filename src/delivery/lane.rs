@@ -292,7 +292,7 @@ impl LaneContext {
             Ok(_) => {
                 // Logged once per lane; every one is counted.
                 if self.stats.gone.fetch_add(1, AtomicOrdering::Relaxed) == 0 {
-                    tracing::warn!(seq, "an event was deleted (retention) before it was delivered; skipped, and further ones are counted (outcome gone)");
+                    tracing::warn!(seq, "an event is no longer in the log (deleted by retention, or corrupt: see the log's error) before it was delivered; skipped, and further ones are counted (outcome gone)");
                 }
                 return Outcome::Gone;
             }

@@ -72,6 +72,15 @@ impl LogError {
     }
 }
 
+/// Records a log found damaged: `corrupt` ones do not decode and are skipped where
+/// they are read; `lost` ones were stored before the last start but were not there when
+/// it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Damage {
+    pub corrupt: u64,
+    pub lost: u64,
+}
+
 /// The storage interface. Calls block (they do disk I/O); the writer and readers call
 /// them off the async runtime.
 pub trait LogBackend: Send + Sync + 'static {
@@ -244,6 +253,11 @@ pub trait LogBackend: Send + Sync + 'static {
     fn disk_bytes(&self) -> Result<u64, LogError>;
 
     /// How many dead letters are kept.
+    /// Damage found in `broker`'s log since it was opened.
+    fn damage(&self, _broker: &str) -> Damage {
+        Damage::default()
+    }
+
     fn dead_letter_count(&self) -> Result<usize, LogError> {
         Ok(self.dead_letters()?.len())
     }

@@ -31,7 +31,9 @@ use bytes::Bytes;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, Transactional, Tree};
 
-use super::{AppendOutcome, Expired, GroupEntry, LaneId, LogBackend, LogError, LogRecord, Stored};
+use super::{
+    AppendOutcome, Damage, Expired, GroupEntry, LaneId, LogBackend, LogError, LogRecord, Stored,
+};
 
 /// How the log makes appends durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +121,52 @@ pub struct SledLog {
     /// Entries per lane, by broker and lane key prefix.
     depths: Mutex<HashMap<(String, Vec<u8>), LaneCounts>>,
     dead_letter_total: AtomicU64,
+    /// Damage found: records that do not decode (skipped when read), and records lost
+    /// before the last start (the head below its mark).
+    damage: Mutex<HashMap<String, Damage>>,
+    /// Records already reported corrupt, so each is logged once.
+    corrupt_seen: Mutex<std::collections::HashSet<(String, u64)>>,
+    /// Where the head marks live, the heads last written there, and when.
+    marks: Mutex<Marks>,
+}
+
+impl Drop for SledLog {
+    fn drop(&mut self) {
+        // The writer has made its last sync by now.
+        self.update_marks(true);
+    }
+}
+
+struct Marks {
+    path: PathBuf,
+    heads: HashMap<String, u64>,
+    written: std::time::Instant,
+}
+
+/// The file beside sled's own that holds each broker's head, rewritten at most every
+/// second: if sled ever opens with a lower head (it drops the rest of its log at the
+/// first entry whose checksum fails), the loss is reported instead of passing unseen.
+const MARKS_FILE: &str = "switchyard-heads";
+
+fn read_marks(path: &Path) -> HashMap<String, u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (b, s) = l.split_once(' ')?;
+            Some((b.to_string(), s.parse().ok()?))
+        })
+        .collect()
+}
+
+fn write_marks(path: &Path, heads: &HashMap<String, u64>) -> std::io::Result<()> {
+    let mut text = String::new();
+    for (b, s) in heads {
+        text.push_str(&format!("{b} {s}\n"));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
 }
 
 impl SledLog {
@@ -190,7 +238,40 @@ impl SledLog {
         let blobs_dir = options.path.join("blobs");
         let synced_blob = Mutex::new(max_blob_id(&blobs_dir)?);
         let dead_letters = db.open_tree("deadletters")?;
+        let marks_path = options.path.join(MARKS_FILE);
+        let mut damage = HashMap::new();
+        for (b, mark) in read_marks(&marks_path) {
+            let Some(t) = trees.get(&b) else { continue };
+            let head = t.head.load(Ordering::Acquire);
+            if mark > head {
+                tracing::error!(
+                    broker = %b,
+                    first = head + 1,
+                    last = mark,
+                    "records were stored but are gone: the log ends before them (sled drops the rest of its log at an entry that fails its checksum); new events take these sequence numbers again"
+                );
+                damage.insert(
+                    b,
+                    Damage {
+                        lost: mark - head,
+                        corrupt: 0,
+                    },
+                );
+            }
+        }
+        let heads: HashMap<String, u64> = trees
+            .iter()
+            .map(|(b, t)| (b.clone(), t.head.load(Ordering::Acquire)))
+            .collect();
+        write_marks(&marks_path, &heads)?;
         Ok(SledLog {
+            damage: Mutex::new(damage),
+            corrupt_seen: Mutex::default(),
+            marks: Mutex::new(Marks {
+                path: marks_path,
+                heads,
+                written: std::time::Instant::now(),
+            }),
             dead_letter_total: AtomicU64::new(dead_letters.len() as u64),
             depths: Mutex::new(depths),
             dead_letters,
@@ -204,6 +285,52 @@ impl SledLog {
             blobs_dir,
             synced_blob,
         })
+    }
+
+    /// A record that does not decode is skipped wherever it is read; it is logged
+    /// once, with its sequence, and counted.
+    fn report_corrupt(&self, broker: &str, seq: u64) {
+        let new = self
+            .corrupt_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((broker.to_string(), seq));
+        if new {
+            tracing::error!(
+                broker = %broker,
+                seq,
+                "a stored record is corrupt (it does not decode); it is skipped"
+            );
+            self.damage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(broker.to_string())
+                .or_default()
+                .corrupt += 1;
+        }
+    }
+
+    /// Rewrites the head marks when a head moved, at most once a second unless
+    /// `now`. Only the writer task calls this, between groups, so every head it sees
+    /// has been synced (with `fsync` durability).
+    fn update_marks(&self, now: bool) {
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        if !now && marks.written.elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        let heads: HashMap<String, u64> = self
+            .brokers
+            .iter()
+            .map(|(b, t)| (b.clone(), t.head.load(Ordering::Acquire)))
+            .collect();
+        if heads != marks.heads {
+            if let Err(e) = write_marks(&marks.path, &heads) {
+                tracing::warn!(error = %e, "cannot write the head marks");
+                return;
+            }
+            marks.heads = heads;
+        }
+        marks.written = std::time::Instant::now();
     }
 
     fn trees(&self, broker: &str) -> Result<&BrokerTrees, LogError> {
@@ -432,11 +559,10 @@ impl LogBackend for SledLog {
             let (k, v) = item?;
             let seq = seq_of(&k);
             let bytes = Bytes::copy_from_slice(&v);
-            let record = super::record::decode(seq, bytes).ok_or_else(|| LogError::Corrupt {
-                broker: broker.to_string(),
-                seq,
-            })?;
-            out.push(record);
+            match super::record::decode(seq, bytes) {
+                Some(record) => out.push(record),
+                None => self.report_corrupt(broker, seq),
+            }
         }
         Ok(out)
     }
@@ -936,7 +1062,17 @@ impl LogBackend for SledLog {
         if self.progress_dirty.swap(false, Ordering::AcqRel) {
             self.sync()?;
         }
+        self.update_marks(false);
         Ok(())
+    }
+
+    fn damage(&self, broker: &str) -> Damage {
+        self.damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(broker)
+            .copied()
+            .unwrap_or_default()
     }
 
     fn sync(&self) -> Result<(), LogError> {

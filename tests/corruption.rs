@@ -1,0 +1,179 @@
+//! Damaged storage found at start-up, with the real binary: a record that does not
+//! decode is reported with its sequence and skipped, the rest delivered; a log that
+//! sled cut short at a bad checksum is reported with the lost sequence range. Never a
+//! panic.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::process;
+use common::sink::{Answer, TestSink};
+
+fn config(dir: &Path, subscriptions: &str) -> std::path::PathBuf {
+    let subs = dir.join("subs");
+    std::fs::create_dir_all(&subs).unwrap();
+    std::fs::write(subs.join("s.yaml"), subscriptions).unwrap();
+    let path = dir.join("switchyard.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "ingress:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nstorage:\n  path: {}\nsubscriptions: [{}]\n",
+            dir.join("data").display(),
+            subs.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn post(addr: std::net::SocketAddr, id: &str, data: &str) {
+    use std::io::{Read, Write};
+    let body =
+        format!(r#"{{"specversion":"1.0","id":"{id}","source":"/c","type":"t","data":"{data}"}}"#);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 202"), "{id}: {out}");
+}
+
+/// Reads the broker's lines until one contains every part of `want`, or panics with
+/// what it said.
+fn expect_line(broker: &process::Broker, want: &[&str]) -> String {
+    let mut seen: Vec<String> = broker.startup.clone();
+    if let Some(l) = seen.iter().find(|l| want.iter().all(|w| l.contains(w))) {
+        return l.clone();
+    }
+    loop {
+        match broker.lines.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) if want.iter().all(|w| l.contains(w)) => return l,
+            Ok(l) => seen.push(l),
+            Err(_) => panic!(
+                "no line with {want:?}; the broker said:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+fn metric(admin: std::net::SocketAddr, line_start: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find(|l| l.starts_with(line_start))
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_decode_is_reported_with_its_sequence_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let cfg = config(dir.path(), "");
+    let broker = process::start(Some(&cfg), dir.path(), &[]);
+    for i in 1..=5 {
+        post(broker.ingress, &format!("e{i}"), "payload");
+    }
+    assert!(broker.terminate().success());
+
+    // Damage two records the way a bad disk would: one cut short, one overwritten.
+    {
+        let db = sled::open(dir.path().join("data")).unwrap();
+        let events = db.open_tree("events/default").unwrap();
+        let third = events.get(3u64.to_be_bytes()).unwrap().unwrap();
+        events
+            .insert(3u64.to_be_bytes(), &third[..third.len() / 2])
+            .unwrap();
+        events
+            .insert(4u64.to_be_bytes(), &b"\xff\xfe\xfd not a record"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    // A subscription from the start of the log reads every record.
+    config(
+        dir.path(),
+        &format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: {{ name: all }}\nspec:\n  startFrom: earliest\n  sinks: [{{ uri: '{}' }}]\n", sink.url("/all")),
+    );
+    let broker = process::start(Some(&cfg), dir.path(), &[]);
+    for seq in ["seq=3", "seq=4"] {
+        let line = expect_line(&broker, &["ERROR", "corrupt", seq]);
+        assert!(line.contains("broker=default"), "{line}");
+    }
+    let got = sink.wait_for(3, Duration::from_secs(20)).await;
+    let mut ids: Vec<&str> = got.iter().filter_map(|r| r.header("ce-id")).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["e1", "e2", "e5"],
+        "the undamaged records are delivered"
+    );
+    assert_eq!(
+        metric(
+            broker.admin,
+            "switchyard_log_damaged_records{broker=\"default\",kind=\"corrupt\"}"
+        )
+        .as_deref(),
+        Some("switchyard_log_damaged_records{broker=\"default\",kind=\"corrupt\"} 2")
+    );
+    // Still taking events.
+    post(broker.ingress, "after", "payload");
+    assert!(broker.terminate().success());
+}
+
+#[test]
+fn a_log_cut_short_at_a_bad_checksum_is_reported_with_the_lost_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let broker = process::start(Some(&cfg), dir.path(), &[]);
+    let data = "x".repeat(300);
+    for i in 1..=300 {
+        post(broker.ingress, &format!("l{i}"), &data);
+    }
+    assert!(broker.terminate().success());
+    // Overwrite bytes in the middle of sled's file: at start-up sled keeps its log up to
+    // the first entry whose checksum fails and drops the rest.
+    let file = dir.path().join("data/db");
+    let len = std::fs::metadata(&file).unwrap().len();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(SeekFrom::Start(len / 2)).unwrap();
+        f.write_all(&[0xde; 64]).unwrap();
+    }
+    let broker = process::start(Some(&cfg), dir.path(), &[]);
+    let line = expect_line(
+        &broker,
+        &["ERROR", "records were stored but are gone", "last=300"],
+    );
+    assert!(!broker.startup.iter().any(|l| l.contains("panicked")));
+    let first: u64 = line
+        .split("first=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((2..=300).contains(&first), "{line}");
+    let lost = metric(
+        broker.admin,
+        "switchyard_log_damaged_records{broker=\"default\",kind=\"lost\"}",
+    )
+    .unwrap();
+    assert_eq!(
+        lost,
+        format!(
+            "switchyard_log_damaged_records{{broker=\"default\",kind=\"lost\"}} {}",
+            301 - first
+        )
+    );
+    // The broker goes on: new events are taken.
+    post(broker.ingress, "after", "payload");
+    assert!(broker.terminate().success());
+}
