@@ -201,6 +201,18 @@ async fn new_subscriptions_start_from_latest_earliest_or_a_time() {
     .concat();
     t.write_subscriptions("start.yaml", &text);
     t.server().reloader.reload().unwrap();
+    // `latest` is the next event after the router has taken the new set on; it does so
+    // between batches, so wait for that before posting.
+    common::wait_until("the router takes the new subscriptions on", async || {
+        let states = t
+            .server()
+            .log
+            .backend()
+            .subscription_states("default")
+            .unwrap();
+        states.iter().any(|(name, _)| name == "from-latest")
+    })
+    .await;
     assert_eq!(t.post_json(&minimal("after")).await.status, 202);
     t.wait_routed("default").await;
     assert_eq!(

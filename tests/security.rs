@@ -1,6 +1,6 @@
 //! Outbound security: Standard Webhooks signatures checked by an independent
 //! implementation, and the addresses deliveries refuse (cloud metadata, the broker's
-//! own admin listener) and redirects they do not follow.
+//! own admin listener). Redirects are shown not followed in tests/delivery.rs.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::sink::{Answer, TestSink};
-use common::{eventually, minimal, subscription, wait_until, TestServer, T0};
+use common::{minimal, subscription, wait_until, TestServer, T0};
 use switchyard::delivery::client::{webhook_headers, Message};
 use switchyard::log::LaneId;
 
@@ -199,39 +199,4 @@ async fn a_sink_that_is_the_admin_listener_is_refused_without_a_request() {
     );
     // Had the request gone out, the admin listener would have answered it (405).
     assert_eq!(letter.last_status, None, "no answer: nothing was sent");
-}
-
-#[tokio::test]
-async fn redirects_are_not_followed() {
-    let target = TestSink::start(vec![], Answer::status(200)).await;
-    let redirecting = TestSink::start(
-        vec![],
-        Answer::status(307).header("location", &target.url("/stolen")),
-    )
-    .await;
-    let subs = subscription(
-        "r",
-        &format!("  sinks:\n    - uri: {}\n", redirecting.url("/hook")),
-    );
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
-    assert_eq!(t.post_json(&minimal("redirected")).await.status, 202);
-    let stats = t
-        .server()
-        .delivery
-        .stats("default", &LaneId::new("r", redirecting.url("/hook")));
-    let letters = eventually("a dead letter", async || {
-        let l = t.server().log.backend().dead_letters().unwrap();
-        (!l.is_empty()).then_some(l)
-    })
-    .await;
-    assert_eq!(letters[0].1.last_status, Some(307));
-    assert_eq!(
-        stats.attempts.load(Ordering::Relaxed),
-        1,
-        "a redirect is final"
-    );
-    assert!(
-        target.received().is_empty(),
-        "the redirect target got nothing"
-    );
 }

@@ -128,12 +128,22 @@ pub async fn serve(
         });
         match &acceptor {
             None => {
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                // hyper's header timer starts at the first byte: a client that connects
+                // and sends nothing would hold its slot forever. It gets the header
+                // read timeout to start.
+                let first_byte = ingress.config.header_read_timeout;
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let mut byte = [0u8; 1];
+                    if !matches!(
+                        tokio::time::timeout(first_byte, stream.peek(&mut byte)).await,
+                        Ok(Ok(1))
+                    ) {
+                        return;
+                    }
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
                     drop(permit);
                 });
             }
