@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release --bin switchyard --example soak
-//! target/release/examples/soak [--cycles 20] [--seconds 3] [--clients 16]
+//! target/release/examples/soak [--cycles 20] [--seconds 3] [--clients 16] [--outage 600]
 //! ```
 //!
 //! Each cycle starts the release broker on the same directory, drives it with
@@ -10,6 +10,11 @@
 //! in that time), and SIGKILLs it mid-load. Two subscriptions route to two local sinks:
 //! `all` (every event) and `even` (events of type `even`), each with `maxInFlight: 32`.
 //! The sinks answer 200 after a short random delay and 503 now and then.
+//!
+//! With `--outage S`, an outage follows the kills: the `even` sink answers every request
+//! 503 for S seconds while a tenth of the producers keep sending; the
+//! broker's resident memory is sampled every second, and the `all` lane's deliveries
+//! during the outage are counted (a down sink must not hold other lanes back).
 //!
 //! After the last cycle the broker runs once more until every event that got a `202`
 //! has reached every sink it matches. The run fails (exit 1) if any is missing, and
@@ -36,6 +41,7 @@ struct Args {
     cycles: usize,
     seconds: f64,
     clients: usize,
+    outage: f64,
     binary: PathBuf,
 }
 
@@ -44,6 +50,7 @@ fn args() -> Args {
         cycles: 20,
         seconds: 3.0,
         clients: 16,
+        outage: 0.0,
         binary: PathBuf::from("target/release/switchyard"),
     };
     let mut it = std::env::args().skip(1);
@@ -53,6 +60,7 @@ fn args() -> Args {
             "--cycles" => a.cycles = value.parse().expect("--cycles N"),
             "--seconds" => a.seconds = value.parse().expect("--seconds S"),
             "--clients" => a.clients = value.parse().expect("--clients N"),
+            "--outage" => a.outage = value.parse().expect("--outage SECONDS"),
             "--binary" => a.binary = PathBuf::from(value),
             other => panic!("unknown flag {other}"),
         }
@@ -65,6 +73,8 @@ fn args() -> Args {
 struct Received {
     counts: Mutex<HashMap<String, u64>>,
     requests: AtomicU64,
+    /// While set, every request is answered 503.
+    down: std::sync::atomic::AtomicBool,
 }
 
 async fn sink(received: Arc<Received>) -> SocketAddr {
@@ -90,7 +100,8 @@ async fn sink(received: Arc<Received>) -> SocketAddr {
                             let _ = req.into_body().collect().await;
                             let n = received.requests.fetch_add(1, Ordering::Relaxed);
                             // Now and then a 503; otherwise a 200 after up to 5 ms.
-                            let status = if n % 50 == 7 { 503 } else { 200 };
+                            let down = received.down.load(Ordering::Relaxed);
+                            let status = if down || n % 50 == 7 { 503 } else { 200 };
                             tokio::time::sleep(Duration::from_micros(n * 7919 % 5000)).await;
                             if status == 200 {
                                 *received.counts.lock().unwrap().entry(id).or_default() += 1;
@@ -207,6 +218,16 @@ async fn load(
     }
 }
 
+/// The resident set of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn delivered_per_second(received: &Received, since: Instant) -> f64 {
     received.requests.load(Ordering::Relaxed) as f64 / since.elapsed().as_secs_f64()
 }
@@ -246,8 +267,38 @@ async fn main() {
             acked.lock().unwrap().len()
         );
     }
-    // The last run: no load, until every acknowledged event reached its sinks.
-    let (mut child, _) = start(&a.binary, &config);
+    // The last run: an outage first, if asked for; then no load, until every
+    // acknowledged event reached its sinks.
+    let (mut child, addr) = start(&a.binary, &config);
+    let mut outage_report = None;
+    if a.outage > 0.0 {
+        even.down.store(true, Ordering::Relaxed);
+        let all_before = all.requests.load(Ordering::Relaxed);
+        let end = Instant::now() + Duration::from_secs_f64(a.outage);
+        let load = tokio::spawn(load(
+            addr,
+            (a.clients / 10).max(1),
+            a.cycles,
+            acked.clone(),
+            end,
+        ));
+        let mut peak_rss = 0u64;
+        let mut samples = Vec::new();
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let rss = rss_kib(child.id());
+            peak_rss = peak_rss.max(rss);
+            samples.push(rss);
+        }
+        let _ = load.await;
+        even.down.store(false, Ordering::Relaxed);
+        let first_minute_peak = samples.iter().take(60).copied().max().unwrap_or(0);
+        outage_report = Some((
+            all.requests.load(Ordering::Relaxed) - all_before,
+            first_minute_peak,
+            peak_rss,
+        ));
+    }
     let acked = acked.lock().unwrap().clone();
     let want_even = acked.iter().filter(|(_, e)| *e).count();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -299,6 +350,14 @@ async fn main() {
         dup_even,
         bound(&even)
     );
+    if let Some((all_requests, first_minute, peak)) = outage_report {
+        println!(
+            "outage of the even sink for {:.0} s: lane all took {all_requests} requests meanwhile; broker RSS peak {} MiB in the first minute, {} MiB over the whole outage",
+            a.outage,
+            first_minute / 1024,
+            peak / 1024
+        );
+    }
     let ok = missing == (0, 0) && dup_all <= bound(&all) && dup_even <= bound(&even);
     println!(
         "{}",

@@ -69,7 +69,13 @@ pub fn cached_regex(pattern: &str) -> Result<Arc<regex::Regex>, regex::Error> {
     if let Some(r) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(pattern) {
         return Ok(r.clone());
     }
-    let compiled = Arc::new(regex::Regex::new(pattern)?);
+    // A pattern can come from event data; cap what one compiled pattern may take so
+    // that the cache's 1024 entries stay small (the default cap is 10 MiB each).
+    let compiled = Arc::new(
+        regex::RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .build()?,
+    );
     let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
     if map.len() >= REGEX_CACHE {
         map.clear();
