@@ -23,7 +23,21 @@ fn open(dir: &std::path::Path) -> SledLog {
         cache_capacity: 8 << 20,
         dedupe_window_nanos: 0,
     };
-    SledLog::open(&options, &["default".to_string(), "other".to_string()]).unwrap()
+    // A log just dropped may still hold sled's file lock for a moment: its background
+    // flusher (relaxed durability) ends on its own schedule.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledLog::open(&options, &["default".to_string(), "other".to_string()]) {
+            Ok(log) => return log,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the log: {e}"),
+        }
+    }
 }
 
 fn event(id: &str, data_len: usize) -> Event {
