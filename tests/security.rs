@@ -190,7 +190,12 @@ async fn a_sink_that_is_the_admin_listener_is_refused_without_a_request() {
         1,
         "refusal is final"
     );
-    let letters = t.server().log.backend().dead_letters().unwrap();
+    // The counter moves before the letter is stored: wait for the letter itself.
+    let letters = common::eventually("the dead letter is stored", async || {
+        let l = t.server().log.backend().dead_letters().unwrap();
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
     let letter = &letters[0].1;
     assert!(
         letter.last_error.contains("admin listener"),

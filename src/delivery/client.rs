@@ -17,12 +17,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 
 use super::outbound::{self, Guard, GuardedConnector};
 use super::policy::Attempt;
 use crate::config::subscriptions::{Sink, SinkFormat};
 use crate::event::{binary, json, Event};
+use crate::ingress::tls::read_certs;
 
 type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
@@ -89,14 +90,7 @@ pub fn tls_config(
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("CA file {} holds no certificate", path.display()));
-            }
-            for c in certs {
+            for c in read_certs(path, "CA file")? {
                 roots
                     .add(c)
                     .map_err(|e| format!("CA file {}: {e}", path.display()))?;
@@ -116,10 +110,7 @@ pub fn tls_config(
     let config = match client_cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain: Vec<CertificateDer> = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+            let chain = read_certs(cert, "certificate")?;
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| format!("private key {}: {e}", key.display()))?;
             builder

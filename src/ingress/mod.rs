@@ -121,59 +121,42 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let ingress2 = ingress.clone();
+        let limit = ingress.config.header_read_timeout;
+        let ingress = ingress.clone();
         let service = hyper::service::service_fn(move |req| {
-            let ingress = ingress2.clone();
+            let ingress = ingress.clone();
             async move { Ok::<_, std::convert::Infallible>(handle(&ingress, req).await) }
         });
-        match &acceptor {
-            None => {
-                // hyper's header timer starts at the first byte: a client that connects
-                // and sends nothing would hold its slot forever. It gets the header
-                // read timeout to start.
-                let first_byte = ingress.config.header_read_timeout;
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let mut byte = [0u8; 1];
-                    if !matches!(
-                        tokio::time::timeout(first_byte, stream.peek(&mut byte)).await,
-                        Ok(Ok(1))
-                    ) {
-                        return;
+        let (builder, watcher, acceptor) = (builder.clone(), graceful.watcher(), acceptor.clone());
+        tokio::spawn(async move {
+            // hyper's header timer starts at the first byte: a client that connects and
+            // sends nothing would hold its slot forever. It gets the header read timeout
+            // to start, and a TLS handshake gets the same bound.
+            let mut byte = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(limit, stream.peek(&mut byte)).await,
+                Ok(Ok(1))
+            ) {
+                return;
+            }
+            match acceptor {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let conn = builder.serve_connection(TokioIo::new(tls), service);
+                            let _ = watcher.watch(conn).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
-                    drop(permit);
-                });
+                }
             }
-            Some(acceptor) => {
-                // The handshake gets the header read timeout: a client that stalls in it
-                // holds a connection slot no longer than one that stalls in its headers.
-                let handshake = tokio::time::timeout(
-                    ingress.config.header_read_timeout,
-                    acceptor.accept(stream),
-                );
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match handshake.await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
-                    drop(permit);
-                });
-            }
-        }
+            drop(permit);
+        });
     }
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown())

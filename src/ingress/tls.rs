@@ -9,7 +9,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of a PEM file, at least one; errors name the file as `what`.
+pub fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?
         .collect::<Result<_, _>>()

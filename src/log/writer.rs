@@ -79,6 +79,11 @@ pub(super) async fn run(
     let mut closing = false;
     // Whether the last group was refused for space, to log changes only.
     let mut refusing = false;
+    // What the space check needs, taken once: the limits and every broker's name.
+    let space = Arc::new((
+        options.space.clone(),
+        heads.keys().cloned().collect::<Vec<Arc<str>>>(),
+    ));
     loop {
         let first = tokio::select! {
             biased;
@@ -119,37 +124,18 @@ pub(super) async fn run(
         }
         let (group, replies): (Vec<GroupEntry>, Vec<_>) =
             requests.into_iter().map(|r| (r.entry, r.reply)).unzip();
-        let b = backend.clone();
-        let (limits, brokers) = (
-            options.space.clone(),
-            heads.keys().cloned().collect::<Vec<_>>(),
-        );
-        let refusal =
-            tokio::task::spawn_blocking(move || space_refusal(&*b, &limits, brokers.into_iter()))
-                .await
-                .unwrap_or(None);
-        if let Some(reason) = refusal {
-            if !refusing {
-                tracing::warn!(reason = %reason, "appends refused for want of space; answering 503 until there is room");
-                refusing = true;
-            }
-            let e = Arc::new(LogError::Full(reason));
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-            continue;
-        }
-        if std::mem::take(&mut refusing) {
-            tracing::info!("there is room again; appends resume");
-        }
         let now = clock.now_unix_nanos();
         let group_started = std::time::Instant::now();
         if let Some(m) = &metrics {
             m.log_group_size.observe(group.len() as f64);
         }
-        let b = backend.clone();
+        let (b, space) = (backend.clone(), space.clone());
+        // The space check goes in the same blocking call as the write: one hop a group.
         let written = tokio::task::spawn_blocking(move || {
-            let result = b.write_group(&group, now);
+            let result = match space_refusal(&*b, &space.0, space.1.iter().cloned()) {
+                Some(reason) => Err(LogError::Full(reason)),
+                None => b.write_group(&group, now),
+            };
             (group, result)
         })
         .await;
@@ -163,6 +149,24 @@ pub(super) async fn run(
                 continue;
             }
         };
+        // Refused for want of space: nothing was written, and the log is not failing.
+        let result = match result {
+            Err(refused @ LogError::Full(_)) => {
+                if !refusing {
+                    tracing::warn!(reason = %refused, "appends refused for want of space; answering 503 until there is room");
+                    refusing = true;
+                }
+                let e = Arc::new(refused);
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+            other => other,
+        };
+        if std::mem::take(&mut refusing) {
+            tracing::info!("there is room again; appends resume");
+        }
         *failure.lock().unwrap_or_else(|p| p.into_inner()) =
             result.as_ref().err().map(ToString::to_string);
         match result {
