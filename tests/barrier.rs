@@ -1,7 +1,7 @@
 //! The durability barrier, observed from outside: the real binary runs under
 //! `strace -f`, concurrent clients post events on fresh connections, and for every `202`
 //! written to a client's socket the trace must show, in this order: the log write that
-//! holds that event's id, then an `fdatasync`/`fsync` of the log file that began after
+//! holds that event's id, then an `fdatasync`/`fsync` of that segment file that began after
 //! that write ended and ended before the `202` was written.
 //!
 //! Runs when `strace` is installed and ptrace is allowed; otherwise it says why it did
@@ -177,7 +177,8 @@ fn every_202_follows_a_sync_of_the_log_that_covers_its_event() {
 
     let trace = std::fs::read_to_string(&trace_file).unwrap();
     let events = parse(&trace);
-    let log_file = format!("<{}/db>", data.display());
+    // Events are durable once their segment file is synced (src/log/segments.rs).
+    let log_file = format!("<{}/segments/default/", data.display());
     let socket_of = |args: &str| -> Option<String> {
         let start = args.find("<socket:[")?;
         let end = args[start..].find(']')?;

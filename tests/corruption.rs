@@ -1,7 +1,7 @@
-//! Damaged storage found at start-up, with the real binary: a record that does not
-//! decode is reported with its sequence and skipped, the rest delivered; a log that
-//! sled cut short at a bad checksum is reported with the lost sequence range. Never a
-//! panic.
+//! Damaged storage found at start-up, with the real binary: a record whose frame fails
+//! its checksum is reported with its sequence and skipped, the rest delivered; an index
+//! that sled cut short at a bad checksum is rebuilt from the segments; records gone
+//! from the segments are reported with the lost sequence range. Never a panic.
 
 mod common;
 
@@ -59,16 +59,8 @@ fn expect_line(broker: &process::Broker, want: &[&str]) -> String {
 }
 
 fn metric(admin: std::net::SocketAddr, line_start: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.lines()
+    admin_get(admin, "/metrics")
+        .lines()
         .find(|l| l.starts_with(line_start))
         .map(str::to_string)
 }
@@ -84,18 +76,23 @@ async fn a_record_that_does_not_decode_is_reported_with_its_sequence_and_skipped
     }
     assert!(broker.terminate().success());
 
-    // Damage two records the way a bad disk would: one cut short, one overwritten.
+    // Damage two records the way a bad disk would: a flipped bit in one, the other
+    // overwritten whole.
     {
-        let db = sled::open(dir.path().join("data")).unwrap();
-        let events = db.open_tree("events/default").unwrap();
-        let third = events.get(3u64.to_be_bytes()).unwrap().unwrap();
-        events
-            .insert(3u64.to_be_bytes(), &third[..third.len() / 2])
+        use std::os::unix::fs::FileExt;
+        let (segment, third) = frame(dir.path(), 3);
+        let (_, fourth) = frame(dir.path(), 4);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segment)
             .unwrap();
-        events
-            .insert(4u64.to_be_bytes(), &b"\xff\xfe\xfd not a record"[..])
+        let mut byte = [0u8];
+        let at = third.0 + third.1 - 1;
+        f.read_exact_at(&mut byte, at).unwrap();
+        f.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+        f.write_all_at(&vec![0xff; fourth.1 as usize], fourth.0)
             .unwrap();
-        db.flush().unwrap();
     }
     // A subscription from the start of the log reads every record.
     config(
@@ -128,18 +125,55 @@ async fn a_record_that_does_not_decode_is_reported_with_its_sequence_and_skipped
     assert!(broker.terminate().success());
 }
 
-#[test]
-fn a_log_cut_short_at_a_bad_checksum_is_reported_with_the_lost_range() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
-    let broker = process::start(Some(&cfg), dir.path(), &[]);
+/// The segment file and the (offset, length) of record `seq`'s frame, from sled's
+/// index (read with the broker stopped).
+fn frame(dir: &Path, seq: u64) -> (std::path::PathBuf, (u64, u64)) {
+    let db = sled::open(dir.join("data")).unwrap();
+    let v = db
+        .open_tree("events/default")
+        .unwrap()
+        .get(seq.to_be_bytes())
+        .unwrap()
+        .unwrap();
+    let segment = u64::from_be_bytes(v[..8].try_into().unwrap());
+    let offset = u64::from_be_bytes(v[8..16].try_into().unwrap());
+    let len = u32::from_be_bytes(v[16..20].try_into().unwrap());
+    (
+        dir.join(format!("data/segments/default/{segment:020}")),
+        (offset, u64::from(len)),
+    )
+}
+
+/// The status line and body of an admin GET.
+fn admin_get(admin: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn write_300(dir: &Path, cfg: &Path) {
+    let broker = process::start(Some(cfg), dir, &[]);
     let data = "x".repeat(300);
     for i in 1..=300 {
         post(broker.ingress, &format!("l{i}"), &data);
     }
     assert!(broker.terminate().success());
+}
+
+#[test]
+fn an_index_that_sled_cut_short_is_rebuilt_from_the_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    write_300(dir.path(), &cfg);
     // Overwrite bytes in the middle of sled's file: at start-up sled keeps its log up to
-    // the first entry whose checksum fails and drops the rest.
+    // the first entry whose checksum fails and drops the rest, index entries included.
     let file = dir.path().join("data/db");
     let len = std::fs::metadata(&file).unwrap().len();
     {
@@ -149,30 +183,62 @@ fn a_log_cut_short_at_a_bad_checksum_is_reported_with_the_lost_range() {
         f.write_all(&[0xde; 64]).unwrap();
     }
     let broker = process::start(Some(&cfg), dir.path(), &[]);
-    let line = expect_line(
+    let line = expect_line(&broker, &["indexed again", "last=300"]);
+    assert!(!broker.startup.iter().any(|l| l.contains("panicked")));
+    assert!(
+        !broker.startup.iter().any(|l| l.contains("are gone")),
+        "{line}"
+    );
+    for seq in [1, 150, 299, 300] {
+        let answer = admin_get(
+            broker.admin,
+            &format!("/api/v1/brokers/default/events/{seq}"),
+        );
+        assert!(answer.starts_with("HTTP/1.1 200"), "{seq}: {answer}");
+        assert!(answer.contains(&format!("\"l{seq}\"")), "{seq}: {answer}");
+    }
+    // The dedupe keys came back with the index: the same event again is not stored.
+    post(broker.ingress, "l300", &"x".repeat(300));
+    post(broker.ingress, "after", "payload");
+    let answer = admin_get(broker.admin, "/api/v1/brokers/default/events/301");
+    assert!(answer.contains("\"after\""), "{answer}");
+    assert!(broker.terminate().success());
+}
+
+#[test]
+fn records_gone_from_the_segments_are_reported_with_the_lost_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    write_300(dir.path(), &cfg);
+    // The segment loses its end from record 200 on, as a disk that lost writes would.
+    let (segment, (offset, _)) = frame(dir.path(), 200);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(offset)
+        .unwrap();
+    let broker = process::start(Some(&cfg), dir.path(), &[]);
+    expect_line(
         &broker,
-        &["ERROR", "records were stored but are gone", "last=300"],
+        &[
+            "ERROR",
+            "records were stored but are gone",
+            "first=200",
+            "last=300",
+        ],
     );
     assert!(!broker.startup.iter().any(|l| l.contains("panicked")));
-    let first: u64 = line
-        .split("first=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
-    assert!((2..=300).contains(&first), "{line}");
-    let lost = metric(
-        broker.admin,
-        "switchyard_log_damaged_records{broker=\"default\",kind=\"lost\"}",
-    )
-    .unwrap();
     assert_eq!(
-        lost,
-        format!(
-            "switchyard_log_damaged_records{{broker=\"default\",kind=\"lost\"}} {}",
-            301 - first
+        metric(
+            broker.admin,
+            "switchyard_log_damaged_records{broker=\"default\",kind=\"lost\"}",
         )
+        .as_deref(),
+        Some("switchyard_log_damaged_records{broker=\"default\",kind=\"lost\"} 101")
     );
+    let answer = admin_get(broker.admin, "/api/v1/brokers/default/events/199");
+    assert!(answer.contains("\"l199\""), "{answer}");
     // The broker goes on: new events are taken.
     post(broker.ingress, "after", "payload");
     assert!(broker.terminate().success());

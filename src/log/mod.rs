@@ -7,6 +7,7 @@
 
 pub mod record;
 mod retention;
+mod segments;
 pub mod sled;
 mod writer;
 pub use writer::free_bytes;

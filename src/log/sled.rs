@@ -1,12 +1,18 @@
 //! The embedded backend: sled 0.34.7.
 //!
-//! Per broker: `events/<broker>` (big-endian u64 sequence → record),
+//! Event bodies live in segment files beside sled (`segments/<broker>/`, see
+//! [`super::segments`]): a group is appended there and synced first, which is what makes
+//! it durable. sled holds the index and all other state.
+//!
+//! Per broker: `events/<broker>` (big-endian u64 sequence → the record's location in
+//! the segments),
 //! `dedupe/<broker>` (dedupe key → first-seen time and sequence),
 //! `dedupe-expiry/<broker>` (first-seen time ++ key, for sweeping), `lanes/<broker>`
 //! (lane prefix ++ sequence → stamp), `parked/<broker>` (lane prefix ++ due time ++
 //! sequence → attempts), `meta/<broker>` (router cursor, subscription states) and
-//! `stats/<broker>` (the stored event count and record bytes). A group's writes to one
-//! broker are one transaction over the event, dedupe and stats trees; routing decisions
+//! `stats/<broker>` (the stored event count and record bytes, and the head's location).
+//! A group's index writes to one broker are one transaction over the event, dedupe and
+//! stats trees; routing decisions
 //! are one transaction over the lanes and meta trees. Dead letters of every broker are
 //! in `deadletters` (id → JSON).
 //!
@@ -14,12 +20,14 @@
 //! depth, the dead letters) are kept in memory beside the trees, updated after each
 //! write commits; the lane depths and the dead-letter count are counted once at open.
 //!
-//! Durability (`fsync`): sled's `flush` writes its buffers with `sync_file_range`, which
-//! does not sync file metadata, and it writes large values to `blobs/` without syncing
-//! them at all. So after each flush the backend also `fdatasync`s the `db` file, every
-//! blob file written since the last sync, and the `blobs` directory. Only one caller
-//! flushes at a time (concurrent flushes deadlock in 0.34, sled #1308): the writer's
-//! group syncs and the rare dead-letter sync share one lock.
+//! Durability (`fsync`): a group is acknowledged once its segment write is synced. The
+//! index it adds to sled is flushed with the next progress sync (every 100 ms); what a
+//! crash takes of it is rebuilt from the segments at open. sled's `flush` writes its
+//! buffers with `sync_file_range`, which does not sync file metadata, and it writes large
+//! values to `blobs/` without syncing them at all. So after each flush the backend also
+//! `fdatasync`s the `db` file, every blob file written since the last sync, and the
+//! `blobs` directory. Only one caller flushes at a time (concurrent flushes deadlock in
+//! 0.34, sled #1308): progress syncs and the rare dead-letter sync share one lock.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -27,10 +35,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, Transactional, Tree};
 
+use super::segments::{Location, Segments};
 use super::{
     AppendOutcome, Damage, Expired, GroupEntry, LaneId, LogBackend, LogError, LogRecord, Stored,
 };
@@ -67,6 +75,8 @@ struct BrokerTrees {
     parked: Tree,
     /// `counts` → the head the counts include, the event count, the record bytes.
     stats: Tree,
+    /// The event bodies.
+    segments: Segments,
     head: AtomicU64,
     stored_events: AtomicU64,
     stored_bytes: AtomicU64,
@@ -85,6 +95,11 @@ struct LaneCounts {
 /// The stats key: the head sequence the counts include, the event count and the record
 /// bytes (three big-endian u64).
 const COUNTS: &[u8] = b"counts";
+
+/// The stats key of the head record's location: where a scan for records that the
+/// index has not caught up with starts, even when retention has removed the head's own
+/// index entry.
+const TAIL: &[u8] = b"tail";
 
 fn counts_value(head: u64, count: u64, bytes: u64) -> [u8; 24] {
     let mut v = [0u8; 24];
@@ -176,30 +191,30 @@ impl SledLog {
         let config = sled::Config::new()
             .path(&options.path)
             .cache_capacity(options.cache_capacity)
-            .flush_every_ms(match options.durability {
-                Durability::Fsync => None,
-                Durability::Relaxed => Some(500),
-            });
+            .flush_every_ms(None);
         let db = config.open()?;
         let mut trees = HashMap::new();
         let mut depths = HashMap::new();
         for b in brokers {
             let events = db.open_tree(format!("events/{b}"))?;
-            let head = match events.last()? {
-                Some((k, _)) => seq_of(&k),
-                None => 0,
-            };
             let stats = db.open_tree(format!("stats/{b}"))?;
+            let dedupe = db.open_tree(format!("dedupe/{b}"))?;
+            let expiry = db.open_tree(format!("dedupe-expiry/{b}"))?;
+            let segments = Segments::open(&options.path.join("segments").join(b))?;
             // The counts name the head they include; count anything past it (a log
             // written before the counts existed is counted whole, once).
             let (counted, mut count, mut bytes) = match stats.get(COUNTS)? {
                 Some(v) if v.len() == 24 => (seq_of(&v[..8]), seq_of(&v[8..16]), seq_of(&v[16..])),
                 _ => (0, 0, 0),
             };
+            let (head, gone) =
+                recover_index(b, &events, &dedupe, &expiry, &stats, &segments, counted)?;
+            count = count.saturating_sub(gone.0);
+            bytes = bytes.saturating_sub(gone.1);
             for item in events.range((counted + 1).to_be_bytes()..) {
                 let (_, v) = item?;
                 count += 1;
-                bytes += v.len() as u64;
+                bytes += Location::decode(&v).map_or(0, |l| u64::from(l.record_len));
             }
             let lanes = db.open_tree(format!("lanes/{b}"))?;
             let parked = db.open_tree(format!("parked/{b}"))?;
@@ -218,8 +233,9 @@ impl SledLog {
                 b.clone(),
                 BrokerTrees {
                     events,
-                    dedupe: db.open_tree(format!("dedupe/{b}"))?,
-                    expiry: db.open_tree(format!("dedupe-expiry/{b}"))?,
+                    dedupe,
+                    expiry,
+                    segments,
                     lanes,
                     meta: db.open_tree(format!("meta/{b}"))?,
                     parked,
@@ -287,6 +303,23 @@ impl SledLog {
         })
     }
 
+    /// The record an index entry points at; `None` when its frame or its encoding is
+    /// damaged.
+    fn record(
+        &self,
+        trees: &BrokerTrees,
+        seq: u64,
+        entry: &[u8],
+    ) -> Result<Option<LogRecord>, LogError> {
+        let Some(location) = Location::decode(entry) else {
+            return Ok(None);
+        };
+        Ok(trees
+            .segments
+            .read(seq, location)?
+            .and_then(|bytes| super::record::decode(seq, bytes)))
+    }
+
     /// A record that does not decode is skipped wherever it is read; it is logged
     /// once, with its sequence, and counted.
     fn report_corrupt(&self, broker: &str, seq: u64) {
@@ -352,6 +385,8 @@ impl SledLog {
     ) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
         let trees = self.trees(broker)?;
         let mut next = trees.head.load(Ordering::Acquire);
+        let first = next + 1;
+        let mut bodies: Vec<(Option<&[u8]>, &[u8])> = Vec::new();
         let mut events = Batch::default();
         let mut dedupe = Batch::default();
         let mut expiry = Batch::default();
@@ -375,7 +410,7 @@ impl SledLog {
                 next += 1;
                 added += 1;
                 added_bytes += append.record.len() as u64;
-                events.insert(&next.to_be_bytes(), append.record.as_ref());
+                bodies.push((append.dedupe_key.as_deref(), append.record.as_ref()));
                 if let Some(key) = &append.dedupe_key {
                     let mut value = [0u8; 16];
                     value[..8].copy_from_slice(&now.to_be_bytes());
@@ -394,21 +429,44 @@ impl SledLog {
         if added == 0 {
             return Ok(all);
         }
-        let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let count = trees.stored_events.load(Ordering::Acquire) + added;
-        let bytes = trees.stored_bytes.load(Ordering::Acquire) + added_bytes;
-        (&trees.events, &trees.dedupe, &trees.expiry, &trees.stats)
-            .transaction(|(e, d, x, s)| {
-                e.apply_batch(&events)?;
-                d.apply_batch(&dedupe)?;
-                x.apply_batch(&expiry)?;
-                s.insert(COUNTS, &counts_value(next, count, bytes))?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(transaction_error)?;
+        // The bodies first, synced: that makes the group durable. The index follows.
+        let locations = trees.segments.append(first, &bodies)?;
+        let indexed = (|| {
+            if self.durability == Durability::Fsync {
+                trees.segments.sync()?;
+            }
+            for (i, l) in locations.iter().enumerate() {
+                events.insert(&(first + i as u64).to_be_bytes(), &l.encode());
+            }
+            let tail = locations.last().map(Location::encode).unwrap_or_default();
+            let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let count = trees.stored_events.load(Ordering::Acquire) + added;
+            let bytes = trees.stored_bytes.load(Ordering::Acquire) + added_bytes;
+            (&trees.events, &trees.dedupe, &trees.expiry, &trees.stats)
+                .transaction(|(e, d, x, s)| {
+                    e.apply_batch(&events)?;
+                    d.apply_batch(&dedupe)?;
+                    x.apply_batch(&expiry)?;
+                    s.insert(COUNTS, &counts_value(next, count, bytes))?;
+                    s.insert(TAIL, &tail)?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(transaction_error)?;
+            trees.stored_events.store(count, Ordering::Release);
+            trees.stored_bytes.store(bytes, Ordering::Release);
+            Ok::<_, LogError>(())
+        })();
+        if let Err(e) = indexed {
+            // Not acknowledged: the frames go, so that these sequences are written again.
+            if let Some(l) = locations.first() {
+                if let Err(r) = trees.segments.rewind(first, *l) {
+                    tracing::error!(error = %r, "cannot take back a failed write from the segment");
+                }
+            }
+            return Err(e);
+        }
+        self.progress_dirty.store(true, Ordering::Release);
         trees.head.store(next, Ordering::Release);
-        trees.stored_events.store(count, Ordering::Release);
-        trees.stored_bytes.store(bytes, Ordering::Release);
         Ok(all)
     }
 
@@ -470,6 +528,89 @@ impl SledLog {
         *synced = newest;
         Ok(())
     }
+}
+
+/// Brings a broker's index in line with its segments at open and returns the head:
+/// index entries whose frames never reached the disk (relaxed durability, then a power
+/// loss) are dropped, and records the index had not caught up with (its flush follows
+/// the segments' sync) are indexed again, dedupe keys included. Also returns the events
+/// and bytes dropped that the counts (up to `counted`) include.
+fn recover_index(
+    broker: &str,
+    events: &Tree,
+    dedupe: &Tree,
+    expiry: &Tree,
+    stats: &Tree,
+    segments: &Segments,
+    counted: u64,
+) -> Result<(u64, (u64, u64)), LogError> {
+    let mut head = match events.last()? {
+        Some((k, _)) => seq_of(&k),
+        None => 0,
+    }
+    .max(counted);
+    let mut dropped = 0u64;
+    let mut gone = (0u64, 0u64);
+    while let Some(v) = events.get(head.to_be_bytes())? {
+        match Location::decode(&v) {
+            Some(l) if !segments.reaches(l) => {
+                events.remove(head.to_be_bytes())?;
+                if head <= counted {
+                    gone.0 += 1;
+                    gone.1 += u64::from(l.record_len);
+                }
+                head -= 1;
+                dropped += 1;
+            }
+            _ => break,
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            broker = %broker,
+            first = head + 1,
+            last = head + dropped,
+            "index entries point past the end of the segments (written without a sync before a power loss); they are dropped"
+        );
+    }
+    let tail = match events.get(head.to_be_bytes())? {
+        Some(v) => Location::decode(&v),
+        None => stats.get(TAIL)?.and_then(|v| Location::decode(&v)),
+    };
+    let found = segments.scan(head + 1, tail)?;
+    let Some(last) = found.last() else {
+        return Ok((head, gone));
+    };
+    let (mut e, mut d, mut x) = (Batch::default(), Batch::default(), Batch::default());
+    for f in &found {
+        e.insert(&f.seq.to_be_bytes(), &f.location.encode());
+        if let Some(key) = &f.key {
+            let arrival =
+                super::record::decode(f.seq, f.record.clone()).map_or(0, |r| r.arrival_unix_nanos);
+            let mut value = [0u8; 16];
+            value[..8].copy_from_slice(&arrival.to_be_bytes());
+            value[8..].copy_from_slice(&f.seq.to_be_bytes());
+            d.insert(key.as_slice(), &value);
+            let mut exp = arrival.to_be_bytes().to_vec();
+            exp.extend_from_slice(key);
+            x.insert(exp, &[]);
+        }
+    }
+    (events, dedupe, expiry)
+        .transaction(|(e2, d2, x2)| {
+            e2.apply_batch(&e)?;
+            d2.apply_batch(&d)?;
+            x2.apply_batch(&x)?;
+            Ok::<_, ConflictableTransactionError<()>>(())
+        })
+        .map_err(transaction_error)?;
+    tracing::info!(
+        broker = %broker,
+        first = head + 1,
+        last = last.seq,
+        "records written to the segments after the index's last flush are indexed again"
+    );
+    Ok((last.seq, gone))
 }
 
 /// The lane part (`subscription \0 sink \0`) of a lanes or parked key.
@@ -546,9 +687,6 @@ impl LogBackend for SledLog {
                 outcomes[i] = o;
             }
         }
-        if self.durability == Durability::Fsync {
-            self.sync()?;
-        }
         Ok(outcomes)
     }
 
@@ -558,8 +696,7 @@ impl LogBackend for SledLog {
         for item in trees.events.range(from.to_be_bytes()..).take(limit) {
             let (k, v) = item?;
             let seq = seq_of(&k);
-            let bytes = Bytes::copy_from_slice(&v);
-            match super::record::decode(seq, bytes) {
+            match self.record(trees, seq, &v)? {
                 Some(record) => out.push(record),
                 None => self.report_corrupt(broker, seq),
             }
@@ -956,7 +1093,8 @@ impl LogBackend for SledLog {
             let (k, v) = item?;
             let seq = seq_of(&k);
             // A record that cannot be read is old by position: it goes with its neighbours.
-            let arrival = super::record::decode(seq, Bytes::copy_from_slice(&v))
+            let arrival = self
+                .record(trees, seq, &v)?
                 .map_or(0, |r| r.arrival_unix_nanos);
             if arrival < cutoff {
                 expired.by_age += 1;
@@ -965,7 +1103,7 @@ impl LogBackend for SledLog {
             } else {
                 break;
             }
-            expired.bytes += v.len() as u64;
+            expired.bytes += Location::decode(&v).map_or(0, |l| u64::from(l.record_len));
             batch.remove(k);
         }
         let n = (expired.by_age + expired.by_size) as u64;
@@ -991,6 +1129,13 @@ impl LogBackend for SledLog {
             .map_err(transaction_error)?;
         trees.stored_events.store(count, Ordering::Release);
         trees.stored_bytes.store(bytes, Ordering::Release);
+        drop(_counts);
+        // Whole segments before the first record kept go (the newest one always stays).
+        let first_kept = match trees.events.first()? {
+            Some((k, _)) => seq_of(&k),
+            None => head + 1,
+        };
+        trees.segments.remove_before(first_kept)?;
         Ok(expired)
     }
 
@@ -1003,17 +1148,19 @@ impl LogBackend for SledLog {
     }
 
     fn oldest_arrival(&self, broker: &str) -> Result<Option<u64>, LogError> {
-        let Some((k, v)) = self.trees(broker)?.events.first()? else {
+        let trees = self.trees(broker)?;
+        let Some((k, v)) = trees.events.first()? else {
             return Ok(None);
         };
         Ok(Some(
-            super::record::decode(seq_of(&k), Bytes::copy_from_slice(&v))
+            self.record(trees, seq_of(&k), &v)?
                 .map_or(0, |r| r.arrival_unix_nanos),
         ))
     }
 
     fn disk_bytes(&self) -> Result<u64, LogError> {
-        Ok(self.db.size_on_disk()?)
+        let segments: u64 = self.brokers.values().map(|t| t.segments.disk_bytes()).sum();
+        Ok(self.db.size_on_disk()? + segments)
     }
 
     fn lane_depth(&self, broker: &str, lane: &LaneId) -> Result<u64, LogError> {
@@ -1041,11 +1188,10 @@ impl LogBackend for SledLog {
         let trees = self.trees(broker)?;
         let head = trees.head.load(Ordering::Acquire);
         let arrival = |seq: u64| -> Result<Option<u64>, LogError> {
-            Ok(trees
-                .events
-                .get(seq.to_be_bytes())?
-                .and_then(|v| super::record::decode(seq, Bytes::copy_from_slice(&v)))
-                .map(|r| r.arrival_unix_nanos))
+            let Some(v) = trees.events.get(seq.to_be_bytes())? else {
+                return Ok(None);
+            };
+            Ok(self.record(trees, seq, &v)?.map(|r| r.arrival_unix_nanos))
         };
         let (mut lo, mut hi) = (1u64, head + 1);
         while lo < hi {
@@ -1059,6 +1205,11 @@ impl LogBackend for SledLog {
     }
 
     fn sync_progress(&self) -> Result<(), LogError> {
+        if self.durability == Durability::Relaxed {
+            for t in self.brokers.values() {
+                t.segments.sync()?;
+            }
+        }
         if self.progress_dirty.swap(false, Ordering::AcqRel) {
             self.sync()?;
         }
@@ -1076,6 +1227,9 @@ impl LogBackend for SledLog {
     }
 
     fn sync(&self) -> Result<(), LogError> {
+        for t in self.brokers.values() {
+            t.segments.sync()?;
+        }
         let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.db.flush()?;
         if self.durability == Durability::Fsync {
