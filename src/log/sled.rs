@@ -344,8 +344,8 @@ impl SledLog {
     }
 
     /// Rewrites the head marks when a head moved, at most once a second unless
-    /// `now`. Only the writer task calls this, between groups, so every head it sees
-    /// has been synced (with `fsync` durability).
+    /// `now`. A head moves only after its group's segment write was synced (with `fsync`
+    /// durability), so every head seen here is on disk.
     fn update_marks(&self, now: bool) {
         let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
         if !now && marks.written.elapsed() < std::time::Duration::from_secs(1) {

@@ -73,8 +73,12 @@ pub(super) async fn run(
     let mut sweep = tokio::time::interval((options.dedupe_window / 10).max(Duration::from_secs(1)));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Routing and lane progress (written by routers and deliverers, who never flush)
-    // is made durable here at least every 100 ms, in one sync for all of them.
+    // and the log's index are made durable here every 100 ms, in one sync for all of
+    // them. The sync runs beside the writes, never in their way, and comes first in
+    // the select: under a steady load the queue is never empty, and an index never
+    // flushed would hold sled's dirty pages in memory.
     let mut progress = tokio::time::interval(PROGRESS_SYNC);
+    let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     // Whether the last group was refused for space, to log changes only.
@@ -87,6 +91,15 @@ pub(super) async fn run(
     loop {
         let first = tokio::select! {
             biased;
+            _ = progress.tick(), if syncing.as_ref().is_none_or(|h| h.is_finished()) => {
+                let b = backend.clone();
+                syncing = Some(tokio::task::spawn_blocking(move || {
+                    if let Err(e) = b.sync_progress() {
+                        tracing::warn!(error = %e, "syncing routing and delivery progress failed");
+                    }
+                }));
+                continue;
+            }
             r = rx.recv() => match r {
                 Some(r) => r,
                 None => break,
@@ -95,13 +108,6 @@ pub(super) async fn run(
                 // Take no new requests; write the ones already queued, then stop.
                 rx.close();
                 closing = true;
-                continue;
-            }
-            _ = progress.tick() => {
-                let b = backend.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || b.sync_progress()).await {
-                    tracing::warn!(error = %e, "syncing routing and delivery progress failed");
-                }
                 continue;
             }
             _ = sweep.tick(), if window > 0 => {
@@ -209,6 +215,9 @@ pub(super) async fn run(
                 }
             }
         }
+    }
+    if let Some(h) = syncing {
+        let _ = h.await;
     }
     let b = backend.clone();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || b.sync()).await {
