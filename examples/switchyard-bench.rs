@@ -912,7 +912,7 @@ impl Bench {
             sled.ratio = Some(sled.rate / base_rate);
             sled.baseline = Some("B-durable".into());
             sled.notes =
-                "diagnostic: the storage layer alone (sled, one transaction and sync per group)"
+                "diagnostic: the storage layer alone (SledLog::write_group: segment append and sync, sled index)"
                     .into();
             self.push(sled);
         }
