@@ -79,6 +79,7 @@ pub(super) async fn run(
     // flushed would hold sled's dirty pages in memory.
     let mut progress = tokio::time::interval(PROGRESS_SYNC);
     let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
+    let mut sync_again = false;
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     // Whether the last group was refused for space, to log changes only.
@@ -91,13 +92,18 @@ pub(super) async fn run(
     loop {
         let first = tokio::select! {
             biased;
-            _ = progress.tick(), if syncing.as_ref().is_none_or(|h| h.is_finished()) => {
-                let b = backend.clone();
-                syncing = Some(tokio::task::spawn_blocking(move || {
-                    if let Err(e) = b.sync_progress() {
-                        tracing::warn!(error = %e, "syncing routing and delivery progress failed");
-                    }
-                }));
+            _ = progress.tick() => {
+                // A tick while the last sync still runs is not lost: the next sync
+                // starts as soon as that one ends.
+                if syncing.is_some() {
+                    sync_again = true;
+                } else {
+                    syncing = Some(spawn_progress_sync(backend.clone()));
+                }
+                continue;
+            }
+            _ = async { syncing.as_mut().expect("guarded by the condition").await }, if syncing.is_some() => {
+                syncing = std::mem::take(&mut sync_again).then(|| spawn_progress_sync(backend.clone()));
                 continue;
             }
             r = rx.recv() => match r {
@@ -223,4 +229,13 @@ pub(super) async fn run(
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || b.sync()).await {
         tracing::error!(error = %e, "final log sync failed");
     }
+}
+
+/// Makes routing and lane progress and the log's index durable, on a blocking thread.
+fn spawn_progress_sync(backend: Arc<dyn LogBackend>) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = backend.sync_progress() {
+            tracing::warn!(error = %e, "syncing routing and delivery progress failed");
+        }
+    })
 }
