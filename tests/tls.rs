@@ -152,20 +152,9 @@ async fn a_sink_with_its_own_ca_and_client_certificate_gets_events_over_mtls() {
 
 #[test]
 fn a_missing_ca_file_is_a_config_error_with_its_line() {
-    let defaults = switchyard::config::from_yaml(None, "", &Default::default())
-        .unwrap()
-        .delivery;
-    let text = subscription(
-        "s",
+    let errs = common::subscription_errors(
         "  sinks:\n    - uri: https://x/\n      tls: { caFile: /nonexistent/ca.pem }\n",
     );
-    let errs = switchyard::config::subscriptions::from_sources(
-        &[("s.yaml".into(), text)],
-        &["default".into()],
-        &defaults,
-    )
-    .unwrap_err()
-    .0;
     assert_eq!(errs[0].key, "spec.sinks[0].tls");
     assert_eq!(errs[0].line, 8);
     assert!(

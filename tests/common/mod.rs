@@ -267,6 +267,21 @@ pub fn subscription(name: &str, spec: &str) -> String {
     format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: {name}\nspec:\n{spec}---\n")
 }
 
+/// The config errors of one subscription file `s.yaml` holding subscription `s` with
+/// `spec`, loaded against the default delivery settings; fails if it loads.
+pub fn subscription_errors(spec: &str) -> Vec<config::ConfigError> {
+    let defaults = config::from_yaml(None, "", &Default::default())
+        .unwrap()
+        .delivery;
+    config::subscriptions::from_sources(
+        &[("s.yaml".into(), subscription("s", spec))],
+        &["default".into()],
+        &defaults,
+    )
+    .expect_err("the subscription is refused")
+    .0
+}
+
 pub mod sink;
 
 /// One request of the Tekton corpus (../shared/testdata/tekton), as a client sends it.
