@@ -135,6 +135,9 @@ struct Flaky {
     failing: AtomicBool,
     groups: AtomicUsize,
     delay: Duration,
+    /// How long each progress sync takes (milliseconds), and how many there were.
+    progress_delay_ms: AtomicUsize,
+    progress_syncs: AtomicUsize,
 }
 
 impl LogBackend for Flaky {
@@ -166,6 +169,9 @@ impl LogBackend for Flaky {
         self.inner.sync()
     }
     fn sync_progress(&self) -> Result<(), LogError> {
+        self.progress_syncs.fetch_add(1, Ordering::SeqCst);
+        let ms = self.progress_delay_ms.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(ms as u64));
         self.inner.sync_progress()
     }
     fn router_cursor(&self, broker: &str) -> Result<u64, LogError> {
@@ -285,6 +291,8 @@ async fn flaky_ingress_and_log(
         failing: AtomicBool::new(false),
         groups: AtomicUsize::new(0),
         delay,
+        progress_delay_ms: AtomicUsize::new(0),
+        progress_syncs: AtomicUsize::new(0),
     });
     let clock = Arc::new(ManualClock::new(common::T0));
     let options = WriterOptions {
@@ -439,4 +447,19 @@ fn finishing_an_entry_keeps_it_when_a_replay_put_it_back_meanwhile() {
         .lane_pending("default", &lane, 0, 10)
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_synced_back_to_back_when_a_sync_outlasts_the_interval() {
+    let (backend, _addr, _dir, _log) = flaky_ingress_and_log(Duration::ZERO).await;
+    // Each sync takes 250 ms, longer than the 100 ms interval: ticks fall while one runs.
+    backend.progress_delay_ms.store(250, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = backend.progress_syncs.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let syncs = backend.progress_syncs.load(Ordering::SeqCst) - before;
+    // Back to back that is about six in 1.5 s. An idle writer that skipped the ticks
+    // falling during a sync never synced again: lane progress went unsaved, and a
+    // crash resent everything delivered since.
+    assert!(syncs >= 4, "{syncs} progress syncs in 1.5 s");
 }
