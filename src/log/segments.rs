@@ -354,13 +354,23 @@ impl Segments {
 
     /// The record at `location`, if its frame checks out and carries `seq`.
     pub fn read(&self, seq: u64, location: Location) -> std::io::Result<Option<Bytes>> {
+        Ok(self.read_keyed(seq, location)?.map(|(_, record)| record))
+    }
+
+    /// The dedupe key and the record at `location`, if its frame checks out and carries
+    /// `seq`.
+    pub fn read_keyed(
+        &self,
+        seq: u64,
+        location: Location,
+    ) -> std::io::Result<Option<(Option<Vec<u8>>, Bytes)>> {
         let Some(file) = self.file(location.segment) else {
             return Ok(None);
         };
         Ok(
             read_frame_at(&file, location.offset, u64::from(location.frame_len))?
                 .filter(|(s, _, _, len)| *s == seq && *len == location.frame_len)
-                .map(|(_, _, record, _)| record),
+                .map(|(_, key, record, _)| (key, record)),
         )
     }
 

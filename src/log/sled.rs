@@ -6,11 +6,12 @@
 //!
 //! Per broker: `events/<broker>` (big-endian u64 sequence → the record's location in
 //! the segments),
-//! `dedupe/<broker>` (dedupe key → first-seen time and sequence),
-//! `dedupe-expiry/<broker>` (first-seen time ++ key, for sweeping), `lanes/<broker>`
+//! `dedupe/<broker>` (dedupe key → first-seen time and sequence; swept in sequence
+//! order by reading the keys back from the segment frames), `lanes/<broker>`
 //! (lane prefix ++ sequence → stamp), `parked/<broker>` (lane prefix ++ due time ++
 //! sequence → attempts), `meta/<broker>` (router cursor, subscription states) and
-//! `stats/<broker>` (the stored event count and record bytes, and the head's location).
+//! `stats/<broker>` (the stored event count and record bytes, the head's location, and
+//! how far dedupe keys were swept).
 //! A group's index writes to one broker are one transaction over the event, dedupe and
 //! stats trees; routing decisions
 //! are one transaction over the lanes and meta trees. Dead letters of every broker are
@@ -66,7 +67,6 @@ pub struct SledOptions {
 struct BrokerTrees {
     events: Tree,
     dedupe: Tree,
-    expiry: Tree,
     /// Lane entries: `subscription \0 sink \0 seq` → ().
     lanes: Tree,
     /// Routing state: `cursor` → seq; `sub/<name>` → JSON `SubscriptionState`.
@@ -100,6 +100,27 @@ const COUNTS: &[u8] = b"counts";
 /// index has not caught up with starts, even when retention has removed the head's own
 /// index entry.
 const TAIL: &[u8] = b"tail";
+
+/// The stats key of the last sequence whose dedupe key was swept (big-endian u64).
+const SWEPT: &[u8] = b"swept";
+
+/// Dedupe entries removed in one sled batch while sweeping.
+const SWEEP_BATCH: usize = 10_000;
+
+/// Removes every dedupe entry first seen before `cutoff`, reading the whole tree.
+fn sweep_by_time(dedupe: &Tree, cutoff: u64) -> Result<usize, LogError> {
+    let mut batch = Batch::default();
+    let mut removed = 0;
+    for item in dedupe.iter() {
+        let (k, v) = item?;
+        if split_dedupe_value(&v).0 < cutoff {
+            batch.remove(k);
+            removed += 1;
+        }
+    }
+    dedupe.apply_batch(batch)?;
+    Ok(removed)
+}
 
 fn counts_value(head: u64, count: u64, bytes: u64) -> [u8; 24] {
     let mut v = [0u8; 24];
@@ -199,7 +220,8 @@ impl SledLog {
             let events = db.open_tree(format!("events/{b}"))?;
             let stats = db.open_tree(format!("stats/{b}"))?;
             let dedupe = db.open_tree(format!("dedupe/{b}"))?;
-            let expiry = db.open_tree(format!("dedupe-expiry/{b}"))?;
+            // Expiry entries of an earlier version; the sweep reads the segments now.
+            db.drop_tree(format!("dedupe-expiry/{b}"))?;
             let segments = Segments::open(&options.path.join("segments").join(b))?;
             // The counts name the head they include; count anything past it (a log
             // written before the counts existed is counted whole, once).
@@ -207,8 +229,7 @@ impl SledLog {
                 Some(v) if v.len() == 24 => (seq_of(&v[..8]), seq_of(&v[8..16]), seq_of(&v[16..])),
                 _ => (0, 0, 0),
             };
-            let (head, gone) =
-                recover_index(b, &events, &dedupe, &expiry, &stats, &segments, counted)?;
+            let (head, gone) = recover_index(b, &events, &dedupe, &stats, &segments, counted)?;
             count = count.saturating_sub(gone.0);
             bytes = bytes.saturating_sub(gone.1);
             for item in events.range((counted + 1).to_be_bytes()..) {
@@ -234,7 +255,6 @@ impl SledLog {
                 BrokerTrees {
                     events,
                     dedupe,
-                    expiry,
                     segments,
                     lanes,
                     meta: db.open_tree(format!("meta/{b}"))?,
@@ -389,7 +409,6 @@ impl SledLog {
         let mut bodies: Vec<(Option<&[u8]>, &[u8])> = Vec::new();
         let mut events = Batch::default();
         let mut dedupe = Batch::default();
-        let mut expiry = Batch::default();
         // Keys stored earlier in this group, so that a duplicate inside it is caught.
         let mut seen: HashMap<&[u8], u64> = HashMap::new();
         let mut all = Vec::with_capacity(entries.len());
@@ -416,10 +435,6 @@ impl SledLog {
                     value[..8].copy_from_slice(&now.to_be_bytes());
                     value[8..].copy_from_slice(&next.to_be_bytes());
                     dedupe.insert(key.as_slice(), &value);
-                    let mut exp = Vec::with_capacity(8 + key.len());
-                    exp.extend_from_slice(&now.to_be_bytes());
-                    exp.extend_from_slice(key);
-                    expiry.insert(exp, &[]);
                     seen.insert(key.as_slice(), next);
                 }
                 outcomes.push(AppendOutcome::Stored(next));
@@ -442,11 +457,10 @@ impl SledLog {
             let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
             let count = trees.stored_events.load(Ordering::Acquire) + added;
             let bytes = trees.stored_bytes.load(Ordering::Acquire) + added_bytes;
-            (&trees.events, &trees.dedupe, &trees.expiry, &trees.stats)
-                .transaction(|(e, d, x, s)| {
+            (&trees.events, &trees.dedupe, &trees.stats)
+                .transaction(|(e, d, s)| {
                     e.apply_batch(&events)?;
                     d.apply_batch(&dedupe)?;
-                    x.apply_batch(&expiry)?;
                     s.insert(COUNTS, &counts_value(next, count, bytes))?;
                     s.insert(TAIL, &tail)?;
                     Ok::<_, ConflictableTransactionError<()>>(())
@@ -539,7 +553,6 @@ fn recover_index(
     broker: &str,
     events: &Tree,
     dedupe: &Tree,
-    expiry: &Tree,
     stats: &Tree,
     segments: &Segments,
     counted: u64,
@@ -581,7 +594,7 @@ fn recover_index(
     let Some(last) = found.last() else {
         return Ok((head, gone));
     };
-    let (mut e, mut d, mut x) = (Batch::default(), Batch::default(), Batch::default());
+    let (mut e, mut d) = (Batch::default(), Batch::default());
     for f in &found {
         e.insert(&f.seq.to_be_bytes(), &f.location.encode());
         if let Some(key) = &f.key {
@@ -591,16 +604,12 @@ fn recover_index(
             value[..8].copy_from_slice(&arrival.to_be_bytes());
             value[8..].copy_from_slice(&f.seq.to_be_bytes());
             d.insert(key.as_slice(), &value);
-            let mut exp = arrival.to_be_bytes().to_vec();
-            exp.extend_from_slice(key);
-            x.insert(exp, &[]);
         }
     }
-    (events, dedupe, expiry)
-        .transaction(|(e2, d2, x2)| {
+    (events, dedupe)
+        .transaction(|(e2, d2)| {
             e2.apply_batch(&e)?;
             d2.apply_batch(&d)?;
-            x2.apply_batch(&x)?;
             Ok::<_, ConflictableTransactionError<()>>(())
         })
         .map_err(transaction_error)?;
@@ -710,24 +719,54 @@ impl LogBackend for SledLog {
 
     fn expire_dedupe(&self, cutoff: u64) -> Result<usize, LogError> {
         let mut removed = 0;
-        for trees in self.brokers.values() {
-            let mut dedupe = Batch::default();
-            let mut expiry = Batch::default();
-            for item in trees.expiry.range(..cutoff.to_be_bytes()) {
-                let (k, _) = item?;
-                let (ts, key) = k.split_at(8.min(k.len()));
-                if let Some(v) = trees.dedupe.get(key)? {
-                    // The key may have been stored again later; only drop the old entry.
-                    if split_dedupe_value(&v).0 == seq_of(ts) {
-                        dedupe.remove(key);
+        for (broker, trees) in &self.brokers {
+            // Keys first seen before the cutoff belong to a prefix of the log (arrival
+            // times grow with sequence numbers): the records from just past the last
+            // sweep to the first one at or after the cutoff. Their keys are read back
+            // from the segment frames, which carry them.
+            let swept = trees.stats.get(SWEPT)?.map_or(0, |v| seq_of(&v));
+            let until = self.seq_at_time(broker, cutoff)?;
+            if until <= swept + 1 {
+                continue;
+            }
+            let first = trees.events.first()?.map_or(until, |(k, _)| seq_of(&k));
+            if swept + 1 < first {
+                // Retention deleted records the sweep had not reached: go by first-seen
+                // time over the whole tree, once.
+                removed += sweep_by_time(&trees.dedupe, cutoff)?;
+            }
+            let mut batch = Batch::default();
+            let mut pending = 0;
+            for item in trees
+                .events
+                .range(first.max(swept + 1).to_be_bytes()..until.to_be_bytes())
+            {
+                let (k, v) = item?;
+                let seq = seq_of(&k);
+                let Some(location) = Location::decode(&v) else {
+                    continue;
+                };
+                let Some((Some(key), _)) = trees.segments.read_keyed(seq, location)? else {
+                    continue;
+                };
+                // The key may have been stored again since; only its entry for this
+                // record goes.
+                if let Some(v) = trees.dedupe.get(&key)? {
+                    if split_dedupe_value(&v).1 == seq {
+                        batch.remove(key);
+                        pending += 1;
                     }
                 }
-                expiry.remove(k.as_ref());
-                removed += 1;
+                if pending == SWEEP_BATCH {
+                    trees.dedupe.apply_batch(std::mem::take(&mut batch))?;
+                    removed += pending;
+                    pending = 0;
+                }
             }
-            // Dedupe entries go first: a crash in between leaves only harmless expiry keys.
-            trees.dedupe.apply_batch(dedupe)?;
-            trees.expiry.apply_batch(expiry)?;
+            trees.dedupe.apply_batch(batch)?;
+            removed += pending;
+            trees.stats.insert(SWEPT, &(until - 1).to_be_bytes())?;
+            self.progress_dirty.store(true, Ordering::Release);
         }
         Ok(removed)
     }
