@@ -464,6 +464,12 @@ async fn progress_is_synced_back_to_back_when_a_sync_outlasts_the_interval() {
     assert!(syncs >= 4, "{syncs} progress syncs in 1.5 s");
 }
 
+/// A log on `dir` with a one-minute dedupe window, for the sweep tests.
+fn open_keyed(dir: &std::path::Path) -> SledLog {
+    let options = common::sled_options(dir, Durability::Fsync, 60_000_000_000);
+    SledLog::open(&options, &["default".to_string()]).unwrap()
+}
+
 /// Writes one keyed record per key to `default` at `now`; returns each outcome.
 fn keyed(log: &SledLog, keys: &[&str], now: u64) -> Vec<AppendOutcome> {
     let event = switchyard::event::Event::new(
@@ -505,13 +511,7 @@ fn keyed(log: &SledLog, keys: &[&str], now: u64) -> Vec<AppendOutcome> {
 #[test]
 fn the_sweep_drops_keys_by_arrival_and_keeps_a_key_stored_again() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SledOptions {
-        path: dir.path().join("data"),
-        durability: Durability::Fsync,
-        cache_capacity: 8 << 20,
-        dedupe_window_nanos: 60_000_000_000,
-    };
-    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    let log = open_keyed(dir.path());
     let s = 1_000_000_000u64;
     let t0 = common::T0;
     keyed(&log, &["a", "b", "c"], t0);
@@ -533,7 +533,7 @@ fn the_sweep_drops_keys_by_arrival_and_keeps_a_key_stored_again() {
     // Already swept up to there: nothing more, and nothing again after a reopen.
     assert_eq!(log.expire_dedupe(t0 + 5 * s).unwrap(), 0);
     drop(log);
-    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    let log = open_keyed(dir.path());
     assert_eq!(log.expire_dedupe(t0 + 5 * s).unwrap(), 0);
     // The rest, "d" at t0 + 10 s, goes with the next cutoff past it.
     assert_eq!(log.expire_dedupe(t0 + 11 * s).unwrap(), 1);
@@ -543,13 +543,7 @@ fn the_sweep_drops_keys_by_arrival_and_keeps_a_key_stored_again() {
 #[test]
 fn keys_of_records_retention_deleted_before_the_sweep_are_swept_by_time() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SledOptions {
-        path: dir.path().join("data"),
-        durability: Durability::Fsync,
-        cache_capacity: 8 << 20,
-        dedupe_window_nanos: 60_000_000_000,
-    };
-    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    let log = open_keyed(dir.path());
     let s = 1_000_000_000u64;
     let t0 = common::T0;
     keyed(&log, &["a", "b"], t0);

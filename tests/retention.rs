@@ -13,16 +13,11 @@ use bytes::Bytes;
 use common::sink::{Answer, TestSink};
 use common::{eventually, minimal, subscription, TestServer};
 use switchyard::event::{AttrValue, Data, Event};
-use switchyard::log::sled::{Durability, SledLog, SledOptions};
+use switchyard::log::sled::{Durability, SledLog};
 use switchyard::log::{record, Append, DeadLetter, GroupEntry, LaneId, LogBackend, RouteProgress};
 
 fn open(dir: &std::path::Path) -> SledLog {
-    let options = SledOptions {
-        path: dir.join("data"),
-        durability: Durability::Relaxed,
-        cache_capacity: 8 << 20,
-        dedupe_window_nanos: 0,
-    };
+    let options = common::sled_options(dir, Durability::Relaxed, 0);
     // A log just dropped may still hold sled's file lock for a moment: its background
     // flusher (relaxed durability) ends on its own schedule.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -267,6 +267,20 @@ pub fn subscription(name: &str, spec: &str) -> String {
     format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: {name}\nspec:\n{spec}---\n")
 }
 
+/// Options for a sled log in `dir/data` with a small cache.
+pub fn sled_options(
+    dir: &Path,
+    durability: switchyard::log::sled::Durability,
+    dedupe_window_nanos: u64,
+) -> switchyard::log::sled::SledOptions {
+    switchyard::log::sled::SledOptions {
+        path: dir.join("data"),
+        durability,
+        cache_capacity: 8 << 20,
+        dedupe_window_nanos,
+    }
+}
+
 /// The config errors of one subscription file `s.yaml` holding subscription `s` with
 /// `spec`, loaded against the default delivery settings; fails if it loads.
 pub fn subscription_errors(spec: &str) -> Vec<config::ConfigError> {
