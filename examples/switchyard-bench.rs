@@ -643,34 +643,39 @@ fn start_baseline(kind: &str, dir: &Path) -> Proc {
     }
 }
 
-/// The baseline servers (`--serve-baseline http|durable DIR`): print the address, serve.
+/// The baseline servers (`--serve-baseline http|durable|sled|sled-batch DIR`): print the
+/// address, serve.
 fn serve_baseline(kind: &str, dir: &Path) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let durable = kind == "durable" || kind == "sled";
+    let durable = kind == "durable" || kind.starts_with("sled");
     type Ack = tokio::sync::oneshot::Sender<()>;
     let (tx, rx) = std::sync::mpsc::channel::<(Bytes, Ack)>();
-    if kind == "sled" {
+    if kind.starts_with("sled") {
         // B-sled (a diagnostic, not a target's baseline): the same writer thread, but
-        // each group goes through Switchyard's storage layer (one sled transaction,
-        // flush, fdatasync), the bodies stored as they came. It isolates sled's cost
-        // from the rest of the broker.
+        // each group goes through Switchyard's storage layer (segment append and
+        // fdatasync, then the sled index) with the broker's default cache. It isolates
+        // the storage layer's cost from the rest of the broker. `sled`: each body one
+        // record, as it came, no dedupe. `sled-batch` (for S2): each body cut into 100
+        // records, each with a dedupe key of its own, as the broker stores a batch.
         use switchyard::log::sled::{Durability, SledLog, SledOptions};
         use switchyard::log::{Append, GroupEntry, LogBackend};
+        let split = if kind == "sled-batch" { 100 } else { 1 };
         let log = SledLog::open(
             &SledOptions {
                 path: dir.join("sled"),
                 durability: Durability::Fsync,
-                cache_capacity: 64 << 20,
-                dedupe_window_nanos: 0,
+                cache_capacity: 12 << 20,
+                dedupe_window_nanos: if split > 1 { 600_000_000_000 } else { 0 },
             },
             &["default".to_string()],
         )
         .unwrap();
         let broker: Arc<str> = Arc::from("default");
         std::thread::spawn(move || {
+            let mut keys = 0u64;
             while let Ok(first) = rx.recv() {
                 let mut group = vec![first];
                 while let Ok(more) = rx.try_recv() {
@@ -680,10 +685,24 @@ fn serve_baseline(kind: &str, dir: &Path) {
                     .iter()
                     .map(|(body, _)| GroupEntry {
                         broker: broker.clone(),
-                        appends: vec![Append {
-                            record: body.clone(),
-                            dedupe_key: None,
-                        }],
+                        appends: if split == 1 {
+                            vec![Append {
+                                record: body.clone(),
+                                dedupe_key: None,
+                            }]
+                        } else {
+                            let size = body.len().div_ceil(split).max(1);
+                            (0..body.len())
+                                .step_by(size)
+                                .map(|at| {
+                                    keys += 1;
+                                    Append {
+                                        record: body.slice(at..(at + size).min(body.len())),
+                                        dedupe_key: Some(format!("/bench\n{keys}").into_bytes()),
+                                    }
+                                })
+                                .collect()
+                        },
                     })
                     .collect();
                 log.write_group(&entries, 1).unwrap();
@@ -844,7 +863,7 @@ async fn baseline_server(
     let _ = std::fs::remove_dir_all(&dir);
     let name = match kind {
         "http" => "B-http",
-        "sled" => "B-sled",
+        "sled" | "sled-batch" => "B-sled",
         _ => "B-durable",
     };
     let mut row = row(
@@ -954,6 +973,11 @@ impl Bench {
         let base = baseline_server("durable", &payload, 64, secs, None).await;
         let base_rate = base.rate;
         self.push(base.clone());
+        let mut sled = baseline_server("sled-batch", &payload, 64, secs, None).await;
+        sled.ratio = Some(sled.rate / base_rate);
+        sled.baseline = Some("B-durable".into());
+        sled.notes = "diagnostic: the storage layer alone, each batch stored as 100 records with dedupe keys".into();
+        self.push(sled);
         let dir = tempdir("s2");
         let (broker, _) = start_broker(&self.args.broker, &dir, "", "fsync");
         let (r, cpu, rss) = measured(&broker, load(&broker, "/", payload.clone(), 64, secs)).await;
