@@ -737,10 +737,8 @@ impl LogBackend for SledLog {
             }
             let mut batch = Batch::default();
             let mut pending = 0;
-            for item in trees
-                .events
-                .range(first.max(swept + 1).to_be_bytes()..until.to_be_bytes())
-            {
+            let from = first.max(swept + 1).min(until);
+            for item in trees.events.range(from.to_be_bytes()..until.to_be_bytes()) {
                 let (k, v) = item?;
                 let seq = seq_of(&k);
                 let Some(location) = Location::decode(&v) else {
