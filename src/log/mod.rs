@@ -102,6 +102,7 @@ pub trait LogBackend: Send + Sync + 'static {
     fn head(&self, broker: &str) -> Result<u64, LogError>;
 
     /// Removes dedupe entries first seen before `cutoff_unix_nanos`; returns how many.
+    /// Runs beside appends: an entry stored again meanwhile is kept.
     fn expire_dedupe(&self, cutoff_unix_nanos: u64) -> Result<usize, LogError>;
 
     /// Number of dedupe entries held (for tests and metrics).

@@ -354,24 +354,39 @@ impl Segments {
 
     /// The record at `location`, if its frame checks out and carries `seq`.
     pub fn read(&self, seq: u64, location: Location) -> std::io::Result<Option<Bytes>> {
-        Ok(self.read_keyed(seq, location)?.map(|(_, record)| record))
-    }
-
-    /// The dedupe key and the record at `location`, if its frame checks out and carries
-    /// `seq`.
-    pub fn read_keyed(
-        &self,
-        seq: u64,
-        location: Location,
-    ) -> std::io::Result<Option<(Option<Vec<u8>>, Bytes)>> {
         let Some(file) = self.file(location.segment) else {
             return Ok(None);
         };
         Ok(
             read_frame_at(&file, location.offset, u64::from(location.frame_len))?
                 .filter(|(s, _, _, len)| *s == seq && *len == location.frame_len)
-                .map(|(_, key, record, _)| (key, record)),
+                .map(|(_, _, record, _)| record),
         )
+    }
+
+    /// The dedupe key of the frame at `location`, if the frame carries `seq` and a key.
+    /// Reads the header and the key only, without the checksum over the record: a key
+    /// damaged on disk matches no dedupe entry, so the worst it does is leave one
+    /// unswept.
+    pub fn read_key(&self, seq: u64, location: Location) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(file) = self.file(location.segment) else {
+            return Ok(None);
+        };
+        let mut head = [0u8; HEADER];
+        if (location.frame_len as usize) < HEADER {
+            return Ok(None);
+        }
+        file.read_exact_at(&mut head, location.offset)?;
+        let key_len = usize::from(u16::from_be_bytes([head[16], head[17]]));
+        if u64::from_be_bytes(head[8..16].try_into().unwrap_or_default()) != seq
+            || key_len == 0
+            || HEADER + key_len > location.frame_len as usize
+        {
+            return Ok(None);
+        }
+        let mut key = vec![0u8; key_len];
+        file.read_exact_at(&mut key, location.offset + HEADER as u64)?;
+        Ok(Some(key))
     }
 
     /// Removes the segments whose records all come before `first_kept` (the segment

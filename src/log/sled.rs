@@ -104,21 +104,23 @@ const TAIL: &[u8] = b"tail";
 /// The stats key of the last sequence whose dedupe key was swept (big-endian u64).
 const SWEPT: &[u8] = b"swept";
 
-/// Dedupe entries removed in one sled batch while sweeping.
-const SWEEP_BATCH: usize = 10_000;
+/// Removes a dedupe entry if it is still `value`: the sweep runs beside the writer,
+/// which may store the key again meanwhile.
+fn remove_if_unchanged(dedupe: &Tree, key: &[u8], value: sled::IVec) -> Result<bool, LogError> {
+    Ok(dedupe
+        .compare_and_swap(key, Some(value), None::<&[u8]>)?
+        .is_ok())
+}
 
 /// Removes every dedupe entry first seen before `cutoff`, reading the whole tree.
 fn sweep_by_time(dedupe: &Tree, cutoff: u64) -> Result<usize, LogError> {
-    let mut batch = Batch::default();
     let mut removed = 0;
     for item in dedupe.iter() {
         let (k, v) = item?;
-        if split_dedupe_value(&v).0 < cutoff {
-            batch.remove(k);
+        if split_dedupe_value(&v).0 < cutoff && remove_if_unchanged(dedupe, &k, v)? {
             removed += 1;
         }
     }
-    dedupe.apply_batch(batch)?;
     Ok(removed)
 }
 
@@ -735,8 +737,6 @@ impl LogBackend for SledLog {
                 // time over the whole tree, once.
                 removed += sweep_by_time(&trees.dedupe, cutoff)?;
             }
-            let mut batch = Batch::default();
-            let mut pending = 0;
             let from = first.max(swept + 1).min(until);
             for item in trees.events.range(from.to_be_bytes()..until.to_be_bytes()) {
                 let (k, v) = item?;
@@ -744,25 +744,19 @@ impl LogBackend for SledLog {
                 let Some(location) = Location::decode(&v) else {
                     continue;
                 };
-                let Some((Some(key), _)) = trees.segments.read_keyed(seq, location)? else {
+                let Some(key) = trees.segments.read_key(seq, location)? else {
                     continue;
                 };
                 // The key may have been stored again since; only its entry for this
                 // record goes.
                 if let Some(v) = trees.dedupe.get(&key)? {
-                    if split_dedupe_value(&v).1 == seq {
-                        batch.remove(key);
-                        pending += 1;
+                    if split_dedupe_value(&v).1 == seq
+                        && remove_if_unchanged(&trees.dedupe, &key, v)?
+                    {
+                        removed += 1;
                     }
                 }
-                if pending == SWEEP_BATCH {
-                    trees.dedupe.apply_batch(std::mem::take(&mut batch))?;
-                    removed += pending;
-                    pending = 0;
-                }
             }
-            trees.dedupe.apply_batch(batch)?;
-            removed += pending;
             trees.stats.insert(SWEPT, &(until - 1).to_be_bytes())?;
             self.progress_dirty.store(true, Ordering::Release);
         }

@@ -80,6 +80,7 @@ pub(super) async fn run(
     let mut progress = tokio::time::interval(PROGRESS_SYNC);
     let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
     let mut sync_again = false;
+    let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     // Whether the last group was refused for space, to log changes only.
@@ -117,12 +118,17 @@ pub(super) async fn run(
                 continue;
             }
             _ = sweep.tick(), if window > 0 => {
-                let cutoff = clock.now_unix_nanos().saturating_sub(window);
-                let b = backend.clone();
-                match tokio::task::spawn_blocking(move || b.expire_dedupe(cutoff)).await {
-                    Ok(Ok(n)) if n > 0 => tracing::debug!(expired = n, "dedupe entries expired"),
-                    Ok(Err(e)) => tracing::warn!(error = %e, "dedupe expiry failed"),
-                    _ => {}
+                // Beside the writes, not in their way: a minute of keys at a high rate
+                // takes seconds to sweep. One sweep at a time; a tick during one is
+                // skipped.
+                if sweeping.as_ref().is_none_or(|h| h.is_finished()) {
+                    let cutoff = clock.now_unix_nanos().saturating_sub(window);
+                    let b = backend.clone();
+                    sweeping = Some(tokio::task::spawn_blocking(move || match b.expire_dedupe(cutoff) {
+                        Ok(n) if n > 0 => tracing::debug!(expired = n, "dedupe entries expired"),
+                        Err(e) => tracing::warn!(error = %e, "dedupe expiry failed"),
+                        _ => {}
+                    }));
                 }
                 continue;
             }
@@ -222,7 +228,7 @@ pub(super) async fn run(
             }
         }
     }
-    if let Some(h) = syncing {
+    for h in [syncing, sweeping].into_iter().flatten() {
         let _ = h.await;
     }
     let b = backend.clone();
