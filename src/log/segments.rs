@@ -372,16 +372,13 @@ impl Segments {
         let Some(file) = self.file(location.segment) else {
             return Ok(None);
         };
-        let mut head = [0u8; HEADER];
         if (location.frame_len as usize) < HEADER {
             return Ok(None);
         }
+        let mut head = [0u8; HEADER];
         file.read_exact_at(&mut head, location.offset)?;
-        let key_len = usize::from(u16::from_be_bytes([head[16], head[17]]));
-        if u64::from_be_bytes(head[8..16].try_into().unwrap_or_default()) != seq
-            || key_len == 0
-            || HEADER + key_len > location.frame_len as usize
-        {
+        let (frame_seq, key_len) = seq_and_key_len(&head);
+        if frame_seq != seq || key_len == 0 || HEADER + key_len > location.frame_len as usize {
             return Ok(None);
         }
         let mut key = vec![0u8; key_len];
@@ -457,6 +454,12 @@ fn put_frame(
 
 type Frame = (u64, Option<Vec<u8>>, Bytes, u32);
 
+/// The sequence and the key length of a frame that starts with at least a header.
+fn seq_and_key_len(frame: &[u8]) -> (u64, usize) {
+    let seq = u64::from_be_bytes(frame[8..16].try_into().unwrap_or_default());
+    (seq, usize::from(u16::from_be_bytes([frame[16], frame[17]])))
+}
+
 /// The frame at `offset`, at most `room` bytes long; `None` when it is short, torn or
 /// fails its checksum.
 fn read_frame_at(file: &File, offset: u64, room: u64) -> std::io::Result<Option<Frame>> {
@@ -475,8 +478,7 @@ fn read_frame_at(file: &File, offset: u64, room: u64) -> std::io::Result<Option<
     if crc32fast::hash(&buf[8..]) != crc {
         return Ok(None);
     }
-    let seq = u64::from_be_bytes(buf[8..16].try_into().unwrap_or_default());
-    let key_len = usize::from(u16::from_be_bytes([buf[16], buf[17]]));
+    let (seq, key_len) = seq_and_key_len(&buf);
     if HEADER + key_len > buf.len() {
         return Ok(None);
     }

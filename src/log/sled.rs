@@ -433,10 +433,7 @@ impl SledLog {
                 added_bytes += append.record.len() as u64;
                 bodies.push((append.dedupe_key.as_deref(), append.record.as_ref()));
                 if let Some(key) = &append.dedupe_key {
-                    let mut value = [0u8; 16];
-                    value[..8].copy_from_slice(&now.to_be_bytes());
-                    value[8..].copy_from_slice(&next.to_be_bytes());
-                    dedupe.insert(key.as_slice(), &value);
+                    dedupe.insert(key.as_slice(), &dedupe_value(now, next));
                     seen.insert(key.as_slice(), next);
                 }
                 outcomes.push(AppendOutcome::Stored(next));
@@ -602,10 +599,7 @@ fn recover_index(
         if let Some(key) = &f.key {
             let arrival =
                 super::record::decode(f.seq, f.record.clone()).map_or(0, |r| r.arrival_unix_nanos);
-            let mut value = [0u8; 16];
-            value[..8].copy_from_slice(&arrival.to_be_bytes());
-            value[8..].copy_from_slice(&f.seq.to_be_bytes());
-            d.insert(key.as_slice(), &value);
+            d.insert(key.as_slice(), &dedupe_value(arrival, f.seq));
         }
     }
     (events, dedupe)
@@ -667,6 +661,15 @@ fn transaction_error(e: TransactionError<()>) -> LogError {
     }
 }
 
+/// A dedupe entry's value: first-seen time and sequence, big-endian.
+fn dedupe_value(first_seen: u64, seq: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&first_seen.to_be_bytes());
+    v[8..].copy_from_slice(&seq.to_be_bytes());
+    v
+}
+
+/// The first-seen time and sequence of a [`dedupe_value`].
 fn split_dedupe_value(v: &[u8]) -> (u64, u64) {
     if v.len() < 16 {
         return (0, 0);
@@ -756,6 +759,11 @@ impl LogBackend for SledLog {
                         removed += 1;
                     }
                 }
+            }
+            // Retention may have deleted records of this range while it was read (it
+            // runs beside the sweep): their keys go by first-seen time.
+            if trees.events.first()?.is_none_or(|(k, _)| seq_of(&k) > from) && from < until {
+                removed += sweep_by_time(&trees.dedupe, cutoff)?;
             }
             trees.stats.insert(SWEPT, &(until - 1).to_be_bytes())?;
             self.progress_dirty.store(true, Ordering::Release);
