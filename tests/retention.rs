@@ -9,11 +9,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::sink::{Answer, TestSink};
 use common::{eventually, minimal, subscription, TestServer};
 use switchyard::event::{AttrValue, Data, Event};
 use switchyard::log::sled::{Durability, SledLog};
-use switchyard::log::{Append, DeadLetter, GroupEntry, LaneId, LogBackend, RouteProgress};
+use switchyard::log::{record, Append, DeadLetter, GroupEntry, LaneId, LogBackend, RouteProgress};
 
 fn open(dir: &std::path::Path) -> SledLog {
     let options = common::sled_options(dir, Durability::Relaxed, 0);
@@ -51,7 +52,15 @@ fn event(id: &str, data_len: usize) -> Event {
 /// returns the record bytes written.
 fn append(log: &SledLog, broker: &str, n: usize, data_len: usize, now: u64) -> u64 {
     let appends: Vec<Append> = (0..n)
-        .map(|i| Append::event(broker, now, 0, event(&format!("e{i}"), data_len), None))
+        .map(|i| Append {
+            record: Bytes::from(record::encode(
+                broker,
+                now,
+                0,
+                &event(&format!("e{i}"), data_len),
+            )),
+            dedupe_key: None,
+        })
         .collect();
     let bytes = appends.iter().map(|a| a.record.len() as u64).sum();
     log.write_group(

@@ -284,13 +284,12 @@ impl LaneContext {
     /// Delivers one event: attempts with short waits in between, parking for long ones,
     /// dead-lettering at the end.
     async fn deliver(self: Arc<Self>, seq: u64, attempts: u32, stop: CancellationToken) -> Outcome {
-        // Read on the runtime, not a blocking thread: a recent record is kept decoded in
-        // memory, an older one is in sled's cache (or the OS page cache), and the read
-        // takes microseconds, less than the hop to another thread would
-        // (docs/performance.md, S4).
-        let record = match self.log.record(&self.broker, seq) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
+        // Read on the runtime, not a blocking thread: a recent record is in sled's cache
+        // (or the OS page cache) and the read takes microseconds, less than the hop
+        // to another thread would (docs/performance.md, S4).
+        let record = match self.log.backend().read(&self.broker, seq, 1) {
+            Ok(mut r) if r.first().is_some_and(|r| r.seq == seq) => r.swap_remove(0),
+            Ok(_) => {
                 // Logged once per lane; every one is counted.
                 if self.stats.gone.fetch_add(1, AtomicOrdering::Relaxed) == 0 {
                     tracing::warn!(seq, "an event is no longer in the log (deleted by retention, or corrupt: see the log's error) before it was delivered; skipped, and further ones are counted (outcome gone)");
@@ -464,8 +463,11 @@ impl LaneContext {
                     );
                     return true;
                 }
-                let append =
-                    Append::event(&self.broker, self.clock.now_unix_nanos(), hops, event, None);
+                let bytes = record::encode(&self.broker, self.clock.now_unix_nanos(), hops, &event);
+                let append = Append {
+                    record: Bytes::from(bytes),
+                    dedupe_key: None,
+                };
                 match self.log.append(self.broker.clone(), vec![append]).await {
                     Ok(_) => {
                         self.stats

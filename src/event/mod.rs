@@ -160,31 +160,6 @@ impl Event {
     pub fn into_parts(self) -> (Vec<(String, AttrValue)>, Option<Data>) {
         (self.attributes, self.data)
     }
-
-    /// The same event with its bytes in allocations of their own: a decoded body is a
-    /// slice of the request's read buffer, and an event kept for a while would keep
-    /// that whole buffer alive (often ten times the event's size).
-    pub fn detached(self) -> Event {
-        let own = |b: Bytes| Bytes::copy_from_slice(&b);
-        let attributes = self
-            .attributes
-            .into_iter()
-            .map(|(n, v)| match v {
-                AttrValue::Binary(b) => (n, AttrValue::Binary(own(b))),
-                v => (n, v),
-            })
-            .collect();
-        let data = self.data.map(|d| match d {
-            Data::Binary(b) => Data::Binary(own(b)),
-            Data::Json(b) => Data::Json(own(b)),
-            Data::Proto { type_url, value } => Data::Proto {
-                type_url,
-                value: own(value),
-            },
-            text @ Data::Text(_) => text,
-        });
-        Event { attributes, data }
-    }
 }
 
 /// Reads an event from a file, for offline tools (`switchyard explain`): a

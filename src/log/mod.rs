@@ -5,7 +5,6 @@
 //! downstream (routing, delivery) reads it by sequence number. sled is the embedded
 //! backend; a NATS JetStream backend can implement the same trait.
 
-mod recent;
 pub mod record;
 mod retention;
 mod segments;
@@ -23,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
-pub use recent::Recent;
 pub use record::LogRecord;
 
 /// What happened to one appended event.
@@ -40,35 +38,6 @@ pub enum AppendOutcome {
 pub struct Append {
     pub record: Bytes,
     pub dedupe_key: Option<Vec<u8>>,
-    /// The record decoded (its `seq` is set when it is stored), when the caller has
-    /// it: kept among the recent records, so that routing and delivery do not read
-    /// it back. `None` is always correct, only slower.
-    pub decoded: Option<LogRecord>,
-}
-
-impl Append {
-    /// `event` as a record of `broker`, kept decoded as well (in allocations of its
-    /// own, see [`Event::detached`](crate::event::Event::detached)).
-    pub fn event(
-        broker: &str,
-        arrival_unix_nanos: u64,
-        hops: u32,
-        event: crate::event::Event,
-        dedupe_key: Option<Vec<u8>>,
-    ) -> Append {
-        let record = record::encode(broker, arrival_unix_nanos, hops, &event);
-        Append {
-            record: Bytes::from(record),
-            dedupe_key,
-            decoded: Some(LogRecord {
-                seq: 0,
-                broker: broker.to_string(),
-                arrival_unix_nanos,
-                hops,
-                event: event.detached(),
-            }),
-        }
-    }
 }
 
 /// The appends of one request, all to one broker.
@@ -323,8 +292,6 @@ pub struct Expired {
     pub by_size: usize,
     /// Record bytes freed.
     pub bytes: u64,
-    /// The highest sequence number deleted (0 when none was).
-    pub through: u64,
 }
 
 /// What a broker's log holds.
@@ -483,8 +450,6 @@ pub struct Log {
     heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
     /// The error of the last group write, cleared by the next one that succeeds.
     failure: Arc<std::sync::Mutex<Option<String>>>,
-    /// The records written last, decoded.
-    recent: Arc<Recent>,
 }
 
 impl Log {
@@ -504,14 +469,8 @@ impl Log {
             heads.insert(Arc::<str>::from(b.as_str()), watch::Sender::new(head));
         }
         let heads = Arc::new(heads);
-        let recent = Arc::new(Recent::new(
-            heads.keys(),
-            recent::MAX_RECORDS,
-            recent::MAX_BYTES,
-        ));
         tracker.spawn(retention::run(
             backend.clone(),
-            recent.clone(),
             brokers
                 .iter()
                 .map(|b| Arc::<str>::from(b.as_str()))
@@ -526,11 +485,8 @@ impl Log {
         tracker.spawn(writer::run(
             backend.clone(),
             rx,
-            writer::Published {
-                heads: heads.clone(),
-                recent: recent.clone(),
-                failure: Arc::clone(&failure),
-            },
+            heads.clone(),
+            Arc::clone(&failure),
             clock,
             options,
             shutdown,
@@ -540,7 +496,6 @@ impl Log {
             tx,
             heads,
             failure,
-            recent,
         })
     }
 
@@ -597,41 +552,6 @@ impl Log {
         tokio::task::spawn_blocking(move || backend.read(&broker, from, limit))
             .await
             .map_err(|_| LogError::Closed)?
-    }
-
-    /// Records from `from` on, at most `limit`: from the recent records when `from`
-    /// is among them, else from the backend. Blocking: it may read the disk.
-    pub fn records(
-        &self,
-        broker: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<Arc<LogRecord>>, LogError> {
-        let recent = self.recent.read(broker, from, limit);
-        if !recent.is_empty() {
-            return Ok(recent);
-        }
-        Ok(self
-            .backend
-            .read(broker, from, limit)?
-            .into_iter()
-            .map(Arc::new)
-            .collect())
-    }
-
-    /// The record at `seq`; `None` when it is gone (retention) or corrupt. Blocking,
-    /// like [`Log::records`].
-    pub fn record(&self, broker: &str, seq: u64) -> Result<Option<Arc<LogRecord>>, LogError> {
-        Ok(self
-            .records(broker, seq, 1)?
-            .into_iter()
-            .next()
-            .filter(|r| r.seq == seq))
-    }
-
-    /// The recent records (for tests).
-    pub fn recent(&self) -> &Recent {
-        &self.recent
     }
 
     /// A lane's pending sequence numbers, off the async runtime.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Expired, LogBackend, LogError, Recent, Retention};
+use super::{Expired, LogBackend, LogError, Retention};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
@@ -20,7 +20,6 @@ const CHUNK: usize = 1000;
 
 pub(super) async fn run(
     backend: Arc<dyn LogBackend>,
-    recent: Arc<Recent>,
     brokers: Vec<Arc<str>>,
     clock: SharedClock,
     bounds: Retention,
@@ -34,19 +33,14 @@ pub(super) async fn run(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let (b, recent, names, now, bounds) = (
+        let (b, names, now, bounds) = (
             backend.clone(),
-            recent.clone(),
             brokers.clone(),
             clock.now_unix_nanos(),
             bounds.clone(),
         );
         let pass = tokio::task::spawn_blocking(move || {
             let events = expire_events(b.as_ref(), &names, now, &bounds);
-            // What is deleted is gone for readers of the recent records too.
-            for (broker, e) in events.iter().flatten() {
-                recent.forget_through(broker, e.through);
-            }
             let letters = b.expire_dead_letters(
                 match bounds.dead_letters_max_count {
                     0 => u64::MAX,
@@ -161,5 +155,4 @@ fn add(total: &mut Expired, e: Expired) {
     total.by_age += e.by_age;
     total.by_size += e.by_size;
     total.bytes += e.bytes;
-    total.through = total.through.max(e.through);
 }

@@ -1143,7 +1143,6 @@ impl LogBackend for SledLog {
                 break;
             }
             expired.bytes += Location::decode(&v).map_or(0, |l| u64::from(l.record_len));
-            expired.through = seq;
             batch.remove(k);
         }
         let n = (expired.by_age + expired.by_size) as u64;

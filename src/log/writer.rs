@@ -10,8 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AppendOutcome, AppendRequest, GroupEntry, LogBackend, LogError, Recent, SpaceLimits,
-    WriterOptions,
+    AppendOutcome, AppendRequest, GroupEntry, LogBackend, LogError, SpaceLimits, WriterOptions,
 };
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
@@ -59,29 +58,15 @@ fn space_refusal(
     })
 }
 
-/// What the writer makes known to the log's readers.
-pub(super) struct Published {
-    /// Each broker's head, moved after a group is durable.
-    pub heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
-    /// The records just written, decoded.
-    pub recent: Arc<Recent>,
-    /// The error of the last group write, cleared by the next one that succeeds.
-    pub failure: Arc<std::sync::Mutex<Option<String>>>,
-}
-
 pub(super) async fn run(
     backend: Arc<dyn LogBackend>,
     mut rx: mpsc::Receiver<AppendRequest>,
-    published: Published,
+    heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
     clock: SharedClock,
     options: WriterOptions,
     shutdown: CancellationToken,
 ) {
-    let Published {
-        heads,
-        recent,
-        failure,
-    } = published;
     let metrics: Option<Arc<Metrics>> = options.metrics.clone();
     let window = u64::try_from(options.dedupe_window.as_nanos()).unwrap_or(u64::MAX);
     // Expired dedupe entries are swept a tenth of a window apart (at least every second).
@@ -172,7 +157,7 @@ pub(super) async fn run(
             (group, result)
         })
         .await;
-        let (mut group, result) = match written {
+        let (group, result) = match written {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "log writer task failed");
@@ -216,18 +201,6 @@ pub(super) async fn run(
                             .with_label_values(&[&*entry.broker])
                             .inc_by(stored as u64);
                     }
-                }
-                // Kept decoded before anyone hears of them: the router wakes on the head.
-                for (entry, outcomes) in group.iter_mut().zip(&outcomes) {
-                    let stored = entry.appends.iter_mut().zip(outcomes).filter_map(|(a, o)| {
-                        let AppendOutcome::Stored(seq) = *o else {
-                            return None;
-                        };
-                        let mut record = a.decoded.take()?;
-                        record.seq = seq;
-                        Some((record, a.record.len()))
-                    });
-                    recent.push(&entry.broker, stored);
                 }
                 for (entry, outcomes) in group.iter().zip(&outcomes) {
                     let top = outcomes.iter().filter_map(|o| match o {

@@ -407,13 +407,7 @@ impl BrokerRouter {
         if head <= cursor {
             return Ok(Step::Idle(cursor));
         }
-        if routes.is_empty() {
-            // Nothing to decide: the events need not be read.
-            backend.record_routes(&self.broker, &[], &RouteProgress::Cursor(head))?;
-            return Ok(Step::Progress);
-        }
-        // New events are usually still among the recent records, decoded.
-        let records = self.log.records(&self.broker, cursor + 1, BATCH)?;
+        let records = backend.read(&self.broker, cursor + 1, BATCH)?;
         let mut entries = Vec::new();
         let mut last = cursor;
         for r in &records {
