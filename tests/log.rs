@@ -138,6 +138,24 @@ struct Flaky {
     /// How long each progress sync takes (milliseconds), and how many there were.
     progress_delay_ms: AtomicUsize,
     progress_syncs: AtomicUsize,
+    /// How long each dedupe sweep takes unless stopped, and how many began.
+    sweep_hold: Duration,
+    sweeps: AtomicUsize,
+}
+
+impl Flaky {
+    fn new(inner: SledLog, delay: Duration) -> Flaky {
+        Flaky {
+            inner,
+            failing: AtomicBool::new(false),
+            groups: AtomicUsize::new(0),
+            delay,
+            progress_delay_ms: AtomicUsize::new(0),
+            progress_syncs: AtomicUsize::new(0),
+            sweep_hold: Duration::ZERO,
+            sweeps: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl LogBackend for Flaky {
@@ -159,8 +177,14 @@ impl LogBackend for Flaky {
     fn head(&self, broker: &str) -> Result<u64, LogError> {
         self.inner.head(broker)
     }
-    fn expire_dedupe(&self, cutoff: u64) -> Result<usize, LogError> {
-        self.inner.expire_dedupe(cutoff)
+    fn expire_dedupe(&self, cutoff: u64, stop: &AtomicBool) -> Result<usize, LogError> {
+        self.sweeps.fetch_add(1, Ordering::SeqCst);
+        // A sweep that takes long (a high rate's minute of keys), unless told to stop.
+        let until = std::time::Instant::now() + self.sweep_hold;
+        while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.inner.expire_dedupe(cutoff, stop)
     }
     fn dedupe_entries(&self) -> usize {
         self.inner.dedupe_entries()
@@ -286,14 +310,10 @@ async fn flaky_ingress_and_log(
         dedupe_window_nanos: 0,
     };
     let brokers = vec!["default".to_string()];
-    let backend = Arc::new(Flaky {
-        inner: SledLog::open(&options, &brokers).unwrap(),
-        failing: AtomicBool::new(false),
-        groups: AtomicUsize::new(0),
+    let backend = Arc::new(Flaky::new(
+        SledLog::open(&options, &brokers).unwrap(),
         delay,
-        progress_delay_ms: AtomicUsize::new(0),
-        progress_syncs: AtomicUsize::new(0),
-    });
+    ));
     let clock = Arc::new(ManualClock::new(common::T0));
     let options = WriterOptions {
         dedupe_window: Duration::ZERO,
@@ -524,20 +544,83 @@ fn the_sweep_drops_keys_by_arrival_and_keeps_a_key_stored_again() {
     assert_eq!(log.dedupe_entries(), 4);
     // Sweeping what was first seen before t0 + 5 s drops "b" and "c"; "a" was stored
     // again since and stays, as the duplicate check below shows.
-    assert_eq!(log.expire_dedupe(t0 + 5 * s).unwrap(), 2);
+    assert_eq!(log.expire_dedupe(t0 + 5 * s, &go()).unwrap(), 2);
     assert_eq!(log.dedupe_entries(), 2);
     assert_eq!(
         keyed(&log, &["a", "b"], t0 + 71 * s),
         vec![AppendOutcome::Duplicate(5), AppendOutcome::Stored(6)]
     );
     // Already swept up to there: nothing more, and nothing again after a reopen.
-    assert_eq!(log.expire_dedupe(t0 + 5 * s).unwrap(), 0);
+    assert_eq!(log.expire_dedupe(t0 + 5 * s, &go()).unwrap(), 0);
     drop(log);
     let log = open_keyed(dir.path());
-    assert_eq!(log.expire_dedupe(t0 + 5 * s).unwrap(), 0);
+    assert_eq!(log.expire_dedupe(t0 + 5 * s, &go()).unwrap(), 0);
     // The rest, "d" at t0 + 10 s, goes with the next cutoff past it.
-    assert_eq!(log.expire_dedupe(t0 + 11 * s).unwrap(), 1);
+    assert_eq!(log.expire_dedupe(t0 + 11 * s, &go()).unwrap(), 1);
     assert_eq!(log.dedupe_entries(), 2);
+}
+
+/// A sweep's stop flag, not set.
+fn go() -> AtomicBool {
+    AtomicBool::new(false)
+}
+
+#[test]
+fn a_stopped_sweep_leaves_the_rest_to_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_keyed(dir.path());
+    let s = 1_000_000_000u64;
+    let t0 = common::T0;
+    keyed(&log, &["a", "b", "c"], t0);
+    // Told to stop before its first key: nothing goes, and nothing is marked swept.
+    assert_eq!(
+        log.expire_dedupe(t0 + 5 * s, &AtomicBool::new(true))
+            .unwrap(),
+        0
+    );
+    assert_eq!(log.dedupe_entries(), 3);
+    assert_eq!(log.expire_dedupe(t0 + 5 * s, &go()).unwrap(), 3);
+    assert_eq!(log.dedupe_entries(), 0);
+}
+
+#[tokio::test]
+async fn shutdown_stops_a_dedupe_sweep_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = vec!["default".to_string()];
+    let inner = SledLog::open(
+        &common::sled_options(dir.path(), Durability::Fsync, 10_000_000_000),
+        &brokers,
+    )
+    .unwrap();
+    let backend = Arc::new(Flaky {
+        // Each sweep would take a minute if nothing stopped it.
+        sweep_hold: Duration::from_secs(60),
+        ..Flaky::new(inner, Duration::ZERO)
+    });
+    let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
+    let options = WriterOptions {
+        dedupe_window: Duration::from_secs(10),
+        ..WriterOptions::default()
+    };
+    let clock = Arc::new(ManualClock::new(common::T0));
+    let _log = Log::start(
+        backend.clone(),
+        &brokers,
+        clock,
+        options,
+        shutdown.clone(),
+        &tracker,
+    )
+    .unwrap();
+    // The first sweep starts at once.
+    common::wait_until("a sweep to start", async || {
+        backend.sweeps.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    shutdown.cancel();
+    tracker.close();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    assert!(stopped.is_ok(), "the writer waited for the whole sweep");
 }
 
 #[test]
@@ -551,7 +634,7 @@ fn keys_of_records_retention_deleted_before_the_sweep_are_swept_by_time() {
     // Retention takes the two oldest records before any sweep ran.
     let expired = log.expire_events("default", t0 + s, 0, 100).unwrap();
     assert_eq!(expired.by_age, 2);
-    assert_eq!(log.expire_dedupe(t0 + 10 * s).unwrap(), 2);
+    assert_eq!(log.expire_dedupe(t0 + 10 * s, &go()).unwrap(), 2);
     assert_eq!(log.dedupe_entries(), 1);
     assert_eq!(
         keyed(&log, &["a", "c"], t0 + 21 * s),

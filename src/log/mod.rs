@@ -102,8 +102,14 @@ pub trait LogBackend: Send + Sync + 'static {
     fn head(&self, broker: &str) -> Result<u64, LogError>;
 
     /// Removes dedupe entries first seen before `cutoff_unix_nanos`; returns how many.
-    /// Runs beside appends: an entry stored again meanwhile is kept.
-    fn expire_dedupe(&self, cutoff_unix_nanos: u64) -> Result<usize, LogError>;
+    /// Runs beside appends: an entry stored again meanwhile is kept. Returns early,
+    /// between two keys, once `stop` is set (at shutdown); the next sweep goes on from
+    /// where this one stopped.
+    fn expire_dedupe(
+        &self,
+        cutoff_unix_nanos: u64,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<usize, LogError>;
 
     /// Number of dedupe entries held (for tests and metrics).
     fn dedupe_entries(&self) -> usize;

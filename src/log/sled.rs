@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -112,10 +112,14 @@ fn remove_if_unchanged(dedupe: &Tree, key: &[u8], value: sled::IVec) -> Result<b
         .is_ok())
 }
 
-/// Removes every dedupe entry first seen before `cutoff`, reading the whole tree.
-fn sweep_by_time(dedupe: &Tree, cutoff: u64) -> Result<usize, LogError> {
+/// Removes every dedupe entry first seen before `cutoff`, reading the whole tree (up
+/// to `stop`).
+fn sweep_by_time(dedupe: &Tree, cutoff: u64, stop: &AtomicBool) -> Result<usize, LogError> {
     let mut removed = 0;
     for item in dedupe.iter() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let (k, v) = item?;
         if split_dedupe_value(&v).0 < cutoff && remove_if_unchanged(dedupe, &k, v)? {
             removed += 1;
@@ -155,7 +159,7 @@ pub struct SledLog {
     /// One flush at a time: concurrent flushes can deadlock in sled 0.34 (sled #1308).
     flush_lock: Mutex<()>,
     /// Whether routing or delivery progress was written since the last sync.
-    progress_dirty: std::sync::atomic::AtomicBool,
+    progress_dirty: AtomicBool,
     /// Entries per lane, by broker and lane key prefix.
     depths: Mutex<HashMap<(String, Vec<u8>), LaneCounts>>,
     dead_letter_total: AtomicU64,
@@ -314,7 +318,7 @@ impl SledLog {
             depths: Mutex::new(depths),
             dead_letters,
             flush_lock: Mutex::new(()),
-            progress_dirty: std::sync::atomic::AtomicBool::new(false),
+            progress_dirty: AtomicBool::new(false),
             db,
             brokers: trees,
             durability: options.durability,
@@ -722,9 +726,12 @@ impl LogBackend for SledLog {
         Ok(self.trees(broker)?.head.load(Ordering::Acquire))
     }
 
-    fn expire_dedupe(&self, cutoff: u64) -> Result<usize, LogError> {
+    fn expire_dedupe(&self, cutoff: u64, stop: &AtomicBool) -> Result<usize, LogError> {
         let mut removed = 0;
         for (broker, trees) in &self.brokers {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
             // Keys first seen before the cutoff belong to a prefix of the log (arrival
             // times grow with sequence numbers): the records from just past the last
             // sweep to the first one at or after the cutoff. Their keys are read back
@@ -738,12 +745,22 @@ impl LogBackend for SledLog {
             if swept + 1 < first {
                 // Retention deleted records the sweep had not reached: go by first-seen
                 // time over the whole tree, once.
-                removed += sweep_by_time(&trees.dedupe, cutoff)?;
+                removed += sweep_by_time(&trees.dedupe, cutoff, stop)?;
+                if stop.load(Ordering::Relaxed) {
+                    // Not recorded as swept: the pass runs again next time.
+                    break;
+                }
             }
             let from = first.max(swept + 1).min(until);
+            // Where this sweep ends: `until`, or the first record it did not reach.
+            let mut end = until;
             for item in trees.events.range(from.to_be_bytes()..until.to_be_bytes()) {
                 let (k, v) = item?;
                 let seq = seq_of(&k);
+                if stop.load(Ordering::Relaxed) {
+                    end = seq;
+                    break;
+                }
                 let Some(location) = Location::decode(&v) else {
                     continue;
                 };
@@ -762,10 +779,13 @@ impl LogBackend for SledLog {
             }
             // Retention may have deleted records of this range while it was read (it
             // runs beside the sweep): their keys go by first-seen time.
-            if trees.events.first()?.is_none_or(|(k, _)| seq_of(&k) > from) && from < until {
-                removed += sweep_by_time(&trees.dedupe, cutoff)?;
+            if trees.events.first()?.is_none_or(|(k, _)| seq_of(&k) > from) && from < end {
+                removed += sweep_by_time(&trees.dedupe, cutoff, stop)?;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
             }
-            trees.stats.insert(SWEPT, &(until - 1).to_be_bytes())?;
+            trees.stats.insert(SWEPT, &(end - 1).to_be_bytes())?;
             self.progress_dirty.store(true, Ordering::Release);
         }
         Ok(removed)

@@ -3,6 +3,7 @@
 //! then answers every request in the group. While a group syncs, the next one gathers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +82,9 @@ pub(super) async fn run(
     let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
     let mut sync_again = false;
     let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
+    // Set at shutdown: a sweep under way stops between two keys instead of holding the
+    // shutdown for seconds (the next start goes on from there).
+    let sweep_stop = Arc::new(AtomicBool::new(false));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     // Whether the last group was refused for space, to log changes only.
@@ -115,16 +119,17 @@ pub(super) async fn run(
                 // Take no new requests; write the ones already queued, then stop.
                 rx.close();
                 closing = true;
+                sweep_stop.store(true, Ordering::Relaxed);
                 continue;
             }
-            _ = sweep.tick(), if window > 0 => {
+            _ = sweep.tick(), if window > 0 && !closing => {
                 // Beside the writes, not in their way: a minute of keys at a high rate
                 // takes seconds to sweep. One sweep at a time; a tick during one is
                 // skipped.
                 if sweeping.as_ref().is_none_or(|h| h.is_finished()) {
                     let cutoff = clock.now_unix_nanos().saturating_sub(window);
-                    let b = backend.clone();
-                    sweeping = Some(tokio::task::spawn_blocking(move || match b.expire_dedupe(cutoff) {
+                    let (b, stop) = (backend.clone(), sweep_stop.clone());
+                    sweeping = Some(tokio::task::spawn_blocking(move || match b.expire_dedupe(cutoff, &stop) {
                         Ok(n) if n > 0 => tracing::debug!(expired = n, "dedupe entries expired"),
                         Err(e) => tracing::warn!(error = %e, "dedupe expiry failed"),
                         _ => {}
