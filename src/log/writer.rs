@@ -233,6 +233,7 @@ pub(super) async fn run(
             }
         }
     }
+    sweep_stop.store(true, Ordering::Relaxed);
     for h in [syncing, sweeping].into_iter().flatten() {
         let _ = h.await;
     }
