@@ -398,11 +398,14 @@ impl SledLog {
             .ok_or_else(|| LogError::UnknownBroker(broker.to_string()))
     }
 
-    /// Writes the entries of one broker (all of a group's entries for it) in one
-    /// transaction; returns each entry's outcomes. One transaction per broker and group,
-    /// not per request: sled 0.34 writes its I/O buffer out (`pwrite` and a waiting
-    /// `sync_file_range`) twice for every transaction or batch it applies, which made
-    /// per-request transactions the largest cost of an append (docs/performance.md).
+    /// Writes the entries of one broker (all of a group's entries for it); returns each
+    /// entry's outcomes. The records go to the segment and are synced; the index and
+    /// dedupe entries and the counts then go to sled as plain inserts, not a
+    /// transaction: sled 0.34 writes its I/O buffer out (`pwrite` and a waiting
+    /// `sync_file_range`) twice for every transaction or batch it applies, and the
+    /// index needs no atomicity of its own. sled recovers a prefix of what it was given,
+    /// and whatever it loses past its last flush is indexed again from the segments at
+    /// open (`recover_index`), dedupe keys included (docs/performance.md, fix 8).
     fn write_broker(
         &self,
         broker: &str,
@@ -413,8 +416,7 @@ impl SledLog {
         let mut next = trees.head.load(Ordering::Acquire);
         let first = next + 1;
         let mut bodies: Vec<(Option<&[u8]>, &[u8])> = Vec::new();
-        let mut events = Batch::default();
-        let mut dedupe = Batch::default();
+        let mut dedupe: Vec<(&[u8], u64)> = Vec::new();
         // Keys stored earlier in this group, so that a duplicate inside it is caught.
         let mut seen: HashMap<&[u8], u64> = HashMap::new();
         let mut all = Vec::with_capacity(entries.len());
@@ -437,7 +439,7 @@ impl SledLog {
                 added_bytes += append.record.len() as u64;
                 bodies.push((append.dedupe_key.as_deref(), append.record.as_ref()));
                 if let Some(key) = &append.dedupe_key {
-                    dedupe.insert(key.as_slice(), &dedupe_value(now, next));
+                    dedupe.push((key.as_slice(), next));
                     seen.insert(key.as_slice(), next);
                 }
                 outcomes.push(AppendOutcome::Stored(next));
@@ -454,27 +456,39 @@ impl SledLog {
                 trees.segments.sync()?;
             }
             for (i, l) in locations.iter().enumerate() {
-                events.insert(&(first + i as u64).to_be_bytes(), &l.encode());
+                trees
+                    .events
+                    .insert((first + i as u64).to_be_bytes(), &l.encode())?;
+            }
+            for (key, seq) in &dedupe {
+                trees.dedupe.insert(*key, &dedupe_value(now, *seq))?;
             }
             let tail = locations.last().map(Location::encode).unwrap_or_default();
             let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
             let count = trees.stored_events.load(Ordering::Acquire) + added;
             let bytes = trees.stored_bytes.load(Ordering::Acquire) + added_bytes;
-            (&trees.events, &trees.dedupe, &trees.stats)
-                .transaction(|(e, d, s)| {
-                    e.apply_batch(&events)?;
-                    d.apply_batch(&dedupe)?;
-                    s.insert(COUNTS, &counts_value(next, count, bytes))?;
-                    s.insert(TAIL, &tail)?;
-                    Ok::<_, ConflictableTransactionError<()>>(())
-                })
-                .map_err(transaction_error)?;
+            // The counts and the tail last: sled keeping them means it kept the rest.
+            trees
+                .stats
+                .insert(COUNTS, &counts_value(next, count, bytes))?;
+            trees.stats.insert(TAIL, &tail)?;
             trees.stored_events.store(count, Ordering::Release);
             trees.stored_bytes.store(bytes, Ordering::Release);
             Ok::<_, LogError>(())
         })();
         if let Err(e) = indexed {
-            // Not acknowledged: the frames go, so that these sequences are written again.
+            // Not acknowledged: the frames go, so that these sequences are written again,
+            // and so do whatever index and dedupe entries made it in.
+            for seq in first..=next {
+                let _ = trees.events.remove(seq.to_be_bytes());
+            }
+            for (key, seq) in &dedupe {
+                if let Ok(Some(v)) = trees.dedupe.get(key) {
+                    if split_dedupe_value(&v).1 == *seq {
+                        let _ = remove_if_unchanged(&trees.dedupe, key, v);
+                    }
+                }
+            }
             if let Some(l) = locations.first() {
                 if let Err(r) = trees.segments.rewind(first, *l) {
                     tracing::error!(error = %r, "cannot take back a failed write from the segment");
