@@ -324,11 +324,17 @@ async fn a_kill_during_delivery_loses_nothing_and_resends_at_most_the_in_flight_
     };
     assert!(broker.terminate().success());
     let duplicates: usize = counts.values().map(|c| c - 1).sum();
-    // Resent after the kill: what was in flight, plus what finished in the last commit
-    // interval (100 ms) before it was committed: at most twice the window here.
+    // Resent after the kill (docs/reliability.md): what was in flight, plus what finished
+    // since the last progress sync began. A completion waits up to 100 ms for its lane's
+    // commit and up to 100 ms for the next sync, which then takes its own time (allowed
+    // 200 ms here; release builds on this disk measured up to 24 duplicates, 16 of them
+    // completions: 300 ms). The sink answers in 150 ms, so the lane finishes at most
+    // IN_FLIGHT per 150 ms.
+    let completions = (IN_FLIGHT as f64 / 0.150 * 0.4).ceil() as usize;
     assert!(
-        duplicates <= 2 * IN_FLIGHT,
-        "{duplicates} duplicates (sink had {before} requests at the kill)"
+        duplicates <= IN_FLIGHT + completions,
+        "{duplicates} duplicates, bound {} (sink had {before} requests at the kill)",
+        IN_FLIGHT + completions
     );
 }
 
