@@ -12,8 +12,9 @@
 //! sequence → attempts), `meta/<broker>` (router cursor, subscription states) and
 //! `stats/<broker>` (the stored event count and record bytes, the head's location, and
 //! how far dedupe keys were swept).
-//! A group's index writes to one broker are one transaction over the event, dedupe and
-//! stats trees; routing decisions
+//! A group's index writes to one broker are plain inserts into the event, dedupe and
+//! stats trees, made after the group's segment write is synced (the segments rebuild
+//! what a crash takes from them); routing decisions
 //! are one transaction over the lanes and meta trees. Dead letters of every broker are
 //! in `deadletters` (id → JSON).
 //!
@@ -110,6 +111,15 @@ fn remove_if_unchanged(dedupe: &Tree, key: &[u8], value: sled::IVec) -> Result<b
     Ok(dedupe
         .compare_and_swap(key, Some(value), None::<&[u8]>)?
         .is_ok())
+}
+
+/// Removes `key`'s dedupe entry if it still names the record at `seq`: the key may
+/// have been stored again since, and then its newer entry stays.
+fn remove_entry_of(dedupe: &Tree, key: &[u8], seq: u64) -> Result<bool, LogError> {
+    match dedupe.get(key)? {
+        Some(v) if split_dedupe_value(&v).1 == seq => remove_if_unchanged(dedupe, key, v),
+        _ => Ok(false),
+    }
 }
 
 /// Removes every dedupe entry first seen before `cutoff`, reading the whole tree (up
@@ -483,11 +493,7 @@ impl SledLog {
                 let _ = trees.events.remove(seq.to_be_bytes());
             }
             for (key, seq) in &dedupe {
-                if let Ok(Some(v)) = trees.dedupe.get(key) {
-                    if split_dedupe_value(&v).1 == *seq {
-                        let _ = remove_if_unchanged(&trees.dedupe, key, v);
-                    }
-                }
+                let _ = remove_entry_of(&trees.dedupe, key, *seq);
             }
             if let Some(l) = locations.first() {
                 if let Err(r) = trees.segments.rewind(first, *l) {
@@ -781,14 +787,8 @@ impl LogBackend for SledLog {
                 let Some(key) = trees.segments.read_key(seq, location)? else {
                     continue;
                 };
-                // The key may have been stored again since; only its entry for this
-                // record goes.
-                if let Some(v) = trees.dedupe.get(&key)? {
-                    if split_dedupe_value(&v).1 == seq
-                        && remove_if_unchanged(&trees.dedupe, &key, v)?
-                    {
-                        removed += 1;
-                    }
+                if remove_entry_of(&trees.dedupe, &key, seq)? {
+                    removed += 1;
                 }
             }
             // Retention may have deleted records of this range while it was read (it
