@@ -6,7 +6,7 @@
 //! ```text
 //! cargo build --release --bin switchyard --example switchyard-bench
 //! target/release/examples/switchyard-bench [--scenarios S1,S3] [--seconds 10]
-//!     [--backlog 1000000] [--rate 1000] [--out target/switchyard-bench/report.json]
+//!     [--backlog 1000000] [--rate 1000] [--fanout-rate R] [--out target/switchyard-bench/report.json]
 //! ```
 //!
 //! Baselines, with the same client, payload and connection count:
@@ -52,6 +52,9 @@ struct Args {
     /// rates compare the CPU per event of two builds, which, unlike a closed loop's
     /// throughput, does not move with the machine's other load.
     rate: f64,
+    /// S4's ingest as an open loop at this rate (events/s, ten deliveries each)
+    /// instead of a closed loop: CPU per event of two builds at the same load.
+    fanout_rate: Option<f64>,
     out: PathBuf,
     broker: PathBuf,
 }
@@ -75,6 +78,7 @@ fn parse_args() -> Args {
         seconds: 10,
         backlog: 1_000_000,
         rate: 1000.0,
+        fanout_rate: None,
         out: PathBuf::from("target/switchyard-bench/report.json"),
         broker: std::env::current_exe()
             .ok()
@@ -91,6 +95,9 @@ fn parse_args() -> Args {
             "--seconds" => args.seconds = value().parse().expect("--seconds N"),
             "--backlog" => args.backlog = value().parse().expect("--backlog N"),
             "--rate" => args.rate = value().parse().expect("--rate EVENTS_PER_SECOND"),
+            "--fanout-rate" => {
+                args.fanout_rate = Some(value().parse().expect("--fanout-rate EVENTS_PER_SECOND"))
+            }
             "--out" => args.out = PathBuf::from(value()),
             "--broker" => args.broker = PathBuf::from(value()),
             other => panic!("unknown argument {other}"),
@@ -1203,8 +1210,10 @@ impl Bench {
         let (broker, _) = start_broker(&self.args.broker, &dir, &subs, "fsync");
         let mut l = load(&broker, "/", payload_1k(), 64, secs);
         l.times = Some(times.clone());
+        l.rate = self.args.fanout_rate;
         let started = Instant::now();
-        let (r, cpu, rss) = measured(&broker, l).await;
+        let cpu0 = broker.cpu();
+        let r = run_load(l).await;
         let expected = r.events * 10;
         let deadline = Instant::now() + Duration::from_secs(120);
         let total = || {
@@ -1218,6 +1227,9 @@ impl Bench {
         }
         let took = started.elapsed();
         let delivered = total();
+        // The broker's CPU from the first event until the last delivery, per event.
+        let cpu = broker.cpu().saturating_sub(cpu0).as_secs_f64() * 1e6 / r.events.max(1) as f64;
+        let rss = broker.peak_rss() as f64 / (1 << 20) as f64;
         broker.stop();
         let _ = std::fs::remove_dir_all(&dir);
         let rate = delivered as f64 / took.as_secs_f64();
@@ -1240,8 +1252,12 @@ impl Bench {
         row.target = ">= 0.5 x B-deliver".into();
         row.met = Some(rate / base_rate >= 0.5);
         row.notes = format!(
-            "{} events ingested, {delivered} of {expected} deliveries in {:.1} s",
+            "{} events ingested{}, {delivered} of {expected} deliveries in {:.1} s",
             r.events,
+            self.args
+                .fanout_rate
+                .map(|r| format!(" at {r} events/s"))
+                .unwrap_or_default(),
             took.as_secs_f64()
         );
         self.push(row);

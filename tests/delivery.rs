@@ -588,3 +588,97 @@ async fn shutdown_lets_an_attempt_under_way_finish_and_commits_it() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(slow.received().len(), 1, "not sent again after the restart");
 }
+
+/// Posts `ids` as one `application/cloudevents-batch+json` request.
+async fn post_batch(t: &TestServer, ids: impl Iterator<Item = String>) {
+    let batch: Vec<Value> = ids.map(|id| minimal(&id)).collect();
+    let r = t
+        .post(
+            "/",
+            &[("content-type", "application/cloudevents-batch+json")],
+            serde_json::to_vec(&batch).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+}
+
+/// The ids the sink got, sorted, and whether any came twice.
+fn ids_once(sink: &TestSink) -> (Vec<String>, Vec<String>) {
+    let mut ids: Vec<String> = sink
+        .received()
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_string))
+        .collect();
+    ids.sort();
+    let mut twice: Vec<String> = ids
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0].clone())
+        .collect();
+    twice.dedup();
+    ids.dedup();
+    (ids, twice)
+}
+
+#[tokio::test]
+async fn a_lane_far_behind_its_feed_catches_up_with_every_event_once() {
+    // The first requests are held for two seconds, so the lane stops taking entries
+    // while more than its in-memory feed holds (512) arrive; it then has to find them
+    // in the log, catch up, and go back to its feed for what comes after.
+    let sink = TestSink::start(
+        Vec::new(),
+        Answer::status(202).after(Duration::from_secs(2)),
+    )
+    .await;
+    let subs = one_sink(
+        "behind",
+        &sink.url("/"),
+        "  delivery:\n    maxInFlight: 4\n",
+    );
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    post_batch(&t, (0..4).map(|i| format!("a{i:04}"))).await;
+    sink.wait_for(4, WAIT).await;
+    post_batch(&t, (4..1300).map(|i| format!("a{i:04}"))).await;
+    sink.set_default(Answer::status(202));
+    sink.wait_for(1300, WAIT).await;
+    // Then single events, which the lane takes from its feed again.
+    for i in 1300..1340 {
+        assert_eq!(t.post_json(&minimal(&format!("a{i:04}"))).await.status, 202);
+    }
+    sink.wait_for(1340, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ids, twice) = ids_once(&sink);
+    let expected: Vec<String> = (0..1340).map(|i| format!("a{i:04}")).collect();
+    assert_eq!(ids, expected, "every event delivered");
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    assert_eq!(sink.received().len(), 1340);
+}
+
+#[tokio::test]
+async fn an_ordered_lane_behind_its_feed_stays_in_log_order() {
+    let sink = TestSink::start(
+        Vec::new(),
+        Answer::status(202).after(Duration::from_secs(1)),
+    )
+    .await;
+    let subs = one_sink(
+        "in-order",
+        &sink.url("/"),
+        "  delivery:\n    ordering: ordered\n",
+    );
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    post_batch(&t, std::iter::once("o0000".to_string())).await;
+    sink.wait_for(1, WAIT).await;
+    post_batch(&t, (1..700).map(|i| format!("o{i:04}"))).await;
+    sink.set_default(Answer::status(202));
+    for i in 700..720 {
+        assert_eq!(t.post_json(&minimal(&format!("o{i:04}"))).await.status, 202);
+    }
+    let got = sink.wait_for(720, WAIT).await;
+    let ids: Vec<String> = got
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_string))
+        .collect();
+    let expected: Vec<String> = (0..720).map(|i| format!("o{i:04}")).collect();
+    assert_eq!(ids, expected);
+}

@@ -3,6 +3,11 @@
 //! with backoff, parks long waits durably, dead-letters what cannot be delivered, and
 //! appends replies. Finished entries are removed from the lane at least every 100 ms
 //! and at shutdown, so a crash re-sends at most the in-flight window.
+//!
+//! A lane that keeps up takes new entries, events included, from its feed
+//! ([`crate::router::feed`]); when the feed is off (the lane fell behind, or entries
+//! went back below where it had read) it reads its lane in sled, from the start after a
+//! put-back, until it has caught up and can turn the feed on again.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -24,12 +29,17 @@ use crate::clock::SharedClock;
 use crate::config::subscriptions::{Ordering, ReplyMode, Sink, Subscription};
 use crate::event::{AttrValue, Event};
 use crate::log::{record, Append, DeadLetter, LaneEntry, LaneId, Log, LogError, LogRecord};
+use crate::router::feed::Feeds;
 
 /// A wait longer than this parks the event durably instead of holding an in-flight slot.
 pub const PARK_AFTER: Duration = Duration::from_secs(5);
 
 /// How often finished entries are removed from the lane.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(100);
+
+/// Every this many commits a lane reads its lane in sled from the start once, a check
+/// that nothing pending was passed over, whatever the feed said.
+const REREAD_EVERY: u32 = 10;
 
 /// At most this much of a failed answer goes into `knativeerrordata` (Knative's limit).
 const ERROR_DATA_MAX: usize = 1024;
@@ -89,6 +99,8 @@ pub struct LaneContext {
     pub subscription: Arc<crate::router::Route>,
     pub sink: Sink,
     pub log: Log,
+    /// The broker's lane feeds (this lane's is attached while it runs).
+    pub feeds: Arc<Feeds>,
     pub sender: Arc<Sender>,
     pub clock: SharedClock,
     pub max_hops: u32,
@@ -167,12 +179,17 @@ impl LaneContext {
         // (at start, and after an event was parked).
         let mut next_parked: Option<u64> = None;
         let mut check_parked = true;
-        // New entries are read from just past the last one taken; the lane is read
-        // from its start again at each commit tick (every 100 ms, busy or not) and
-        // after parked entries came back: they, and entries a replay or redelivery
-        // puts back, can be below that point.
+        // New entries come from the feed, or are read from sled from just past the last
+        // one taken (`scan_from`). The lane is read from its start again (`reread`) when
+        // it starts, after parked entries came back and after a put-back (a replay, a
+        // redelivery, a backfill: they can be below that point), and every
+        // `REREAD_EVERY` commits.
+        let feed = self.feeds.attach(&self.lane);
+        let mut put_backs = self.feeds.put_backs();
         let mut scan_from: u64 = 0;
-        let mut full_scan = true;
+        let mut reread = true;
+        let mut full_scan = false;
+        let mut commits: u32 = 0;
         loop {
             // Take parked entries that are due back into the lane.
             let now = self.clock.now_unix_nanos();
@@ -182,7 +199,7 @@ impl LaneContext {
                     Ok((back, next)) => {
                         next_parked = next;
                         check_parked = false;
-                        full_scan |= back > 0;
+                        reread |= back > 0;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read parked entries")
@@ -192,46 +209,83 @@ impl LaneContext {
             // An ordered lane waits for a parked head of line.
             let blocked = ordered && next_parked.is_some();
             if in_flight.len() < window && !blocked && !stop.is_cancelled() {
-                let (from, want) = if full_scan {
-                    (0, window - in_flight.len() + busy.len() + done.len())
+                let now_put_backs = self.feeds.put_backs();
+                if std::mem::replace(&mut put_backs, now_put_backs) != now_put_backs {
+                    reread = true;
+                }
+                if std::mem::take(&mut reread) {
+                    feed.turn_off();
+                    scan_from = 0;
+                    full_scan = true;
+                }
+                let fed = if full_scan {
+                    None
                 } else {
-                    (scan_from, window - in_flight.len())
+                    feed.take(scan_from, window - in_flight.len())
                 };
-                // A short in-cache scan, read in place (no hop to a blocking thread).
-                match self
-                    .log
-                    .backend()
-                    .lane_entries(&self.broker, &self.lane, from, want)
-                {
-                    Ok(entries) => {
-                        full_scan = false;
-                        for entry in entries {
-                            if in_flight.len() >= window {
-                                break;
-                            }
-                            let (seq, attempts) = (entry.seq, entry.attempts);
+                match fed {
+                    Some(records) => {
+                        for record in records {
+                            let seq = record.seq;
                             scan_from = scan_from.max(seq + 1);
-                            // A finished entry whose stamp changed was put back: send it again.
-                            let finished =
-                                done.iter().any(|d| d.seq == seq && d.stamp == entry.stamp);
-                            if busy.contains_key(&seq) || finished {
-                                if ordered {
-                                    break;
-                                }
+                            if busy.contains_key(&seq) {
                                 continue;
                             }
                             done.retain(|d| d.seq != seq);
+                            let entry = LaneEntry {
+                                seq,
+                                attempts: 0,
+                                stamp: Vec::new(),
+                            };
                             busy.insert(seq, entry);
-                            let me = self.clone();
-                            let stop = stop.clone();
-                            self.stats.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
-                            in_flight.spawn(
-                                async move { (seq, me.deliver(seq, attempts, stop).await) }
-                                    .instrument(tracing::Span::current()),
-                            );
+                            self.start(&mut in_flight, seq, 0, Some(record), &stop);
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot read the lane"),
+                    None => {
+                        let want = if full_scan {
+                            window - in_flight.len() + busy.len() + done.len()
+                        } else {
+                            window - in_flight.len()
+                        };
+                        let from = if full_scan { 0 } else { scan_from };
+                        // A short in-cache scan, read in place (no hop to a blocking thread).
+                        match self
+                            .log
+                            .backend()
+                            .lane_entries(&self.broker, &self.lane, from, want)
+                        {
+                            Ok(entries) => {
+                                full_scan = false;
+                                // Every entry from `from` on was read, and none left unread.
+                                let mut caught_up = entries.len() < want;
+                                for entry in entries {
+                                    if in_flight.len() >= window {
+                                        caught_up = false;
+                                        break;
+                                    }
+                                    let (seq, attempts) = (entry.seq, entry.attempts);
+                                    scan_from = scan_from.max(seq + 1);
+                                    // A finished entry whose stamp changed was put back: send it again.
+                                    let finished =
+                                        done.iter().any(|d| d.seq == seq && d.stamp == entry.stamp);
+                                    if busy.contains_key(&seq) || finished {
+                                        if ordered {
+                                            caught_up = false;
+                                            break;
+                                        }
+                                        continue;
+                                    }
+                                    done.retain(|d| d.seq != seq);
+                                    busy.insert(seq, entry);
+                                    self.start(&mut in_flight, seq, attempts, None, &stop);
+                                }
+                                if caught_up {
+                                    feed.turn_on(scan_from);
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot read the lane"),
+                        }
+                    }
                 }
             }
             // Due times are wall-clock; look again at least every second so that a clock
@@ -252,10 +306,14 @@ impl LaneContext {
                         }
                     }
                 }
+                // New entries: the router wakes this lane through its feed; the broker's
+                // `routed` moves for put-backs and backfills.
+                _ = feed.pushed() => {}
                 r = routed.changed() => if r.is_err() { break },
                 _ = commit.tick() => {
                     self.commit(&mut done).await;
-                    full_scan = true;
+                    commits += 1;
+                    reread |= commits % REREAD_EVERY == 0;
                 }
                 _ = tokio::time::sleep(park_wait.unwrap_or(Duration::from_secs(3600))), if park_wait.is_some() => {},
                 // With deliveries in flight, stopping waits for them: an attempt under
@@ -265,8 +323,27 @@ impl LaneContext {
             }
         }
         self.commit(&mut done).await;
+        self.feeds.detach(&self.lane, &feed);
         // Deliveries still in the set were dropped with it; their entries stay pending.
         self.stats.in_flight.store(0, AtomicOrdering::Relaxed);
+    }
+
+    /// Starts the delivery of `seq` (its event when the feed had it).
+    fn start(
+        self: &Arc<Self>,
+        in_flight: &mut JoinSet<(u64, Outcome)>,
+        seq: u64,
+        attempts: u32,
+        record: Option<Arc<LogRecord>>,
+        stop: &CancellationToken,
+    ) {
+        let me = self.clone();
+        let stop = stop.clone();
+        self.stats.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
+        in_flight.spawn(
+            async move { (seq, me.deliver(seq, attempts, record, stop).await) }
+                .instrument(tracing::Span::current()),
+        );
     }
 
     async fn commit(&self, done: &mut Vec<LaneEntry>) {
@@ -283,11 +360,25 @@ impl LaneContext {
 
     /// Delivers one event: attempts with short waits in between, parking for long ones,
     /// dead-lettering at the end.
-    async fn deliver(self: Arc<Self>, seq: u64, attempts: u32, stop: CancellationToken) -> Outcome {
+    async fn deliver(
+        self: Arc<Self>,
+        seq: u64,
+        attempts: u32,
+        record: Option<Arc<LogRecord>>,
+        stop: CancellationToken,
+    ) -> Outcome {
         // Read on the runtime, not a blocking thread: a recent record is in sled's cache
         // (or the OS page cache) and the read takes microseconds, less than the hop
         // to another thread would (docs/performance.md, S4).
-        let record = match self.log.backend().read(&self.broker, seq, 1) {
+        let read = match record {
+            Some(record) => Ok(vec![record]),
+            None => self
+                .log
+                .backend()
+                .read(&self.broker, seq, 1)
+                .map(|r| r.into_iter().map(Arc::new).collect()),
+        };
+        let record = match read {
             Ok(mut r) if r.first().is_some_and(|r| r.seq == seq) => r.swap_remove(0),
             Ok(_) => {
                 // Logged once per lane; every one is counted.

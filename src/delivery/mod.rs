@@ -169,12 +169,16 @@ impl Delivery {
             let Some(broker) = self.log.broker(&key.0) else {
                 continue;
             };
+            let Some(feeds) = self.routing.feeds(&key.0) else {
+                continue;
+            };
             let ctx = Arc::new(LaneContext {
                 broker,
                 lane: key.1.clone(),
                 sink: route.subscription.sinks[sink_index].clone(),
                 subscription: route.clone(),
                 log: self.log.clone(),
+                feeds,
                 sender: self.sender.clone(),
                 clock: self.clock.clone(),
                 max_hops: self.max_hops,

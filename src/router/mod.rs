@@ -1,7 +1,8 @@
 //! Routing: one router per broker reads the log from its own cursor, decides every
 //! subscription once per event with one shared activation, and records each match in
 //! the lane of every sink of that subscription. The lane entries and the cursor move in
-//! one transaction, so a crash neither loses nor doubles a decision.
+//! one transaction, so a crash neither loses nor doubles a decision; then it hands the
+//! entries, events included, to the running lanes' feeds ([`feed`]).
 //!
 //! A new subscription starts per its `startFrom` (`latest`: with the next event;
 //! `earliest` or a time: a backfill from the retained log, recorded step by step the
@@ -10,6 +11,7 @@
 
 pub mod activation;
 pub mod explain;
+pub mod feed;
 pub mod filter;
 pub mod reload;
 
@@ -24,8 +26,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::subscriptions::{StartFrom, Subscription};
 use crate::event::Event;
-use crate::log::{LaneId, Log, LogBackend, LogError, RouteProgress, SubscriptionState};
+use crate::log::{LaneId, Log, LogBackend, LogError, LogRecord, RouteProgress, SubscriptionState};
 use activation::Needs;
+use feed::Feeds;
 use filter::Decision;
 
 /// Decides every route for one event with one shared activation: `data` is parsed at
@@ -136,8 +139,12 @@ pub struct Routing {
     set: watch::Sender<Arc<RouteSet>>,
     stats: StatsMap,
     log: Log,
-    /// Per broker, bumped whenever a router has written lane entries.
+    /// Per broker, bumped whenever lane entries were written below where lanes may
+    /// have read (a backfill, a replay, a redelivery); new entries wake their lanes
+    /// through the feeds.
     routed: HashMap<String, watch::Sender<u64>>,
+    /// Per broker, the feeds of its running lanes.
+    feeds: HashMap<String, Arc<Feeds>>,
 }
 
 impl Routing {
@@ -151,19 +158,25 @@ impl Routing {
         let stats: StatsMap = Arc::default();
         let (tx, _) = watch::channel(Arc::new(RouteSet::new(subscriptions, &stats)));
         let mut routed = HashMap::new();
+        let mut feeds = HashMap::new();
         for broker in log.brokers() {
             let routed_tx = watch::Sender::new(0);
             routed.insert(broker.to_string(), routed_tx.clone());
+            let broker_feeds = Arc::new(Feeds::default());
+            feeds.insert(broker.to_string(), broker_feeds.clone());
             let router = BrokerRouter {
                 broker: broker.to_string(),
                 log: log.clone(),
                 stats: stats.clone(),
                 routed: routed_tx,
+                feeds: broker_feeds,
+                backfills: Mutex::default(),
             };
             tracker.spawn(router.run(tx.subscribe(), shutdown.clone()));
         }
         Routing {
             routed,
+            feeds,
             set: tx,
             stats,
             log,
@@ -183,16 +196,25 @@ impl Routing {
     }
 
     /// Wakes the broker's deliverers: lane entries were written outside the router (a
-    /// replay, a redelivery).
+    /// replay, a redelivery), possibly below where the lanes have read.
     pub fn notify_routed(&self, broker: &str) {
+        if let Some(feeds) = self.feeds.get(broker) {
+            feeds.put_back();
+        }
         if let Some(tx) = self.routed.get(broker) {
             tx.send_modify(|n| *n += 1);
         }
     }
 
-    /// A receiver that moves whenever the broker's router has written lane entries.
+    /// A receiver that moves whenever entries were put back into the broker's lanes
+    /// (a backfill step, a replay, a redelivery).
     pub fn routed(&self, broker: &str) -> Option<watch::Receiver<u64>> {
         self.routed.get(broker).map(watch::Sender::subscribe)
+    }
+
+    /// The feeds of the broker's running lanes.
+    pub fn feeds(&self, broker: &str) -> Option<Arc<Feeds>> {
+        self.feeds.get(broker).cloned()
     }
 
     /// The running set.
@@ -221,6 +243,12 @@ struct BrokerRouter {
     log: Log,
     stats: StatsMap,
     routed: watch::Sender<u64>,
+    feeds: Arc<Feeds>,
+    /// The subscriptions with a backfill still to do, as last stored: read back after
+    /// each reconcile and kept up to date by each backfill step (this router is the
+    /// only writer of its broker's subscription states), so that a step does not read
+    /// every subscription's state from sled.
+    backfills: Mutex<Vec<(String, SubscriptionState)>>,
 }
 
 /// What one blocking step did.
@@ -351,6 +379,11 @@ impl BrokerRouter {
                 &RouteProgress::Subscription(sub.name.clone(), state),
             )?;
         }
+        *self.backfills.lock().unwrap_or_else(|p| p.into_inner()) = backend
+            .subscription_states(&self.broker)?
+            .into_iter()
+            .filter(|(_, state)| state.backfill.is_some())
+            .collect();
         Ok(())
     }
 
@@ -358,7 +391,12 @@ impl BrokerRouter {
     fn step(&self, backend: &dyn LogBackend, set: &RouteSet) -> Result<Step, LogError> {
         let (routes, needs) = set.broker(&self.broker);
         let base = activation::base();
-        for (name, state) in backend.subscription_states(&self.broker)? {
+        let backfills = self
+            .backfills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (name, state) in backfills {
             let Some((next, end)) = state.backfill else {
                 continue;
             };
@@ -395,9 +433,16 @@ impl BrokerRouter {
             backend.record_routes(
                 &self.broker,
                 &entries,
-                &RouteProgress::Subscription(name, new_state),
+                &RouteProgress::Subscription(name.clone(), new_state.clone()),
             )?;
+            let mut cached = self.backfills.lock().unwrap_or_else(|p| p.into_inner());
+            cached.retain(|(n, _)| *n != name);
+            if new_state.backfill.is_some() {
+                cached.push((name, new_state));
+            }
             if !entries.is_empty() {
+                // Below where the lanes have read: they read sled for these.
+                self.feeds.put_back();
                 self.routed.send_modify(|n| *n += 1);
             }
             return Ok(Step::Progress);
@@ -407,7 +452,11 @@ impl BrokerRouter {
         if head <= cursor {
             return Ok(Step::Idle(cursor));
         }
-        let records = backend.read(&self.broker, cursor + 1, BATCH)?;
+        let records: Vec<Arc<LogRecord>> = backend
+            .read(&self.broker, cursor + 1, BATCH)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         let mut entries = Vec::new();
         let mut last = cursor;
         for r in &records {
@@ -418,9 +467,8 @@ impl BrokerRouter {
             last = head.min(cursor + BATCH as u64);
         }
         backend.record_routes(&self.broker, &entries, &RouteProgress::Cursor(last))?;
-        if !entries.is_empty() {
-            self.routed.send_modify(|n| *n += 1);
-        }
+        // Wakes each lane that got entries (and only those).
+        self.feeds.push(&entries, &records);
         Ok(Step::Progress)
     }
 }
