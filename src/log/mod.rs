@@ -124,9 +124,10 @@ pub trait LogBackend: Send + Sync + 'static {
     /// The highest sequence number the router has decided (0 before any).
     fn router_cursor(&self, broker: &str) -> Result<u64, LogError>;
 
-    /// Records routing decisions atomically: every `(lane, seq)` entry, and the
-    /// progress they complete (the router's cursor, or one subscription's backfill
-    /// state), so that a crash neither loses nor doubles a decision.
+    /// Records routing decisions: every `(lane, seq)` entry, then the progress they
+    /// complete (the router's cursor, or one subscription's backfill state), so that a
+    /// crash that keeps the progress keeps every entry before it: no decision is lost.
+    /// Recording an entry that is pending already changes nothing.
     fn record_routes(
         &self,
         broker: &str,

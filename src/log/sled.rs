@@ -14,8 +14,8 @@
 //! how far dedupe keys were swept).
 //! A group's index writes to one broker are plain inserts into the event, dedupe and
 //! stats trees, made after the group's segment write is synced (the segments rebuild
-//! what a crash takes from them); routing decisions
-//! are one transaction over the lanes and meta trees. Dead letters of every broker are
+//! what a crash takes from them); a routing step's lane entries are plain inserts too,
+//! its progress (cursor or backfill state) inserted after them. Dead letters of every broker are
 //! in `deadletters` (id → JSON).
 //!
 //! Counts that metrics and retention read often (stored events and bytes, each lane's
@@ -864,22 +864,30 @@ impl LogBackend for SledLog {
             }
             return Ok(());
         }
-        // The indexes of entries that were not pending already (a transaction may run
-        // more than once, so it starts afresh each time).
-        let fresh = (&trees.lanes, &trees.meta)
-            .transaction(|(l, m)| {
-                let mut fresh = Vec::new();
-                for (i, key) in &keys {
-                    if l.insert(key.as_slice(), stamp.as_slice())?.is_none() {
-                        fresh.push(*i);
-                    }
+        // Plain inserts, the progress last (sled 0.34 writes its log buffer out twice for
+        // each transaction). sled recovers a prefix of what was written, so a crash
+        // keeps the progress only with every entry before it; entries kept without
+        // their progress are decided again, and inserting one again is harmless.
+        // The indexes of entries that were not pending already:
+        let mut fresh = Vec::new();
+        let mut failed = None;
+        for (i, key) in &keys {
+            match trees.lanes.insert(key.as_slice(), stamp.as_slice()) {
+                Ok(None) => fresh.push(*i),
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
-                if let Some((k, v)) = &meta {
-                    m.insert(k.as_slice(), v.as_slice())?;
+            }
+        }
+        if failed.is_none() {
+            if let Some((k, v)) = meta {
+                if let Err(e) = trees.meta.insert(k, v) {
+                    failed = Some(e);
                 }
-                Ok::<_, ConflictableTransactionError<()>>(fresh)
-            })
-            .map_err(transaction_error)?;
+            }
+        }
         if !fresh.is_empty() {
             let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
             for i in fresh {
@@ -888,6 +896,10 @@ impl LogBackend for SledLog {
                     .or_default()
                     .depth += 1;
             }
+        }
+        if let Some(e) = failed {
+            // The entries stored so far are counted; trying again inserts the rest.
+            return Err(e.into());
         }
         // No flush here: the writer syncs progress every 100 ms (`sync_progress`). Routing
         // state is derived from the log, so decisions a crash catches before that are

@@ -1,8 +1,9 @@
 //! Routing: one router per broker reads the log from its own cursor, decides every
 //! subscription once per event with one shared activation, and records each match in
-//! the lane of every sink of that subscription. The lane entries and the cursor move in
-//! one transaction, so a crash neither loses nor doubles a decision; then it hands the
-//! entries, events included, to the running lanes' feeds ([`feed`]).
+//! the lane of every sink of that subscription. The lane entries are stored before the
+//! cursor moves past them, so a crash never loses a decision (one it interrupts is made
+//! again); then the router hands the entries, events included, to the running lanes'
+//! feeds ([`feed`]).
 //!
 //! A new subscription starts per its `startFrom` (`latest`: with the next event;
 //! `earliest` or a time: a backfill from the retained log, recorded step by step the
@@ -52,7 +53,7 @@ pub fn decide_all(
     }
 }
 
-/// Events a router decides per step (one read, one transaction).
+/// Events a router decides per step (one read, one write of entries and cursor).
 const BATCH: usize = 256;
 
 /// A subscription as the router holds it: the config, its lanes and its counters.
