@@ -185,7 +185,6 @@ impl LaneContext {
         // redelivery, a backfill: they can be below that point), and every
         // `REREAD_EVERY` commits.
         let feed = self.feeds.attach(&self.lane);
-        let mut put_backs = self.feeds.put_backs();
         let mut scan_from: u64 = 0;
         let mut reread = true;
         let mut full_scan = false;
@@ -209,10 +208,6 @@ impl LaneContext {
             // An ordered lane waits for a parked head of line.
             let blocked = ordered && next_parked.is_some();
             if in_flight.len() < window && !blocked && !stop.is_cancelled() {
-                let now_put_backs = self.feeds.put_backs();
-                if std::mem::replace(&mut put_backs, now_put_backs) != now_put_backs {
-                    reread = true;
-                }
                 if std::mem::take(&mut reread) {
                     feed.turn_off();
                     scan_from = 0;
@@ -307,9 +302,15 @@ impl LaneContext {
                     }
                 }
                 // New entries: the router wakes this lane through its feed; the broker's
-                // `routed` moves for put-backs and backfills.
+                // `routed` moves for put-backs and backfills, which may lie below
+                // `scan_from`.
                 _ = feed.pushed() => {}
-                r = routed.changed() => if r.is_err() { break },
+                r = routed.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    reread = true;
+                }
                 _ = commit.tick() => {
                     self.commit(&mut done).await;
                     commits += 1;
@@ -371,16 +372,16 @@ impl LaneContext {
         // (or the OS page cache) and the read takes microseconds, less than the hop
         // to another thread would (docs/performance.md, S4).
         let read = match record {
-            Some(record) => Ok(vec![record]),
-            None => self
-                .log
-                .backend()
-                .read(&self.broker, seq, 1)
-                .map(|r| r.into_iter().map(Arc::new).collect()),
+            Some(record) => Ok(Some(record)),
+            None => self.log.backend().read(&self.broker, seq, 1).map(|mut r| {
+                r.first()
+                    .is_some_and(|r| r.seq == seq)
+                    .then(|| Arc::new(r.swap_remove(0)))
+            }),
         };
         let record = match read {
-            Ok(mut r) if r.first().is_some_and(|r| r.seq == seq) => r.swap_remove(0),
-            Ok(_) => {
+            Ok(Some(record)) => record,
+            Ok(None) => {
                 // Logged once per lane; every one is counted.
                 if self.stats.gone.fetch_add(1, AtomicOrdering::Relaxed) == 0 {
                     tracing::warn!(seq, "an event is no longer in the log (deleted by retention, or corrupt: see the log's error) before it was delivered; skipped, and further ones are counted (outcome gone)");

@@ -855,15 +855,6 @@ impl LogBackend for SledLog {
             }
             super::RouteProgress::None => None,
         };
-        if entries.is_empty() {
-            // One key needs no transaction, and sled 0.34 writes its log buffer out
-            // twice for each transaction: a step that matched nothing (every step of a
-            // broker without subscriptions) only moves its progress.
-            if let Some((k, v)) = meta {
-                trees.meta.insert(k, v)?;
-            }
-            return Ok(());
-        }
         // Plain inserts, the progress last (sled 0.34 writes its log buffer out twice for
         // each transaction). sled recovers a prefix of what was written, so a crash
         // keeps the progress only with every entry before it; entries kept without

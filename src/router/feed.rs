@@ -10,13 +10,13 @@
 //! only if every entry dropped while it was off lies below where the scan ended; a scan
 //! that raced with the router just tries again. Entries that go back into a lane below
 //! where its lane has read (a replay, a redelivery, a backfill, a parked retry that is
-//! due) are announced with [`Feeds::put_back`]; the lane then reads sled from its start.
+//! due) are announced on the broker's `routed` signal ([`super::Routing::routed`]); the
+//! lane then reads sled from its start.
 //!
 //! Each push wakes the feed's lane and no other, whether the entry was queued or
 //! dropped (a lane reading sled needs the wake-up as much).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -35,7 +35,6 @@ pub const MAX_BYTES: usize = 1 << 20;
 #[derive(Default)]
 pub struct Feeds {
     lanes: Mutex<HashMap<LaneId, Arc<Feed>>>,
-    put_backs: AtomicU64,
 }
 
 impl Feeds {
@@ -66,27 +65,18 @@ impl Feeds {
         if entries.is_empty() {
             return;
         }
+        let sizes: Vec<usize> = records.iter().map(|r| approx_bytes(r)).collect();
         let lanes = self.lanes();
         for (lane, seq) in entries {
             let Some(feed) = lanes.get(lane) else {
                 continue;
             };
             match records.binary_search_by_key(seq, |r| r.seq) {
-                Ok(i) => feed.push(&records[i]),
+                Ok(i) => feed.push(&records[i], sizes[i]),
                 // Not expected (the router decided from these records); never guess.
                 Err(_) => feed.drop_entry(*seq),
             }
         }
-    }
-
-    /// Announces entries put back into lanes below where they may have read.
-    pub fn put_back(&self) {
-        self.put_backs.fetch_add(1, Ordering::Release);
-    }
-
-    /// How many times entries were put back (lanes compare it with what they saw).
-    pub fn put_backs(&self) -> u64 {
-        self.put_backs.load(Ordering::Acquire)
     }
 }
 
@@ -102,7 +92,8 @@ struct Inner {
     /// `Some(since)` when on: every entry recorded from `since` on that the lane has not
     /// taken is in `queue`.
     since: Option<u64>,
-    queue: VecDeque<Arc<LogRecord>>,
+    /// Each event with its estimated size.
+    queue: VecDeque<(Arc<LogRecord>, usize)>,
     bytes: usize,
     /// One past the highest sequence dropped since the feed was last turned on (0: none).
     dropped_below: u64,
@@ -138,19 +129,18 @@ impl Feed {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, record: &Arc<LogRecord>) {
-        self.push_locked(record);
+    fn push(&self, record: &Arc<LogRecord>, size: usize) {
+        self.push_locked(record, size);
         self.wake.notify_one();
     }
 
-    fn push_locked(&self, record: &Arc<LogRecord>) {
+    fn push_locked(&self, record: &Arc<LogRecord>, size: usize) {
         let mut inner = self.inner();
-        let size = approx_bytes(record);
         if inner.since.is_some()
             && inner.queue.len() < MAX_ENTRIES
             && inner.bytes + size <= MAX_BYTES
         {
-            inner.queue.push_back(record.clone());
+            inner.queue.push_back((record.clone(), size));
             inner.bytes += size;
         } else {
             inner.off();
@@ -183,10 +173,10 @@ impl Feed {
         }
         let mut out = Vec::new();
         while out.len() < limit {
-            let Some(record) = inner.queue.pop_front() else {
+            let Some((record, size)) = inner.queue.pop_front() else {
                 break;
             };
-            inner.bytes = inner.bytes.saturating_sub(approx_bytes(&record));
+            inner.bytes = inner.bytes.saturating_sub(size);
             if record.seq >= from {
                 out.push(record);
             }
@@ -342,8 +332,5 @@ mod tests {
         );
         feeds.detach(&lane(), &new);
         assert!(feeds.lanes().is_empty());
-        let before = feeds.put_backs();
-        feeds.put_back();
-        assert_eq!(feeds.put_backs(), before + 1);
     }
 }

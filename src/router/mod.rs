@@ -199,9 +199,6 @@ impl Routing {
     /// Wakes the broker's deliverers: lane entries were written outside the router (a
     /// replay, a redelivery), possibly below where the lanes have read.
     pub fn notify_routed(&self, broker: &str) {
-        if let Some(feeds) = self.feeds.get(broker) {
-            feeds.put_back();
-        }
         if let Some(tx) = self.routed.get(broker) {
             tx.send_modify(|n| *n += 1);
         }
@@ -443,7 +440,6 @@ impl BrokerRouter {
             }
             if !entries.is_empty() {
                 // Below where the lanes have read: they read sled for these.
-                self.feeds.put_back();
                 self.routed.send_modify(|n| *n += 1);
             }
             return Ok(Step::Progress);
