@@ -14,4 +14,5 @@ pub mod ingress;
 pub mod log;
 pub mod metrics;
 pub mod router;
+pub mod runtime;
 pub mod server;

@@ -173,7 +173,11 @@ impl Routing {
                 feeds: broker_feeds,
                 backfills: Mutex::default(),
             };
-            tracker.spawn(router.run(tx.subscribe(), shutdown.clone()));
+            crate::runtime::spawn_thread(
+                &format!("router-{broker}"),
+                tracker,
+                router.run(tx.subscribe(), shutdown.clone()),
+            );
         }
         Routing {
             routed,
@@ -263,7 +267,7 @@ impl BrokerRouter {
         let Some(mut head) = self.log.watch(&self.broker) else {
             return;
         };
-        let this = Arc::new(self);
+        let this = self;
         let mut set = set_rx.borrow_and_update().clone();
         let mut reconciled = false;
         loop {
@@ -275,25 +279,25 @@ impl BrokerRouter {
                 set = set_rx.borrow_and_update().clone();
                 reconciled = false;
             }
-            let (me, s, r) = (this.clone(), set.clone(), reconciled);
-            let step = tokio::task::spawn_blocking(move || {
-                let backend = me.log.backend().clone();
-                if !r {
-                    me.reconcile(backend.as_ref(), &s)?;
-                }
-                me.step(backend.as_ref(), &s)
-            })
-            .await;
+            // This loop has a thread of its own (`runtime::spawn_thread`): each step
+            // reads and writes sled in place.
+            let backend = this.log.backend().clone();
+            let step = if reconciled {
+                this.step(backend.as_ref(), &set)
+            } else {
+                this.reconcile(backend.as_ref(), &set)
+                    .and_then(|()| this.step(backend.as_ref(), &set))
+            };
             match step {
-                Ok(Ok(Step::Progress)) => {
+                Ok(Step::Progress) => {
                     reconciled = true;
                     continue;
                 }
-                Ok(Ok(Step::Idle(cursor))) => {
+                Ok(Step::Idle(cursor)) => {
                     reconciled = true;
                     tracing::debug!(broker = %this.broker, cursor, "router idle");
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::error!(broker = %this.broker, error = %e, "routing failed; retrying in a second");
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
@@ -301,7 +305,6 @@ impl BrokerRouter {
                     }
                     continue;
                 }
-                Err(_) => break,
             }
             tokio::select! {
                 biased;
