@@ -666,8 +666,7 @@ fn start_baseline(kind: &str, dir: &Path) -> Proc {
 }
 
 /// The baseline servers (`--serve-baseline http|durable|sled|sled-batch|sled-relaxed
-/// DIR`): print the
-/// address, serve.
+/// DIR`): print the address, serve.
 fn serve_baseline(kind: &str, dir: &Path) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1282,7 +1281,11 @@ impl Bench {
         row.ratio = Some(rate / base_rate);
         row.target = ">= 0.5 x B-deliver".into();
         // At a fixed rate the run compares CPU, not the target.
-        row.met = (self.args.fanout_rate.is_none()).then_some(rate / base_rate >= 0.5);
+        row.met = self
+            .args
+            .fanout_rate
+            .is_none()
+            .then_some(rate / base_rate >= 0.5);
         row.notes = format!(
             "{} events ingested{}, {delivered} of {expected} deliveries in {:.1} s",
             r.events,

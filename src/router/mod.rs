@@ -267,7 +267,9 @@ impl BrokerRouter {
         let Some(mut head) = self.log.watch(&self.broker) else {
             return;
         };
-        let this = self;
+        // This loop has a thread of its own (`runtime::spawn_thread`): each step
+        // reads and writes sled in place.
+        let backend = self.log.backend().clone();
         let mut set = set_rx.borrow_and_update().clone();
         let mut reconciled = false;
         loop {
@@ -279,14 +281,11 @@ impl BrokerRouter {
                 set = set_rx.borrow_and_update().clone();
                 reconciled = false;
             }
-            // This loop has a thread of its own (`runtime::spawn_thread`): each step
-            // reads and writes sled in place.
-            let backend = this.log.backend().clone();
             let step = if reconciled {
-                this.step(backend.as_ref(), &set)
+                self.step(backend.as_ref(), &set)
             } else {
-                this.reconcile(backend.as_ref(), &set)
-                    .and_then(|()| this.step(backend.as_ref(), &set))
+                self.reconcile(backend.as_ref(), &set)
+                    .and_then(|()| self.step(backend.as_ref(), &set))
             };
             match step {
                 Ok(Step::Progress) => {
@@ -295,10 +294,10 @@ impl BrokerRouter {
                 }
                 Ok(Step::Idle(cursor)) => {
                     reconciled = true;
-                    tracing::debug!(broker = %this.broker, cursor, "router idle");
+                    tracing::debug!(broker = %self.broker, cursor, "router idle");
                 }
                 Err(e) => {
-                    tracing::error!(broker = %this.broker, error = %e, "routing failed; retrying in a second");
+                    tracing::error!(broker = %self.broker, error = %e, "routing failed; retrying in a second");
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {},
                         _ = shutdown.cancelled() => break,
