@@ -492,6 +492,16 @@ fn open_keyed(dir: &std::path::Path) -> SledLog {
 
 /// Writes one keyed record per key to `default` at `now`; returns each outcome.
 fn keyed(log: &SledLog, keys: &[&str], now: u64) -> Vec<AppendOutcome> {
+    keyed_with_data(log, keys, now, None)
+}
+
+/// [`keyed`], each event carrying `data`.
+fn keyed_with_data(
+    log: &SledLog,
+    keys: &[&str],
+    now: u64,
+    data: Option<switchyard::event::Data>,
+) -> Vec<AppendOutcome> {
     let event = switchyard::event::Event::new(
         vec![
             (
@@ -511,7 +521,7 @@ fn keyed(log: &SledLog, keys: &[&str], now: u64) -> Vec<AppendOutcome> {
                 switchyard::event::AttrValue::String("t".into()),
             ),
         ],
-        None,
+        data,
     )
     .unwrap();
     let appends = keys
@@ -529,7 +539,7 @@ fn keyed(log: &SledLog, keys: &[&str], now: u64) -> Vec<AppendOutcome> {
 }
 
 #[test]
-fn the_sweep_drops_keys_by_arrival_and_keeps_a_key_stored_again() {
+fn expiry_drops_keys_by_arrival_and_keeps_a_key_stored_again() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_keyed(dir.path());
     let s = 1_000_000_000u64;
@@ -541,23 +551,30 @@ fn the_sweep_drops_keys_by_arrival_and_keeps_a_key_stored_again() {
         keyed(&log, &["a"], t0 + 70 * s),
         vec![AppendOutcome::Stored(5)]
     );
-    assert_eq!(log.dedupe_entries(), 4);
-    // Sweeping what was first seen before t0 + 5 s drops "b" and "c"; "a" was stored
-    // again since and stays, as the duplicate check below shows.
-    assert_eq!(log.expire_dedupe(t0 + 5 * s, &go()).unwrap(), 2);
+    assert_eq!(log.dedupe_entries(), 5);
+    // Keys go a partition (an eighth of the one-minute window) at a time: those first
+    // seen at t0 once the cutoff passes t0 + 7.5 s.
+    assert_eq!(log.expire_dedupe(t0 + 5 * s, &go()).unwrap(), 0);
+    assert_eq!(log.expire_dedupe(t0 + 8 * s, &go()).unwrap(), 3);
     assert_eq!(log.dedupe_entries(), 2);
+    // "a" was stored again since and is still a duplicate; "b" is not any more.
     assert_eq!(
         keyed(&log, &["a", "b"], t0 + 71 * s),
         vec![AppendOutcome::Duplicate(5), AppendOutcome::Stored(6)]
     );
-    // Already swept up to there: nothing more, and nothing again after a reopen.
-    assert_eq!(log.expire_dedupe(t0 + 5 * s, &go()).unwrap(), 0);
+    // A reopen loads only keys that can still suppress something: those first seen
+    // within a window of the newest record ("d", at t0 + 10 s, cannot).
     drop(log);
     let log = open_keyed(dir.path());
-    assert_eq!(log.expire_dedupe(t0 + 5 * s, &go()).unwrap(), 0);
-    // The rest, "d" at t0 + 10 s, goes with the next cutoff past it.
-    assert_eq!(log.expire_dedupe(t0 + 11 * s, &go()).unwrap(), 1);
     assert_eq!(log.dedupe_entries(), 2);
+    assert_eq!(
+        keyed(&log, &["a", "b", "d"], t0 + 72 * s),
+        vec![
+            AppendOutcome::Duplicate(5),
+            AppendOutcome::Duplicate(6),
+            AppendOutcome::Stored(7)
+        ]
+    );
 }
 
 /// A sweep's stop flag, not set.
@@ -566,21 +583,60 @@ fn go() -> AtomicBool {
 }
 
 #[test]
-fn a_stopped_sweep_leaves_the_rest_to_the_next_one() {
+fn keys_of_closed_segments_come_back_after_a_reopen_with_or_without_their_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_keyed(dir.path());
     let s = 1_000_000_000u64;
     let t0 = common::T0;
-    keyed(&log, &["a", "b", "c"], t0);
-    // Told to stop before its first key: nothing goes, and nothing is marked swept.
+    // 1 MiB events: the first segment (16 MiB) closes after about sixteen.
+    let data = || {
+        Some(switchyard::event::Data::Binary(Bytes::from(vec![
+            7u8;
+            1 << 20
+        ])))
+    };
+    for i in 0..20 {
+        keyed_with_data(&log, &[&format!("k{i}")], t0 + i * s, data());
+    }
+    drop(log);
+    let segments = dir.path().join("data/segments/default");
+    let sidecars = || {
+        let mut names: Vec<String> = std::fs::read_dir(&segments)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".keys"))
+            .collect();
+        names.sort();
+        names
+    };
+    // The closed segment has its sidecar; the one being written has none yet.
+    assert_eq!(sidecars(), ["00000000000000000001.keys"]);
+    for round in ["with the sidecar", "without it"] {
+        let log = open_keyed(dir.path());
+        assert_eq!(log.dedupe_entries(), 20, "{round}");
+        // k0 is in the closed segment, k19 in the active one.
+        assert_eq!(
+            keyed(&log, &["k0", "k19"], t0 + 30 * s),
+            vec![AppendOutcome::Duplicate(1), AppendOutcome::Duplicate(20)],
+            "{round}"
+        );
+        drop(log);
+        std::fs::remove_file(segments.join("00000000000000000001.keys")).unwrap();
+    }
+    // Without its sidecar the segment was read, and its sidecar written again.
+    let log = open_keyed(dir.path());
+    assert_eq!(sidecars(), ["00000000000000000001.keys"]);
     assert_eq!(
-        log.expire_dedupe(t0 + 5 * s, &AtomicBool::new(true))
-            .unwrap(),
-        0
+        keyed(&log, &["k3"], t0 + 31 * s),
+        vec![AppendOutcome::Duplicate(4)]
     );
-    assert_eq!(log.dedupe_entries(), 3);
-    assert_eq!(log.expire_dedupe(t0 + 5 * s, &go()).unwrap(), 3);
-    assert_eq!(log.dedupe_entries(), 0);
+    // Retention takes the first segment, and its sidecar with it.
+    log.expire_events("default", t0 + 18 * s, 0, 100).unwrap();
+    assert_eq!(sidecars(), Vec::<String>::new());
+    assert_eq!(
+        keyed(&log, &["k3"], t0 + 32 * s),
+        vec![AppendOutcome::Stored(21)]
+    );
 }
 
 #[tokio::test]
@@ -624,18 +680,17 @@ async fn shutdown_stops_a_dedupe_sweep_under_way() {
 }
 
 #[test]
-fn keys_of_records_retention_deleted_before_the_sweep_are_swept_by_time() {
+fn a_key_whose_record_retention_deleted_is_stored_again() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_keyed(dir.path());
     let s = 1_000_000_000u64;
     let t0 = common::T0;
     keyed(&log, &["a", "b"], t0);
     keyed(&log, &["c"], t0 + 20 * s);
-    // Retention takes the two oldest records before any sweep ran.
+    // Retention takes the two oldest records, inside the dedupe window: the event is
+    // not in the log any more, so it is not a duplicate of anything.
     let expired = log.expire_events("default", t0 + s, 0, 100).unwrap();
     assert_eq!(expired.by_age, 2);
-    assert_eq!(log.expire_dedupe(t0 + 10 * s, &go()).unwrap(), 2);
-    assert_eq!(log.dedupe_entries(), 1);
     assert_eq!(
         keyed(&log, &["a", "c"], t0 + 21 * s),
         vec![AppendOutcome::Stored(4), AppendOutcome::Duplicate(3)]

@@ -5,6 +5,7 @@
 //! downstream (routing, delivery) reads it by sequence number. sled is the embedded
 //! backend; a NATS JetStream backend can implement the same trait.
 
+mod dedupe_index;
 pub mod record;
 mod retention;
 mod segments;

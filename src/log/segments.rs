@@ -2,15 +2,17 @@
 //!
 //! The segments are the log's write-ahead record: a group's events are appended to the
 //! broker's active segment in one write and made durable with one `fdatasync`, and only
-//! then indexed in sled (sequence → location). sled's index, dedupe keys and counts are
-//! flushed in the background; whatever of them a crash loses is rebuilt at open from
+//! then indexed in sled (sequence → location). sled's index and counts are flushed in
+//! the background; whatever of them a crash loses is rebuilt at open from
 //! the segments' tail ([`Segments::scan`]). sled's own write path costs several device
 //! round trips and a page copy per group, and its node splits grow with the values it
 //! holds, so keeping bodies out of it is what lets ingest approach the disk's own rate
 //! (docs/performance.md).
 //!
 //! A segment is named after the first sequence it holds (`00000000000000000001`) and
-//! ends at about [`SEGMENT_BYTES`]. A frame is
+//! ends at about [`SEGMENT_BYTES`]; a closed one gets a dedupe sidecar beside it
+//! (`<name>.keys`, [`super::dedupe_index`]), which goes when the segment goes. A frame
+//! is
 //!
 //! ```text
 //! u32 frame length | u32 CRC-32 of what follows | u64 sequence | u16 key length | dedupe key | record
@@ -78,8 +80,6 @@ impl Location {
 /// One record found by a scan.
 pub struct Scanned {
     pub seq: u64,
-    pub key: Option<Vec<u8>>,
-    pub record: Bytes,
     pub location: Location,
 }
 
@@ -132,6 +132,22 @@ impl Segments {
             };
             files.insert(first, Arc::new(open_rw(&entry.path())?));
         }
+        // A dedupe sidecar outlives its segment only when retention removed the segment
+        // as the sidecar was written: it goes now.
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(first) = file_name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".keys"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if !files.contains_key(&first) {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
         Ok(Segments {
             dir: dir.to_path_buf(),
             files: RwLock::new(files),
@@ -148,7 +164,6 @@ impl Segments {
     }
 
     /// The first sequence of each segment, oldest first.
-    #[cfg(test)]
     pub fn firsts(&self) -> Vec<u64> {
         self.files
             .read()
@@ -179,17 +194,15 @@ impl Segments {
             let mut clean = true;
             while offset < len {
                 match read_frame_at(&file, offset, len - offset)? {
-                    Some((seq, key, record, frame_len)) if seq == expect => {
+                    Some((seq, _, record, frame_len)) if seq == expect => {
                         out.push(Scanned {
                             seq,
-                            key,
                             location: Location {
                                 segment,
                                 offset,
                                 frame_len,
                                 record_len: record.len() as u32,
                             },
-                            record,
                         });
                         offset += u64::from(frame_len);
                         expect += 1;
@@ -226,6 +239,7 @@ impl Segments {
         for first in later {
             files.remove(&first);
             std::fs::remove_file(self.dir.join(name(first)))?;
+            remove_sidecar(&self.dir, first)?;
         }
         Ok(())
     }
@@ -364,26 +378,52 @@ impl Segments {
         )
     }
 
-    /// The dedupe key of the frame at `location`, if the frame carries `seq` and a key.
-    /// Reads the header and the key only, without the checksum over the record: a key
-    /// damaged on disk matches no dedupe entry, so the worst it does is leave one
-    /// unswept.
-    pub fn read_key(&self, seq: u64, location: Location) -> std::io::Result<Option<Vec<u8>>> {
+    /// The dedupe key (if any) and the record at `location`, if the frame checks out and
+    /// carries `seq`.
+    pub fn read_frame(
+        &self,
+        seq: u64,
+        location: Location,
+    ) -> std::io::Result<Option<(Option<Vec<u8>>, Bytes)>> {
         let Some(file) = self.file(location.segment) else {
             return Ok(None);
         };
-        if (location.frame_len as usize) < HEADER {
-            return Ok(None);
+        Ok(
+            read_frame_at(&file, location.offset, u64::from(location.frame_len))?
+                .filter(|(s, _, _, len)| *s == seq && *len == location.frame_len)
+                .map(|(_, key, record, _)| (key, record)),
+        )
+    }
+
+    /// Every whole frame of the segment that starts at `first`, in one read: sequence,
+    /// key and record. Stops at the first frame that does not check out. Read-only.
+    pub fn frames(&self, first: u64) -> std::io::Result<Vec<FrameContent>> {
+        let Some(file) = self.file(first) else {
+            return Ok(Vec::new());
+        };
+        let len = file.metadata()?.len();
+        let mut buf = vec![0u8; usize::try_from(len).map_err(std::io::Error::other)?];
+        file.read_exact_at(&mut buf, 0)?;
+        let buf = Bytes::from(buf);
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        while buf.len() - at >= HEADER {
+            let frame_len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap_or_default());
+            let end = at + frame_len as usize;
+            if (frame_len as usize) < HEADER || end > buf.len() {
+                break;
+            }
+            let frame = &buf[at..end];
+            let crc = u32::from_be_bytes(frame[4..8].try_into().unwrap_or_default());
+            let (seq, key_len) = seq_and_key_len(frame);
+            if crc32fast::hash(&frame[8..]) != crc || HEADER + key_len > frame.len() {
+                break;
+            }
+            let key = (key_len > 0).then(|| frame[HEADER..HEADER + key_len].to_vec());
+            out.push((seq, key, buf.slice(at + HEADER + key_len..end)));
+            at = end;
         }
-        let mut head = [0u8; HEADER];
-        file.read_exact_at(&mut head, location.offset)?;
-        let (frame_seq, key_len) = seq_and_key_len(&head);
-        if frame_seq != seq || key_len == 0 || HEADER + key_len > location.frame_len as usize {
-            return Ok(None);
-        }
-        let mut key = vec![0u8; key_len];
-        file.read_exact_at(&mut key, location.offset + HEADER as u64)?;
-        Ok(Some(key))
+        Ok(out)
     }
 
     /// Removes the segments whose records all come before `first_kept` (the segment
@@ -408,6 +448,7 @@ impl Segments {
             if pair[1] <= first_kept {
                 files.remove(&pair[0]);
                 std::fs::remove_file(self.dir.join(name(pair[0])))?;
+                remove_sidecar(&self.dir, pair[0])?;
                 removed += 1;
             }
         }
@@ -417,15 +458,31 @@ impl Segments {
         Ok(removed)
     }
 
-    /// Bytes on disk.
+    /// The directory the segments are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes on disk: the segments and their dedupe sidecars.
     pub fn disk_bytes(&self) -> u64 {
         self.files
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter_map(|f| f.metadata().ok())
-            .map(|m| m.len())
+            .iter()
+            .map(|(first, f)| {
+                let sidecar =
+                    std::fs::metadata(super::dedupe_index::sidecar_path(&self.dir, *first));
+                f.metadata().map_or(0, |m| m.len()) + sidecar.map_or(0, |m| m.len())
+            })
             .sum()
+    }
+}
+
+/// Removes a segment's dedupe sidecar ([`super::dedupe_index`]), if it has one.
+fn remove_sidecar(dir: &Path, first: u64) -> std::io::Result<()> {
+    match std::fs::remove_file(super::dedupe_index::sidecar_path(dir, first)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -453,6 +510,9 @@ fn put_frame(
 }
 
 type Frame = (u64, Option<Vec<u8>>, Bytes, u32);
+
+/// A frame's sequence, dedupe key and record.
+pub type FrameContent = (u64, Option<Vec<u8>>, Bytes);
 
 /// The sequence and the key length of a frame that starts with at least a header.
 fn seq_and_key_len(frame: &[u8]) -> (u64, usize) {
@@ -517,13 +577,22 @@ mod tests {
         let found = s.scan(2, Some(locs[0])).unwrap();
         let seqs: Vec<u64> = found.iter().map(|f| f.seq).collect();
         assert_eq!(seqs, [2, 3]);
-        assert_eq!(found[1].record, Bytes::from_static(b"three"));
+        assert_eq!(found[1].location, locs[2]);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), locs[2].end());
         // Appends go on after the cut.
         let l4 = s.append(4, &[(Some(b"k4"), b"four")]).unwrap();
         assert_eq!(l4[0].offset, locs[2].end());
         let again = s.scan(4, Some(locs[2])).unwrap();
-        assert_eq!(again[0].key.as_deref(), Some(&b"k4"[..]));
+        assert_eq!(again[0].location, l4[0]);
+        // Every frame of the segment, keys and records, in one read.
+        let frames = s.frames(1).unwrap();
+        let keys: Vec<Option<&[u8]>> = frames.iter().map(|f| f.1.as_deref()).collect();
+        assert_eq!(keys, [Some(&b"k1"[..]), None, None, Some(&b"k4"[..])]);
+        assert_eq!(frames[2].2, Bytes::from_static(b"three"));
+        assert_eq!(
+            s.read_frame(4, l4[0]).unwrap(),
+            Some((Some(b"k4".to_vec()), Bytes::from_static(b"four")))
+        );
     }
 
     #[test]

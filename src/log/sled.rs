@@ -5,15 +5,14 @@
 //! it durable. sled holds the index and all other state.
 //!
 //! Per broker: `events/<broker>` (big-endian u64 sequence → the record's location in
-//! the segments),
-//! `dedupe/<broker>` (dedupe key → first-seen time and sequence; swept in sequence
-//! order by reading the keys back from the segment frames), `lanes/<broker>`
+//! the segments), `lanes/<broker>`
 //! (lane prefix ++ sequence → stamp), `parked/<broker>` (lane prefix ++ due time ++
 //! sequence → attempts), `meta/<broker>` (router cursor, subscription states) and
-//! `stats/<broker>` (the stored event count and record bytes, the head's location, and
-//! how far dedupe keys were swept).
-//! A group's index writes to one broker are plain inserts into the event, dedupe and
-//! stats trees, made after the group's segment write is synced (the segments rebuild
+//! `stats/<broker>` (the stored event count and record bytes, and the head's location).
+//! The dedupe index is not in sled: it is in memory, rebuilt at open from the segment
+//! frames, which carry the keys ([`super::dedupe_index`]).
+//! A group's index writes to one broker are plain inserts into the event and stats
+//! trees, made after the group's segment write is synced (the segments rebuild
 //! what a crash takes from them); a routing step's lane entries are plain inserts too,
 //! its progress (cursor or backfill state) inserted after them. Dead letters of every broker are
 //! in `deadletters` (id → JSON).
@@ -40,6 +39,7 @@ use std::sync::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, Transactional, Tree};
 
+use super::dedupe_index::{self, DedupeIndex, KeyEntry};
 use super::segments::{Location, Segments};
 use super::{
     AppendOutcome, Damage, Expired, GroupEntry, LaneId, LogBackend, LogError, LogRecord, Stored,
@@ -67,7 +67,8 @@ pub struct SledOptions {
 
 struct BrokerTrees {
     events: Tree,
-    dedupe: Tree,
+    /// The dedupe keys inside the window; the writer holds it for a group.
+    keys: Mutex<DedupeIndex>,
     /// Lane entries: `subscription \0 sink \0 seq` → ().
     lanes: Tree,
     /// Routing state: `cursor` → seq; `sub/<name>` → JSON `SubscriptionState`.
@@ -101,42 +102,6 @@ const COUNTS: &[u8] = b"counts";
 /// index has not caught up with starts, even when retention has removed the head's own
 /// index entry.
 const TAIL: &[u8] = b"tail";
-
-/// The stats key of the last sequence whose dedupe key was swept (big-endian u64).
-const SWEPT: &[u8] = b"swept";
-
-/// Removes a dedupe entry if it is still `value`: the sweep runs beside the writer,
-/// which may store the key again meanwhile.
-fn remove_if_unchanged(dedupe: &Tree, key: &[u8], value: sled::IVec) -> Result<bool, LogError> {
-    Ok(dedupe
-        .compare_and_swap(key, Some(value), None::<&[u8]>)?
-        .is_ok())
-}
-
-/// Removes `key`'s dedupe entry if it still names the record at `seq`: the key may
-/// have been stored again since, and then its newer entry stays.
-fn remove_entry_of(dedupe: &Tree, key: &[u8], seq: u64) -> Result<bool, LogError> {
-    match dedupe.get(key)? {
-        Some(v) if split_dedupe_value(&v).1 == seq => remove_if_unchanged(dedupe, key, v),
-        _ => Ok(false),
-    }
-}
-
-/// Removes every dedupe entry first seen before `cutoff`, reading the whole tree (up
-/// to `stop`).
-fn sweep_by_time(dedupe: &Tree, cutoff: u64, stop: &AtomicBool) -> Result<usize, LogError> {
-    let mut removed = 0;
-    for item in dedupe.iter() {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let (k, v) = item?;
-        if split_dedupe_value(&v).0 < cutoff && remove_if_unchanged(dedupe, &k, v)? {
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
 
 fn counts_value(head: u64, count: u64, bytes: u64) -> [u8; 24] {
     let mut v = [0u8; 24];
@@ -235,8 +200,8 @@ impl SledLog {
         for b in brokers {
             let events = db.open_tree(format!("events/{b}"))?;
             let stats = db.open_tree(format!("stats/{b}"))?;
-            let dedupe = db.open_tree(format!("dedupe/{b}"))?;
-            // Expiry entries of an earlier version; the sweep reads the segments now.
+            // The dedupe trees of earlier versions; the index is rebuilt from the frames.
+            db.drop_tree(format!("dedupe/{b}"))?;
             db.drop_tree(format!("dedupe-expiry/{b}"))?;
             let segments = Segments::open(&options.path.join("segments").join(b))?;
             // The counts name the head they include; count anything past it (a log
@@ -245,7 +210,7 @@ impl SledLog {
                 Some(v) if v.len() == 24 => (seq_of(&v[..8]), seq_of(&v[8..16]), seq_of(&v[16..])),
                 _ => (0, 0, 0),
             };
-            let (head, gone) = recover_index(b, &events, &dedupe, &stats, &segments, counted)?;
+            let (head, gone) = recover_index(b, &events, &stats, &segments, counted)?;
             count = count.saturating_sub(gone.0);
             bytes = bytes.saturating_sub(gone.1);
             for item in events.range((counted + 1).to_be_bytes()..) {
@@ -270,7 +235,10 @@ impl SledLog {
                 b.clone(),
                 BrokerTrees {
                     events,
-                    dedupe,
+                    keys: Mutex::new(DedupeIndex::new(
+                        segments.dir(),
+                        options.dedupe_window_nanos,
+                    )),
                     segments,
                     lanes,
                     meta: db.open_tree(format!("meta/{b}"))?,
@@ -282,6 +250,9 @@ impl SledLog {
                     stats_lock: Mutex::new(()),
                 },
             );
+        }
+        for t in trees.values() {
+            load_keys(t, options.dedupe_window_nanos)?;
         }
         let data_file = match options.durability {
             Durability::Fsync => Some(File::open(options.path.join("db"))?),
@@ -347,13 +318,7 @@ impl SledLog {
         seq: u64,
         entry: &[u8],
     ) -> Result<Option<LogRecord>, LogError> {
-        let Some(location) = Location::decode(entry) else {
-            return Ok(None);
-        };
-        Ok(trees
-            .segments
-            .read(seq, location)?
-            .and_then(|bytes| super::record::decode(seq, bytes)))
+        read_record(trees, seq, entry)
     }
 
     /// A record that does not decode is skipped wherever it is read; it is logged
@@ -423,10 +388,11 @@ impl SledLog {
         now: u64,
     ) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
         let trees = self.trees(broker)?;
+        let mut keys = trees.keys.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = trees.head.load(Ordering::Acquire);
         let first = next + 1;
         let mut bodies: Vec<(Option<&[u8]>, &[u8])> = Vec::new();
-        let mut dedupe: Vec<(&[u8], u64)> = Vec::new();
+        let mut dedupe: Vec<(u64, u64)> = Vec::new();
         // Keys stored earlier in this group, so that a duplicate inside it is caught.
         let mut seen: HashMap<&[u8], u64> = HashMap::new();
         let mut all = Vec::with_capacity(entries.len());
@@ -437,7 +403,7 @@ impl SledLog {
                 if let Some(key) = &append.dedupe_key {
                     let earlier = match seen.get(key.as_slice()) {
                         Some(&seq) => Some(seq),
-                        None => self.find_duplicate(trees, key, now)?,
+                        None => self.find_duplicate(trees, &keys, key, now)?,
                     };
                     if let Some(seq) = earlier {
                         outcomes.push(AppendOutcome::Duplicate(seq));
@@ -449,7 +415,7 @@ impl SledLog {
                 added_bytes += append.record.len() as u64;
                 bodies.push((append.dedupe_key.as_deref(), append.record.as_ref()));
                 if let Some(key) = &append.dedupe_key {
-                    dedupe.push((key.as_slice(), next));
+                    dedupe.push((next, dedupe_index::digest(key)));
                     seen.insert(key.as_slice(), next);
                 }
                 outcomes.push(AppendOutcome::Stored(next));
@@ -470,9 +436,6 @@ impl SledLog {
                     .events
                     .insert((first + i as u64).to_be_bytes(), &l.encode())?;
             }
-            for (key, seq) in &dedupe {
-                trees.dedupe.insert(*key, &dedupe_value(now, *seq))?;
-            }
             let tail = locations.last().map(Location::encode).unwrap_or_default();
             let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
             let count = trees.stored_events.load(Ordering::Acquire) + added;
@@ -492,9 +455,6 @@ impl SledLog {
             for seq in first..=next {
                 let _ = trees.events.remove(seq.to_be_bytes());
             }
-            for (key, seq) in &dedupe {
-                let _ = remove_entry_of(&trees.dedupe, key, *seq);
-            }
             if let Some(l) = locations.first() {
                 if let Err(r) = trees.segments.rewind(first, *l) {
                     tracing::error!(error = %r, "cannot take back a failed write from the segment");
@@ -502,24 +462,54 @@ impl SledLog {
             }
             return Err(e);
         }
+        // The keys, in sequence order, each noted with the segment it went to.
+        let mut keyed = dedupe.iter().peekable();
+        for (i, l) in locations.iter().enumerate() {
+            let seq = first + i as u64;
+            keys.enter_segment(l.segment);
+            if let Some((_, digest)) = keyed.next_if(|(s, _)| *s == seq) {
+                keys.insert(KeyEntry {
+                    seq,
+                    digest: *digest,
+                    arrival: now,
+                });
+            }
+        }
         self.progress_dirty.store(true, Ordering::Release);
         trees.head.store(next, Ordering::Release);
         Ok(all)
     }
 
     /// The sequence of a stored event with the same key, first seen inside the window.
+    /// The index nominates records by the key's digest; each is read back and its key
+    /// and arrival checked, newest first.
     fn find_duplicate(
         &self,
         trees: &BrokerTrees,
+        keys: &DedupeIndex,
         key: &[u8],
         now: u64,
     ) -> Result<Option<u64>, LogError> {
-        let Some(v) = trees.dedupe.get(key)? else {
-            return Ok(None);
-        };
-        let (first_seen, seq) = split_dedupe_value(&v);
-        let fresh = now.saturating_sub(first_seen) < self.dedupe_window_nanos;
-        Ok(fresh.then_some(seq))
+        for seq in keys.candidates(dedupe_index::digest(key)) {
+            let Some(entry) = trees.events.get(seq.to_be_bytes())? else {
+                // Retention removed it: the event is not in the log any more.
+                continue;
+            };
+            let Some(location) = Location::decode(&entry) else {
+                continue;
+            };
+            let Some((Some(stored), record)) = trees.segments.read_frame(seq, location)? else {
+                continue;
+            };
+            if stored != key {
+                continue;
+            }
+            let first_seen = super::record::decode(seq, record).map_or(0, |r| r.arrival_unix_nanos);
+            // An older entry for the key was first seen earlier still.
+            let fresh = now.saturating_sub(first_seen) < self.dedupe_window_nanos;
+            return Ok(fresh.then_some(seq));
+        }
+        Ok(None)
     }
 
     /// A lane's counts (zero for a lane never seen).
@@ -570,12 +560,11 @@ impl SledLog {
 /// Brings a broker's index in line with its segments at open and returns the head:
 /// index entries whose frames never reached the disk (relaxed durability, then a power
 /// loss) are dropped, and records the index had not caught up with (its flush follows
-/// the segments' sync) are indexed again, dedupe keys included. Also returns the events
-/// and bytes dropped that the counts (up to `counted`) include.
+/// the segments' sync) are indexed again. Also returns the events and bytes dropped that
+/// the counts (up to `counted`) include.
 fn recover_index(
     broker: &str,
     events: &Tree,
-    dedupe: &Tree,
     stats: &Tree,
     segments: &Segments,
     counted: u64,
@@ -617,22 +606,11 @@ fn recover_index(
     let Some(last) = found.last() else {
         return Ok((head, gone));
     };
-    let (mut e, mut d) = (Batch::default(), Batch::default());
+    let mut e = Batch::default();
     for f in &found {
         e.insert(&f.seq.to_be_bytes(), &f.location.encode());
-        if let Some(key) = &f.key {
-            let arrival =
-                super::record::decode(f.seq, f.record.clone()).map_or(0, |r| r.arrival_unix_nanos);
-            d.insert(key.as_slice(), &dedupe_value(arrival, f.seq));
-        }
     }
-    (events, dedupe)
-        .transaction(|(e2, d2)| {
-            e2.apply_batch(&e)?;
-            d2.apply_batch(&d)?;
-            Ok::<_, ConflictableTransactionError<()>>(())
-        })
-        .map_err(transaction_error)?;
+    events.apply_batch(e)?;
     tracing::info!(
         broker = %broker,
         first = head + 1,
@@ -685,20 +663,86 @@ fn transaction_error(e: TransactionError<()>) -> LogError {
     }
 }
 
-/// A dedupe entry's value: first-seen time and sequence, big-endian.
-fn dedupe_value(first_seen: u64, seq: u64) -> [u8; 16] {
-    let mut v = [0u8; 16];
-    v[..8].copy_from_slice(&first_seen.to_be_bytes());
-    v[8..].copy_from_slice(&seq.to_be_bytes());
-    v
+/// The record an index entry points at; `None` when its frame or its encoding is
+/// damaged.
+fn read_record(trees: &BrokerTrees, seq: u64, entry: &[u8]) -> Result<Option<LogRecord>, LogError> {
+    let Some(location) = Location::decode(entry) else {
+        return Ok(None);
+    };
+    Ok(trees
+        .segments
+        .read(seq, location)?
+        .and_then(|bytes| super::record::decode(seq, bytes)))
 }
 
-/// The first-seen time and sequence of a [`dedupe_value`].
-fn split_dedupe_value(v: &[u8]) -> (u64, u64) {
-    if v.len() < 16 {
-        return (0, 0);
+/// The first sequence that arrived at or after `unix_nanos` (the head + 1 if none).
+/// Arrival times grow with sequence numbers (one writer stamps them in order), so a
+/// binary search over the sequence finds it.
+fn seq_at_time_in(trees: &BrokerTrees, unix_nanos: u64) -> Result<u64, LogError> {
+    let head = trees.head.load(Ordering::Acquire);
+    let arrival = |seq: u64| -> Result<Option<u64>, LogError> {
+        let Some(v) = trees.events.get(seq.to_be_bytes())? else {
+            return Ok(None);
+        };
+        Ok(read_record(trees, seq, &v)?.map(|r| r.arrival_unix_nanos))
+    };
+    let (mut lo, mut hi) = (1u64, head + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match arrival(mid)? {
+            Some(t) if t >= unix_nanos => hi = mid,
+            _ => lo = mid + 1,
+        }
     }
-    (seq_of(&v[..8]), seq_of(&v[8..16]))
+    Ok(lo)
+}
+
+/// Fills a broker's dedupe index at open with the keys of the records that arrived
+/// within a window of the newest one (no key older than that can suppress anything
+/// again): from each closed segment's sidecar, or its frames when it has no good one,
+/// and from the frames of the segment being written.
+fn load_keys(trees: &BrokerTrees, window: u64) -> Result<(), LogError> {
+    let head = trees.head.load(Ordering::Acquire);
+    if window == 0 || head == 0 {
+        return Ok(());
+    }
+    let Some(entry) = trees.events.get(head.to_be_bytes())? else {
+        return Ok(());
+    };
+    let Some(newest) = read_record(trees, head, &entry)? else {
+        return Ok(());
+    };
+    let from = seq_at_time_in(trees, newest.arrival_unix_nanos.saturating_sub(window))?;
+    let firsts = trees.segments.firsts();
+    let mut keys = trees.keys.lock().unwrap_or_else(|p| p.into_inner());
+    for (i, &first) in firsts.iter().enumerate() {
+        let next = firsts.get(i + 1).copied();
+        if next.is_some_and(|n| n <= from) {
+            continue;
+        }
+        let read = || keyed_frames(&trees.segments, first);
+        match next {
+            Some(_) => keys.load_closed(first, from, read)?,
+            None => keys.load_active(first, from, read()?),
+        }
+    }
+    Ok(())
+}
+
+/// The keyed records of one segment, read from its frames.
+fn keyed_frames(segments: &Segments, first: u64) -> std::io::Result<Vec<KeyEntry>> {
+    Ok(segments
+        .frames(first)?
+        .into_iter()
+        .filter_map(|(seq, key, record)| {
+            let key = key?;
+            Some(KeyEntry {
+                seq,
+                digest: dedupe_index::digest(&key),
+                arrival: super::record::decode(seq, record).map_or(0, |r| r.arrival_unix_nanos),
+            })
+        })
+        .collect())
 }
 
 impl LogBackend for SledLog {
@@ -746,67 +790,25 @@ impl LogBackend for SledLog {
         Ok(self.trees(broker)?.head.load(Ordering::Acquire))
     }
 
-    fn expire_dedupe(&self, cutoff: u64, stop: &AtomicBool) -> Result<usize, LogError> {
-        let mut removed = 0;
-        for (broker, trees) in &self.brokers {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            // Keys first seen before the cutoff belong to a prefix of the log (arrival
-            // times grow with sequence numbers): the records from just past the last
-            // sweep to the first one at or after the cutoff. Their keys are read back
-            // from the segment frames, which carry them.
-            let swept = trees.stats.get(SWEPT)?.map_or(0, |v| seq_of(&v));
-            let until = self.seq_at_time(broker, cutoff)?;
-            if until <= swept + 1 {
-                continue;
-            }
-            let first = trees.events.first()?.map_or(until, |(k, _)| seq_of(&k));
-            if swept + 1 < first {
-                // Retention deleted records the sweep had not reached: go by first-seen
-                // time over the whole tree, once.
-                removed += sweep_by_time(&trees.dedupe, cutoff, stop)?;
-                if stop.load(Ordering::Relaxed) {
-                    // Not recorded as swept: the pass runs again next time.
-                    break;
-                }
-            }
-            let from = first.max(swept + 1).min(until);
-            // Where this sweep ends: `until`, or the first record it did not reach.
-            let mut end = until;
-            for item in trees.events.range(from.to_be_bytes()..until.to_be_bytes()) {
-                let (k, v) = item?;
-                let seq = seq_of(&k);
-                if stop.load(Ordering::Relaxed) {
-                    end = seq;
-                    break;
-                }
-                let Some(location) = Location::decode(&v) else {
-                    continue;
-                };
-                let Some(key) = trees.segments.read_key(seq, location)? else {
-                    continue;
-                };
-                if remove_entry_of(&trees.dedupe, &key, seq)? {
-                    removed += 1;
-                }
-            }
-            // Retention may have deleted records of this range while it was read (it
-            // runs beside the sweep): their keys go by first-seen time.
-            if trees.events.first()?.is_none_or(|(k, _)| seq_of(&k) > from) && from < end {
-                removed += sweep_by_time(&trees.dedupe, cutoff, stop)?;
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-            }
-            trees.stats.insert(SWEPT, &(end - 1).to_be_bytes())?;
-            self.progress_dirty.store(true, Ordering::Release);
-        }
-        Ok(removed)
+    fn expire_dedupe(&self, cutoff: u64, _stop: &AtomicBool) -> Result<usize, LogError> {
+        // Whole partitions go; in memory, so there is nothing to stop.
+        Ok(self
+            .brokers
+            .values()
+            .map(|t| {
+                t.keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .expire(cutoff)
+            })
+            .sum())
     }
 
     fn dedupe_entries(&self) -> usize {
-        self.brokers.values().map(|t| t.dedupe.len()).sum()
+        self.brokers
+            .values()
+            .map(|t| t.keys.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 
     fn router_cursor(&self, broker: &str) -> Result<u64, LogError> {
@@ -1271,25 +1273,7 @@ impl LogBackend for SledLog {
     }
 
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError> {
-        // Arrival times grow with sequence numbers (one writer stamps them in order), so
-        // a binary search over the sequence finds the first one at or after the time.
-        let trees = self.trees(broker)?;
-        let head = trees.head.load(Ordering::Acquire);
-        let arrival = |seq: u64| -> Result<Option<u64>, LogError> {
-            let Some(v) = trees.events.get(seq.to_be_bytes())? else {
-                return Ok(None);
-            };
-            Ok(self.record(trees, seq, &v)?.map(|r| r.arrival_unix_nanos))
-        };
-        let (mut lo, mut hi) = (1u64, head + 1);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match arrival(mid)? {
-                Some(t) if t >= unix_nanos => hi = mid,
-                _ => lo = mid + 1,
-            }
-        }
-        Ok(lo)
+        seq_at_time_in(self.trees(broker)?, unix_nanos)
     }
 
     fn sync_progress(&self) -> Result<(), LogError> {
