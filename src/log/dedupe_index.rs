@@ -64,6 +64,11 @@ impl Hasher for Passthrough {
 
 type DigestMap = HashMap<u64, u64, BuildHasherDefault<Passthrough>>;
 
+/// A partition takes at most this many keys, then the next one starts: 7/8 of 2^17, the
+/// most a map of 2^17 slots holds, so that a full partition uses all of its 2.2 MiB
+/// (about 19 bytes a key) and growing one never copies more than that.
+const PARTITION_KEYS: usize = 114_688;
+
 struct Partition {
     /// Arrival time divided by the span.
     number: u64,
@@ -140,9 +145,10 @@ impl DedupeIndex {
     fn add(&mut self, entry: KeyEntry) {
         let number = entry.arrival / self.span;
         // Arrival times grow with sequence numbers; a clock set back joins the newest
-        // partition, which lives at least as long.
-        let newest = self.partitions.back().map(|p| p.number);
-        if newest.is_none_or(|n| n < number) {
+        // partition, which lives at least as long. A full partition is followed by
+        // another of the same time.
+        let newest = self.partitions.back();
+        if newest.is_none_or(|p| p.number < number || p.map.len() >= PARTITION_KEYS) {
             self.partitions.push_back(Partition {
                 number,
                 map: DigestMap::default(),
@@ -289,6 +295,25 @@ mod tests {
         assert_eq!(index.candidates(digest(b"a")).collect::<Vec<_>>(), [3]);
         assert_eq!(index.candidates(digest(b"b")).count(), 0);
         assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn a_full_partition_is_followed_by_another_of_the_same_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = DedupeIndex::new(dir.path(), 80 * S);
+        let n = PARTITION_KEYS as u64 + 10;
+        for seq in 1..=n {
+            index.add(entry(&seq.to_string(), seq, 100 * S));
+        }
+        assert_eq!(index.partitions.len(), 2);
+        assert_eq!(index.partitions[0].map.len(), PARTITION_KEYS);
+        // Every key is still found, and both go when their time is over.
+        assert_eq!(index.candidates(digest(b"1")).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            index.candidates(digest(n.to_string().as_bytes())).count(),
+            1
+        );
+        assert_eq!(index.expire(110 * S), n as usize);
     }
 
     #[test]
