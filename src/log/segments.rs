@@ -1,13 +1,20 @@
-//! Event bodies in append-only segment files, one directory per broker.
+//! Event bodies in append-only segment files, one directory per broker, and the index
+//! that finds them.
 //!
-//! The segments are the log's write-ahead record: a group's events are appended to the
-//! broker's active segment in one write and made durable with one `fdatasync`, and only
-//! then indexed in sled (sequence → location). sled's index and counts are flushed in
-//! the background; whatever of them a crash loses is rebuilt at open from
-//! the segments' tail ([`Segments::scan`]). sled's own write path costs several device
-//! round trips and a page copy per group, and its node splits grow with the values it
-//! holds, so keeping bodies out of it is what lets ingest approach the disk's own rate
-//! (docs/performance.md).
+//! The segments are the log: a group's events are appended to the broker's active
+//! segment in one write and made durable with one `fdatasync`. Each segment has an
+//! index file beside it (`<name>.idx`): per record, where its frame ends and the
+//! record's length (two big-endian u32), appended with each group and synced in the
+//! background (every 100 ms, and when the segment closes). The index is held in memory
+//! too, 8 bytes a record, which is how a sequence number finds its record. No store
+//! beside the files takes a write per event: sled's write path costs several device
+//! round trips and a page copy per group and a tree insert per record, which kept
+//! ingest far from the disk's own rate (docs/performance.md, items 13 and 14).
+//!
+//! At open each index file is checked (each frame must end after the one before it, and
+//! inside the segment) and the frames past what it covers (written since its last sync)
+//! are read and indexed again. Whatever a crash took from an index is rebuilt from the
+//! frames, which carry their own sequence numbers and CRCs.
 //!
 //! A segment is named after the first sequence it holds (`00000000000000000001`) and
 //! ends at about [`SEGMENT_BYTES`]; a closed one gets a dedupe sidecar beside it
@@ -19,8 +26,8 @@
 //! ```
 //!
 //! all big-endian. A frame that does not check out is never returned: reads report it,
-//! and a scan at open stops there and cuts the segment to what came before (a frame torn
-//! by a crash was never acknowledged).
+//! and the scan at open stops there and cuts the segment to what came before (a frame
+//! torn by a crash was never acknowledged).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -46,64 +53,62 @@ pub struct Location {
     pub record_len: u32,
 }
 
-impl Location {
-    pub const ENCODED: usize = 24;
-
-    pub fn encode(&self) -> [u8; Self::ENCODED] {
-        let mut v = [0u8; Self::ENCODED];
-        v[..8].copy_from_slice(&self.segment.to_be_bytes());
-        v[8..16].copy_from_slice(&self.offset.to_be_bytes());
-        v[16..20].copy_from_slice(&self.frame_len.to_be_bytes());
-        v[20..].copy_from_slice(&self.record_len.to_be_bytes());
-        v
-    }
-
-    pub fn decode(v: &[u8]) -> Option<Location> {
-        if v.len() != Self::ENCODED {
-            return None;
-        }
-        let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().unwrap_or_default());
-        let u32_at = |i: usize| u32::from_be_bytes(v[i..i + 4].try_into().unwrap_or_default());
-        Some(Location {
-            segment: u64_at(0),
-            offset: u64_at(8),
-            frame_len: u32_at(16),
-            record_len: u32_at(20),
-        })
-    }
-
-    fn end(&self) -> u64 {
-        self.offset + u64::from(self.frame_len)
-    }
+/// One record's index entry: where its frame ends in the segment (it starts where the
+/// one before it ends, or at 0), and the record's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    end: u32,
+    record_len: u32,
 }
 
-/// One record found by a scan.
-pub struct Scanned {
-    pub seq: u64,
-    pub location: Location,
+const SLOT: usize = 8;
+
+/// One segment: its file and its index.
+struct Segment {
+    file: Arc<File>,
+    slots: Vec<Slot>,
+}
+
+impl Segment {
+    fn location(&self, first: u64, i: usize) -> Option<Location> {
+        let slot = self.slots.get(i)?;
+        let start = if i == 0 { 0 } else { self.slots[i - 1].end };
+        Some(Location {
+            segment: first,
+            offset: u64::from(start),
+            frame_len: slot.end - start,
+            record_len: slot.record_len,
+        })
+    }
 }
 
 struct Active {
     first: u64,
-    /// The sequence the next append takes.
-    next: u64,
     file: Arc<File>,
+    /// The segment's index file and how many entries it holds.
+    index: File,
+    indexed: usize,
     len: u64,
     /// Files written since the last sync (the active one, and one just closed), and
     /// whether a new file's directory entry still needs syncing.
     unsynced: Vec<Arc<File>>,
     dir_unsynced: bool,
+    index_unsynced: bool,
 }
 
 /// One broker's segments.
 pub struct Segments {
     dir: PathBuf,
-    files: RwLock<BTreeMap<u64, Arc<File>>>,
+    segments: RwLock<BTreeMap<u64, Segment>>,
     active: Mutex<Option<Active>>,
 }
 
 fn name(first: u64) -> String {
     format!("{first:020}")
+}
+
+fn index_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.idx"))
 }
 
 fn open_rw(path: &Path) -> std::io::Result<File> {
@@ -115,57 +120,157 @@ fn open_rw(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// The entries of an index file that check out: each frame ends after the one before
+/// it, holds at least a header and its record, and ends inside the segment (`len`).
+fn read_index(dir: &Path, first: u64, len: u64) -> Vec<Slot> {
+    let Ok(bytes) = std::fs::read(index_path(dir, first)) else {
+        return Vec::new();
+    };
+    let mut slots = Vec::with_capacity(bytes.len() / SLOT);
+    let mut start = 0u64;
+    for entry in bytes.chunks_exact(SLOT) {
+        let end = u32::from_be_bytes(entry[..4].try_into().unwrap_or_default());
+        let record_len = u32::from_be_bytes(entry[4..].try_into().unwrap_or_default());
+        let frame = u64::from(end).saturating_sub(start);
+        if u64::from(end) <= start
+            || u64::from(end) > len
+            || frame < HEADER as u64 + u64::from(record_len)
+        {
+            break;
+        }
+        slots.push(Slot { end, record_len });
+        start = u64::from(end);
+    }
+    slots
+}
+
+fn encode_slots(slots: &[Slot]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(slots.len() * SLOT);
+    for s in slots {
+        buf.extend_from_slice(&s.end.to_be_bytes());
+        buf.extend_from_slice(&s.record_len.to_be_bytes());
+    }
+    buf
+}
+
+/// Writes a segment's whole index anew, synced.
+fn rewrite_index(dir: &Path, first: u64, slots: &[Slot]) -> std::io::Result<()> {
+    let f = File::create(index_path(dir, first))?;
+    f.write_all_at(&encode_slots(slots), 0)?;
+    f.sync_data()
+}
+
 impl Segments {
-    /// Opens the segments in `dir` (created when missing).
+    /// Opens the segments in `dir` (created when missing) and their indexes, indexing
+    /// again the frames an index does not cover yet and cutting a segment at a frame
+    /// torn by a crash.
     pub fn open(dir: &Path) -> std::io::Result<Segments> {
         std::fs::create_dir_all(dir)?;
-        let mut files = BTreeMap::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let Some(first) = entry
-                .file_name()
-                .to_str()
-                .filter(|n| n.len() == 20)
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            files.insert(first, Arc::new(open_rw(&entry.path())?));
-        }
-        // A dedupe sidecar outlives its segment only when retention removed the segment
-        // as the sidecar was written: it goes now.
+        let mut firsts = Vec::new();
+        let mut others = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let file_name = entry.file_name();
-            let Some(first) = file_name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".keys"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(n) = file_name.to_str() else {
                 continue;
             };
-            if !files.contains_key(&first) {
-                std::fs::remove_file(entry.path())?;
+            match n.len() {
+                20 => firsts.extend(n.parse::<u64>().ok()),
+                _ => others.push((n.to_string(), entry.path())),
             }
+        }
+        firsts.sort_unstable();
+        // An index or a dedupe sidecar outlives its segment only when retention removed
+        // the segment as the other was written: it goes now.
+        for (n, path) in others {
+            let first = n
+                .strip_suffix(".keys")
+                .or_else(|| n.strip_suffix(".idx"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if first.is_some_and(|f| firsts.binary_search(&f).is_err()) {
+                std::fs::remove_file(path)?;
+            }
+        }
+        let mut segments = BTreeMap::new();
+        for first in firsts {
+            let file = open_rw(&dir.join(name(first)))?;
+            segments.insert(first, Self::load(dir, first, file)?);
         }
         Ok(Segments {
             dir: dir.to_path_buf(),
-            files: RwLock::new(files),
+            segments: RwLock::new(segments),
             active: Mutex::new(None),
         })
     }
 
+    /// One segment's index at open: what its index file says, then the frames past it.
+    fn load(dir: &Path, first: u64, file: File) -> std::io::Result<Segment> {
+        let len = file.metadata()?.len();
+        let on_file = std::fs::metadata(index_path(dir, first)).map_or(0, |m| m.len());
+        let mut slots = read_index(dir, first, len);
+        let checked = slots.len();
+        if (checked * SLOT) as u64 != on_file {
+            tracing::warn!(
+                segment = %dir.join(name(first)).display(),
+                first = first + checked as u64,
+                "index entries point past the end of the segment or do not check out (written without a sync before a power loss); the frames there are read instead"
+            );
+        }
+        let mut offset = slots.last().map_or(0, |s| u64::from(s.end));
+        let mut seq = first + checked as u64;
+        while offset < len {
+            match read_frame_at(&file, offset, len - offset)? {
+                Some((s, _, record, frame_len))
+                    if s == seq && offset + u64::from(frame_len) <= u64::from(u32::MAX) =>
+                {
+                    offset += u64::from(frame_len);
+                    slots.push(Slot {
+                        end: offset as u32,
+                        record_len: record.len() as u32,
+                    });
+                    seq += 1;
+                }
+                _ => {
+                    tracing::warn!(
+                        segment = %dir.join(name(first)).display(),
+                        offset,
+                        dropped = len - offset,
+                        "the log's segment ends in an incomplete write (never acknowledged); it is cut there"
+                    );
+                    file.set_len(offset)?;
+                    file.sync_all()?;
+                    break;
+                }
+            }
+        }
+        if slots.len() > checked {
+            tracing::info!(
+                segment = %dir.join(name(first)).display(),
+                first = first + checked as u64,
+                last = seq - 1,
+                "records written to the segments after the index's last sync are indexed again"
+            );
+        }
+        if slots.len() != checked || (slots.len() * SLOT) as u64 != on_file {
+            rewrite_index(dir, first, &slots)?;
+        }
+        Ok(Segment {
+            file: Arc::new(file),
+            slots,
+        })
+    }
+
     fn file(&self, segment: u64) -> Option<Arc<File>> {
-        self.files
+        self.segments
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&segment)
-            .cloned()
+            .map(|s| s.file.clone())
     }
 
     /// The first sequence of each segment, oldest first.
     pub fn firsts(&self) -> Vec<u64> {
-        self.files
+        self.segments
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .keys()
@@ -173,88 +278,85 @@ impl Segments {
             .collect()
     }
 
-    /// Reads every whole frame from `from` on: in the segment that holds `after` (the
-    /// location of the record before `next`), past it; or from the start of the segment
-    /// that begins at `next`. Stops at the first frame that does not check out or does
-    /// not carry the next sequence, and cuts that segment there; later segments, which
-    /// can only hold unacknowledged writes then, are removed. Used at open, before any
-    /// append.
-    pub fn scan(&self, next: u64, after: Option<Location>) -> std::io::Result<Vec<Scanned>> {
+    /// The last sequence indexed (0 when there is none).
+    pub fn head(&self) -> u64 {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        segments
+            .iter()
+            .next_back()
+            .map_or(0, |(first, s)| first + s.slots.len() as u64 - 1)
+    }
+
+    /// The lowest sequence indexed, if any.
+    pub fn first_seq(&self) -> Option<u64> {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        segments
+            .iter()
+            .find(|(_, s)| !s.slots.is_empty())
+            .map(|(first, _)| *first)
+    }
+
+    /// Where record `seq` is, if it is indexed.
+    pub fn locate(&self, seq: u64) -> Option<Location> {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let (first, segment) = segments.range(..=seq).next_back()?;
+        segment.location(*first, usize::try_from(seq - first).ok()?)
+    }
+
+    /// The locations of up to `limit` indexed records from `from` on, in order.
+    pub fn locations(&self, from: u64, limit: usize) -> Vec<(u64, Location)> {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let start = segments
+            .range(..=from)
+            .next_back()
+            .map_or(from, |(first, _)| *first);
         let mut out = Vec::new();
-        let mut expect = next;
-        let (mut segment, mut offset) = match after {
-            Some(l) if self.file(l.segment).is_some() => (l.segment, l.end()),
-            _ => (next, 0),
-        };
-        loop {
-            let Some(file) = self.file(segment) else {
-                break;
-            };
-            let len = file.metadata()?.len();
-            let mut clean = true;
-            while offset < len {
-                match read_frame_at(&file, offset, len - offset)? {
-                    Some((seq, _, record, frame_len)) if seq == expect => {
-                        out.push(Scanned {
-                            seq,
-                            location: Location {
-                                segment,
-                                offset,
-                                frame_len,
-                                record_len: record.len() as u32,
-                            },
-                        });
-                        offset += u64::from(frame_len);
-                        expect += 1;
-                    }
-                    _ => {
-                        tracing::warn!(
-                            segment = %self.dir.join(name(segment)).display(),
-                            offset,
-                            dropped = len - offset,
-                            "the log's last segment ends in an incomplete write (never acknowledged); it is cut there"
-                        );
-                        file.set_len(offset)?;
-                        file.sync_all()?;
-                        clean = false;
-                        break;
-                    }
+        for (first, segment) in segments.range(start..) {
+            let skip = usize::try_from(from.saturating_sub(*first)).unwrap_or(usize::MAX);
+            for i in skip..segment.slots.len() {
+                if out.len() == limit {
+                    return out;
+                }
+                if let Some(l) = segment.location(*first, i) {
+                    out.push((first + i as u64, l));
                 }
             }
-            if !clean {
-                self.remove_after(segment)?;
-                break;
+        }
+        out
+    }
+
+    /// The record bytes of the indexed records from `from` through `to`.
+    pub fn record_bytes(&self, from: u64, to: u64) -> u64 {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let mut bytes = 0;
+        for (first, segment) in segments.iter() {
+            for (i, slot) in segment.slots.iter().enumerate() {
+                let seq = first + i as u64;
+                if (from..=to).contains(&seq) {
+                    bytes += u64::from(slot.record_len);
+                }
             }
-            // Go on into the segment that starts where this one ended, if any.
-            segment = expect;
-            offset = 0;
         }
-        Ok(out)
+        bytes
     }
 
-    /// Removes the segments after `segment` (unacknowledged writes past a torn frame).
-    fn remove_after(&self, segment: u64) -> std::io::Result<()> {
-        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
-        let later: Vec<u64> = files.range(segment + 1..).map(|(k, _)| *k).collect();
-        for first in later {
-            files.remove(&first);
-            std::fs::remove_file(self.dir.join(name(first)))?;
-            remove_sidecar(&self.dir, first)?;
-        }
-        Ok(())
-    }
-
-    /// Appends one frame per record, in one write, and returns their locations. `next`
-    /// is the first record's sequence; the records follow it in order.
+    /// Appends one frame per record, in one write, and their index entries, and returns
+    /// their locations. `next` is the first record's sequence; the records follow it in
+    /// order.
     pub fn append(
         &self,
         next: u64,
         records: &[(Option<&[u8]>, &[u8])],
     ) -> std::io::Result<Vec<Location>> {
+        let total: u64 = records
+            .iter()
+            .map(|(k, r)| (HEADER + k.map_or(0, <[u8]>::len) + r.len()) as u64)
+            .sum();
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        // Offsets are u32: a segment never grows past 4 GiB, whatever one group holds.
         let needs_new = match &*active {
             None => true,
-            Some(a) => a.len >= SEGMENT_BYTES,
+            Some(a) => a.len >= SEGMENT_BYTES || a.len + total > u64::from(u32::MAX),
         };
         if needs_new {
             self.start_segment(&mut active, next)?;
@@ -262,81 +364,128 @@ impl Segments {
         let Some(a) = active.as_mut() else {
             return Err(std::io::Error::other("no active segment"));
         };
-        let total: usize = records
-            .iter()
-            .map(|(k, r)| HEADER + k.map_or(0, <[u8]>::len) + r.len())
-            .sum();
-        let mut buf = Vec::with_capacity(total);
+        if a.len + total > u64::from(u32::MAX) {
+            return Err(std::io::Error::other("a group of records over 4 GiB"));
+        }
+        let mut buf = Vec::with_capacity(total as usize);
         let mut locations = Vec::with_capacity(records.len());
+        let mut slots = Vec::with_capacity(records.len());
         for (i, (key, record)) in records.iter().enumerate() {
             let offset = a.len + buf.len() as u64;
             let frame_len = put_frame(&mut buf, next + i as u64, *key, record)?;
-            locations.push(Location {
+            let location = Location {
                 segment: a.first,
                 offset,
                 frame_len,
                 record_len: record.len() as u32,
+            };
+            slots.push(Slot {
+                end: (offset + u64::from(frame_len)) as u32,
+                record_len: location.record_len,
             });
+            locations.push(location);
         }
         a.file.write_all_at(&buf, a.len)?;
+        a.index
+            .write_all_at(&encode_slots(&slots), (a.indexed * SLOT) as u64)?;
         a.len += buf.len() as u64;
-        a.next = next + records.len() as u64;
+        a.indexed += slots.len();
+        a.index_unsynced = true;
         if !a.unsynced.iter().any(|f| Arc::ptr_eq(f, &a.file)) {
             a.unsynced.push(a.file.clone());
+        }
+        if let Some(s) = self
+            .segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&a.first)
+        {
+            s.slots.extend(slots);
         }
         Ok(locations)
     }
 
-    /// Continues the last segment if `next` follows on from it, else starts one at
-    /// `next`.
+    /// Continues the last segment if `next` follows on from it and it has room, else
+    /// closes it (its index synced) and starts one at `next`.
     fn start_segment(&self, active: &mut Option<Active>, next: u64) -> std::io::Result<()> {
-        let mut unsynced = active.take().map(|a| a.unsynced).unwrap_or_default();
+        let mut unsynced = Vec::new();
+        if let Some(a) = active.take() {
+            a.index.sync_data()?;
+            unsynced = a.unsynced;
+        }
         let last = self
-            .files
+            .segments
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .next_back()
-            .map(|(k, f)| (*k, f.clone()));
-        if let Some((first, file)) = last {
+            .map(|(k, s)| (*k, s.file.clone(), s.slots.len()));
+        if let Some((first, file, indexed)) = last {
             let len = file.metadata()?.len();
-            if len < SEGMENT_BYTES && first <= next {
+            if len < SEGMENT_BYTES && first + indexed as u64 == next {
                 *active = Some(Active {
                     first,
-                    next,
                     file,
+                    index: open_rw(&index_path(&self.dir, first))?,
+                    indexed,
                     len,
                     unsynced,
                     dir_unsynced: false,
+                    index_unsynced: false,
                 });
                 return Ok(());
             }
         }
-        let file = Arc::new(open_rw(&self.dir.join(name(next)))?);
+        let file = self.create(next)?;
         unsynced.push(file.clone());
-        self.files
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(next, file.clone());
         *active = Some(Active {
             first: next,
-            next,
             file,
+            index: open_rw(&index_path(&self.dir, next))?,
+            indexed: 0,
             len: 0,
             unsynced,
             dir_unsynced: true,
+            index_unsynced: false,
         });
         Ok(())
     }
 
-    /// Takes back an append that was not acknowledged: the active segment ends at
-    /// `from` again.
+    /// Creates an empty segment (and its empty index) starting at `first`.
+    fn create(&self, first: u64) -> std::io::Result<Arc<File>> {
+        let file = Arc::new(open_rw(&self.dir.join(name(first)))?);
+        File::create(index_path(&self.dir, first))?;
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                first,
+                Segment {
+                    file: file.clone(),
+                    slots: Vec::new(),
+                },
+            );
+        Ok(file)
+    }
+
+    /// Takes back an append that was not acknowledged: the active segment and its index
+    /// end before `from_seq` (at `from`) again.
     pub fn rewind(&self, from_seq: u64, from: Location) -> std::io::Result<()> {
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(a) = active.as_mut().filter(|a| a.first == from.segment) {
+            let keep = usize::try_from(from_seq - a.first).unwrap_or(usize::MAX);
             a.file.set_len(from.offset)?;
             a.len = from.offset;
-            a.next = a.next.min(from_seq);
+            a.index.set_len((keep * SLOT) as u64)?;
+            a.indexed = a.indexed.min(keep);
+            if let Some(s) = self
+                .segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&a.first)
+            {
+                s.slots.truncate(keep);
+            }
         }
         Ok(())
     }
@@ -358,24 +507,20 @@ impl Segments {
         Ok(())
     }
 
-    /// Whether the segment holds the whole frame at `location` (else the write never
-    /// reached the disk).
-    pub fn reaches(&self, location: Location) -> bool {
-        self.file(location.segment)
-            .and_then(|f| f.metadata().ok())
-            .is_some_and(|m| m.len() >= location.end())
+    /// Syncs the active segment's index (the background sync; an index a crash cuts
+    /// short is rebuilt from the frames at open).
+    pub fn sync_index(&self) -> std::io::Result<()> {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = active.as_mut().filter(|a| a.index_unsynced) {
+            a.index.sync_data()?;
+            a.index_unsynced = false;
+        }
+        Ok(())
     }
 
     /// The record at `location`, if its frame checks out and carries `seq`.
     pub fn read(&self, seq: u64, location: Location) -> std::io::Result<Option<Bytes>> {
-        let Some(file) = self.file(location.segment) else {
-            return Ok(None);
-        };
-        Ok(
-            read_frame_at(&file, location.offset, u64::from(location.frame_len))?
-                .filter(|(s, _, _, len)| *s == seq && *len == location.frame_len)
-                .map(|(_, _, record, _)| record),
-        )
+        Ok(self.read_frame(seq, location)?.map(|(_, record)| record))
     }
 
     /// The dedupe key (if any) and the record at `location`, if the frame checks out and
@@ -431,24 +576,26 @@ impl Segments {
     /// one being appended to and all its records are gone too.
     pub fn remove_before(&self, first_kept: u64) -> std::io::Result<u64> {
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = active.as_ref().filter(|a| a.next <= first_kept) {
+        let next = self.head() + 1;
+        if next <= first_kept && self.first_seq().is_some() {
             // Everything written is gone: the next append starts a new segment, and
             // the loop below removes this one with the rest.
-            for f in &a.unsynced {
-                f.sync_data()?;
+            if let Some(a) = active.take() {
+                for f in &a.unsynced {
+                    f.sync_data()?;
+                }
             }
-            let next = a.next;
-            *active = None;
-            files.insert(next, Arc::new(open_rw(&self.dir.join(name(next)))?));
+            self.create(next)?;
         }
-        let firsts: Vec<u64> = files.keys().copied().collect();
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        let firsts: Vec<u64> = segments.keys().copied().collect();
         let mut removed = 0;
         for pair in firsts.windows(2) {
             if pair[1] <= first_kept {
-                files.remove(&pair[0]);
+                segments.remove(&pair[0]);
                 std::fs::remove_file(self.dir.join(name(pair[0])))?;
-                remove_sidecar(&self.dir, pair[0])?;
+                remove_if_there(&index_path(&self.dir, pair[0]))?;
+                remove_if_there(&super::dedupe_index::sidecar_path(&self.dir, pair[0]))?;
                 removed += 1;
             }
         }
@@ -463,24 +610,25 @@ impl Segments {
         &self.dir
     }
 
-    /// Bytes on disk: the segments and their dedupe sidecars.
+    /// Bytes on disk: the segments, their indexes and their dedupe sidecars.
     pub fn disk_bytes(&self) -> u64 {
-        self.files
+        let size = |p: PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+        self.segments
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(first, f)| {
-                let sidecar =
-                    std::fs::metadata(super::dedupe_index::sidecar_path(&self.dir, *first));
-                f.metadata().map_or(0, |m| m.len()) + sidecar.map_or(0, |m| m.len())
+            .map(|(first, s)| {
+                s.file.metadata().map_or(0, |m| m.len())
+                    + size(index_path(&self.dir, *first))
+                    + size(super::dedupe_index::sidecar_path(&self.dir, *first))
             })
             .sum()
     }
 }
 
-/// Removes a segment's dedupe sidecar ([`super::dedupe_index`]), if it has one.
-fn remove_sidecar(dir: &Path, first: u64) -> std::io::Result<()> {
-    match std::fs::remove_file(super::dedupe_index::sidecar_path(dir, first)) {
+/// Removes a file if it is there.
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
@@ -551,6 +699,10 @@ fn read_frame_at(file: &File, offset: u64, room: u64) -> std::io::Result<Option<
 mod tests {
     use super::*;
 
+    fn end(l: &Location) -> u64 {
+        l.offset + u64::from(l.frame_len)
+    }
+
     #[test]
     fn appended_records_read_back_and_a_torn_tail_is_cut_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -563,6 +715,8 @@ mod tests {
             .unwrap();
         s.sync().unwrap();
         assert_eq!(s.read(2, locs[1]).unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(s.locate(2), Some(locs[1]));
+        assert_eq!(s.head(), 3);
         // The wrong sequence for a location reads nothing.
         assert_eq!(s.read(3, locs[1]).unwrap(), None);
         // Half a frame after the third, as a crash mid-write leaves it.
@@ -574,16 +728,15 @@ mod tests {
         drop(s);
 
         let s = Segments::open(dir.path()).unwrap();
-        let found = s.scan(2, Some(locs[0])).unwrap();
-        let seqs: Vec<u64> = found.iter().map(|f| f.seq).collect();
-        assert_eq!(seqs, [2, 3]);
-        assert_eq!(found[1].location, locs[2]);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), locs[2].end());
+        assert_eq!(s.head(), 3);
+        assert_eq!(
+            s.locations(1, 10).iter().map(|l| l.1).collect::<Vec<_>>(),
+            locs
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end(&locs[2]));
         // Appends go on after the cut.
         let l4 = s.append(4, &[(Some(b"k4"), b"four")]).unwrap();
-        assert_eq!(l4[0].offset, locs[2].end());
-        let again = s.scan(4, Some(locs[2])).unwrap();
-        assert_eq!(again[0].location, l4[0]);
+        assert_eq!(l4[0].offset, end(&locs[2]));
         // Every frame of the segment, keys and records, in one read.
         let frames = s.frames(1).unwrap();
         let keys: Vec<Option<&[u8]>> = frames.iter().map(|f| f.1.as_deref()).collect();
@@ -593,6 +746,44 @@ mod tests {
             s.read_frame(4, l4[0]).unwrap(),
             Some((Some(b"k4".to_vec()), Bytes::from_static(b"four")))
         );
+    }
+
+    #[test]
+    fn frames_the_index_file_lacks_are_indexed_again_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Segments::open(dir.path()).unwrap();
+        let locs = s
+            .append(1, &[(None, b"one"), (None, b"two"), (None, b"three")])
+            .unwrap();
+        drop(s);
+        // The index loses its last entry and gets garbage instead, as a power loss
+        // before its sync can leave it.
+        let index = index_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&index).unwrap();
+        bytes.truncate(2 * SLOT);
+        bytes.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+        std::fs::write(&index, bytes).unwrap();
+
+        let s = Segments::open(dir.path()).unwrap();
+        assert_eq!(s.head(), 3);
+        assert_eq!(s.locate(3), Some(locs[2]));
+        assert_eq!(std::fs::metadata(&index).unwrap().len(), 3 * SLOT as u64);
+        // An index that points past its segment's end (the segment lost writes): those
+        // records are gone, and the index is cut to what the segment holds.
+        let path = dir.path().join(name(1));
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(locs[1].offset)
+            .unwrap();
+        drop(s);
+        let s = Segments::open(dir.path()).unwrap();
+        assert_eq!(s.head(), 1);
+        assert_eq!(s.locate(2), None);
+        assert_eq!(std::fs::metadata(&index).unwrap().len(), SLOT as u64);
+        let l2 = s.append(2, &[(None, b"again")]).unwrap();
+        assert_eq!(s.read(2, l2[0]).unwrap().as_deref(), Some(&b"again"[..]));
     }
 
     #[test]

@@ -1,34 +1,33 @@
-//! The embedded backend: sled 0.34.7.
+//! The embedded backend: segment files for the events, sled 0.34.7 for the rest.
 //!
-//! Event bodies live in segment files beside sled (`segments/<broker>/`, see
-//! [`super::segments`]): a group is appended there and synced first, which is what makes
-//! it durable. sled holds the index and all other state.
+//! Event bodies and their index live in segment files beside sled
+//! (`segments/<broker>/`, see [`super::segments`]): a group is appended there and
+//! synced, which is what makes it durable, and no store takes a write per event. The
+//! dedupe index is in memory, rebuilt at open from the segments ([`super::dedupe_index`]).
+//! sled holds the state that changes with routing and delivery.
 //!
-//! Per broker: `events/<broker>` (big-endian u64 sequence → the record's location in
-//! the segments), `lanes/<broker>`
-//! (lane prefix ++ sequence → stamp), `parked/<broker>` (lane prefix ++ due time ++
-//! sequence → attempts), `meta/<broker>` (router cursor, subscription states) and
-//! `stats/<broker>` (the stored event count and record bytes, and the head's location).
-//! The dedupe index is not in sled: it is in memory, rebuilt at open from the segment
-//! frames, which carry the keys ([`super::dedupe_index`]).
-//! A group's index writes to one broker are plain inserts into the event and stats
-//! trees, made after the group's segment write is synced (the segments rebuild
-//! what a crash takes from them); a routing step's lane entries are plain inserts too,
-//! its progress (cursor or backfill state) inserted after them. Dead letters of every broker are
-//! in `deadletters` (id → JSON).
+//! Per broker: `lanes/<broker>` (lane prefix ++ sequence → stamp), `parked/<broker>`
+//! (lane prefix ++ due time ++ sequence → attempts), `meta/<broker>` (router cursor,
+//! subscription states) and `stats/<broker>` (`first`: the lowest sequence retention
+//! kept). A routing step's lane entries are plain inserts, its progress (cursor or
+//! backfill state) inserted after them. Dead letters of every broker are in
+//! `deadletters` (id → JSON). Trees of earlier versions (`events/<broker>`, the index;
+//! `dedupe/<broker>`) are dropped at open.
 //!
 //! Counts that metrics and retention read often (stored events and bytes, each lane's
 //! depth, the dead letters) are kept in memory beside the trees, updated after each
-//! write commits; the lane depths and the dead-letter count are counted once at open.
+//! write; the stored events and bytes are counted from the segment index at open, the
+//! lane depths and the dead-letter count from their trees.
 //!
-//! Durability (`fsync`): a group is acknowledged once its segment write is synced. The
-//! index it adds to sled is flushed with the next progress sync (every 100 ms); what a
-//! crash takes of it is rebuilt from the segments at open. sled's `flush` writes its
-//! buffers with `sync_file_range`, which does not sync file metadata, and it writes large
-//! values to `blobs/` without syncing them at all. So after each flush the backend also
-//! `fdatasync`s the `db` file, every blob file written since the last sync, and the
-//! `blobs` directory. Only one caller flushes at a time (concurrent flushes deadlock in
-//! 0.34, sled #1308): progress syncs and the rare dead-letter sync share one lock.
+//! Durability (`fsync`): a group is acknowledged once its segment write is synced; the
+//! segment's index file is synced in the background (every 100 ms), and what a crash
+//! takes of it is rebuilt from the frames at open. sled is flushed with the routing and
+//! delivery progress. sled's `flush` writes its buffers with `sync_file_range`, which
+//! does not sync file metadata, and it writes large values to `blobs/` without syncing
+//! them at all. So after each flush the backend also `fdatasync`s the `db` file, every
+//! blob file written since the last sync, and the `blobs` directory. Only one caller
+//! flushes at a time (concurrent flushes deadlock in 0.34, sled #1308): progress syncs
+//! and the rare dead-letter sync share one lock.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -66,7 +65,6 @@ pub struct SledOptions {
 }
 
 struct BrokerTrees {
-    events: Tree,
     /// The dedupe keys inside the window; the writer holds it for a group.
     keys: Mutex<DedupeIndex>,
     /// Lane entries: `subscription \0 sink \0 seq` → ().
@@ -75,11 +73,13 @@ struct BrokerTrees {
     meta: Tree,
     /// Parked retries: lane prefix ++ due time ++ seq → attempts.
     parked: Tree,
-    /// `counts` → the head the counts include, the event count, the record bytes.
+    /// `first` → the lowest sequence retention kept.
     stats: Tree,
     /// The event bodies.
     segments: Segments,
     head: AtomicU64,
+    /// The lowest sequence kept (retention deletes below it).
+    first: AtomicU64,
     stored_events: AtomicU64,
     stored_bytes: AtomicU64,
     /// Held while the counts are read, written with the events, and stored back: the
@@ -94,22 +94,8 @@ struct LaneCounts {
     parked: u64,
 }
 
-/// The stats key: the head sequence the counts include, the event count and the record
-/// bytes (three big-endian u64).
-const COUNTS: &[u8] = b"counts";
-
-/// The stats key of the head record's location: where a scan for records that the
-/// index has not caught up with starts, even when retention has removed the head's own
-/// index entry.
-const TAIL: &[u8] = b"tail";
-
-fn counts_value(head: u64, count: u64, bytes: u64) -> [u8; 24] {
-    let mut v = [0u8; 24];
-    v[..8].copy_from_slice(&head.to_be_bytes());
-    v[8..16].copy_from_slice(&count.to_be_bytes());
-    v[16..].copy_from_slice(&bytes.to_be_bytes());
-    v
-}
+/// The stats key of the lowest sequence retention kept (big-endian u64).
+const FIRST: &[u8] = b"first";
 
 const CURSOR_KEY: &[u8] = b"cursor";
 
@@ -161,8 +147,8 @@ struct Marks {
 }
 
 /// The file beside sled's own that holds each broker's head, rewritten at most every
-/// second: if sled ever opens with a lower head (it drops the rest of its log at the
-/// first entry whose checksum fails), the loss is reported instead of passing unseen.
+/// second: if the log ever opens with a lower head (a segment lost its end or was
+/// deleted), the loss is reported instead of passing unseen.
 const MARKS_FILE: &str = "switchyard-heads";
 
 fn read_marks(path: &Path) -> HashMap<String, u64> {
@@ -198,26 +184,31 @@ impl SledLog {
         let mut trees = HashMap::new();
         let mut depths = HashMap::new();
         for b in brokers {
-            let events = db.open_tree(format!("events/{b}"))?;
             let stats = db.open_tree(format!("stats/{b}"))?;
             // The dedupe trees of earlier versions; the index is rebuilt from the frames.
             db.drop_tree(format!("dedupe/{b}"))?;
             db.drop_tree(format!("dedupe-expiry/{b}"))?;
+            // The segments index themselves (an earlier version's segments without index
+            // files are read whole, once).
             let segments = Segments::open(&options.path.join("segments").join(b))?;
-            // The counts name the head they include; count anything past it (a log
-            // written before the counts existed is counted whole, once).
-            let (counted, mut count, mut bytes) = match stats.get(COUNTS)? {
-                Some(v) if v.len() == 24 => (seq_of(&v[..8]), seq_of(&v[8..16]), seq_of(&v[16..])),
-                _ => (0, 0, 0),
+            let head = segments.head();
+            // The lowest record kept: retention's mark, or in a log of an earlier
+            // version the first key of its index tree, which goes now.
+            let kept = match stats.get(FIRST)? {
+                Some(v) => seq_of(&v),
+                None => db
+                    .open_tree(format!("events/{b}"))?
+                    .first()?
+                    .map_or(0, |(k, _)| seq_of(&k)),
             };
-            let (head, gone) = recover_index(b, &events, &stats, &segments, counted)?;
-            count = count.saturating_sub(gone.0);
-            bytes = bytes.saturating_sub(gone.1);
-            for item in events.range((counted + 1).to_be_bytes()..) {
-                let (_, v) = item?;
-                count += 1;
-                bytes += Location::decode(&v).map_or(0, |l| u64::from(l.record_len));
+            let first = kept.max(segments.first_seq().unwrap_or(head + 1));
+            stats.insert(FIRST, &first.to_be_bytes())?;
+            db.drop_tree(format!("events/{b}"))?;
+            for old in [&b"counts"[..], b"tail", b"swept"] {
+                stats.remove(old)?;
             }
+            let count = (head + 1).saturating_sub(first);
+            let bytes = segments.record_bytes(first, head);
             let lanes = db.open_tree(format!("lanes/{b}"))?;
             let parked = db.open_tree(format!("parked/{b}"))?;
             for (tree, is_parked) in [(&lanes, false), (&parked, true)] {
@@ -234,7 +225,6 @@ impl SledLog {
             trees.insert(
                 b.clone(),
                 BrokerTrees {
-                    events,
                     keys: Mutex::new(DedupeIndex::new(
                         segments.dir(),
                         options.dedupe_window_nanos,
@@ -245,6 +235,7 @@ impl SledLog {
                     parked,
                     stats,
                     head: AtomicU64::new(head),
+                    first: AtomicU64::new(first),
                     stored_events: AtomicU64::new(count),
                     stored_bytes: AtomicU64::new(bytes),
                     stats_lock: Mutex::new(()),
@@ -271,7 +262,7 @@ impl SledLog {
                     broker = %b,
                     first = head + 1,
                     last = mark,
-                    "records were stored but are gone: the log ends before them (sled drops the rest of its log at an entry that fails its checksum); new events take these sequence numbers again"
+                    "records were stored but are gone: the log ends before them (a segment lost its end, or was deleted); new events take these sequence numbers again"
                 );
                 damage.insert(
                     b,
@@ -308,17 +299,6 @@ impl SledLog {
             blobs_dir,
             synced_blob,
         })
-    }
-
-    /// The record an index entry points at; `None` when its frame or its encoding is
-    /// damaged.
-    fn record(
-        &self,
-        trees: &BrokerTrees,
-        seq: u64,
-        entry: &[u8],
-    ) -> Result<Option<LogRecord>, LogError> {
-        read_record(trees, seq, entry)
     }
 
     /// A record that does not decode is skipped wherever it is read; it is logged
@@ -374,13 +354,9 @@ impl SledLog {
     }
 
     /// Writes the entries of one broker (all of a group's entries for it); returns each
-    /// entry's outcomes. The records go to the segment and are synced; the index and
-    /// dedupe entries and the counts then go to sled as plain inserts, not a
-    /// transaction: sled 0.34 writes its I/O buffer out (`pwrite` and a waiting
-    /// `sync_file_range`) twice for every transaction or batch it applies, and the
-    /// index needs no atomicity of its own. sled recovers a prefix of what it was given,
-    /// and whatever it loses past its last flush is indexed again from the segments at
-    /// open (`recover_index`), dedupe keys included (docs/performance.md, fix 8).
+    /// entry's outcomes. The records and their index entries go to the segment files,
+    /// and the records are synced; sled takes no write (docs/performance.md, item 14).
+    /// The counts and the dedupe index are in memory, the head is published last.
     fn write_broker(
         &self,
         broker: &str,
@@ -425,42 +401,24 @@ impl SledLog {
         if added == 0 {
             return Ok(all);
         }
-        // The bodies first, synced: that makes the group durable. The index follows.
+        // The bodies and their index entries, then the sync that makes them durable.
         let locations = trees.segments.append(first, &bodies)?;
-        let indexed = (|| {
-            if self.durability == Durability::Fsync {
-                trees.segments.sync()?;
-            }
-            for (i, l) in locations.iter().enumerate() {
-                trees
-                    .events
-                    .insert((first + i as u64).to_be_bytes(), &l.encode())?;
-            }
-            let tail = locations.last().map(Location::encode).unwrap_or_default();
-            let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let count = trees.stored_events.load(Ordering::Acquire) + added;
-            let bytes = trees.stored_bytes.load(Ordering::Acquire) + added_bytes;
-            // The counts and the tail last: sled keeping them means it kept the rest.
-            trees
-                .stats
-                .insert(COUNTS, &counts_value(next, count, bytes))?;
-            trees.stats.insert(TAIL, &tail)?;
-            trees.stored_events.store(count, Ordering::Release);
-            trees.stored_bytes.store(bytes, Ordering::Release);
-            Ok::<_, LogError>(())
-        })();
-        if let Err(e) = indexed {
-            // Not acknowledged: the frames go, so that these sequences are written again,
-            // and so do whatever index and dedupe entries made it in.
-            for seq in first..=next {
-                let _ = trees.events.remove(seq.to_be_bytes());
-            }
-            if let Some(l) = locations.first() {
-                if let Err(r) = trees.segments.rewind(first, *l) {
-                    tracing::error!(error = %r, "cannot take back a failed write from the segment");
+        if self.durability == Durability::Fsync {
+            if let Err(e) = trees.segments.sync() {
+                // Not acknowledged: the frames go, so that these sequences are written
+                // again. No reader saw them: the head has not moved.
+                if let Some(l) = locations.first() {
+                    if let Err(r) = trees.segments.rewind(first, *l) {
+                        tracing::error!(error = %r, "cannot take back a failed write from the segment");
+                    }
                 }
+                return Err(e.into());
             }
-            return Err(e);
+        }
+        {
+            let _counts = trees.stats_lock.lock().unwrap_or_else(|p| p.into_inner());
+            trees.stored_events.fetch_add(added, Ordering::AcqRel);
+            trees.stored_bytes.fetch_add(added_bytes, Ordering::AcqRel);
         }
         // The keys, in sequence order, each noted with the segment it went to.
         let mut keyed = dedupe.iter().peekable();
@@ -475,7 +433,6 @@ impl SledLog {
                 });
             }
         }
-        self.progress_dirty.store(true, Ordering::Release);
         trees.head.store(next, Ordering::Release);
         Ok(all)
     }
@@ -490,12 +447,10 @@ impl SledLog {
         key: &[u8],
         now: u64,
     ) -> Result<Option<u64>, LogError> {
+        let kept = trees.first.load(Ordering::Acquire);
         for seq in keys.candidates(dedupe_index::digest(key)) {
-            let Some(entry) = trees.events.get(seq.to_be_bytes())? else {
-                // Retention removed it: the event is not in the log any more.
-                continue;
-            };
-            let Some(location) = Location::decode(&entry) else {
+            // Below `kept` retention removed it: the event is not in the log any more.
+            let Some(location) = trees.segments.locate(seq).filter(|_| seq >= kept) else {
                 continue;
             };
             let Some((Some(stored), record)) = trees.segments.read_frame(seq, location)? else {
@@ -557,69 +512,6 @@ impl SledLog {
     }
 }
 
-/// Brings a broker's index in line with its segments at open and returns the head:
-/// index entries whose frames never reached the disk (relaxed durability, then a power
-/// loss) are dropped, and records the index had not caught up with (its flush follows
-/// the segments' sync) are indexed again. Also returns the events and bytes dropped that
-/// the counts (up to `counted`) include.
-fn recover_index(
-    broker: &str,
-    events: &Tree,
-    stats: &Tree,
-    segments: &Segments,
-    counted: u64,
-) -> Result<(u64, (u64, u64)), LogError> {
-    let mut head = match events.last()? {
-        Some((k, _)) => seq_of(&k),
-        None => 0,
-    }
-    .max(counted);
-    let mut dropped = 0u64;
-    let mut gone = (0u64, 0u64);
-    while let Some(v) = events.get(head.to_be_bytes())? {
-        match Location::decode(&v) {
-            Some(l) if !segments.reaches(l) => {
-                events.remove(head.to_be_bytes())?;
-                if head <= counted {
-                    gone.0 += 1;
-                    gone.1 += u64::from(l.record_len);
-                }
-                head -= 1;
-                dropped += 1;
-            }
-            _ => break,
-        }
-    }
-    if dropped > 0 {
-        tracing::warn!(
-            broker = %broker,
-            first = head + 1,
-            last = head + dropped,
-            "index entries point past the end of the segments (written without a sync before a power loss); they are dropped"
-        );
-    }
-    let tail = match events.get(head.to_be_bytes())? {
-        Some(v) => Location::decode(&v),
-        None => stats.get(TAIL)?.and_then(|v| Location::decode(&v)),
-    };
-    let found = segments.scan(head + 1, tail)?;
-    let Some(last) = found.last() else {
-        return Ok((head, gone));
-    };
-    let mut e = Batch::default();
-    for f in &found {
-        e.insert(&f.seq.to_be_bytes(), &f.location.encode());
-    }
-    events.apply_batch(e)?;
-    tracing::info!(
-        broker = %broker,
-        first = head + 1,
-        last = last.seq,
-        "records written to the segments after the index's last flush are indexed again"
-    );
-    Ok((last.seq, gone))
-}
-
 /// The lane part (`subscription \0 sink \0`) of a lanes or parked key.
 fn lane_prefix_of(key: &[u8]) -> Option<&[u8]> {
     let first = key.iter().position(|&b| b == 0)?;
@@ -663,12 +555,12 @@ fn transaction_error(e: TransactionError<()>) -> LogError {
     }
 }
 
-/// The record an index entry points at; `None` when its frame or its encoding is
-/// damaged.
-fn read_record(trees: &BrokerTrees, seq: u64, entry: &[u8]) -> Result<Option<LogRecord>, LogError> {
-    let Some(location) = Location::decode(entry) else {
-        return Ok(None);
-    };
+/// The record at `location`; `None` when its frame or its encoding is damaged.
+fn read_record(
+    trees: &BrokerTrees,
+    seq: u64,
+    location: Location,
+) -> Result<Option<LogRecord>, LogError> {
     Ok(trees
         .segments
         .read(seq, location)?
@@ -681,12 +573,12 @@ fn read_record(trees: &BrokerTrees, seq: u64, entry: &[u8]) -> Result<Option<Log
 fn seq_at_time_in(trees: &BrokerTrees, unix_nanos: u64) -> Result<u64, LogError> {
     let head = trees.head.load(Ordering::Acquire);
     let arrival = |seq: u64| -> Result<Option<u64>, LogError> {
-        let Some(v) = trees.events.get(seq.to_be_bytes())? else {
+        let Some(location) = trees.segments.locate(seq) else {
             return Ok(None);
         };
-        Ok(read_record(trees, seq, &v)?.map(|r| r.arrival_unix_nanos))
+        Ok(read_record(trees, seq, location)?.map(|r| r.arrival_unix_nanos))
     };
-    let (mut lo, mut hi) = (1u64, head + 1);
+    let (mut lo, mut hi) = (trees.first.load(Ordering::Acquire).max(1), head + 1);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         match arrival(mid)? {
@@ -706,10 +598,10 @@ fn load_keys(trees: &BrokerTrees, window: u64) -> Result<(), LogError> {
     if window == 0 || head == 0 {
         return Ok(());
     }
-    let Some(entry) = trees.events.get(head.to_be_bytes())? else {
+    let Some(location) = trees.segments.locate(head) else {
         return Ok(());
     };
-    let Some(newest) = read_record(trees, head, &entry)? else {
+    let Some(newest) = read_record(trees, head, location)? else {
         return Ok(());
     };
     let from = seq_at_time_in(trees, newest.arrival_unix_nanos.saturating_sub(window))?;
@@ -774,11 +666,15 @@ impl LogBackend for SledLog {
 
     fn read(&self, broker: &str, from: u64, limit: usize) -> Result<Vec<LogRecord>, LogError> {
         let trees = self.trees(broker)?;
+        // Records are indexed before their sync; only those up to the head are stored.
+        let head = trees.head.load(Ordering::Acquire);
+        let from = from.max(trees.first.load(Ordering::Acquire));
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in trees.events.range(from.to_be_bytes()..).take(limit) {
-            let (k, v) = item?;
-            let seq = seq_of(&k);
-            match self.record(trees, seq, &v)? {
+        for (seq, location) in trees.segments.locations(from, limit) {
+            if seq > head {
+                break;
+            }
+            match read_record(trees, seq, location)? {
                 Some(record) => out.push(record),
                 None => self.report_corrupt(broker, seq),
             }
@@ -1177,15 +1073,15 @@ impl LogBackend for SledLog {
         limit: usize,
     ) -> Result<Expired, LogError> {
         let trees = self.trees(broker)?;
-        let mut batch = Batch::default();
+        let head = trees.head.load(Ordering::Acquire);
+        let mut first_kept = trees.first.load(Ordering::Acquire);
         let mut expired = Expired::default();
-        for item in trees.events.iter().take(limit) {
-            let (k, v) = item?;
-            let seq = seq_of(&k);
+        for (seq, location) in trees.segments.locations(first_kept, limit) {
+            if seq > head {
+                break;
+            }
             // A record that cannot be read is old by position: it goes with its neighbours.
-            let arrival = self
-                .record(trees, seq, &v)?
-                .map_or(0, |r| r.arrival_unix_nanos);
+            let arrival = read_record(trees, seq, location)?.map_or(0, |r| r.arrival_unix_nanos);
             if arrival < cutoff {
                 expired.by_age += 1;
             } else if expired.bytes < free_bytes {
@@ -1193,8 +1089,8 @@ impl LogBackend for SledLog {
             } else {
                 break;
             }
-            expired.bytes += Location::decode(&v).map_or(0, |l| u64::from(l.record_len));
-            batch.remove(k);
+            expired.bytes += u64::from(location.record_len);
+            first_kept = seq + 1;
         }
         let n = (expired.by_age + expired.by_size) as u64;
         if n == 0 {
@@ -1209,22 +1105,15 @@ impl LogBackend for SledLog {
             .stored_bytes
             .load(Ordering::Acquire)
             .saturating_sub(expired.bytes);
-        let head = trees.head.load(Ordering::Acquire);
-        (&trees.events, &trees.stats)
-            .transaction(|(e, s)| {
-                e.apply_batch(&batch)?;
-                s.insert(COUNTS, &counts_value(head, count, bytes))?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(transaction_error)?;
+        // The mark goes to sled, flushed with the next progress sync; if a crash takes
+        // it, the records it covers are deleted again.
+        trees.stats.insert(FIRST, &first_kept.to_be_bytes())?;
+        self.progress_dirty.store(true, Ordering::Release);
+        trees.first.store(first_kept, Ordering::Release);
         trees.stored_events.store(count, Ordering::Release);
         trees.stored_bytes.store(bytes, Ordering::Release);
         drop(_counts);
         // Whole segments before the first record kept go (the newest one always stays).
-        let first_kept = match trees.events.first()? {
-            Some((k, _)) => seq_of(&k),
-            None => head + 1,
-        };
         trees.segments.remove_before(first_kept)?;
         Ok(expired)
     }
@@ -1239,12 +1128,15 @@ impl LogBackend for SledLog {
 
     fn oldest_arrival(&self, broker: &str) -> Result<Option<u64>, LogError> {
         let trees = self.trees(broker)?;
-        let Some((k, v)) = trees.events.first()? else {
+        let first = trees.first.load(Ordering::Acquire);
+        if first > trees.head.load(Ordering::Acquire) {
             return Ok(None);
+        }
+        let Some(location) = trees.segments.locate(first) else {
+            return Ok(Some(0));
         };
         Ok(Some(
-            self.record(trees, seq_of(&k), &v)?
-                .map_or(0, |r| r.arrival_unix_nanos),
+            read_record(trees, first, location)?.map_or(0, |r| r.arrival_unix_nanos),
         ))
     }
 
@@ -1277,10 +1169,13 @@ impl LogBackend for SledLog {
     }
 
     fn sync_progress(&self) -> Result<(), LogError> {
-        if self.durability == Durability::Relaxed {
-            for t in self.brokers.values() {
+        // The segments' index files every time (only appends make them dirty); sled only
+        // when routing, delivery or retention wrote to it.
+        for t in self.brokers.values() {
+            if self.durability == Durability::Relaxed {
                 t.segments.sync()?;
             }
+            t.segments.sync_index()?;
         }
         if self.progress_dirty.swap(false, Ordering::AcqRel) {
             self.sync()?;
@@ -1301,6 +1196,7 @@ impl LogBackend for SledLog {
     fn sync(&self) -> Result<(), LogError> {
         for t in self.brokers.values() {
             t.segments.sync()?;
+            t.segments.sync_index()?;
         }
         let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.db.flush()?;
