@@ -98,6 +98,16 @@ fn wait_ready(lines: &mpsc::Receiver<String>) -> (SocketAddr, SocketAddr, Vec<St
     }
 }
 
+/// A broker a failed test leaves behind is killed, not left running.
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Broker {
     /// SIGTERM, then wait for the exit; a failed exit prints what the broker said.
     pub fn terminate(mut self) -> std::process::ExitStatus {
