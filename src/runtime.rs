@@ -1,7 +1,7 @@
 //! Loops that own a thread. Each broker's router calls sled synchronously at every
-//! step; on a thread of its own it does so without handing each step to tokio's
-//! blocking pool and back (a wake-up each way per step), while its channels, watches
-//! and timers still run on the runtime.
+//! step, and the log's writer writes and syncs every group; on a thread of its own
+//! each does so without handing the work to tokio's blocking pool and back (a wake-up
+//! each way), while its channels, watches and timers still run on the runtime.
 
 use std::future::Future;
 

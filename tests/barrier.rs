@@ -143,7 +143,7 @@ fn every_202_follows_a_sync_of_the_log_that_covers_its_event() {
         "-o",
         &trace_arg,
     ];
-    let broker = process::start_under(&wrapper, Some(&config), dir.path(), &[]);
+    let mut broker = process::start_under(&wrapper, Some(&config), dir.path(), &[]);
     let ingress = broker.ingress;
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
@@ -172,8 +172,7 @@ fn every_202_follows_a_sync_of_the_log_that_covers_its_event() {
     let pid: libc::pid_t = children.split_whitespace().next().unwrap().parse().unwrap();
     // SAFETY: kill(2) with the pid of our own grandchild and a valid signal number.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let mut child = broker.child;
-    assert!(child.wait().unwrap().success());
+    assert!(broker.child.wait().unwrap().success());
 
     let trace = std::fs::read_to_string(&trace_file).unwrap();
     let events = parse(&trace);

@@ -381,7 +381,7 @@ fn secrets_never_appear_in_logs_metrics_explain_check_or_the_admin_api() {
         ("SWITCHYARD_ADMIN_LISTEN", "127.0.0.1:0"),
     ];
     let mut seen: Vec<String> = Vec::new();
-    let broker = process::start(
+    let mut broker = process::start(
         Some(&config),
         dir.path(),
         &[&env[..], &[("SWITCHYARD_LOG", "debug")]].concat(),
@@ -457,13 +457,11 @@ fn secrets_never_appear_in_logs_metrics_explain_check_or_the_admin_api() {
         seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
         seen.push(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    let lines = broker.lines;
-    let mut child = broker.child;
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let pid = libc::pid_t::try_from(broker.child.id()).unwrap();
     // SAFETY: kill(2) with the pid of our own child and a valid signal number.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
-    seen.extend(lines.try_iter());
+    assert!(broker.child.wait().unwrap().success());
+    seen.extend(broker.lines.try_iter());
 
     let all = seen.join("\n");
     assert!(

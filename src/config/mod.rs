@@ -200,7 +200,7 @@ storage:
   backend: sled
   path: ./data
   durability: fsync
-  cacheCapacity: 12MiB
+  cacheCapacity: 8MiB
   retention: { maxAge: 7d, maxBytes: 10GiB, onMaxBytes: deleteOldest }
   minFreeBytes: 64MiB
   deadLetters: { maxCount: 100000, maxAge: 30d }
@@ -986,7 +986,7 @@ mod tests {
         assert_eq!(c.ingress.max_event_bytes, 4 << 20);
         assert_eq!(c.storage.path, PathBuf::from("./data"));
         assert_eq!(c.storage.durability, Durability::Fsync);
-        assert_eq!(c.storage.cache_capacity, 12 << 20);
+        assert_eq!(c.storage.cache_capacity, 8 << 20);
         assert_eq!(c.brokers, vec!["default"]);
         assert_eq!(c.dedupe.window, Duration::from_secs(600));
         assert_eq!(c.delivery.backoff_delay, Duration::from_millis(200));

@@ -490,15 +490,19 @@ impl Log {
         ));
         let (tx, rx) = mpsc::channel(options.queue_depth);
         let failure = Arc::default();
-        tracker.spawn(writer::run(
-            backend.clone(),
-            rx,
-            heads.clone(),
-            Arc::clone(&failure),
-            clock,
-            options,
-            shutdown,
-        ));
+        crate::runtime::spawn_thread(
+            "log-writer",
+            tracker,
+            writer::run(
+                backend.clone(),
+                rx,
+                heads.clone(),
+                Arc::clone(&failure),
+                clock,
+                options,
+                shutdown,
+            ),
+        );
         Ok(Log {
             backend,
             tx,

@@ -1,6 +1,7 @@
-//! The group-commit writer: one task takes the appends of all requests, writes each
-//! group with one backend call (one sled transaction per broker, one sync), and only
-//! then answers every request in the group. While a group syncs, the next one gathers.
+//! The group-commit writer: one loop, on a thread of its own, takes the appends of all
+//! requests, writes each group with one backend call (per broker one segment write and
+//! one sync), and only then answers every request in the group. While a group syncs,
+//! the next one gathers in the queue.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,14 +71,14 @@ pub(super) async fn run(
 ) {
     let metrics: Option<Arc<Metrics>> = options.metrics.clone();
     let window = u64::try_from(options.dedupe_window.as_nanos()).unwrap_or(u64::MAX);
-    // Expired dedupe entries are swept a tenth of a window apart (at least every second).
+    // Expired dedupe entries are dropped a tenth of a window apart (at least every second).
     let mut sweep = tokio::time::interval((options.dedupe_window / 10).max(Duration::from_secs(1)));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Routing and lane progress (written by routers and deliverers, who never flush)
-    // and the log's index are made durable here every 100 ms, in one sync for all of
-    // them. The sync runs beside the writes, never in their way, and comes first in
-    // the select: under a steady load the queue is never empty, and an index never
-    // flushed would hold sled's dirty pages in memory.
+    // and the segments' index files are made durable here every 100 ms, in one sync
+    // for all of them. The sync runs beside the writes, never in their way, and comes
+    // first in the select: under a steady load the queue is never empty, and progress
+    // never flushed would hold sled's dirty pages in memory.
     let mut progress = tokio::time::interval(PROGRESS_SYNC);
     let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
     let mut sync_again = false;
@@ -90,10 +91,10 @@ pub(super) async fn run(
     // Whether the last group was refused for space, to log changes only.
     let mut refusing = false;
     // What the space check needs, taken once: the limits and every broker's name.
-    let space = Arc::new((
+    let space = (
         options.space.clone(),
         heads.keys().cloned().collect::<Vec<Arc<str>>>(),
-    ));
+    );
     loop {
         let first = tokio::select! {
             biased;
@@ -123,9 +124,9 @@ pub(super) async fn run(
                 continue;
             }
             _ = sweep.tick(), if window > 0 && !closing => {
-                // Beside the writes, not in their way: a minute of keys at a high rate
-                // takes seconds to sweep. One sweep at a time; a tick during one is
-                // skipped.
+                // Beside the writes, not in their way (a backend may keep its keys on
+                // disk; the sled backend's are in memory). One sweep at a time; a tick
+                // during one is skipped.
                 if sweeping.as_ref().is_none_or(|h| h.is_finished()) {
                     let cutoff = clock.now_unix_nanos().saturating_sub(window);
                     let (b, stop) = (backend.clone(), sweep_stop.clone());
@@ -152,25 +153,11 @@ pub(super) async fn run(
         if let Some(m) = &metrics {
             m.log_group_size.observe(group.len() as f64);
         }
-        let (b, space) = (backend.clone(), space.clone());
-        // The space check goes in the same blocking call as the write: one hop a group.
-        let written = tokio::task::spawn_blocking(move || {
-            let result = match space_refusal(&*b, &space.0, space.1.iter().cloned()) {
-                Some(reason) => Err(LogError::Full(reason)),
-                None => b.write_group(&group, now),
-            };
-            (group, result)
-        })
-        .await;
-        let (group, result) = match written {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "log writer task failed");
-                for reply in replies {
-                    let _ = reply.send(Err(Arc::new(LogError::Closed)));
-                }
-                continue;
-            }
+        // This loop has a thread of its own (`runtime::spawn_thread`): the space check
+        // and the write run in place, without a hop to the blocking pool and back.
+        let result = match space_refusal(&*backend, &space.0, space.1.iter().cloned()) {
+            Some(reason) => Err(LogError::Full(reason)),
+            None => backend.write_group(&group, now),
         };
         // Refused for want of space: nothing was written, and the log is not failing.
         let result = match result {
