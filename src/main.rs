@@ -419,6 +419,24 @@ fn limit_malloc_arenas(env: &BTreeMap<String, String>) {
     let _ = env;
 }
 
+/// Once a second, hands the pages glibc's malloc holds free back to the kernel
+/// (`malloc_trim`). sled copies a tree node for every change and frees the old copy
+/// later; under a steady stream of lane writes the freed pages stay resident between
+/// live ones, and RSS grew 40 MiB past the heap (S5 in docs/performance.md, item 16).
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            // SAFETY: malloc_trim(3) only returns free memory of the allocator's own
+            // to the kernel; it is safe to call from any thread at any time.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        }
+    });
+}
+
 /// The server config and the subscriptions it names, every error of both.
 fn load_all(
     flag: Option<&std::path::Path>,
@@ -504,6 +522,7 @@ async fn serve(config: config::Config, subscriptions: Vec<Subscription>) -> anyh
         .await
         .context("cannot open the log")?;
     let stop = server.shutdown_token();
+    return_free_memory();
     #[cfg(unix)]
     {
         let reloader = server.reloader.clone();
