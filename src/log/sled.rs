@@ -669,14 +669,14 @@ impl LogBackend for SledLog {
         // Records are indexed before their sync; only those up to the head are stored.
         let head = trees.head.load(Ordering::Acquire);
         let from = from.max(trees.first.load(Ordering::Acquire));
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for (seq, location) in trees.segments.locations(from, limit) {
-            if seq > head {
-                break;
-            }
-            match read_record(trees, seq, location)? {
+        let mut locations = trees.segments.locations(from, limit);
+        locations.retain(|(seq, _)| *seq <= head);
+        let bodies = trees.segments.read_records(&locations)?;
+        let mut out = Vec::with_capacity(locations.len());
+        for ((seq, _), body) in locations.iter().zip(bodies) {
+            match body.and_then(|b| super::record::decode(*seq, b)) {
                 Some(record) => out.push(record),
-                None => self.report_corrupt(broker, seq),
+                None => self.report_corrupt(broker, *seq),
             }
         }
         Ok(out)
