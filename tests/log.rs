@@ -696,3 +696,40 @@ fn a_key_whose_record_retention_deleted_is_stored_again() {
         vec![AppendOutcome::Stored(4), AppendOutcome::Duplicate(3)]
     );
 }
+
+#[test]
+fn a_segment_missing_from_the_middle_of_the_log_is_reported_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_keyed(dir.path());
+    let data = || {
+        Some(switchyard::event::Data::Binary(Bytes::from(vec![
+            7u8;
+            1 << 20
+        ])))
+    };
+    // 1 MiB events: three segments of about sixteen.
+    for i in 0..40 {
+        keyed_with_data(&log, &[&format!("k{i}")], common::T0, data());
+    }
+    drop(log);
+    let segments = dir.path().join("data/segments/default");
+    let mut firsts: Vec<u64> = std::fs::read_dir(&segments)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().unwrap().parse().ok())
+        .collect();
+    firsts.sort();
+    assert_eq!(firsts.len(), 3, "{firsts:?}");
+    std::fs::remove_file(segments.join(format!("{:020}", firsts[1]))).unwrap();
+
+    let log = open_keyed(dir.path());
+    assert_eq!(log.damage("default").lost, firsts[2] - firsts[1]);
+    // The rest reads back, around the hole.
+    let seqs: Vec<u64> = log
+        .read("default", 1, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    let expected: Vec<u64> = (1..firsts[1]).chain(firsts[2]..=40).collect();
+    assert_eq!(seqs, expected);
+}

@@ -287,6 +287,20 @@ impl Segments {
             .map_or(0, |(first, s)| first + s.slots.len() as u64 - 1)
     }
 
+    /// The ranges of sequences missing between one segment's last record and the next
+    /// segment's first (a segment deleted, or cut short at open), as (first, last).
+    pub fn gaps(&self) -> Vec<(u64, u64)> {
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        let ends: Vec<(u64, u64)> = segments
+            .iter()
+            .map(|(first, s)| (*first, first + s.slots.len() as u64))
+            .collect();
+        ends.windows(2)
+            .filter(|w| w[0].1 < w[1].0)
+            .map(|w| (w[0].1, w[1].0 - 1))
+            .collect()
+    }
+
     /// The lowest sequence indexed, if any.
     pub fn first_seq(&self) -> Option<u64> {
         let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
@@ -844,6 +858,7 @@ mod tests {
         let s = Segments::open(dir.path()).unwrap();
         assert_eq!(s.head(), 1);
         assert_eq!(s.locate(2), None);
+        assert_eq!(s.gaps(), []);
         assert_eq!(std::fs::metadata(&index).unwrap().len(), SLOT as u64);
         let l2 = s.append(2, &[(None, b"again")]).unwrap();
         assert_eq!(s.read(2, l2[0]).unwrap().as_deref(), Some(&b"again"[..]));
@@ -915,6 +930,7 @@ mod tests {
         assert_eq!(s.firsts(), [1, 2]);
         assert_eq!(s.remove_before(2).unwrap(), 1);
         assert_eq!(s.firsts(), [2]);
+        assert_eq!(s.gaps(), []);
         assert!(!dir.path().join(name(1)).exists());
         // Once every record is gone, so is the segment being appended to; the next
         // append starts a new one.
@@ -924,5 +940,24 @@ mod tests {
         let l = s.append(4, &[(None, b"d")]).unwrap();
         assert_eq!((l[0].segment, l[0].offset), (4, 0));
         assert_eq!(s.read(4, l[0]).unwrap().as_deref(), Some(&b"d"[..]));
+    }
+
+    #[test]
+    fn a_segment_missing_between_two_others_is_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Segments::open(dir.path()).unwrap();
+        let big = vec![7u8; SEGMENT_BYTES as usize];
+        s.append(1, &[(None, &big)]).unwrap();
+        s.append(2, &[(None, &big), (None, b"c")]).unwrap();
+        s.append(4, &[(None, b"d")]).unwrap();
+        assert_eq!(s.firsts(), [1, 2, 4]);
+        drop(s);
+        std::fs::remove_file(dir.path().join(name(2))).unwrap();
+        let s = Segments::open(dir.path()).unwrap();
+        assert_eq!(s.gaps(), [(2, 3)]);
+        assert_eq!(s.head(), 4);
+        assert_eq!(s.locate(3), None);
+        // Its index went with it (an index without its segment is removed at open).
+        assert!(!index_path(dir.path(), 2).exists());
     }
 }

@@ -273,6 +273,21 @@ impl SledLog {
                 );
             }
         }
+        // Records missing between two segments (a segment deleted) are lost too.
+        for (b, t) in &trees {
+            for (first, last) in t.segments.gaps() {
+                if last < t.first.load(Ordering::Acquire) {
+                    continue;
+                }
+                tracing::error!(
+                    broker = %b,
+                    first,
+                    last,
+                    "records were stored but are gone: a segment of the log is missing; they are skipped"
+                );
+                damage.entry(b.clone()).or_default().lost += last - first + 1;
+            }
+        }
         let heads: HashMap<String, u64> = trees
             .iter()
             .map(|(b, t)| (b.clone(), t.head.load(Ordering::Acquire)))
