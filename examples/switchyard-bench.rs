@@ -677,13 +677,13 @@ fn serve_baseline(kind: &str, dir: &Path) {
     let (tx, rx) = std::sync::mpsc::channel::<(Bytes, Ack)>();
     if kind.starts_with("sled") {
         // B-sled (a diagnostic, not a target's baseline): the same writer thread, but
-        // each group goes through Switchyard's storage layer (segment append and
-        // fdatasync, then the sled index) with the broker's default cache. It isolates
+        // each group goes through Switchyard's storage layer (segment append, its index
+        // file and fdatasync; no sled write per record) with the broker's default cache. It isolates
         // the storage layer's cost from the rest of the broker. `sled`: each body one
         // record, as it came, no dedupe. `sled-batch` (for S2): each body cut into 100
         // records, each with a dedupe key of its own, as the broker stores a batch.
         // `sled-relaxed` (beside S8): `sled` with durability `relaxed` (no sync per
-        // group; sled flushes in the background).
+        // group; the segments are synced in the background).
         use switchyard::log::sled::{Durability, SledLog, SledOptions};
         use switchyard::log::{Append, GroupEntry, LogBackend};
         let split = if kind == "sled-batch" { 100 } else { 1 };
@@ -958,12 +958,12 @@ impl Bench {
         let (sled_kind, sled_notes) = if relaxed {
             (
                 "sled-relaxed",
-                "diagnostic: the storage layer alone, durability relaxed (SledLog::write_group: segment append, sled index)",
+                "diagnostic: the storage layer alone, durability relaxed (SledLog::write_group: segment append and index file)",
             )
         } else {
             (
                 "sled",
-                "diagnostic: the storage layer alone (SledLog::write_group: segment append and sync, sled index)",
+                "diagnostic: the storage layer alone (SledLog::write_group: segment append, index file, sync)",
             )
         };
         let mut sled = baseline_server(sled_kind, &payload, 64, secs, rate).await;
