@@ -92,7 +92,7 @@ const ENTRY: usize = 24;
 
 /// Where the sidecar of the segment that starts at `first` is.
 pub fn sidecar_path(dir: &Path, first: u64) -> PathBuf {
-    dir.join(format!("{first:020}.keys"))
+    dir.join(format!("{}.keys", super::segments::name(first)))
 }
 
 impl DedupeIndex {
@@ -122,7 +122,7 @@ impl DedupeIndex {
             return;
         }
         if let Some(previous) = self.segment.replace(segment) {
-            if !self.dir.join(format!("{previous:020}")).exists() {
+            if !self.dir.join(super::segments::name(previous)).exists() {
                 // Retention removed it whole.
                 self.pending.clear();
                 return;

@@ -103,12 +103,14 @@ pub struct Segments {
     active: Mutex<Option<Active>>,
 }
 
-fn name(first: u64) -> String {
+/// A segment's file name: its first sequence, 20 digits. Its index and its dedupe
+/// sidecar are named after it.
+pub(super) fn name(first: u64) -> String {
     format!("{first:020}")
 }
 
 fn index_path(dir: &Path, first: u64) -> PathBuf {
-    dir.join(format!("{first:020}.idx"))
+    dir.join(format!("{}.idx", name(first)))
 }
 
 fn open_rw(path: &Path) -> std::io::Result<File> {
@@ -617,17 +619,11 @@ impl Segments {
         while buf.len() - at >= HEADER {
             let frame_len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap_or_default());
             let end = at + frame_len as usize;
-            if (frame_len as usize) < HEADER || end > buf.len() {
+            let frame = (end <= buf.len()).then(|| parse_frame(buf.slice(at..end)));
+            let Some(Some((seq, key, record, _))) = frame else {
                 break;
-            }
-            let frame = &buf[at..end];
-            let crc = u32::from_be_bytes(frame[4..8].try_into().unwrap_or_default());
-            let (seq, key_len) = seq_and_key_len(frame);
-            if crc32fast::hash(&frame[8..]) != crc || HEADER + key_len > frame.len() {
-                break;
-            }
-            let key = (key_len > 0).then(|| frame[HEADER..HEADER + key_len].to_vec());
-            out.push((seq, key, buf.slice(at + HEADER + key_len..end)));
+            };
+            out.push((seq, key, record));
             at = end;
         }
         Ok(out)

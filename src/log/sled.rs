@@ -391,10 +391,12 @@ impl SledLog {
         for entry in entries {
             let mut outcomes = Vec::with_capacity(entry.appends.len());
             for append in &entry.appends {
-                if let Some(key) = &append.dedupe_key {
-                    let earlier = match seen.get(key.as_slice()) {
+                let key = append.dedupe_key.as_deref();
+                let digest = key.map(dedupe_index::digest);
+                if let (Some(key), Some(digest)) = (key, digest) {
+                    let earlier = match seen.get(key) {
                         Some(&seq) => Some(seq),
-                        None => self.find_duplicate(trees, &keys, key, now)?,
+                        None => self.find_duplicate(trees, &keys, key, digest, now)?,
                     };
                     if let Some(seq) = earlier {
                         outcomes.push(AppendOutcome::Duplicate(seq));
@@ -404,10 +406,10 @@ impl SledLog {
                 next += 1;
                 added += 1;
                 added_bytes += append.record.len() as u64;
-                bodies.push((append.dedupe_key.as_deref(), append.record.as_ref()));
-                if let Some(key) = &append.dedupe_key {
-                    dedupe.push((next, dedupe_index::digest(key)));
-                    seen.insert(key.as_slice(), next);
+                bodies.push((key, append.record.as_ref()));
+                if let (Some(key), Some(digest)) = (key, digest) {
+                    dedupe.push((next, digest));
+                    seen.insert(key, next);
                 }
                 outcomes.push(AppendOutcome::Stored(next));
             }
@@ -460,10 +462,11 @@ impl SledLog {
         trees: &BrokerTrees,
         keys: &DedupeIndex,
         key: &[u8],
+        digest: u64,
         now: u64,
     ) -> Result<Option<u64>, LogError> {
         let kept = trees.first.load(Ordering::Acquire);
-        for seq in keys.candidates(dedupe_index::digest(key)) {
+        for seq in keys.candidates(digest) {
             // Below `kept` retention removed it: the event is not in the log any more.
             let Some(location) = trees.segments.locate(seq).filter(|_| seq >= kept) else {
                 continue;
@@ -1219,5 +1222,66 @@ impl LogBackend for SledLog {
             self.sync_files()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::event::{AttrValue, Event};
+    use crate::log::Append;
+
+    const T0: u64 = 1_767_225_600_000_000_000;
+
+    fn append(log: &SledLog, key: &str) -> AppendOutcome {
+        let event = Event::new(
+            vec![
+                ("specversion".into(), AttrValue::String("1.0".into())),
+                ("id".into(), AttrValue::String(key.into())),
+                ("source".into(), AttrValue::UriRef("/s".into())),
+                ("type".into(), AttrValue::String("t".into())),
+            ],
+            None,
+        )
+        .unwrap();
+        let group = [GroupEntry {
+            broker: Arc::from("default"),
+            appends: vec![Append {
+                record: Bytes::from(super::super::record::encode("default", T0, 0, &event)),
+                dedupe_key: Some(key.as_bytes().to_vec()),
+            }],
+        }];
+        log.write_group(&group, T0).unwrap().remove(0).remove(0)
+    }
+
+    #[test]
+    fn a_digest_that_names_a_record_of_another_key_makes_no_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SledOptions {
+            path: dir.path().to_path_buf(),
+            durability: Durability::Fsync,
+            cache_capacity: 8 << 20,
+            dedupe_window_nanos: 60_000_000_000,
+        };
+        let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+        assert_eq!(append(&log, "a"), AppendOutcome::Stored(1));
+        // As if "b" shared "a"'s digest: its entry names the record that holds "a".
+        log.brokers["default"]
+            .keys
+            .lock()
+            .unwrap()
+            .insert(KeyEntry {
+                seq: 1,
+                digest: dedupe_index::digest(b"b"),
+                arrival: T0,
+            });
+        // The frame is read back and its key compared: "b" is not a duplicate of "a".
+        assert_eq!(append(&log, "b"), AppendOutcome::Stored(2));
+        assert_eq!(append(&log, "b"), AppendOutcome::Duplicate(2));
+        assert_eq!(append(&log, "a"), AppendOutcome::Duplicate(1));
     }
 }
