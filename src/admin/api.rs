@@ -458,6 +458,9 @@ async fn redeliver(
         let b = letter.broker.clone();
         blocking(&api.log, move |log| {
             log.requeue(&b, &l, seq)?;
+            // The entry is durable before the letter goes: a crash between them keeps
+            // both, never neither.
+            log.sync()?;
             log.delete_dead_letter(id)
         })
         .await?;

@@ -227,11 +227,7 @@ impl LaneContext {
                                 continue;
                             }
                             done.retain(|d| d.seq != seq);
-                            let entry = LaneEntry {
-                                seq,
-                                attempts: 0,
-                                stamp: Vec::new(),
-                            };
+                            let entry = LaneEntry::routed(seq);
                             busy.insert(seq, entry);
                             self.start(&mut in_flight, seq, 0, Some(record), &stop);
                         }

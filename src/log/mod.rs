@@ -6,6 +6,7 @@
 //! backend; a NATS JetStream backend can implement the same trait.
 
 mod dedupe_index;
+pub mod lanes;
 pub mod record;
 mod retention;
 mod segments;
@@ -344,8 +345,21 @@ pub struct LaneEntry {
     pub seq: u64,
     /// Attempts made so far (from a parked retry).
     pub attempts: u32,
-    /// The stored value, so that finishing removes this entry and not a newer one.
-    pub stamp: Vec<u8>,
+    /// Which copy of the entry this is (0 for the router's; put-backs and parked
+    /// retries that came back get a fresh one), so that finishing removes this entry
+    /// and not a newer one.
+    pub stamp: u64,
+}
+
+impl LaneEntry {
+    /// An entry as the router makes it.
+    pub fn routed(seq: u64) -> LaneEntry {
+        LaneEntry {
+            seq,
+            attempts: 0,
+            stamp: 0,
+        }
+    }
 }
 
 /// What a subscription's routing has reached, kept beside its lanes.

@@ -1,28 +1,29 @@
-//! The embedded backend: segment files for the events, sled 0.34.7 for the rest.
+//! The embedded backend: segment files for the events, a journal for the lanes, sled
+//! 0.34.7 for the rest.
 //!
 //! Event bodies and their index live in segment files beside sled
 //! (`segments/<broker>/`, see [`super::segments`]): a group is appended there and
 //! synced, which is what makes it durable, and no store takes a write per event. The
 //! dedupe index is in memory, rebuilt at open from the segments ([`super::dedupe_index`]).
-//! sled holds the state that changes with routing and delivery.
+//! Lane entries, parked retries, the router's cursor and the subscriptions' routing
+//! states are in memory too, kept by an append-only journal (`lanes.journal`, see
+//! [`super::lanes`]) that is written and synced with the progress every 100 ms: routing
+//! and delivery take no sled write either.
 //!
-//! Per broker: `lanes/<broker>` (lane prefix ++ sequence → stamp), `parked/<broker>`
-//! (lane prefix ++ due time ++ sequence → attempts), `meta/<broker>` (router cursor,
-//! subscription states) and `stats/<broker>` (`first`: the lowest sequence retention
-//! kept). A routing step's lane entries are plain inserts, its progress (cursor or
-//! backfill state) inserted after them. Dead letters of every broker are in
-//! `deadletters` (id → JSON). Trees of earlier versions (`events/<broker>`, the index;
-//! `dedupe/<broker>`) are dropped at open.
+//! sled holds `stats/<broker>` (`first`: the lowest sequence retention kept) and the
+//! dead letters of every broker (`deadletters`, id → JSON). Trees of earlier versions
+//! are dropped at open: `events/<broker>` (the index) and `dedupe/<broker>` are rebuilt
+//! from the segments, and `lanes/`, `parked/` and `meta/<broker>` are read into the
+//! journal when there is none yet.
 //!
-//! Counts that metrics and retention read often (stored events and bytes, each lane's
-//! depth, the dead letters) are kept in memory beside the trees, updated after each
-//! write; the stored events and bytes are counted from the segment index at open, the
-//! lane depths and the dead-letter count from their trees.
+//! Counts that metrics and retention read often (stored events and bytes, the dead
+//! letters) are kept in memory, updated after each write; the stored events and bytes
+//! are counted from the segment index at open, the dead letters from their tree.
 //!
 //! Durability (`fsync`): a group is acknowledged once its segment write is synced; the
 //! segment's index file is synced in the background (every 100 ms), and what a crash
-//! takes of it is rebuilt from the frames at open. sled is flushed with the routing and
-//! delivery progress. sled's `flush` writes its buffers with `sync_file_range`, which
+//! takes of it is rebuilt from the frames at open. sled is flushed with the progress
+//! when retention or a dead letter wrote to it. sled's `flush` writes its buffers with `sync_file_range`, which
 //! does not sync file metadata, and it writes large values to `blobs/` without syncing
 //! them at all. So after each flush the backend also `fdatasync`s the `db` file, every
 //! blob file written since the last sync, and the `blobs` directory. Only one caller
@@ -35,10 +36,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{Batch, Transactional, Tree};
+use sled::Tree;
 
 use super::dedupe_index::{self, DedupeIndex, KeyEntry};
+use super::lanes::{self, LaneStore};
 use super::segments::{Location, Segments};
 use super::{
     AppendOutcome, Damage, Expired, GroupEntry, LaneId, LogBackend, LogError, LogRecord, Stored,
@@ -67,12 +68,6 @@ pub struct SledOptions {
 struct BrokerTrees {
     /// The dedupe keys inside the window; the writer holds it for a group.
     keys: Mutex<DedupeIndex>,
-    /// Lane entries: `subscription \0 sink \0 seq` → ().
-    lanes: Tree,
-    /// Routing state: `cursor` → seq; `sub/<name>` → JSON `SubscriptionState`.
-    meta: Tree,
-    /// Parked retries: lane prefix ++ due time ++ seq → attempts.
-    parked: Tree,
     /// `first` → the lowest sequence retention kept.
     stats: Tree,
     /// The event bodies.
@@ -87,23 +82,8 @@ struct BrokerTrees {
     stats_lock: Mutex<()>,
 }
 
-/// A lane's entries: all of them (pending and parked), and the parked ones.
-#[derive(Debug, Default, Clone, Copy)]
-struct LaneCounts {
-    depth: u64,
-    parked: u64,
-}
-
 /// The stats key of the lowest sequence retention kept (big-endian u64).
 const FIRST: &[u8] = b"first";
-
-const CURSOR_KEY: &[u8] = b"cursor";
-
-fn sub_key(name: &str) -> Vec<u8> {
-    let mut k = b"sub/".to_vec();
-    k.extend_from_slice(name.as_bytes());
-    k
-}
 
 /// The sled backend.
 pub struct SledLog {
@@ -121,8 +101,8 @@ pub struct SledLog {
     flush_lock: Mutex<()>,
     /// Whether routing or delivery progress was written since the last sync.
     progress_dirty: AtomicBool,
-    /// Entries per lane, by broker and lane key prefix.
-    depths: Mutex<HashMap<(String, Vec<u8>), LaneCounts>>,
+    /// Lane entries and routing state.
+    lanes: LaneStore,
     dead_letter_total: AtomicU64,
     /// Damage found: records that do not decode (skipped when read), and records lost
     /// before the last start (the head below its mark).
@@ -182,7 +162,11 @@ impl SledLog {
             .flush_every_ms(None);
         let db = config.open()?;
         let mut trees = HashMap::new();
-        let mut depths = HashMap::new();
+        // Lane entries and routing state of an earlier version, kept in sled trees: read
+        // into the lane journal when there is none yet, then dropped.
+        let import_lanes = !LaneStore::exists(&options.path);
+        let mut import = lanes::Import::default();
+        let names = db.tree_names();
         for b in brokers {
             let stats = db.open_tree(format!("stats/{b}"))?;
             // The dedupe trees of earlier versions; the index is rebuilt from the frames.
@@ -209,18 +193,8 @@ impl SledLog {
             }
             let count = (head + 1).saturating_sub(first);
             let bytes = segments.record_bytes(first, head);
-            let lanes = db.open_tree(format!("lanes/{b}"))?;
-            let parked = db.open_tree(format!("parked/{b}"))?;
-            for (tree, is_parked) in [(&lanes, false), (&parked, true)] {
-                for key in tree.iter().keys() {
-                    let key = key?;
-                    if let Some(prefix) = lane_prefix_of(&key) {
-                        let counts: &mut LaneCounts =
-                            depths.entry((b.clone(), prefix.to_vec())).or_default();
-                        counts.depth += 1;
-                        counts.parked += u64::from(is_parked);
-                    }
-                }
+            if import_lanes {
+                import_old_lanes(&db, &names, b, &mut import)?;
             }
             trees.insert(
                 b.clone(),
@@ -230,9 +204,6 @@ impl SledLog {
                         options.dedupe_window_nanos,
                     )),
                     segments,
-                    lanes,
-                    meta: db.open_tree(format!("meta/{b}"))?,
-                    parked,
                     stats,
                     head: AtomicU64::new(head),
                     first: AtomicU64::new(first),
@@ -244,6 +215,17 @@ impl SledLog {
         }
         for t in trees.values() {
             load_keys(t, options.dedupe_window_nanos)?;
+        }
+        let lanes = LaneStore::open(&options.path, import_lanes.then_some(import))
+            .map_err(|e| LogError::Io(std::io::Error::other(e)))?;
+        // The journal holds them now (or held them already).
+        for name in &names {
+            if [&b"lanes/"[..], b"parked/", b"meta/"]
+                .iter()
+                .any(|p| name.starts_with(p))
+            {
+                db.drop_tree(name)?;
+            }
         }
         let data_file = match options.durability {
             Durability::Fsync => Some(File::open(options.path.join("db"))?),
@@ -302,7 +284,7 @@ impl SledLog {
                 written: std::time::Instant::now(),
             }),
             dead_letter_total: AtomicU64::new(dead_letters.len() as u64),
-            depths: Mutex::new(depths),
+            lanes,
             dead_letters,
             flush_lock: Mutex::new(()),
             progress_dirty: AtomicBool::new(false),
@@ -485,18 +467,6 @@ impl SledLog {
         Ok(None)
     }
 
-    /// A lane's counts (zero for a lane never seen).
-    fn lane_counts(&self, broker: &str, lane: &LaneId) -> Result<LaneCounts, LogError> {
-        self.trees(broker)?;
-        Ok(self
-            .depths
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(broker.to_string(), lane.key_prefix()))
-            .copied()
-            .unwrap_or_default())
-    }
-
     /// Syncs the data file, new blob files and the blobs directory.
     fn sync_files(&self) -> Result<(), LogError> {
         if let Some(f) = &self.data_file {
@@ -530,6 +500,66 @@ impl SledLog {
     }
 }
 
+/// Reads broker `b`'s lane entries and routing state from the sled trees of an
+/// earlier version (`lanes/`, `parked/`, `meta/`).
+fn import_old_lanes(
+    db: &sled::Db,
+    names: &[sled::IVec],
+    b: &str,
+    import: &mut lanes::Import,
+) -> Result<(), LogError> {
+    let tree = |name: String| -> Result<Option<Tree>, LogError> {
+        Ok(if names.iter().any(|n| n == name.as_bytes()) {
+            Some(db.open_tree(name)?)
+        } else {
+            None
+        })
+    };
+    if let Some(t) = tree(format!("lanes/{b}"))? {
+        for item in t.iter() {
+            let (k, v) = item?;
+            if let Some(prefix) = lane_prefix_of(&k) {
+                let seq = seq_of(&k[prefix.len()..]);
+                import
+                    .pending
+                    .push((b.to_string(), prefix.to_vec(), seq, attempts_of(&v)));
+            }
+        }
+    }
+    if let Some(t) = tree(format!("parked/{b}"))? {
+        for item in t.iter() {
+            let (k, v) = item?;
+            if let Some(prefix) = lane_prefix_of(&k) {
+                let rest = &k[prefix.len()..];
+                if rest.len() == 16 {
+                    import.parked.push((
+                        b.to_string(),
+                        prefix.to_vec(),
+                        seq_of(&rest[..8]),
+                        seq_of(&rest[8..]),
+                        attempts_of(&v),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(t) = tree(format!("meta/{b}"))? {
+        for item in t.iter() {
+            let (k, v) = item?;
+            if &k[..] == b"cursor" {
+                import.cursors.push((b.to_string(), seq_of(&v)));
+            } else if let Some(name) = k.strip_prefix(b"sub/") {
+                import.subscriptions.push((
+                    b.to_string(),
+                    String::from_utf8_lossy(name).into_owned(),
+                    v.to_vec(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The lane part (`subscription \0 sink \0`) of a lanes or parked key.
 fn lane_prefix_of(key: &[u8]) -> Option<&[u8]> {
     let first = key.iter().position(|&b| b == 0)?;
@@ -560,16 +590,6 @@ fn attempts_of(v: &[u8]) -> u32 {
     match v {
         [a, b, c, d, ..] => u32::from_be_bytes([*a, *b, *c, *d]),
         _ => 0,
-    }
-}
-
-fn transaction_error(e: TransactionError<()>) -> LogError {
-    match e {
-        TransactionError::Storage(s) => LogError::Storage(s),
-        // The closures never abort; sled's type still has the case.
-        TransactionError::Abort(()) => {
-            LogError::Io(std::io::Error::other("log transaction aborted"))
-        }
     }
 }
 
@@ -726,11 +746,8 @@ impl LogBackend for SledLog {
     }
 
     fn router_cursor(&self, broker: &str) -> Result<u64, LogError> {
-        Ok(self
-            .trees(broker)?
-            .meta
-            .get(CURSOR_KEY)?
-            .map_or(0, |v| seq_of(&v)))
+        self.trees(broker)?;
+        Ok(self.lanes.cursor(broker))
     }
 
     fn record_routes(
@@ -739,91 +756,20 @@ impl LogBackend for SledLog {
         entries: &[(super::LaneId, u64)],
         progress: &super::RouteProgress,
     ) -> Result<(), LogError> {
-        self.progress_dirty.store(true, Ordering::Release);
-        let trees = self.trees(broker)?;
-        // Entries put back by hand (replay, redelivery) carry a fresh stamp, so that a
-        // deliverer finishing an older copy of the same sequence does not remove them.
-        let stamp: Vec<u8> = match progress {
-            super::RouteProgress::None => {
-                let mut v = 0u32.to_be_bytes().to_vec();
-                v.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-                v
-            }
-            _ => Vec::new(),
-        };
-        let keys: Vec<(usize, Vec<u8>)> = entries
-            .iter()
-            .enumerate()
-            .map(|(i, (lane, seq))| {
-                let mut key = lane.key_prefix();
-                key.extend_from_slice(&seq.to_be_bytes());
-                (i, key)
-            })
-            .collect();
-        let meta: Option<(Vec<u8>, Vec<u8>)> = match progress {
-            super::RouteProgress::Cursor(c) => {
-                Some((CURSOR_KEY.to_vec(), c.to_be_bytes().to_vec()))
-            }
-            super::RouteProgress::Subscription(name, state) => {
-                let json = serde_json::to_vec(state)
-                    .map_err(|e| LogError::Io(std::io::Error::other(e)))?;
-                Some((sub_key(name), json))
-            }
-            super::RouteProgress::None => None,
-        };
-        // Plain inserts, the progress last (sled 0.34 writes its log buffer out twice for
-        // each transaction). sled recovers a prefix of what was written, so a crash
-        // keeps the progress only with every entry before it; entries kept without
-        // their progress are decided again, and inserting one again is harmless.
-        // The indexes of entries that were not pending already:
-        let mut fresh = Vec::new();
-        let mut failed = None;
-        for (i, key) in &keys {
-            match trees.lanes.insert(key.as_slice(), stamp.as_slice()) {
-                Ok(None) => fresh.push(*i),
-                Ok(Some(_)) => {}
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        if failed.is_none() {
-            if let Some((k, v)) = meta {
-                if let Err(e) = trees.meta.insert(k, v) {
-                    failed = Some(e);
-                }
-            }
-        }
-        if !fresh.is_empty() {
-            let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
-            for i in fresh {
-                depths
-                    .entry((broker.to_string(), entries[i].0.key_prefix()))
-                    .or_default()
-                    .depth += 1;
-            }
-        }
-        if let Some(e) = failed {
-            // The entries stored so far are counted; trying again inserts the rest.
-            return Err(e.into());
-        }
-        // No flush here: the writer syncs progress every 100 ms (`sync_progress`). Routing
-        // state is derived from the log, so decisions a crash catches before that are
-        // simply made again.
-        Ok(())
+        self.trees(broker)?;
+        self.lanes
+            .record_routes(broker, entries, progress)
+            .map_err(|e| LogError::Io(std::io::Error::other(e)))
     }
 
     fn subscription_states(
         &self,
         broker: &str,
     ) -> Result<Vec<(String, super::SubscriptionState)>, LogError> {
-        let trees = self.trees(broker)?;
+        self.trees(broker)?;
         let mut out = Vec::new();
-        for item in trees.meta.scan_prefix(b"sub/") {
-            let (k, v) = item?;
-            let name = String::from_utf8_lossy(&k[4..]).into_owned();
-            match serde_json::from_slice(&v) {
+        for (name, json) in self.lanes.subscription_states(broker) {
+            match serde_json::from_slice::<super::SubscriptionState>(&json) {
                 Ok(state) => out.push((name, state)),
                 Err(e) => {
                     tracing::warn!(subscription = %name, error = %e, "unreadable subscription state; it will be reset")
@@ -839,38 +785,8 @@ impl LogBackend for SledLog {
         subscription: &str,
         sinks: Option<&[String]>,
     ) -> Result<usize, LogError> {
-        self.progress_dirty.store(true, Ordering::Release);
-        let trees = self.trees(broker)?;
-        let prefixes: Vec<Vec<u8>> = match sinks {
-            Some(sinks) => sinks
-                .iter()
-                .map(|s| super::LaneId::new(subscription, s.as_str()).key_prefix())
-                .collect(),
-            None => {
-                let mut p = subscription.as_bytes().to_vec();
-                p.push(0);
-                vec![p]
-            }
-        };
-        let mut dropped = 0;
-        for prefix in &prefixes {
-            for tree in [&trees.lanes, &trees.parked] {
-                let mut batch = Batch::default();
-                for key in tree.scan_prefix(prefix).keys() {
-                    batch.remove(key?);
-                    dropped += 1;
-                }
-                tree.apply_batch(batch)?;
-            }
-        }
-        self.depths
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(b, lane), _| b != broker || !prefixes.iter().any(|p| lane.starts_with(p)));
-        if sinks.is_none() {
-            trees.meta.remove(sub_key(subscription))?;
-        }
-        Ok(dropped)
+        self.trees(broker)?;
+        Ok(self.lanes.drop_lanes(broker, subscription, sinks))
     }
 
     fn lane_entries(
@@ -880,23 +796,8 @@ impl LogBackend for SledLog {
         from: u64,
         limit: usize,
     ) -> Result<Vec<super::LaneEntry>, LogError> {
-        let trees = self.trees(broker)?;
-        let prefix = lane.key_prefix();
-        let mut start = prefix.clone();
-        start.extend_from_slice(&from.to_be_bytes());
-        let mut out = Vec::new();
-        for item in trees.lanes.range(start..) {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) || out.len() >= limit {
-                break;
-            }
-            out.push(super::LaneEntry {
-                seq: seq_of(&k[prefix.len()..]),
-                attempts: attempts_of(&v),
-                stamp: v.to_vec(),
-            });
-        }
-        Ok(out)
+        self.trees(broker)?;
+        Ok(self.lanes.entries(broker, lane, from, limit))
     }
 
     fn finish(
@@ -905,28 +806,8 @@ impl LogBackend for SledLog {
         lane: &super::LaneId,
         entries: &[super::LaneEntry],
     ) -> Result<(), LogError> {
-        self.progress_dirty.store(true, Ordering::Release);
-        let trees = self.trees(broker)?;
-        let prefix = lane.key_prefix();
-        let mut removed = 0;
-        for e in entries {
-            let mut k = prefix.clone();
-            k.extend_from_slice(&e.seq.to_be_bytes());
-            // A mismatch means the entry was put back (replay, redelivery): keep it.
-            if trees
-                .lanes
-                .compare_and_swap(k, Some(e.stamp.as_slice()), None::<&[u8]>)?
-                .is_ok()
-            {
-                removed += 1;
-            }
-        }
-        if removed > 0 {
-            let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = depths.get_mut(&(broker.to_string(), prefix)) {
-                c.depth = c.depth.saturating_sub(removed);
-            }
-        }
+        self.trees(broker)?;
+        self.lanes.finish(broker, lane, entries);
         Ok(())
     }
 
@@ -938,29 +819,8 @@ impl LogBackend for SledLog {
         due: u64,
         attempts: u32,
     ) -> Result<(), LogError> {
-        self.progress_dirty.store(true, Ordering::Release);
-        let trees = self.trees(broker)?;
-        let prefix = lane.key_prefix();
-        let mut lane_key = prefix.clone();
-        lane_key.extend_from_slice(&seq.to_be_bytes());
-        let mut parked_key = prefix;
-        parked_key.extend_from_slice(&due.to_be_bytes());
-        parked_key.extend_from_slice(&seq.to_be_bytes());
-        (&trees.lanes, &trees.parked)
-            .transaction(|(l, p)| {
-                let was_pending = l.remove(lane_key.as_slice())?.is_some();
-                p.insert(parked_key.as_slice(), &attempts.to_be_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(was_pending)
-            })
-            .map_err(transaction_error)
-            .map(|was_pending| {
-                let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
-                let c = depths
-                    .entry((broker.to_string(), lane.key_prefix()))
-                    .or_default();
-                c.parked += 1;
-                c.depth += u64::from(!was_pending);
-            })?;
+        self.trees(broker)?;
+        self.lanes.park(broker, lane, seq, due, attempts);
         Ok(())
     }
 
@@ -970,65 +830,18 @@ impl LogBackend for SledLog {
         lane: &super::LaneId,
         now: u64,
     ) -> Result<(usize, Option<u64>), LogError> {
-        self.progress_dirty.store(true, Ordering::Release);
-        let trees = self.trees(broker)?;
-        let prefix = lane.key_prefix();
-        let mut due = Vec::new();
-        let mut next = None;
-        for item in trees.parked.scan_prefix(&prefix) {
-            let (k, v) = item?;
-            let rest = &k[prefix.len()..];
-            if rest.len() < 16 {
-                continue;
-            }
-            let at = seq_of(&rest[..8]);
-            if at > now {
-                next = Some(at);
-                break;
-            }
-            due.push((k.to_vec(), seq_of(&rest[8..16]), attempts_of(&v)));
-        }
-        if !due.is_empty() {
-            // An entry already pending again (a replay) merges with the parked one.
-            let merged = (&trees.lanes, &trees.parked)
-                .transaction(|(l, p)| {
-                    let mut merged = 0u64;
-                    for (key, seq, attempts) in &due {
-                        let mut lane_key = prefix.clone();
-                        lane_key.extend_from_slice(&seq.to_be_bytes());
-                        if l.insert(lane_key, &attempts.to_be_bytes())?.is_some() {
-                            merged += 1;
-                        }
-                        p.remove(key.as_slice())?;
-                    }
-                    Ok::<_, ConflictableTransactionError<()>>(merged)
-                })
-                .map_err(transaction_error)?;
-            let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = depths.get_mut(&(broker.to_string(), prefix)) {
-                c.parked = c.parked.saturating_sub(due.len() as u64);
-                c.depth = c.depth.saturating_sub(merged);
-            }
-        }
-        Ok((due.len(), next))
+        self.trees(broker)?;
+        Ok(self.lanes.unpark_due(broker, lane, now))
     }
 
     fn parked(&self, broker: &str, lane: &super::LaneId) -> Result<usize, LogError> {
-        Ok(self.lane_counts(broker, lane)?.parked as usize)
+        self.trees(broker)?;
+        Ok(self.lanes.counts(broker, lane).1 as usize)
     }
 
     fn next_parked(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError> {
-        let prefix = lane.key_prefix();
-        let Some((k, _)) = self
-            .trees(broker)?
-            .parked
-            .scan_prefix(&prefix)
-            .next()
-            .transpose()?
-        else {
-            return Ok(None);
-        };
-        Ok(k.get(prefix.len() + 8..).map(seq_of))
+        self.trees(broker)?;
+        Ok(self.lanes.next_parked(broker, lane))
     }
 
     fn store_dead_letter(&self, letter: &super::DeadLetter) -> Result<u64, LogError> {
@@ -1037,6 +850,9 @@ impl LogBackend for SledLog {
             serde_json::to_vec(letter).map_err(|e| LogError::Io(std::io::Error::other(e)))?;
         self.dead_letters.insert(id.to_be_bytes(), json)?;
         self.dead_letter_total.fetch_add(1, Ordering::AcqRel);
+        // With `relaxed`, the next progress sync flushes it, before the journal can hold
+        // its entry's finish for long.
+        self.progress_dirty.store(true, Ordering::Release);
         if self.durability == Durability::Fsync {
             // Dead letters are the last record of an event: make them as durable as appends.
             // `sync` takes the flush lock, so this never races the writer's flush.
@@ -1056,6 +872,7 @@ impl LogBackend for SledLog {
         let removed = self.dead_letters.remove(id.to_be_bytes())?.is_some();
         if removed {
             self.dead_letter_total.fetch_sub(1, Ordering::AcqRel);
+            self.progress_dirty.store(true, Ordering::Release);
         }
         Ok(removed)
     }
@@ -1160,11 +977,13 @@ impl LogBackend for SledLog {
 
     fn disk_bytes(&self) -> Result<u64, LogError> {
         let segments: u64 = self.brokers.values().map(|t| t.segments.disk_bytes()).sum();
-        Ok(self.db.size_on_disk()? + segments)
+        Ok(self.db.size_on_disk()? + segments + self.lanes.disk_bytes())
     }
 
     fn lane_depth(&self, broker: &str, lane: &LaneId) -> Result<u64, LogError> {
-        Ok(self.lane_counts(broker, lane)?.depth)
+        self.trees(broker)?;
+        let (pending, parked) = self.lanes.counts(broker, lane);
+        Ok(pending + parked)
     }
 
     fn dead_letter_count(&self) -> Result<usize, LogError> {
@@ -1195,6 +1014,7 @@ impl LogBackend for SledLog {
             }
             t.segments.sync_index()?;
         }
+        self.lanes.sync()?;
         if self.progress_dirty.swap(false, Ordering::AcqRel) {
             self.sync()?;
         }
@@ -1216,6 +1036,7 @@ impl LogBackend for SledLog {
             t.segments.sync()?;
             t.segments.sync_index()?;
         }
+        self.lanes.sync()?;
         let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.db.flush()?;
         if self.durability == Durability::Fsync {
@@ -1256,6 +1077,60 @@ mod tests {
             }],
         }];
         log.write_group(&group, T0).unwrap().remove(0).remove(0)
+    }
+
+    #[test]
+    fn lanes_kept_in_sled_by_an_earlier_version_move_to_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SledOptions {
+            path: dir.path().to_path_buf(),
+            durability: Durability::Fsync,
+            cache_capacity: 8 << 20,
+            dedupe_window_nanos: 0,
+        };
+        let lane = LaneId::new("sub", "http://sink");
+        {
+            // The trees as the earlier version wrote them.
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let key = |rest: &[u64]| {
+                let mut k = lane.key_prefix();
+                for r in rest {
+                    k.extend_from_slice(&r.to_be_bytes());
+                }
+                k
+            };
+            let lanes = db.open_tree("lanes/default").unwrap();
+            lanes.insert(key(&[7]), &[][..]).unwrap();
+            lanes.insert(key(&[9]), &3u32.to_be_bytes()[..]).unwrap();
+            let parked = db.open_tree("parked/default").unwrap();
+            parked
+                .insert(key(&[500, 8]), &2u32.to_be_bytes()[..])
+                .unwrap();
+            let meta = db.open_tree("meta/default").unwrap();
+            meta.insert("cursor", &9u64.to_be_bytes()[..]).unwrap();
+            meta.insert(
+                "sub/sub",
+                &br#"{"sinks":["http://sink"],"backfill":null}"#[..],
+            )
+            .unwrap();
+            db.flush().unwrap();
+        }
+        let check = |log: &SledLog| {
+            let entries = log.lane_entries("default", &lane, 0, 10).unwrap();
+            let got: Vec<(u64, u32)> = entries.iter().map(|e| (e.seq, e.attempts)).collect();
+            assert_eq!(got, [(7, 0), (9, 3)]);
+            assert_eq!(log.next_parked("default", &lane).unwrap(), Some(8));
+            assert_eq!(log.router_cursor("default").unwrap(), 9);
+            assert_eq!(log.subscription_states("default").unwrap().len(), 1);
+        };
+        let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+        check(&log);
+        let names = log.db.tree_names();
+        assert!(!names.iter().any(|n| n.starts_with(b"lanes/")), "{names:?}");
+        drop(log);
+        // Opened again, the journal alone holds them.
+        let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+        check(&log);
     }
 
     #[test]
