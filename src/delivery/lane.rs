@@ -17,10 +17,9 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use super::client::{Message, Response, Sender};
 use super::policy::{self, Attempt, Verdict};
@@ -110,6 +109,11 @@ pub struct LaneContext {
     pub abort: CancellationToken,
 }
 
+/// A lane's deliveries under way, polled by the lane's own task (a task each would cost
+/// a spawn and a wake-up more per delivery).
+type InFlight =
+    FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Outcome)> + Send>>>;
+
 /// How one event's delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -169,7 +173,7 @@ impl LaneContext {
         } else {
             self.sub().delivery.max_in_flight.max(1) as usize
         };
-        let mut in_flight: JoinSet<(u64, Outcome)> = JoinSet::new();
+        let mut in_flight: InFlight = FuturesUnordered::new();
         // Entries in flight, and finished entries not yet committed, with their stamps.
         let mut busy: HashMap<u64, LaneEntry> = HashMap::new();
         let mut done: Vec<LaneEntry> = Vec::new();
@@ -286,15 +290,13 @@ impl LaneContext {
                     .min(Duration::from_secs(1))
             });
             tokio::select! {
-                Some(joined) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Ok((seq, outcome)) = joined {
-                        let entry = busy.remove(&seq);
-                        self.stats.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
-                        match outcome {
-                            Outcome::Delivered | Outcome::DeadLettered | Outcome::Gone => done.extend(entry),
-                            Outcome::Parked => check_parked = true,
-                            Outcome::Stopped => {}
-                        }
+                Some((seq, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let entry = busy.remove(&seq);
+                    self.stats.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
+                    match outcome {
+                        Outcome::Delivered | Outcome::DeadLettered | Outcome::Gone => done.extend(entry),
+                        Outcome::Parked => check_parked = true,
+                        Outcome::Stopped => {}
                     }
                 }
                 // New entries: the router wakes this lane through its feed; the broker's
@@ -328,7 +330,7 @@ impl LaneContext {
     /// Starts the delivery of `seq` (its event when the feed had it).
     fn start(
         self: &Arc<Self>,
-        in_flight: &mut JoinSet<(u64, Outcome)>,
+        in_flight: &mut InFlight,
         seq: u64,
         attempts: u32,
         record: Option<Arc<LogRecord>>,
@@ -337,10 +339,9 @@ impl LaneContext {
         let me = self.clone();
         let stop = stop.clone();
         self.stats.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
-        in_flight.spawn(
-            async move { (seq, me.deliver(seq, attempts, record, stop).await) }
-                .instrument(tracing::Span::current()),
-        );
+        in_flight.push(Box::pin(async move {
+            (seq, me.deliver(seq, attempts, record, stop).await)
+        }));
     }
 
     async fn commit(&self, done: &mut Vec<LaneEntry>) {
