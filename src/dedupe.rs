@@ -2,9 +2,10 @@
 //! uses it), compiled once at config load and evaluated once per event at ingress.
 //! The log's writer owns the index; this module only computes keys.
 
+use cel::common::ast::{Expr, IdedExpr, LiteralValue};
 use cel::{Program, Value};
 
-use crate::event::Event;
+use crate::event::{AttrValue, Event};
 use crate::router::activation::{self, Needs};
 
 /// A compiled dedupe key expression.
@@ -13,6 +14,41 @@ pub struct DedupeKey {
     program: Program,
     /// The variables the expression reads; only these are bound per event.
     needs: Needs,
+    /// When the expression only joins attributes and string literals with `+` (the
+    /// default key does): its parts, so that keys of string attributes are joined
+    /// without evaluating CEL.
+    concat: Option<Vec<Part>>,
+}
+
+/// One operand of a key that joins strings.
+#[derive(Debug, PartialEq, Eq)]
+enum Part {
+    Attribute(String),
+    Literal(String),
+}
+
+/// Variables that are not attributes: bound to the attribute map and to `data`. (A type
+/// name such as `int` is shadowed by an attribute of that name, and `join` falls back
+/// to CEL when the event has none.)
+const NOT_ATTRIBUTES: &[&str] = &["attributes", "data"];
+
+/// The parts of `expr` when it is a join of identifiers and string literals with `+`.
+fn concat_parts(expr: &IdedExpr, out: &mut Vec<Part>) -> Option<()> {
+    match &expr.expr {
+        Expr::Ident(name) if !NOT_ATTRIBUTES.contains(&name.as_str()) => {
+            out.push(Part::Attribute(name.clone()))
+        }
+        Expr::Literal(LiteralValue::String(s)) => out.push(Part::Literal(s.to_string())),
+        Expr::Call(call) if call.func_name == "_+_" && call.target.is_none() => {
+            let [a, b] = call.args.as_slice() else {
+                return None;
+            };
+            concat_parts(a, out)?;
+            concat_parts(b, out)?;
+        }
+        _ => return None,
+    }
+    Some(())
 }
 
 impl std::fmt::Debug for DedupeKey {
@@ -41,10 +77,18 @@ impl DedupeKey {
             .collect();
         let mut needs = Needs::default();
         needs.add(&variables);
+        let mut parts = Vec::new();
+        // A single operand is not a join: CEL hands back a non-string as it is. (A join
+        // of two attributes that are not strings is not a join either: `join` leaves it
+        // to CEL.)
+        let concat = concat_parts(program.expression(), &mut parts)
+            .filter(|()| parts.len() > 1)
+            .map(|()| parts);
         Ok(DedupeKey {
             source: source.to_string(),
             program,
             needs,
+            concat,
         })
     }
 
@@ -56,6 +100,9 @@ impl DedupeKey {
     /// The key of `event`, as bytes. An error (an attribute the expression needs is
     /// absent, or the result is not a scalar) means the event cannot be deduplicated.
     pub fn key(&self, event: &Event) -> Result<Vec<u8>, String> {
+        if let Some(key) = self.concat.as_ref().and_then(|parts| join(parts, event)) {
+            return Ok(key);
+        }
         let data = if self.needs.data {
             activation::parse_data(event)
         } else {
@@ -75,6 +122,24 @@ impl DedupeKey {
             )),
         }
     }
+}
+
+/// The key of a join, when every attribute it names is a string on `event` (anything
+/// else, absent or typed, is left to CEL, which gives the same key or the error).
+fn join(parts: &[Part], event: &Event) -> Option<Vec<u8>> {
+    let mut key = Vec::with_capacity(64);
+    for part in parts {
+        match part {
+            Part::Literal(s) => key.extend_from_slice(s.as_bytes()),
+            Part::Attribute(name) => match event.get(name)? {
+                AttrValue::String(s) | AttrValue::Uri(s) | AttrValue::UriRef(s) => {
+                    key.extend_from_slice(s.as_bytes())
+                }
+                _ => return None,
+            },
+        }
+    }
+    Some(key)
 }
 
 #[cfg(test)]
@@ -114,6 +179,62 @@ mod tests {
                 .unwrap(),
             b"s1"
         );
+    }
+
+    /// The key CEL itself computes, for comparison with the joined one.
+    fn by_cel(k: &DedupeKey, e: &Event) -> Result<Vec<u8>, String> {
+        let plain = DedupeKey {
+            concat: None,
+            ..DedupeKey::compile(k.source()).unwrap()
+        };
+        plain.key(e)
+    }
+
+    #[test]
+    fn a_join_of_attributes_and_strings_gives_the_key_cel_gives() {
+        let joins = [
+            r#"source + "\n" + id"#,
+            r#"type + ':' + subject + "/" + id"#,
+            r#""p-" + id"#,
+            "source + id",
+            "count + count",
+            "int + '-' + id",
+            r#"source + "\n" + count"#,
+            r#"source + "\n" + time"#,
+        ];
+        let events = [
+            event(&[], None),
+            event(&[("subject", AttrValue::String("s1".into()))], None),
+            event(&[("count", AttrValue::Integer(3))], None),
+            event(&[("int", AttrValue::String("i".into()))], None),
+            event(
+                &[("time", AttrValue::Timestamp("2026-01-01T00:00:00Z".into()))],
+                None,
+            ),
+        ];
+        for source in joins {
+            let k = DedupeKey::compile(source).unwrap();
+            assert!(k.concat.is_some(), "{source} is a join");
+            for e in &events {
+                // Absent and typed attributes fall back to CEL: the same error or key.
+                assert_eq!(k.key(e), by_cel(&k, e), "{source}");
+            }
+        }
+        let k = DedupeKey::compile(r#"source + "\n" + id"#).unwrap();
+        assert_eq!(k.key(&events[0]).unwrap(), b"/s\nabc");
+        // Not joins: evaluated by CEL.
+        for source in [
+            "id",
+            "id + string(1)",
+            "attributes.id + '-'",
+            "id - id",
+            "data + id",
+        ] {
+            assert!(
+                DedupeKey::compile(source).unwrap().concat.is_none(),
+                "{source}"
+            );
+        }
     }
 
     #[test]
