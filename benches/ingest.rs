@@ -106,6 +106,7 @@ fn append(c: &mut Criterion) {
                         Append {
                             record: rec.clone(),
                             dedupe_key: Some(n.to_be_bytes().to_vec()),
+                            decoded: None,
                         }
                     })
                     .collect();

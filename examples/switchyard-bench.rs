@@ -717,6 +717,7 @@ fn serve_baseline(kind: &str, dir: &Path) {
                             vec![Append {
                                 record: body.clone(),
                                 dedupe_key: None,
+                                decoded: None,
                             }]
                         } else {
                             let size = body.len().div_ceil(split).max(1);
@@ -727,6 +728,7 @@ fn serve_baseline(kind: &str, dir: &Path) {
                                     Append {
                                         record: body.slice(at..(at + size).min(body.len())),
                                         dedupe_key: Some(format!("/bench\n{keys}").into_bytes()),
+                                        decoded: None,
                                     }
                                 })
                                 .collect()

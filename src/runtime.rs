@@ -1,4 +1,4 @@
-//! Loops that own a thread. Each broker's router calls sled synchronously at every
+//! Loops that own a thread. Each broker's router reads the log synchronously at every
 //! step, and the log's writer writes and syncs every group; on a thread of its own
 //! each does so without handing the work to tokio's blocking pool and back (a wake-up
 //! each way), while its channels, watches and timers still run on the runtime.

@@ -367,6 +367,27 @@ async fn post_to(addr: std::net::SocketAddr, id: &str) -> (u16, Option<String>) 
 }
 
 #[tokio::test]
+async fn the_router_is_handed_each_stored_event_as_the_log_holds_it() {
+    let (backend, addr, _dir, log) = flaky_ingress_and_log(Duration::ZERO).await;
+    for id in ["f1", "f2", "f3"] {
+        assert_eq!(post_to(addr, id).await.0, 202);
+    }
+    // What the router takes without reading the log is what the log holds.
+    let fresh: Vec<_> = log
+        .take_fresh("default", 1, 10)
+        .iter()
+        .map(|r| (**r).clone())
+        .collect();
+    let stored = backend.read("default", 1, 10).unwrap();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(fresh, stored);
+    // Taken once: a router that must go back (a failed step) reads the log.
+    assert!(log.take_fresh("default", 1, 10).is_empty());
+    assert_eq!(post_to(addr, "f4").await.0, 202);
+    assert_eq!(log.take_fresh("default", 4, 10).len(), 1);
+}
+
+#[tokio::test]
 async fn when_storage_fails_ingress_answers_503_and_resumes_when_it_recovers() {
     let (backend, addr, _dir, log) = flaky_ingress_and_log(Duration::ZERO).await;
     assert_eq!(post_to(addr, "before").await.0, 202);
@@ -529,6 +550,7 @@ fn keyed_with_data(
         .map(|k| switchyard::log::Append {
             record: Bytes::from(switchyard::log::record::encode("default", now, 0, &event)),
             dedupe_key: Some(k.as_bytes().to_vec()),
+            decoded: None,
         })
         .collect();
     let group = [GroupEntry {

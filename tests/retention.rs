@@ -60,6 +60,7 @@ fn append(log: &SledLog, broker: &str, n: usize, data_len: usize, now: u64) -> u
                 &event(&format!("e{i}"), data_len),
             )),
             dedupe_key: None,
+            decoded: None,
         })
         .collect();
     let bytes = appends.iter().map(|a| a.record.len() as u64).sum();

@@ -6,7 +6,7 @@
 //!
 //! A lane that keeps up takes new entries, events included, from its feed
 //! ([`crate::router::feed`]); when the feed is off (the lane fell behind, or entries
-//! went back below where it had read) it reads its lane in sled, from the start after a
+//! went back below where it had read) it reads its lane in the lane store, from the start after a
 //! put-back, until it has caught up and can turn the feed on again.
 
 use std::collections::HashMap;
@@ -27,7 +27,9 @@ use super::reply::{self, Reply};
 use crate::clock::SharedClock;
 use crate::config::subscriptions::{Ordering, ReplyMode, Sink, Subscription};
 use crate::event::{AttrValue, Event};
-use crate::log::{record, Append, DeadLetter, LaneEntry, LaneId, Log, LogError, LogRecord};
+use crate::log::{
+    record, Append, DeadLetter, Decoded, LaneEntry, LaneId, Log, LogError, LogRecord,
+};
 use crate::router::feed::Feeds;
 
 /// A wait longer than this parks the event durably instead of holding an in-flight slot.
@@ -36,7 +38,7 @@ pub const PARK_AFTER: Duration = Duration::from_secs(5);
 /// How often finished entries are removed from the lane.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
-/// Every this many commits a lane reads its lane in sled from the start once, a check
+/// Every this many commits a lane reads its lane store entries from the start once, a check
 /// that nothing pending was passed over, whatever the feed said.
 const REREAD_EVERY: u32 = 10;
 
@@ -183,7 +185,7 @@ impl LaneContext {
         // (at start, and after an event was parked).
         let mut next_parked: Option<u64> = None;
         let mut check_parked = true;
-        // New entries come from the feed, or are read from sled from just past the last
+        // New entries come from the feed, or are read from the lane store from just past the last
         // one taken (`scan_from`). The lane is read from its start again (`reread`) when
         // it starts, after parked entries came back and after a put-back (a replay, a
         // redelivery, a backfill: they can be below that point), and every
@@ -365,8 +367,8 @@ impl LaneContext {
         record: Option<Arc<LogRecord>>,
         stop: CancellationToken,
     ) -> Outcome {
-        // Read on the runtime, not a blocking thread: a recent record is in sled's cache
-        // (or the OS page cache) and the read takes microseconds, less than the hop
+        // Read on the runtime, not a blocking thread: a recent record is in the OS page
+        // cache and the read takes microseconds, less than the hop
         // to another thread would (docs/performance.md, S4).
         let read = match record {
             Some(record) => Ok(Some(record)),
@@ -552,10 +554,16 @@ impl LaneContext {
                     );
                     return true;
                 }
-                let bytes = record::encode(&self.broker, self.clock.now_unix_nanos(), hops, &event);
+                let now = self.clock.now_unix_nanos();
+                let bytes = record::encode(&self.broker, now, hops, &event);
                 let append = Append {
                     record: Bytes::from(bytes),
                     dedupe_key: None,
+                    decoded: Some(Decoded {
+                        arrival_unix_nanos: now,
+                        hops,
+                        event,
+                    }),
                 };
                 match self.log.append(self.broker.clone(), vec![append]).await {
                     Ok(_) => {

@@ -25,7 +25,7 @@ use crate::clock::SharedClock;
 use crate::config::IngressConfig;
 use crate::dedupe::DedupeKey;
 use crate::event::{binary, json, protobuf, Event, EventError};
-use crate::log::{record, Append, AppendOutcome, Log};
+use crate::log::{record, Append, AppendOutcome, Decoded, Log};
 use crate::metrics::{self, Metrics};
 use problem::Problem;
 
@@ -277,15 +277,21 @@ async fn handle_inner(
     }
     let now = ingress.clock.now_unix_nanos();
     let appends = events
-        .iter()
+        .into_iter()
         .map(|event| Append {
-            record: Bytes::from(record::encode(&broker, now, 0, event)),
-            dedupe_key: ingress.dedupe.as_ref().and_then(|k| match k.key(event) {
+            record: Bytes::from(record::encode(&broker, now, 0, &event)),
+            dedupe_key: ingress.dedupe.as_ref().and_then(|k| match k.key(&event) {
                 Ok(key) => Some(key),
                 Err(e) => {
                     tracing::debug!(error = %e, id = event.id(), "no dedupe key; the event is stored without dedupe");
                     None
                 }
+            }),
+            // Handed to the router once stored, which then need not decode the record.
+            decoded: Some(Decoded {
+                arrival_unix_nanos: now,
+                hops: 0,
+                event,
             }),
         })
         .collect();

@@ -6,6 +6,7 @@
 //! backend; a NATS JetStream backend can implement the same trait.
 
 mod dedupe_index;
+pub mod fresh;
 pub mod lanes;
 pub mod record;
 mod retention;
@@ -40,6 +41,17 @@ pub enum AppendOutcome {
 pub struct Append {
     pub record: Bytes,
     pub dedupe_key: Option<Vec<u8>>,
+    /// What the record holds, decoded, when the caller has it: once stored, it is
+    /// handed to the router ([`fresh`]) so that the record need not be read back.
+    pub decoded: Option<Decoded>,
+}
+
+/// The content of a record, decoded: a [`LogRecord`] without its place in the log.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub arrival_unix_nanos: u64,
+    pub hops: u32,
+    pub event: crate::event::Event,
 }
 
 /// The appends of one request, all to one broker.
@@ -182,7 +194,7 @@ pub trait LogBackend: Send + Sync + 'static {
     fn finish(&self, broker: &str, lane: &LaneId, entries: &[LaneEntry]) -> Result<(), LogError>;
 
     /// Moves an entry from its lane to the lane's parked set, due at `due_unix_nanos`
-    /// with `attempts` made, in one transaction.
+    /// with `attempts` made, in one step (a crash keeps it in one place or the other).
     fn park(
         &self,
         broker: &str,
@@ -470,6 +482,8 @@ pub struct Log {
     backend: Arc<dyn LogBackend>,
     tx: mpsc::Sender<AppendRequest>,
     heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
+    /// Per broker, the records just stored, decoded, for its router.
+    fresh: Arc<HashMap<Arc<str>, fresh::Fresh>>,
     /// The error of the last group write, cleared by the next one that succeeds.
     failure: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -490,6 +504,12 @@ impl Log {
             let head = backend.head(b)?;
             heads.insert(Arc::<str>::from(b.as_str()), watch::Sender::new(head));
         }
+        let fresh: Arc<HashMap<Arc<str>, fresh::Fresh>> = Arc::new(
+            heads
+                .keys()
+                .map(|b| (b.clone(), fresh::Fresh::default()))
+                .collect(),
+        );
         let heads = Arc::new(heads);
         tracker.spawn(retention::run(
             backend.clone(),
@@ -510,8 +530,11 @@ impl Log {
             writer::run(
                 backend.clone(),
                 rx,
-                heads.clone(),
-                Arc::clone(&failure),
+                writer::Outputs {
+                    heads: heads.clone(),
+                    fresh: fresh.clone(),
+                    failure: Arc::clone(&failure),
+                },
                 clock,
                 options,
                 shutdown,
@@ -521,6 +544,7 @@ impl Log {
             backend,
             tx,
             heads,
+            fresh,
             failure,
         })
     }
@@ -531,6 +555,14 @@ impl Log {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The records of `broker` from `from` on (at most `limit`) that were just stored,
+    /// decoded, taken out; empty when the record at `from` is not among them.
+    pub fn take_fresh(&self, broker: &str, from: u64, limit: usize) -> Vec<Arc<LogRecord>> {
+        self.fresh
+            .get(broker)
+            .map_or_else(Vec::new, |f| f.take(from, limit))
     }
 
     /// The broker's name as the log holds it, if the log has that broker.

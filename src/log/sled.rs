@@ -1074,6 +1074,7 @@ mod tests {
             appends: vec![Append {
                 record: Bytes::from(super::super::record::encode("default", T0, 0, &event)),
                 dedupe_key: Some(key.as_bytes().to_vec()),
+                decoded: None,
             }],
         }];
         log.write_group(&group, T0).unwrap().remove(0).remove(0)

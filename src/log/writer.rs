@@ -11,8 +11,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::fresh::Fresh;
 use super::{
-    AppendOutcome, AppendRequest, GroupEntry, LogBackend, LogError, SpaceLimits, WriterOptions,
+    AppendOutcome, AppendRequest, GroupEntry, LogBackend, LogError, LogRecord, SpaceLimits,
+    WriterOptions,
 };
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
@@ -60,15 +62,29 @@ fn space_refusal(
     })
 }
 
+/// What the writer tells the rest of the broker after each group.
+pub(super) struct Outputs {
+    /// Per broker, the head (the highest stored sequence).
+    pub heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
+    /// Per broker, the records just stored, decoded, for the router.
+    pub fresh: Arc<HashMap<Arc<str>, Fresh>>,
+    /// The error of the last group write, cleared by the next one that succeeds.
+    pub failure: Arc<std::sync::Mutex<Option<String>>>,
+}
+
 pub(super) async fn run(
     backend: Arc<dyn LogBackend>,
     mut rx: mpsc::Receiver<AppendRequest>,
-    heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
-    failure: Arc<std::sync::Mutex<Option<String>>>,
+    outputs: Outputs,
     clock: SharedClock,
     options: WriterOptions,
     shutdown: CancellationToken,
 ) {
+    let Outputs {
+        heads,
+        fresh,
+        failure,
+    } = outputs;
     let metrics: Option<Arc<Metrics>> = options.metrics.clone();
     let window = u64::try_from(options.dedupe_window.as_nanos()).unwrap_or(u64::MAX);
     // Expired dedupe entries are dropped a tenth of a window apart (at least every second).
@@ -148,6 +164,7 @@ pub(super) async fn run(
         }
         let (group, replies): (Vec<GroupEntry>, Vec<_>) =
             requests.into_iter().map(|r| (r.entry, r.reply)).unzip();
+        let brokers: Vec<Arc<str>> = group.iter().map(|e| e.broker.clone()).collect();
         let now = clock.now_unix_nanos();
         let group_started = std::time::Instant::now();
         if let Some(m) = &metrics {
@@ -194,12 +211,34 @@ pub(super) async fn run(
                             .inc_by(stored as u64);
                     }
                 }
-                for (entry, outcomes) in group.iter().zip(&outcomes) {
+                // The decoded events to the routers, before the heads move and wake them.
+                for (entry, outcomes) in group.into_iter().zip(&outcomes) {
+                    let Some(fresh) = fresh.get(&entry.broker) else {
+                        continue;
+                    };
+                    let broker = entry.broker.to_string();
+                    fresh.push(entry.appends.into_iter().zip(outcomes).filter_map(
+                        |(append, outcome)| match (append.decoded, outcome) {
+                            (Some(d), AppendOutcome::Stored(seq)) => Some((
+                                LogRecord {
+                                    seq: *seq,
+                                    broker: broker.clone(),
+                                    arrival_unix_nanos: d.arrival_unix_nanos,
+                                    hops: d.hops,
+                                    event: d.event,
+                                },
+                                append.record.len(),
+                            )),
+                            _ => None,
+                        },
+                    ));
+                }
+                for (broker, outcomes) in brokers.iter().zip(&outcomes) {
                     let top = outcomes.iter().filter_map(|o| match o {
                         AppendOutcome::Stored(s) => Some(*s),
                         AppendOutcome::Duplicate(_) => None,
                     });
-                    if let (Some(max), Some(head)) = (top.max(), heads.get(&entry.broker)) {
+                    if let (Some(max), Some(head)) = (top.max(), heads.get(broker)) {
                         head.send_if_modified(|h| {
                             let moved = max > *h;
                             *h = (*h).max(max);

@@ -1,20 +1,20 @@
 //! Lane feeds: the router hands each running lane the entries it has just recorded,
 //! with the event already read and decoded, so that a lane keeping up takes its work
-//! from memory instead of scanning its lane in sled and reading every record back.
+//! from memory instead of scanning its lane in the lane store and reading every record back.
 //!
-//! sled's lane stays the durable copy and the authority. A feed is either **on**, and
+//! The lane store stays the durable copy and the authority. A feed is either **on**, and
 //! then holds every entry the router recorded for the lane from `since` on that the
-//! lane has not taken yet, or **off**, and the lane reads sled. The router never waits
+//! lane has not taken yet, or **off**, and the lane reads the store. The router never waits
 //! for a lane: an entry that does not fit (the lane is behind) turns the feed off and
-//! empties it. A lane whose scan of sled has caught up turns it on again, which holds
+//! empties it. A lane whose scan of the store has caught up turns it on again, which holds
 //! only if every entry dropped while it was off lies below where the scan ended; a scan
 //! that raced with the router just tries again. Entries that go back into a lane below
 //! where its lane has read (a replay, a redelivery, a backfill, a parked retry that is
 //! due) are announced on the broker's `routed` signal ([`super::Routing::routed`]); the
-//! lane then reads sled from its start.
+//! lane then reads the store from its start.
 //!
 //! Each push wakes the feed's lane and no other, whether the entry was queued or
-//! dropped (a lane reading sled needs the wake-up as much).
+//! dropped (a lane reading the store needs the wake-up as much).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -165,7 +165,7 @@ impl Feed {
 
     /// Up to `limit` entries at or after `from`, in order, taken out of the feed
     /// (entries below `from` are discarded: the lane has them). `None` when the feed is
-    /// off: the lane must read sled from `from`.
+    /// off: the lane must read the store from `from`.
     pub fn take(&self, from: u64, limit: usize) -> Option<Vec<Arc<LogRecord>>> {
         let mut inner = self.inner();
         if inner.since.is_none_or(|since| since > from) {
@@ -184,7 +184,7 @@ impl Feed {
         Some(out)
     }
 
-    /// Turns the feed on from `from`, after a scan of sled that started while the feed
+    /// Turns the feed on from `from`, after a scan of the store that started while the feed
     /// was off found every entry at or after where it began and nothing from `from` on.
     /// Fails (and the lane scans again) when the router dropped an entry at or after
     /// `from` meanwhile, one that scan may not have seen.
@@ -202,7 +202,7 @@ impl Feed {
         true
     }
 
-    /// Turns the feed off (the lane goes back to reading sled).
+    /// Turns the feed off (the lane goes back to reading the store).
     pub fn turn_off(&self) {
         let mut inner = self.inner();
         inner.off();
@@ -250,7 +250,7 @@ mod tests {
         let feeds = Feeds::default();
         let feed = feeds.attach(&lane());
         feeds.push(&[(lane(), 1)], &[record(1, 10)]);
-        assert_eq!(seqs(feed.take(0, 10)), None, "off: read sled");
+        assert_eq!(seqs(feed.take(0, 10)), None, "off: read the store");
         // A scan that found nothing at all (it ran before the entry was stored) is not
         // enough either.
         assert!(!feed.turn_on(0));
@@ -270,7 +270,7 @@ mod tests {
         let records: Vec<_> = (1..=5).map(|s| record(s, 10)).collect();
         let entries: Vec<_> = (1..=5).map(|s| (lane(), s)).collect();
         feeds.push(&entries, &records);
-        // A scan of sled took 1 and 2 meanwhile.
+        // A scan of the store took 1 and 2 meanwhile.
         assert_eq!(seqs(feed.take(3, 2)), Some(vec![3, 4]));
         assert_eq!(seqs(feed.take(5, 2)), Some(vec![5]));
         // A feed that is on from 1 serves no lane that has read less.

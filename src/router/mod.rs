@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::subscriptions::{StartFrom, Subscription};
 use crate::event::Event;
-use crate::log::{LaneId, Log, LogBackend, LogError, LogRecord, RouteProgress, SubscriptionState};
+use crate::log::{LaneId, Log, LogBackend, LogError, RouteProgress, SubscriptionState};
 use activation::Needs;
 use feed::Feeds;
 use filter::Decision;
@@ -249,7 +249,7 @@ struct BrokerRouter {
     /// The subscriptions with a backfill still to do, as last stored: read back after
     /// each reconcile and kept up to date by each backfill step (this router is the
     /// only writer of its broker's subscription states), so that a step does not read
-    /// every subscription's state from sled.
+    /// every subscription's state from the lane store.
     backfills: Mutex<Vec<(String, SubscriptionState)>>,
 }
 
@@ -268,7 +268,7 @@ impl BrokerRouter {
             return;
         };
         // This loop has a thread of its own (`runtime::spawn_thread`): each step
-        // reads and writes sled in place.
+        // reads the log and writes the lane store in place.
         let backend = self.log.backend().clone();
         let mut set = set_rx.borrow_and_update().clone();
         let mut reconciled = false;
@@ -441,7 +441,7 @@ impl BrokerRouter {
                 cached.push((name, new_state));
             }
             if !entries.is_empty() {
-                // Below where the lanes have read: they read sled for these.
+                // Below where the lanes have read: they read the store for these.
                 self.routed.send_modify(|n| *n += 1);
             }
             return Ok(Step::Progress);
@@ -451,11 +451,16 @@ impl BrokerRouter {
         if head <= cursor {
             return Ok(Step::Idle(cursor));
         }
-        let records: Vec<Arc<LogRecord>> = backend
-            .read(&self.broker, cursor + 1, BATCH)?
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        // The records just stored, as the ingress decoded them, when the router keeps up;
+        // else read back from the log.
+        let mut records = self.log.take_fresh(&self.broker, cursor + 1, BATCH);
+        if records.is_empty() {
+            records = backend
+                .read(&self.broker, cursor + 1, BATCH)?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+        }
         let mut entries = Vec::new();
         let mut last = cursor;
         for r in &records {
