@@ -932,6 +932,17 @@ impl LaneStore {
     /// Writes what changed since the last call to the journal and syncs it, or rewrites
     /// the journal from a snapshot when it has grown large.
     pub fn sync(&self) -> std::io::Result<()> {
+        self.sync_after(|| Ok(()))
+    }
+
+    /// [`LaneStore::sync`], running `first` between taking the changes and writing
+    /// them: whatever another store holds that was written before any of these changes
+    /// is made durable by `first` before they are. (sled's flush goes there: a lane's
+    /// finish must never outlive the dead letter stored before it.)
+    pub fn sync_after<E: From<std::io::Error>>(
+        &self,
+        first: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
         let (bytes, snapshot) = {
             let mut state = self.state();
@@ -939,29 +950,33 @@ impl LaneStore {
                 state.buf.clear();
                 (state.snapshot(), true)
             } else if state.buf.is_empty() {
-                return Ok(());
+                drop(state);
+                return first();
             } else {
                 (std::mem::take(&mut state.buf), false)
             }
         };
-        let written = if snapshot {
-            replace_journal(&journal.dir, &bytes).map(|file| {
+        let written = first().and_then(|()| {
+            if snapshot {
+                let file = replace_journal(&journal.dir, &bytes)?;
                 journal.file = file;
                 journal.len = bytes.len() as u64;
                 journal.compact_at = (journal.len * 4).max(journal.compact_min);
-            })
-        } else {
-            let len = journal.len;
-            journal
-                .file
-                .write_all(&bytes)
-                .and_then(|()| journal.file.sync_data())
-                .inspect(|()| journal.len += bytes.len() as u64)
-                .inspect_err(|_| {
+            } else {
+                let len = journal.len;
+                let appended = journal
+                    .file
+                    .write_all(&bytes)
+                    .and_then(|()| journal.file.sync_data());
+                if let Err(e) = appended {
                     // Nothing of a failed write may stay: what follows would come after a hole.
                     let _ = journal.file.set_len(len);
-                })
-        };
+                    return Err(e.into());
+                }
+                journal.len += bytes.len() as u64;
+            }
+            Ok(())
+        });
         match written {
             Ok(()) => {
                 journal.must_snapshot = false;
@@ -1344,6 +1359,37 @@ mod tests {
         let store = LaneStore::open(dir.path(), None).unwrap();
         assert_eq!(store.cursor("default"), 2);
         assert_eq!(seqs(&store, "a"), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn first_runs_before_the_changes_are_written_and_a_failure_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LaneStore::open(dir.path(), None).unwrap();
+        routed(&store, "a", &[1], 1);
+        let len = || {
+            std::fs::metadata(dir.path().join(JOURNAL_FILE))
+                .unwrap()
+                .len()
+        };
+        let before = len();
+        // `first` fails: nothing is written, and the change waits for the next sync.
+        let failed: std::io::Result<()> = store.sync_after(|| {
+            assert_eq!(len(), before, "first runs before the write");
+            Err(std::io::Error::other("flush failed"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(len(), before);
+        // A change made while `first` runs is not part of this sync.
+        store
+            .sync_after(|| {
+                routed(&store, "a", &[2], 2);
+                Ok::<(), std::io::Error>(())
+            })
+            .unwrap();
+        drop(store);
+        let store = LaneStore::open(dir.path(), None).unwrap();
+        assert_eq!(seqs(&store, "a"), [1]);
+        assert_eq!(store.cursor("default"), 1);
     }
 
     #[test]

@@ -467,6 +467,16 @@ impl SledLog {
         Ok(None)
     }
 
+    /// Flushes sled, and with `fsync` syncs its files.
+    fn flush_sled(&self) -> Result<(), LogError> {
+        let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.db.flush()?;
+        if self.durability == Durability::Fsync {
+            self.sync_files()?;
+        }
+        Ok(())
+    }
+
     /// Syncs the data file, new blob files and the blobs directory.
     fn sync_files(&self) -> Result<(), LogError> {
         if let Some(f) = &self.data_file {
@@ -1014,10 +1024,16 @@ impl LogBackend for SledLog {
             }
             t.segments.sync_index()?;
         }
-        self.lanes.sync()?;
-        if self.progress_dirty.swap(false, Ordering::AcqRel) {
-            self.sync()?;
-        }
+        // sled first when it was written to (retention, dead letters), with the lane
+        // changes made before its flush: a lane's finish never outlives its dead letter.
+        let dirty = self.progress_dirty.swap(false, Ordering::AcqRel);
+        self.lanes
+            .sync_after(|| if dirty { self.flush_sled() } else { Ok(()) })
+            .inspect_err(|_| {
+                if dirty {
+                    self.progress_dirty.store(true, Ordering::Release);
+                }
+            })?;
         self.update_marks(false);
         Ok(())
     }
@@ -1036,13 +1052,7 @@ impl LogBackend for SledLog {
             t.segments.sync()?;
             t.segments.sync_index()?;
         }
-        self.lanes.sync()?;
-        let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.db.flush()?;
-        if self.durability == Durability::Fsync {
-            self.sync_files()?;
-        }
-        Ok(())
+        self.lanes.sync_after(|| self.flush_sled())
     }
 }
 
