@@ -310,28 +310,18 @@ async fn max_bytes_deletes_the_oldest_events_and_counts_them() {
     assert_eq!(records.len() as u64, 21 - first_kept + 1);
     // Retention counts what it deleted once the deletion returns: right after the
     // stored bytes move, not necessarily before this test looks.
-    let deleted = || {
-        t.server()
-            .metrics
-            .render()
-            .lines()
-            .find(|l| {
-                l.starts_with("switchyard_log_retention_deleted_events_total")
-                    && l.contains(r#"reason="max_bytes""#)
-            })
-            .map(str::to_string)
-    };
     let expected = format!(" {}", first_kept - 1);
-    let counted = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let Some(line) = deleted().filter(|l| l.ends_with(&expected)) {
-                return line;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually("the deletions to be counted", async || {
+        let metrics = t.server().metrics.render();
+        let deleted = metrics.lines().find(|l| {
+            l.starts_with("switchyard_log_retention_deleted_events_total")
+                && l.contains(r#"reason="max_bytes""#)
+        });
+        deleted
+            .is_some_and(|l| l.ends_with(&expected))
+            .then_some(())
     })
     .await;
-    assert!(counted.is_ok(), "{:?}, expected{expected}", deleted());
 }
 
 #[tokio::test]

@@ -23,9 +23,9 @@
 //! Durability (`fsync`): a group is acknowledged once its segment write is synced; the
 //! segment's index file is synced in the background (every 100 ms), and what a crash
 //! takes of it is rebuilt from the frames at open. sled is flushed with the progress
-//! when retention or a dead letter wrote to it. sled's `flush` writes its buffers with `sync_file_range`, which
-//! does not sync file metadata, and it writes large values to `blobs/` without syncing
-//! them at all. So after each flush the backend also `fdatasync`s the `db` file, every
+//! when retention or a dead letter wrote to it. sled's `flush` writes its buffers with
+//! `sync_file_range`, which does not sync file metadata, and it writes large values to
+//! `blobs/` without syncing them at all. So after each flush the backend also `fdatasync`s the `db` file, every
 //! blob file written since the last sync, and the `blobs` directory. Only one caller
 //! flushes at a time (concurrent flushes deadlock in 0.34, sled #1308): progress syncs
 //! and the rare dead-letter sync share one lock.
@@ -99,8 +99,8 @@ pub struct SledLog {
     dead_letters: Tree,
     /// One flush at a time: concurrent flushes can deadlock in sled 0.34 (sled #1308).
     flush_lock: Mutex<()>,
-    /// Whether routing or delivery progress was written since the last sync.
-    progress_dirty: AtomicBool,
+    /// Whether sled was written to (retention's mark, dead letters) since its last flush.
+    sled_dirty: AtomicBool,
     /// Lane entries and routing state.
     lanes: LaneStore,
     dead_letter_total: AtomicU64,
@@ -287,7 +287,7 @@ impl SledLog {
             lanes,
             dead_letters,
             flush_lock: Mutex::new(()),
-            progress_dirty: AtomicBool::new(false),
+            sled_dirty: AtomicBool::new(false),
             db,
             brokers: trees,
             durability: options.durability,
@@ -862,7 +862,7 @@ impl LogBackend for SledLog {
         self.dead_letter_total.fetch_add(1, Ordering::AcqRel);
         // With `relaxed`, the next progress sync flushes it, before the journal can hold
         // its entry's finish for long.
-        self.progress_dirty.store(true, Ordering::Release);
+        self.sled_dirty.store(true, Ordering::Release);
         if self.durability == Durability::Fsync {
             // Dead letters are the last record of an event: make them as durable as appends.
             // `sync` takes the flush lock, so this never races the writer's flush.
@@ -882,7 +882,7 @@ impl LogBackend for SledLog {
         let removed = self.dead_letters.remove(id.to_be_bytes())?.is_some();
         if removed {
             self.dead_letter_total.fetch_sub(1, Ordering::AcqRel);
-            self.progress_dirty.store(true, Ordering::Release);
+            self.sled_dirty.store(true, Ordering::Release);
         }
         Ok(removed)
     }
@@ -953,7 +953,7 @@ impl LogBackend for SledLog {
         // The mark goes to sled, flushed with the next progress sync; if a crash takes
         // it, the records it covers are deleted again.
         trees.stats.insert(FIRST, &first_kept.to_be_bytes())?;
-        self.progress_dirty.store(true, Ordering::Release);
+        self.sled_dirty.store(true, Ordering::Release);
         trees.first.store(first_kept, Ordering::Release);
         trees.stored_events.store(count, Ordering::Release);
         trees.stored_bytes.store(bytes, Ordering::Release);
@@ -1016,8 +1016,8 @@ impl LogBackend for SledLog {
     }
 
     fn sync_progress(&self) -> Result<(), LogError> {
-        // The segments' index files every time (only appends make them dirty); sled only
-        // when routing, delivery or retention wrote to it.
+        // The segments' index files every time (only appends make them dirty), the lane
+        // journal when it changed, sled when retention or a dead letter wrote to it.
         for t in self.brokers.values() {
             if self.durability == Durability::Relaxed {
                 t.segments.sync()?;
@@ -1026,12 +1026,12 @@ impl LogBackend for SledLog {
         }
         // sled first when it was written to (retention, dead letters), with the lane
         // changes made before its flush: a lane's finish never outlives its dead letter.
-        let dirty = self.progress_dirty.swap(false, Ordering::AcqRel);
+        let dirty = self.sled_dirty.swap(false, Ordering::AcqRel);
         self.lanes
             .sync_after(|| if dirty { self.flush_sled() } else { Ok(()) })
             .inspect_err(|_| {
                 if dirty {
-                    self.progress_dirty.store(true, Ordering::Release);
+                    self.sled_dirty.store(true, Ordering::Release);
                 }
             })?;
         self.update_marks(false);
