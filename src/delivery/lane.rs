@@ -367,15 +367,21 @@ impl LaneContext {
         record: Option<Arc<LogRecord>>,
         stop: CancellationToken,
     ) -> Outcome {
-        // Read on the runtime, not a blocking thread: a recent record is in the OS page
-        // cache and the read takes microseconds, less than the hop
-        // to another thread would (docs/performance.md, S4).
-        let read = match record {
+        // The feed's event, or one another lane read lately, or a read of the log: on
+        // the runtime, not a blocking thread, since a recent record is in the OS page
+        // cache and the read takes microseconds, less than the hop to another thread
+        // would (docs/performance.md, S4).
+        let read = match record.or_else(|| self.feeds.recent(seq)) {
             Some(record) => Ok(Some(record)),
             None => self.log.backend().read(&self.broker, seq, 1).map(|mut r| {
-                r.first()
+                let record = r
+                    .first()
                     .is_some_and(|r| r.seq == seq)
-                    .then(|| Arc::new(r.swap_remove(0)))
+                    .then(|| Arc::new(r.swap_remove(0)));
+                if let Some(r) = &record {
+                    self.feeds.remember(r);
+                }
+                record
             }),
         };
         let record = match read {

@@ -15,6 +15,11 @@
 //!
 //! Each push wakes the feed's lane and no other, whether the entry was queued or
 //! dropped (a lane reading the store needs the wake-up as much).
+//!
+//! Lanes off their feeds read each event back from the log. The events they read are
+//! kept a while ([`Feeds::recent`], [`RECENT_BYTES`]): lanes that fell behind together
+//! (a burst, a slow sink) read the same stretch of the log at about the same pace, and
+//! each event is then read and decoded once, not once per lane it went to.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,10 +36,27 @@ pub const MAX_ENTRIES: usize = 512;
 /// wait in one feed.
 pub const MAX_BYTES: usize = 1 << 20;
 
+/// At most this many bytes of events (estimated) are kept for lanes reading the log
+/// ([`Feeds::recent`]).
+pub const RECENT_BYTES: usize = 8 << 20;
+
 /// The feeds of one broker's running lanes.
 #[derive(Default)]
 pub struct Feeds {
     lanes: Mutex<HashMap<LaneId, Arc<Feed>>>,
+    recent: Mutex<Recent>,
+}
+
+/// Events lately read back from the log by lanes that are off their feeds. Lanes behind
+/// their feeds move at about the same pace through the same stretch of the log, so the
+/// other lanes an event was routed to find it here: one read and one decode per event
+/// instead of one per lane. The oldest go first.
+#[derive(Default)]
+struct Recent {
+    records: HashMap<u64, Arc<LogRecord>>,
+    /// In the order they came, with their estimated sizes.
+    order: VecDeque<(u64, usize)>,
+    bytes: usize,
 }
 
 impl Feeds {
@@ -55,6 +77,30 @@ impl Feeds {
         let mut lanes = self.lanes();
         if lanes.get(lane).is_some_and(|f| Arc::ptr_eq(f, feed)) {
             lanes.remove(lane);
+        }
+    }
+
+    /// The event at `seq` if a lane read it back lately.
+    pub fn recent(&self, seq: u64) -> Option<Arc<LogRecord>> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.records.get(&seq).cloned()
+    }
+
+    /// Keeps an event a lane read back, for the other lanes it went to.
+    pub fn remember(&self, record: &Arc<LogRecord>) {
+        let size = approx_bytes(record);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.records.insert(record.seq, record.clone()).is_some() {
+            return;
+        }
+        recent.order.push_back((record.seq, size));
+        recent.bytes += size;
+        while recent.bytes > RECENT_BYTES {
+            let Some((seq, size)) = recent.order.pop_front() else {
+                break;
+            };
+            recent.records.remove(&seq);
+            recent.bytes -= size;
         }
     }
 
@@ -298,6 +344,29 @@ mod tests {
         let entries: Vec<_> = (n + 1..n + 4).map(|s| (lane(), s)).collect();
         feeds.push(&entries, &big);
         assert!(!feed.is_on());
+    }
+
+    #[test]
+    fn events_read_back_are_shared_until_newer_ones_fill_the_bound() {
+        let feeds = Feeds::default();
+        let first = record(1, 10);
+        feeds.remember(&first);
+        let again = feeds.recent(1).expect("kept");
+        assert!(Arc::ptr_eq(&first, &again), "the same event, not a copy");
+        assert!(feeds.recent(2).is_none());
+        // Newer events past the bound push the oldest out, and only as many as needed.
+        let size = 64 << 10;
+        let n = (RECENT_BYTES / size) as u64 + 1;
+        for seq in 2..=n + 1 {
+            feeds.remember(&record(seq, size));
+        }
+        assert!(feeds.recent(1).is_none(), "the oldest went first");
+        assert!(feeds.recent(n + 1).is_some(), "the newest stays");
+        let kept = (1..=n + 1).filter(|s| feeds.recent(*s).is_some()).count();
+        assert!(
+            kept as u64 >= n - 2 && kept * size <= RECENT_BYTES,
+            "{kept} events of {size} bytes kept"
+        );
     }
 
     #[tokio::test]
