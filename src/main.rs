@@ -212,7 +212,7 @@ async fn run_client(command: Command) -> Result<(), cli::CliError> {
             extensions,
             token,
         } => {
-            let enc = switchyard::event::binary::percent_encode;
+            let enc = |s: &str| switchyard::event::binary::percent_encode(s).into_owned();
             let mut headers = vec![
                 ("ce-specversion".to_string(), "1.0".to_string()),
                 ("ce-id".to_string(), enc(&id.unwrap_or_else(cli::new_id))),

@@ -101,7 +101,7 @@ async fn post(t: &TestServer, c: &Case) -> u16 {
             if k == "datacontenttype" {
                 headers.push(("content-type".into(), v.clone()));
             } else {
-                headers.push((format!("ce-{k}"), percent_encode(v)));
+                headers.push((format!("ce-{k}"), percent_encode(v).into_owned()));
             }
         }
         c.data.clone().unwrap_or_default().into_bytes()

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -184,37 +184,45 @@ impl Sender {
     /// `Prefer: reply`; the signature headers when the sink signs; the sink's own
     /// headers last.
     pub fn request(sink: &Sink, event: &Event, message: &Message) -> Request<Full<Bytes>> {
-        let mut builder = Request::post(sink.uri.clone());
+        let mut headers = HeaderMap::with_capacity(event.attributes().len() + 4);
         let body = match sink.format {
             SinkFormat::Binary => {
-                let (headers, body) = binary::encode(event);
-                for (name, value) in headers {
-                    builder = builder.header(name, value);
+                let (ce, body) = binary::encode(event);
+                for (name, value) in ce {
+                    headers.append(name, value);
                 }
                 body
             }
             SinkFormat::Structured => {
-                builder = builder.header(
+                headers.insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("application/cloudevents+json"),
                 );
                 Bytes::from(json::encode_event(event))
             }
         };
-        builder = builder.header("prefer", "reply");
+        // Asks the sink for a reply event (Knative's `Prefer: reply`).
+        headers.insert(
+            HeaderName::from_static("prefer"),
+            HeaderValue::from_static("reply"),
+        );
         if let Some(signing) = &sink.signing {
             for (name, value) in webhook_headers(&signing.keys, message, &body) {
-                builder = builder.header(name, value);
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.append(HeaderName::from_static(name), v);
+                }
             }
         }
         for (name, value) in &sink.headers {
             if let Ok(v) = HeaderValue::from_str(value) {
-                builder = builder.header(name, v);
+                headers.append(name.clone(), v);
             }
         }
-        builder
-            .body(Full::new(body))
-            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = sink.uri.clone();
+        *request.headers_mut() = headers;
+        request
     }
 
     /// One attempt: send, then read the answer's body up to the limit, all within

@@ -4,6 +4,8 @@
 //! Header values are percent-decoded exactly once and must then be valid UTF-8
 //! (3.1.3.2). Double quotes have no special meaning: a value is never unquoted.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 
@@ -71,36 +73,59 @@ pub fn percent_decode(raw: &[u8]) -> Result<String, String> {
 }
 
 /// Percent-encodes a string for a header value: space, `"`, `%` and every byte outside
-/// printable ASCII (HTTP binding 3.1.3.2).
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if b == b' ' || b == b'"' || b == b'%' || !(0x21..=0x7E).contains(&b) {
-            out.push_str(&format!("%{b:02X}"));
+/// printable ASCII (HTTP binding 3.1.3.2). Borrows when nothing needs encoding.
+pub fn percent_encode(s: &str) -> Cow<'_, str> {
+    let escape = |b: u8| b == b' ' || b == b'"' || b == b'%' || !(0x21..=0x7E).contains(&b);
+    if !s.bytes().any(escape) {
+        return Cow::Borrowed(s);
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len() + 8);
+    for b in s.bytes() {
+        if escape(b) {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
         } else {
             out.push(b as char);
         }
     }
-    out
+    Cow::Owned(out)
+}
+
+/// The `ce-` header of an attribute; the context attributes' names are static.
+fn header_name(attribute: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match attribute {
+        "specversion" => "ce-specversion",
+        "id" => "ce-id",
+        "source" => "ce-source",
+        "type" => "ce-type",
+        "subject" => "ce-subject",
+        "time" => "ce-time",
+        "dataschema" => "ce-dataschema",
+        _ => return HeaderName::from_bytes(format!("ce-{attribute}").as_bytes()).ok(),
+    }))
 }
 
 /// The headers and body of an event in binary mode.
 pub fn encode(event: &Event) -> (Vec<(HeaderName, HeaderValue)>, Bytes) {
     let mut headers = Vec::with_capacity(event.attributes().len());
     for (name, value) in event.attributes() {
+        let text = value
+            .as_str()
+            .map_or_else(|| Cow::Owned(value.to_canonical_string()), Cow::Borrowed);
         if name == "datacontenttype" {
             // Content-Type is an HTTP header with its own syntax, not a ce- header: it is
             // sent as the (validated) media type, never percent-encoded.
-            if let Ok(v) = HeaderValue::from_str(&value.to_canonical_string()) {
+            if let Ok(v) = HeaderValue::from_str(&text) {
                 headers.push((CONTENT_TYPE, v));
             }
             continue;
         }
         // Percent-encoding leaves only visible ASCII, always a valid header value.
-        let encoded = percent_encode(&value.to_canonical_string());
-        if let (Ok(h), Ok(v)) = (
-            HeaderName::from_bytes(format!("ce-{name}").as_bytes()),
-            HeaderValue::from_str(&encoded),
+        if let (Some(h), Ok(v)) = (
+            header_name(name),
+            HeaderValue::from_str(&percent_encode(&text)),
         ) {
             headers.push((h, v));
         }
@@ -191,6 +216,50 @@ mod tests {
         pairs.push(("ce-datacontenttype", b"application/json"));
         let err = decode(&headers(&pairs), Bytes::new()).unwrap_err();
         assert_eq!(err.attribute.as_deref(), Some("datacontenttype"));
+    }
+
+    #[test]
+    fn encoding_writes_each_attribute_as_its_header_exactly() {
+        let attributes = vec![
+            ("specversion".into(), AttrValue::String("1.0".into())),
+            ("id".into(), AttrValue::String("a b".into())),
+            ("source".into(), AttrValue::UriRef("/s".into())),
+            ("type".into(), AttrValue::String("t".into())),
+            (
+                "time".into(),
+                AttrValue::Timestamp("2024-01-01T00:00:00Z".into()),
+            ),
+            (
+                "subject".into(),
+                AttrValue::String("café \"x\" 100%".into()),
+            ),
+            ("comexampleflag".into(), AttrValue::Boolean(true)),
+            ("comexamplecount".into(), AttrValue::Integer(-7)),
+            (
+                "datacontenttype".into(),
+                AttrValue::String("text/plain".into()),
+            ),
+        ];
+        let event = Event::new(attributes, Some(Data::Binary(Bytes::from_static(b"hi")))).unwrap();
+        let (headers, body) = encode(&event);
+        let got: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect();
+        let want: Vec<(&str, &[u8])> = vec![
+            ("ce-specversion", b"1.0"),
+            ("ce-id", b"a%20b"),
+            ("ce-source", b"/s"),
+            ("ce-type", b"t"),
+            ("ce-time", b"2024-01-01T00:00:00Z"),
+            ("ce-subject", b"caf%C3%A9%20%22x%22%20100%25"),
+            ("ce-comexampleflag", b"true"),
+            ("ce-comexamplecount", b"-7"),
+            ("content-type", b"text/plain"),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(&body[..], b"hi");
+        assert!(matches!(percent_encode("plain/value"), Cow::Borrowed(_)));
     }
 
     #[test]
