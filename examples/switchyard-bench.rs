@@ -14,7 +14,8 @@
 //! - B-http: a bare hyper server that reads the body and answers 202;
 //! - B-durable: the same server appending each body to a file through one writer
 //!   thread with group commit and `fdatasync`, answering after the sync;
-//! - B-deliver: a bare hyper client posting to the same sinks.
+//! - B-deliver: a bare hyper client posting to the same sinks (for S4 on as many
+//!   connections as the broker's lanes keep in flight, and again on 64).
 //!
 //! Both baseline servers run as child processes (this program, `--serve-baseline`), so
 //! their CPU and memory are read from /proc exactly as the broker's are.
@@ -64,6 +65,11 @@ struct Args {
     broker: PathBuf,
 }
 
+const USAGE: &str =
+    "usage: switchyard-bench [--scenarios S1,S1-tekton,S1-256B,S2,S3,S4,S5,S6,S7,S8] \
+[--seconds 10] [--backlog 1000000] [--rate 1000] [--fanout-rate R] [--ingest-rate R] \
+[--out target/switchyard-bench/report.json] [--broker target/release/switchyard]";
+
 fn parse_args() -> Args {
     let mut args = Args {
         scenarios: [
@@ -109,7 +115,11 @@ fn parse_args() -> Args {
             }
             "--out" => args.out = PathBuf::from(value()),
             "--broker" => args.broker = PathBuf::from(value()),
-            other => panic!("unknown argument {other}"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other}\n{USAGE}"),
         }
     }
     args
@@ -1207,15 +1217,27 @@ impl Bench {
     /// matching 10, against B-deliver to the same 10 sinks.
     async fn s4(&mut self) {
         let secs = self.args.seconds;
-        let deliver = self.baseline_deliver(10, 64, None).await;
+        // The baseline holds as many requests in flight as the broker's ten matching
+        // lanes do (each at `maxInFlight`, written out below, the default): a lane
+        // behind its work keeps that many connections busy, so the broker runs S4 on
+        // 320 connections, and a client on 64 would not be the same client.
+        let in_flight = 32;
+        let deliver = self.baseline_deliver(10, 10 * in_flight, None).await;
         let base_rate = deliver.rate;
         self.push(deliver);
+        // For the record, the same client on the 64 connections the other rows use.
+        let mut deliver_64 = self.baseline_deliver(10, 64, None).await;
+        deliver_64.scenario = "B-deliver-64".into();
+        let rate_64 = deliver_64.rate;
+        self.push(deliver_64);
         let times = SendTimes::new(20_000_000);
         let mut sinks = Vec::new();
         for _ in 0..10 {
             sinks.push(Sink::start(SinkMode::Ok, Some(times.clone())).await);
         }
-        // Ten groups of ten: in each group one filter kind; the group of type t0 matches.
+        // Ten groups of ten, each group on a sink of its own; the first subscription of
+        // each group (type t0) matches, so the ten deliveries of an event go to the ten
+        // sinks, as the baseline's do.
         let mut subs = String::new();
         for i in 0..100 {
             let group = i / 10;
@@ -1234,8 +1256,8 @@ impl Bench {
             subs.push_str(&subscription(
                 &format!("f{i}"),
                 &filter,
-                &[sinks[i % 10].url()],
-                "",
+                &[sinks[group].url()],
+                &format!("  delivery: {{ maxInFlight: {in_flight} }}\n"),
             ));
         }
         let dir = tempdir("s4");
@@ -1289,13 +1311,14 @@ impl Bench {
             .is_none()
             .then_some(rate / base_rate >= 0.5);
         row.notes = format!(
-            "{} events ingested{}, {delivered} of {expected} deliveries in {:.1} s",
+            "{} events ingested{}, {delivered} of {expected} deliveries in {:.1} s; {:.2} x B-deliver-64",
             r.events,
             self.args
                 .fanout_rate
                 .map(|r| format!(" at {r} events/s"))
                 .unwrap_or_default(),
-            took.as_secs_f64()
+            took.as_secs_f64(),
+            rate / rate_64
         );
         self.push(row);
     }
