@@ -4,7 +4,7 @@
 //! The segments are the log: a group's events are appended to the broker's active
 //! segment in one write and made durable with one `fdatasync`. Each segment has an
 //! index file beside it (`<name>.idx`): per record, where its frame ends and the
-//! record's length (two big-endian u32), appended with each group and synced in the
+//! record's length (two big-endian u32), written and synced in the
 //! background (every 100 ms, and when the segment closes). The index is held in memory
 //! too, 8 bytes a record, which is how a sequence number finds its record. No store
 //! beside the files takes a write per event: sled's write path costs several device
@@ -85,9 +85,13 @@ impl Segment {
 struct Active {
     first: u64,
     file: Arc<File>,
-    /// The segment's index file and how many entries it holds.
-    index: File,
+    /// The segment's index file, how many entries the segment holds, and those not
+    /// written to the file yet (from entry `index_written` on, encoded): they are
+    /// written at the background sync and when the segment closes, not per group.
+    index: Arc<File>,
     indexed: usize,
+    index_pending: Vec<u8>,
+    index_written: usize,
     len: u64,
     /// Files written since the last sync (the active one, and one just closed), and
     /// whether a new file's directory entry still needs syncing.
@@ -101,6 +105,10 @@ pub struct Segments {
     dir: PathBuf,
     segments: RwLock<BTreeMap<u64, Segment>>,
     active: Mutex<Option<Active>>,
+    /// Held through a sync of the segments (of their indexes), so that a sync never
+    /// returns while another one still syncs what it took: appends do not wait for it.
+    syncing: Mutex<()>,
+    syncing_index: Mutex<()>,
 }
 
 /// A segment's file name: its first sequence, 20 digits. Its index and its dedupe
@@ -148,11 +156,29 @@ fn read_index(dir: &Path, first: u64, len: u64) -> Vec<Slot> {
 
 fn encode_slots(slots: &[Slot]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(slots.len() * SLOT);
+    encode_slots_into(slots, &mut buf);
+    buf
+}
+
+fn encode_slots_into(slots: &[Slot], buf: &mut Vec<u8>) {
+    buf.reserve(slots.len() * SLOT);
     for s in slots {
         buf.extend_from_slice(&s.end.to_be_bytes());
         buf.extend_from_slice(&s.record_len.to_be_bytes());
     }
-    buf
+}
+
+impl Active {
+    /// Writes the index entries appended since the last time to the index file.
+    fn write_index(&mut self) -> std::io::Result<()> {
+        if !self.index_pending.is_empty() {
+            self.index
+                .write_all_at(&self.index_pending, (self.index_written * SLOT) as u64)?;
+            self.index_pending.clear();
+            self.index_written = self.indexed;
+        }
+        Ok(())
+    }
 }
 
 /// Writes a segment's whole index anew, synced.
@@ -202,6 +228,8 @@ impl Segments {
             dir: dir.to_path_buf(),
             segments: RwLock::new(segments),
             active: Mutex::new(None),
+            syncing: Mutex::new(()),
+            syncing_index: Mutex::new(()),
         })
     }
 
@@ -402,8 +430,7 @@ impl Segments {
             locations.push(location);
         }
         a.file.write_all_at(&buf, a.len)?;
-        a.index
-            .write_all_at(&encode_slots(&slots), (a.indexed * SLOT) as u64)?;
+        encode_slots_into(&slots, &mut a.index_pending);
         a.len += buf.len() as u64;
         a.indexed += slots.len();
         a.index_unsynced = true;
@@ -425,8 +452,12 @@ impl Segments {
     /// closes it (its index synced) and starts one at `next`.
     fn start_segment(&self, active: &mut Option<Active>, next: u64) -> std::io::Result<()> {
         let mut unsynced = Vec::new();
-        if let Some(a) = active.take() {
-            a.index.sync_data()?;
+        if let Some(mut a) = active.take() {
+            let closed = a.write_index().and_then(|()| a.index.sync_data());
+            if let Err(e) = closed {
+                *active = Some(a);
+                return Err(e);
+            }
             unsynced = a.unsynced;
         }
         let last = self
@@ -442,8 +473,10 @@ impl Segments {
                 *active = Some(Active {
                     first,
                     file,
-                    index: open_rw(&index_path(&self.dir, first))?,
+                    index: Arc::new(open_rw(&index_path(&self.dir, first))?),
                     indexed,
+                    index_pending: Vec::new(),
+                    index_written: indexed,
                     len,
                     unsynced,
                     dir_unsynced: false,
@@ -457,8 +490,10 @@ impl Segments {
         *active = Some(Active {
             first: next,
             file,
-            index: open_rw(&index_path(&self.dir, next))?,
+            index: Arc::new(open_rw(&index_path(&self.dir, next))?),
             indexed: 0,
+            index_pending: Vec::new(),
+            index_written: 0,
             len: 0,
             unsynced,
             dir_unsynced: true,
@@ -492,7 +527,13 @@ impl Segments {
             let keep = usize::try_from(from_seq - a.first).unwrap_or(usize::MAX);
             a.file.set_len(from.offset)?;
             a.len = from.offset;
-            a.index.set_len((keep * SLOT) as u64)?;
+            if keep >= a.index_written {
+                a.index_pending.truncate((keep - a.index_written) * SLOT);
+            } else {
+                a.index_pending.clear();
+                a.index.set_len((keep * SLOT) as u64)?;
+                a.index_written = keep;
+            }
             a.indexed = a.indexed.min(keep);
             if let Some(s) = self
                 .segments
@@ -507,31 +548,63 @@ impl Segments {
     }
 
     /// Makes every append so far durable: `fdatasync` on each file written since the
-    /// last sync, and on the directory when a segment was created.
+    /// last sync, and on the directory when a segment was created. The syncs run
+    /// without the appends' lock, so that appends go on meanwhile (with `relaxed`
+    /// durability this is the background sync); what they miss is synced the next
+    /// time, and what a failed sync was to cover stays to be synced.
     pub fn sync(&self) -> std::io::Result<()> {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(a) = active.as_mut() else {
-            return Ok(());
+        let _syncing = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        let (files, dir) = {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(a) = active.as_mut() else {
+                return Ok(());
+            };
+            (
+                std::mem::take(&mut a.unsynced),
+                std::mem::take(&mut a.dir_unsynced),
+            )
         };
-        for f in a.unsynced.drain(..) {
-            f.sync_data()?;
+        let result = files
+            .iter()
+            .try_for_each(|f| f.sync_data())
+            .and_then(|()| match dir {
+                true => File::open(&self.dir)?.sync_all(),
+                false => Ok(()),
+            });
+        if result.is_err() {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(a) = active.as_mut() {
+                for f in files {
+                    if !a.unsynced.iter().any(|u| Arc::ptr_eq(u, &f)) {
+                        a.unsynced.push(f);
+                    }
+                }
+                a.dir_unsynced |= dir;
+            }
         }
-        if a.dir_unsynced {
-            File::open(&self.dir)?.sync_all()?;
-            a.dir_unsynced = false;
-        }
-        Ok(())
+        result
     }
 
-    /// Syncs the active segment's index (the background sync; an index a crash cuts
-    /// short is rebuilt from the frames at open).
+    /// Writes the active segment's new index entries and syncs its index (the
+    /// background sync, without the lock; an index a crash cuts short is rebuilt from
+    /// the frames at open).
     pub fn sync_index(&self) -> std::io::Result<()> {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = active.as_mut().filter(|a| a.index_unsynced) {
-            a.index.sync_data()?;
+        let _syncing = self.syncing_index.lock().unwrap_or_else(|p| p.into_inner());
+        let index = {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(a) = active.as_mut().filter(|a| a.index_unsynced) else {
+                return Ok(());
+            };
+            a.write_index()?;
             a.index_unsynced = false;
-        }
-        Ok(())
+            (a.index.clone(), a.first)
+        };
+        index.0.sync_data().inspect_err(|_| {
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(a) = active.as_mut().filter(|a| a.first == index.1) {
+                a.index_unsynced = true;
+            }
+        })
     }
 
     /// The record at `location`, if its frame checks out and carries `seq`.
@@ -828,6 +901,7 @@ mod tests {
         let locs = s
             .append(1, &[(None, b"one"), (None, b"two"), (None, b"three")])
             .unwrap();
+        s.sync_index().unwrap();
         drop(s);
         // The index loses its last entry and gets garbage instead, as a power loss
         // before its sync can leave it.
@@ -858,6 +932,41 @@ mod tests {
         assert_eq!(std::fs::metadata(&index).unwrap().len(), SLOT as u64);
         let l2 = s.append(2, &[(None, b"again")]).unwrap();
         assert_eq!(s.read(2, l2[0]).unwrap().as_deref(), Some(&b"again"[..]));
+    }
+
+    #[test]
+    fn index_entries_are_written_at_the_background_sync_and_a_rewind_takes_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = index_path(dir.path(), 1);
+        let size = || std::fs::metadata(&index).unwrap().len();
+        let s = Segments::open(dir.path()).unwrap();
+        s.append(1, &[(None, b"one"), (None, b"two")]).unwrap();
+        assert_eq!(size(), 0, "not written per group");
+        assert_eq!(s.head(), 2, "but indexed in memory at once");
+        s.sync_index().unwrap();
+        assert_eq!(size(), 2 * SLOT as u64);
+        // A group written but not synced (its sync failed), taken back, then another.
+        let taken = s
+            .append(3, &[(None, b"lost"), (None, b"lost too")])
+            .unwrap();
+        s.rewind(3, taken[0]).unwrap();
+        let l3 = s.append(3, &[(None, b"three")]).unwrap();
+        s.sync_index().unwrap();
+        assert_eq!(size(), 3 * SLOT as u64);
+        // Taken back below what the file already holds: the file is cut too.
+        s.rewind(3, l3[0]).unwrap();
+        assert_eq!(size(), 2 * SLOT as u64);
+        let l3 = s.append(3, &[(None, b"3")]).unwrap();
+        s.sync().unwrap();
+        s.sync_index().unwrap();
+        drop(s);
+        // What the file holds checks out at open: nothing is indexed again.
+        let on_file = std::fs::read(&index).unwrap();
+        let s = Segments::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read(&index).unwrap(), on_file);
+        assert_eq!(s.head(), 3);
+        assert_eq!(s.read(3, l3[0]).unwrap().as_deref(), Some(&b"3"[..]));
+        assert_eq!(s.locate(3), Some(l3[0]));
     }
 
     #[test]

@@ -35,15 +35,45 @@ pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
+/// How often the free space is read while it is well above the minimum.
+const FREE_SPACE_EVERY: Duration = Duration::from_millis(100);
+
+/// The free space last read, and what the writer appended since: asking the
+/// filesystem before every group cost a system call per group.
+#[derive(Default)]
+struct FreeSpace {
+    read: Option<(std::time::Instant, u64)>,
+    written: u64,
+}
+
+impl FreeSpace {
+    /// The free bytes: read again every [`FREE_SPACE_EVERY`], and before every group
+    /// once less than twice `min` is left; in between, the last reading less what was
+    /// appended since.
+    fn free(&mut self, path: &std::path::Path, min: u64) -> std::io::Result<u64> {
+        if let Some((at, free)) = self.read {
+            let left = free.saturating_sub(self.written);
+            if at.elapsed() < FREE_SPACE_EVERY && left >= min.saturating_mul(2) {
+                return Ok(left);
+            }
+        }
+        let free = free_bytes(path)?;
+        self.read = Some((std::time::Instant::now(), free));
+        self.written = 0;
+        Ok(free)
+    }
+}
+
 /// Why appends must wait, if they must: too little free disk, or the quota reached.
 fn space_refusal(
     backend: &dyn LogBackend,
     limits: &SpaceLimits,
+    free_space: &mut FreeSpace,
     brokers: impl Iterator<Item = Arc<str>>,
 ) -> Option<String> {
-    if let (Some(path), min) = (&limits.path, limits.min_free_bytes) {
-        match free_bytes(path) {
-            Ok(free) if min > 0 && free < min => {
+    if let (Some(path), min @ 1..) = (&limits.path, limits.min_free_bytes) {
+        match free_space.free(path, min) {
+            Ok(free) if free < min => {
                 return Some(format!(
                     "the disk holding the log has {free} bytes free, less than storage.minFreeBytes ({min})"
                 ))
@@ -111,6 +141,7 @@ pub(super) async fn run(
         options.space.clone(),
         heads.keys().cloned().collect::<Vec<Arc<str>>>(),
     );
+    let mut free_space = FreeSpace::default();
     loop {
         let first = tokio::select! {
             biased;
@@ -172,10 +203,22 @@ pub(super) async fn run(
         }
         // This loop has a thread of its own (`runtime::spawn_thread`): the space check
         // and the write run in place, without a hop to the blocking pool and back.
-        let result = match space_refusal(&*backend, &space.0, space.1.iter().cloned()) {
+        let result = match space_refusal(
+            &*backend,
+            &space.0,
+            &mut free_space,
+            space.1.iter().cloned(),
+        ) {
             Some(reason) => Err(LogError::Full(reason)),
             None => backend.write_group(&group, now),
         };
+        if result.is_ok() {
+            free_space.written += group
+                .iter()
+                .flat_map(|e| &e.appends)
+                .map(|a| a.record.len() as u64)
+                .sum::<u64>();
+        }
         // Refused for want of space: nothing was written, and the log is not failing.
         let result = match result {
             Err(refused @ LogError::Full(_)) => {
@@ -276,4 +319,25 @@ fn spawn_progress_sync(backend: Arc<dyn LogBackend>) -> tokio::task::JoinHandle<
             tracing::warn!(error = %e, "syncing routing and delivery progress failed");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_read_again_when_what_was_written_may_have_used_it_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut space = FreeSpace::default();
+        let first = space.free(dir.path(), 1).unwrap();
+        assert!(first > 10_000, "a test machine has some room");
+        // Between readings: the last one less what the writer appended since.
+        space.written = 10_000;
+        assert_eq!(space.free(dir.path(), 1).unwrap(), first - 10_000);
+        // Less than twice the minimum left by that count: the filesystem is asked.
+        space.written = first;
+        let again = space.free(dir.path(), 1).unwrap();
+        assert!(again > 0, "read from the filesystem, not estimated at 0");
+        assert_eq!(space.written, 0, "counted from the new reading");
+    }
 }
