@@ -137,7 +137,8 @@ fn append(c: &mut Criterion) {
 }
 
 /// Encoding for delivery: binary mode (headers and body) and structured JSON, for the
-/// Tekton event and the 1 KiB event (decoded once, outside the loop).
+/// Tekton event and the 1 KiB event (decoded once, outside the loop); and the log
+/// record each event is stored as.
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("encode");
     g.throughput(Throughput::Elements(1));
@@ -151,6 +152,9 @@ fn encode(c: &mut Criterion) {
         });
         g.bench_function(format!("structured-json/{name}"), |b| {
             b.iter(|| json::encode_event(event))
+        });
+        g.bench_function(format!("record/{name}"), |b| {
+            b.iter(|| record::encode("default", 1, 0, event))
         });
     }
     g.finish();

@@ -286,6 +286,18 @@ mod tests {
     }
 
     #[test]
+    fn string_attributes_are_unescaped_and_raw_control_characters_refused() {
+        let e = decode(&format!(
+            r#"{{{MIN},"plain":"a/b c","esc":"a\/\u00e9\"b"}}"#
+        ))
+        .unwrap();
+        assert_eq!(e.get_str("plain"), Some("a/b c"));
+        assert_eq!(e.get_str("esc"), Some("a/é\"b"));
+        let err = decode(&format!("{{{MIN},\"ctl\":\"a\u{1}b\"}}")).unwrap_err();
+        assert!(err.to_string().contains("control character"), "{err}");
+    }
+
+    #[test]
     fn integers_outside_32_bits_are_rejected() {
         let err = decode(&format!(r#"{{{MIN},"ext":2147483648}}"#)).unwrap_err();
         assert_eq!(err.attribute.as_deref(), Some("ext"));

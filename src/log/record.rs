@@ -2,9 +2,10 @@
 //! as the protobuf `switchyard.v1.Record` (`proto/switchyard/v1/record.proto`).
 
 use bytes::Bytes;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
 
-use crate::event::proto::record::{attribute, stored_event, Attribute, Record, StoredEvent};
+use crate::event::proto::record::{attribute, stored_event, Record};
 use crate::event::{AttrValue, Data, Event};
 
 /// One stored event and its metadata.
@@ -20,40 +21,168 @@ pub struct LogRecord {
     pub event: Event,
 }
 
-/// Encodes an event and its metadata as a record.
+/// Encodes an event and its metadata as a record: the bytes prost writes for
+/// `switchyard.v1.Record`, written straight from the event (no copy of its attributes
+/// into prost's structs first).
 pub fn encode(broker: &str, arrival_unix_nanos: u64, hops: u32, event: &Event) -> Vec<u8> {
-    let attributes = event
+    let attributes: Vec<usize> = event
         .attributes()
         .iter()
-        .map(|(name, value)| Attribute {
-            name: name.clone(),
-            value: Some(match value {
-                AttrValue::Boolean(b) => attribute::Value::CeBoolean(*b),
-                AttrValue::Integer(i) => attribute::Value::CeInteger(*i),
-                AttrValue::String(s) => attribute::Value::CeString(s.clone()),
-                AttrValue::Binary(b) => attribute::Value::CeBytes(b.clone()),
-                AttrValue::Uri(s) => attribute::Value::CeUri(s.clone()),
-                AttrValue::UriRef(s) => attribute::Value::CeUriRef(s.clone()),
-                AttrValue::Timestamp(s) => attribute::Value::CeTimestamp(s.clone()),
-            }),
-        })
+        .map(|(name, value)| attribute_len(name, value))
         .collect();
-    let data = event.data().map(|d| match d {
-        Data::Binary(b) => stored_event::Data::BinaryData(b.clone()),
-        Data::Text(s) => stored_event::Data::TextData(s.clone()),
-        Data::Json(b) => stored_event::Data::JsonData(b.clone()),
-        Data::Proto { type_url, value } => stored_event::Data::ProtoData(prost_types::Any {
-            type_url: type_url.clone(),
-            value: value.to_vec(),
-        }),
-    });
-    Record {
-        broker: broker.to_string(),
-        arrival_unix_nanos,
-        hops,
-        event: Some(StoredEvent { attributes, data }),
+    let data_len = event.data().map_or(0, data_len);
+    let stored_len = attributes
+        .iter()
+        .map(|&n| delimited_len(1, n))
+        .sum::<usize>()
+        + data_len;
+    let mut buf = Vec::with_capacity(
+        str_len(1, broker)
+            + varint_len(2, arrival_unix_nanos)
+            + varint_len(3, u64::from(hops))
+            + delimited_len(4, stored_len),
+    );
+    if !broker.is_empty() {
+        put_delimited(1, broker.as_bytes(), &mut buf);
     }
-    .encode_to_vec()
+    put_varint(2, arrival_unix_nanos, &mut buf);
+    put_varint(3, u64::from(hops), &mut buf);
+    put_header(4, stored_len, &mut buf);
+    for ((name, value), len) in event.attributes().iter().zip(attributes) {
+        put_header(1, len, &mut buf);
+        put_attribute(name, value, &mut buf);
+    }
+    if let Some(data) = event.data() {
+        put_data(data, &mut buf);
+    }
+    buf
+}
+
+// What prost writes, field by field: proto3 leaves out a scalar field at its default
+// (0, "") unless the field is in a `oneof`; a message field is its length and bytes.
+
+fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+fn str_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        delimited_len(tag, s.len())
+    }
+}
+
+fn varint_len(tag: u32, v: u64) -> usize {
+    if v == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(v)
+    }
+}
+
+fn put_header(tag: u32, len: usize, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+fn put_delimited(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
+    put_header(tag, bytes.len(), buf);
+    buf.extend_from_slice(bytes);
+}
+
+fn put_varint(tag: u32, v: u64, buf: &mut Vec<u8>) {
+    if v != 0 {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(v, buf);
+    }
+}
+
+/// An attribute's value: its `oneof` field number and, for the length-delimited ones,
+/// its bytes.
+fn attribute_value(value: &AttrValue) -> (u32, &[u8]) {
+    match value {
+        AttrValue::Boolean(_) => (2, &[]),
+        AttrValue::Integer(_) => (3, &[]),
+        AttrValue::String(s) => (4, s.as_bytes()),
+        AttrValue::Binary(b) => (5, b),
+        AttrValue::Uri(s) => (6, s.as_bytes()),
+        AttrValue::UriRef(s) => (7, s.as_bytes()),
+        AttrValue::Timestamp(s) => (8, s.as_bytes()),
+    }
+}
+
+/// An `int32` is written as its 64-bit sign extension.
+fn integer(i: i32) -> u64 {
+    i64::from(i) as u64
+}
+
+fn attribute_len(name: &str, value: &AttrValue) -> usize {
+    str_len(1, name)
+        + match value {
+            AttrValue::Boolean(_) => key_len(2) + 1,
+            AttrValue::Integer(i) => key_len(3) + encoded_len_varint(integer(*i)),
+            other => {
+                let (tag, bytes) = attribute_value(other);
+                delimited_len(tag, bytes.len())
+            }
+        }
+}
+
+fn put_attribute(name: &str, value: &AttrValue, buf: &mut Vec<u8>) {
+    if !name.is_empty() {
+        put_delimited(1, name.as_bytes(), buf);
+    }
+    match value {
+        AttrValue::Boolean(b) => {
+            encode_key(2, WireType::Varint, buf);
+            encode_varint(u64::from(*b), buf);
+        }
+        AttrValue::Integer(i) => {
+            encode_key(3, WireType::Varint, buf);
+            encode_varint(integer(*i), buf);
+        }
+        other => {
+            let (tag, bytes) = attribute_value(other);
+            put_delimited(tag, bytes, buf);
+        }
+    }
+}
+
+fn data_len(data: &Data) -> usize {
+    match data {
+        Data::Binary(b) => delimited_len(2, b.len()),
+        Data::Text(s) => delimited_len(3, s.len()),
+        Data::Json(b) => delimited_len(4, b.len()),
+        Data::Proto { type_url, value } => {
+            delimited_len(5, str_len(1, type_url) + bytes_len(2, value))
+        }
+    }
+}
+
+fn bytes_len(tag: u32, b: &[u8]) -> usize {
+    if b.is_empty() {
+        0
+    } else {
+        delimited_len(tag, b.len())
+    }
+}
+
+fn put_data(data: &Data, buf: &mut Vec<u8>) {
+    match data {
+        Data::Binary(b) => put_delimited(2, b, buf),
+        Data::Text(s) => put_delimited(3, s.as_bytes(), buf),
+        Data::Json(b) => put_delimited(4, b, buf),
+        Data::Proto { type_url, value } => {
+            put_header(5, str_len(1, type_url) + bytes_len(2, value), buf);
+            if !type_url.is_empty() {
+                put_delimited(1, type_url.as_bytes(), buf);
+            }
+            if !value.is_empty() {
+                put_delimited(2, value, buf);
+            }
+        }
+    }
 }
 
 /// Decodes a stored record; `None` when the bytes are not a record (corruption).
