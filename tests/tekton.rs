@@ -48,7 +48,7 @@ async fn the_ten_tekton_requests_are_stored_byte_identical() {
             Some(&Data::Binary(body.clone().into())),
             "{name}: data is byte-identical"
         );
-        assert_eq!(record.broker, "default");
+        assert_eq!(&*record.broker, "default");
         assert_eq!(record.hops, 0);
     }
     // The original `time` text survives, nanoseconds and all.

@@ -15,65 +15,113 @@ use serde_json::value::RawValue;
 use super::validate::{coerce_known, EventError};
 use super::{is_json_media_type, AttrValue, Data, Event};
 
-/// The members of one JSON object, in order, values left unparsed.
-struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// The members of one JSON object, in order, values left unparsed, and the first
+/// member name that came twice (the object is then not an event).
+struct Members<'a> {
+    list: Vec<(Cow<'a, str>, &'a RawValue)>,
+    duplicate: Option<Cow<'a, str>>,
+}
 
-impl<'de> serde::Deserialize<'de> for Members<'de> {
+fn read_members<'de, A: MapAccess<'de>>(mut map: A) -> Result<Members<'de>, A::Error> {
+    let mut list: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(8);
+    let mut duplicate = None;
+    while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        let value = map.next_value()?;
+        if list.iter().any(|(k, _)| *k == key) {
+            duplicate.get_or_insert(key);
+        } else {
+            list.push((key, value));
+        }
+    }
+    Ok(Members { list, duplicate })
+}
+
+/// A JSON value that should be an event (a body, or an element of a batch read in the
+/// same pass as the array): an object's members, or the kind of value found instead.
+enum Element<'a> {
+    Object(Members<'a>),
+    Other(&'static str),
+}
+
+impl<'de> serde::Deserialize<'de> for Element<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Members<'de>;
+            type Value = Element<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("a JSON value")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(8);
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if out.iter().any(|(k, _)| *k == key) {
-                        return Err(de::Error::custom(format_args!("duplicate member '{key}'")));
-                    }
-                    out.push((key, map.next_value()?));
-                }
-                Ok(Members(out))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                read_members(map).map(Element::Object)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(Element::Other("an array"))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Element::Other("a string"))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Element::Other("a number"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Element::Other("a number"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Element::Other("a number"))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Element::Other("a boolean"))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Element::Other("null"))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_any(V)
     }
 }
 
 fn json_error(e: serde_json::Error) -> EventError {
-    let msg = e.to_string();
-    // A duplicate member is an attribute problem; say which.
-    if let Some(rest) = msg.strip_prefix("duplicate member '") {
-        if let Some(name) = rest.split('\'').next() {
-            return EventError::attr(name, format!("the JSON object has a {msg}"));
-        }
-    }
-    EventError::message(format!("not a valid JSON event: {msg}"))
+    EventError::message(format!("not a valid JSON event: {e}"))
 }
 
 /// Decodes one event in the JSON format. `body` must hold `json` (its slices are kept).
 pub fn decode_event(body: &Bytes) -> Result<Event, EventError> {
-    decode_member(body, body)
+    let element: Element = serde_json::from_slice(body).map_err(json_error)?;
+    from_element(body, element)
 }
 
-/// Decodes a JSON batch: an array of events, every one valid, or an error naming the index.
+/// Decodes a JSON batch: an array of events, every one valid, or an error naming the
+/// index. The array and its events are read in one pass over the body.
 pub fn decode_batch(body: &Bytes) -> Result<Vec<Event>, EventError> {
-    let members: Vec<&RawValue> = serde_json::from_slice(body)
+    let elements: Vec<Element> = serde_json::from_slice(body)
         .map_err(|e| EventError::message(format!("a batch must be a JSON array of events: {e}")))?;
-    members
-        .iter()
+    elements
+        .into_iter()
         .enumerate()
-        .map(|(i, raw)| decode_member(body, raw.get().as_bytes()).map_err(|e| e.at(i)))
+        .map(|(i, element)| from_element(body, element).map_err(|e| e.at(i)))
         .collect()
 }
 
-fn decode_member(body: &Bytes, json: &[u8]) -> Result<Event, EventError> {
-    let members: Members = serde_json::from_slice(json).map_err(json_error)?;
-    let mut attributes = Vec::with_capacity(members.0.len());
+fn from_element(body: &Bytes, element: Element) -> Result<Event, EventError> {
+    let members = match element {
+        Element::Object(members) => members,
+        Element::Other(kind) => {
+            return Err(EventError::message(format!(
+                "not a valid JSON event: {kind}, not a JSON object"
+            )))
+        }
+    };
+    if let Some(name) = members.duplicate {
+        return Err(EventError::attr(
+            name.as_ref(),
+            format!("the JSON object has a duplicate member '{name}'"),
+        ));
+    }
+    let mut attributes = Vec::with_capacity(members.list.len());
     let mut data_raw: Option<&RawValue> = None;
     let mut data_b64: Option<&RawValue> = None;
-    for (name, raw) in &members.0 {
+    for (name, raw) in &members.list {
         let raw: &RawValue = raw;
         if raw.get() == "null" {
             continue; // null means "not present" (json-format.md, 2.2 and 3.1)
@@ -295,6 +343,40 @@ mod tests {
         assert_eq!(e.get_str("esc"), Some("a/é\"b"));
         let err = decode(&format!("{{{MIN},\"ctl\":\"a\u{1}b\"}}")).unwrap_err();
         assert!(err.to_string().contains("control character"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_names_the_index_of_the_event_that_is_wrong() {
+        let batch = |items: &[&str]| {
+            decode_batch(&Bytes::from(format!("[{}]", items.join(",")))).map(|v| v.len())
+        };
+        let ok = format!("{{{MIN}}}");
+        let dup = format!(r#"{{{MIN},"id":"2"}}"#);
+        assert_eq!(batch(&[&ok, &ok]), Ok(2));
+        assert_eq!(batch(&[]), Ok(0));
+        for (other, kind) in [
+            ("[1,{}]", "an array"),
+            ("\"x\"", "a string"),
+            ("7", "a number"),
+            ("true", "a boolean"),
+            ("null", "null"),
+        ] {
+            let err = batch(&[&ok, &ok, other]).unwrap_err();
+            assert_eq!(err.index, Some(2), "{other}");
+            assert!(err.detail.contains(kind), "{other}: {err}");
+        }
+        let err = batch(&[&ok, &dup, &ok]).unwrap_err();
+        assert_eq!((err.attribute.as_deref(), err.index), (Some("id"), Some(1)));
+        let err = batch(&[&ok, r#"{"id":"#]).unwrap_err();
+        assert!(
+            err.detail.starts_with("a batch must be a JSON array"),
+            "{err}"
+        );
+        let err = decode_batch(&Bytes::from_static(b"{}")).unwrap_err();
+        assert!(
+            err.detail.starts_with("a batch must be a JSON array"),
+            "{err}"
+        );
     }
 
     #[test]

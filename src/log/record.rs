@@ -13,7 +13,7 @@ use crate::event::{AttrValue, Data, Event};
 pub struct LogRecord {
     /// The position in its broker's log, from 1.
     pub seq: u64,
-    pub broker: String,
+    pub broker: std::sync::Arc<str>,
     /// When the broker accepted the event, nanoseconds since the Unix epoch.
     pub arrival_unix_nanos: u64,
     /// How many replies deep the event is (0 for an event a producer posted).
@@ -213,7 +213,7 @@ pub fn decode(seq: u64, bytes: Bytes) -> Option<LogRecord> {
     });
     Some(LogRecord {
         seq,
-        broker: record.broker,
+        broker: record.broker.into(),
         arrival_unix_nanos: record.arrival_unix_nanos,
         hops: record.hops,
         event: Event::from_trusted(attributes, data),

@@ -259,7 +259,7 @@ pub(super) async fn run(
                     let Some(fresh) = fresh.get(&entry.broker) else {
                         continue;
                     };
-                    let broker = entry.broker.to_string();
+                    let broker = entry.broker.clone();
                     fresh.push(entry.appends.into_iter().zip(outcomes).filter_map(
                         |(append, outcome)| match (append.decoded, outcome) {
                             (Some(d), AppendOutcome::Stored(seq)) => Some((
