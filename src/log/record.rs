@@ -37,14 +37,12 @@ pub fn encode(broker: &str, arrival_unix_nanos: u64, hops: u32, event: &Event) -
         .sum::<usize>()
         + data_len;
     let mut buf = Vec::with_capacity(
-        str_len(1, broker)
+        field_len(1, broker.as_bytes())
             + varint_len(2, arrival_unix_nanos)
             + varint_len(3, u64::from(hops))
             + delimited_len(4, stored_len),
     );
-    if !broker.is_empty() {
-        put_delimited(1, broker.as_bytes(), &mut buf);
-    }
+    put_field(1, broker.as_bytes(), &mut buf);
     put_varint(2, arrival_unix_nanos, &mut buf);
     put_varint(3, u64::from(hops), &mut buf);
     put_header(4, stored_len, &mut buf);
@@ -65,11 +63,12 @@ fn delimited_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
-fn str_len(tag: u32, s: &str) -> usize {
-    if s.is_empty() {
+/// A string or bytes field outside a `oneof`: left out when empty.
+fn field_len(tag: u32, bytes: &[u8]) -> usize {
+    if bytes.is_empty() {
         0
     } else {
-        delimited_len(tag, s.len())
+        delimited_len(tag, bytes.len())
     }
 }
 
@@ -89,6 +88,12 @@ fn put_header(tag: u32, len: usize, buf: &mut Vec<u8>) {
 fn put_delimited(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
     put_header(tag, bytes.len(), buf);
     buf.extend_from_slice(bytes);
+}
+
+fn put_field(tag: u32, bytes: &[u8], buf: &mut Vec<u8>) {
+    if !bytes.is_empty() {
+        put_delimited(tag, bytes, buf);
+    }
 }
 
 fn put_varint(tag: u32, v: u64, buf: &mut Vec<u8>) {
@@ -118,7 +123,7 @@ fn integer(i: i32) -> u64 {
 }
 
 fn attribute_len(name: &str, value: &AttrValue) -> usize {
-    str_len(1, name)
+    field_len(1, name.as_bytes())
         + match value {
             AttrValue::Boolean(_) => key_len(2) + 1,
             AttrValue::Integer(i) => key_len(3) + encoded_len_varint(integer(*i)),
@@ -130,9 +135,7 @@ fn attribute_len(name: &str, value: &AttrValue) -> usize {
 }
 
 fn put_attribute(name: &str, value: &AttrValue, buf: &mut Vec<u8>) {
-    if !name.is_empty() {
-        put_delimited(1, name.as_bytes(), buf);
-    }
+    put_field(1, name.as_bytes(), buf);
     match value {
         AttrValue::Boolean(b) => {
             encode_key(2, WireType::Varint, buf);
@@ -154,18 +157,13 @@ fn data_len(data: &Data) -> usize {
         Data::Binary(b) => delimited_len(2, b.len()),
         Data::Text(s) => delimited_len(3, s.len()),
         Data::Json(b) => delimited_len(4, b.len()),
-        Data::Proto { type_url, value } => {
-            delimited_len(5, str_len(1, type_url) + bytes_len(2, value))
-        }
+        Data::Proto { type_url, value } => delimited_len(5, any_len(type_url, value)),
     }
 }
 
-fn bytes_len(tag: u32, b: &[u8]) -> usize {
-    if b.is_empty() {
-        0
-    } else {
-        delimited_len(tag, b.len())
-    }
+/// The length of a `google.protobuf.Any`.
+fn any_len(type_url: &str, value: &[u8]) -> usize {
+    field_len(1, type_url.as_bytes()) + field_len(2, value)
 }
 
 fn put_data(data: &Data, buf: &mut Vec<u8>) {
@@ -174,13 +172,9 @@ fn put_data(data: &Data, buf: &mut Vec<u8>) {
         Data::Text(s) => put_delimited(3, s.as_bytes(), buf),
         Data::Json(b) => put_delimited(4, b, buf),
         Data::Proto { type_url, value } => {
-            put_header(5, str_len(1, type_url) + bytes_len(2, value), buf);
-            if !type_url.is_empty() {
-                put_delimited(1, type_url.as_bytes(), buf);
-            }
-            if !value.is_empty() {
-                put_delimited(2, value, buf);
-            }
+            put_header(5, any_len(type_url, value), buf);
+            put_field(1, type_url.as_bytes(), buf);
+            put_field(2, value, buf);
         }
     }
 }

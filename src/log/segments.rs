@@ -590,7 +590,7 @@ impl Segments {
     /// the frames at open).
     pub fn sync_index(&self) -> std::io::Result<()> {
         let _syncing = self.syncing_index.lock().unwrap_or_else(|p| p.into_inner());
-        let index = {
+        let (index, first) = {
             let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
             let Some(a) = active.as_mut().filter(|a| a.index_unsynced) else {
                 return Ok(());
@@ -599,9 +599,9 @@ impl Segments {
             a.index_unsynced = false;
             (a.index.clone(), a.first)
         };
-        index.0.sync_data().inspect_err(|_| {
+        index.sync_data().inspect_err(|_| {
             let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(a) = active.as_mut().filter(|a| a.first == index.1) {
+            if let Some(a) = active.as_mut().filter(|a| a.first == first) {
                 a.index_unsynced = true;
             }
         })
