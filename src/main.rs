@@ -385,7 +385,6 @@ fn main() -> ExitCode {
         | Command::Replay { .. }
         | Command::Deadletters { .. }) => client(command),
         Command::Serve { config, log_format } => {
-            limit_malloc_arenas(&env);
             init_tracing(&env, log_format);
             let (config, subscriptions) = match load_all(config.as_deref(), &env) {
                 Ok(c) => c,
@@ -407,40 +406,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// Caps glibc's malloc at two arenas unless `MALLOC_ARENA_MAX` says otherwise. By
-/// default glibc gives threads that allocate at the same time arenas of their own, up
-/// to eight per core, and memory freed in one arena is not reused by another: with
-/// sled's many small node copies the broker's RSS reached three times its heap (S5 in
-/// docs/performance.md, 1,000,000 stored events: 912 MiB before this cap and the
-/// smaller sled cache, 224 MiB after). Called before any other thread exists.
-fn limit_malloc_arenas(env: &BTreeMap<String, String>) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if !env.contains_key("MALLOC_ARENA_MAX") {
-        // SAFETY: mallopt(3) only changes an allocator tunable; nothing else runs yet.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = env;
-}
-
-/// Once a second, hands the pages glibc's malloc holds free back to the kernel
-/// (`malloc_trim`). sled copies a tree node for every change and frees the old copy
-/// later; under a steady stream of lane writes the freed pages stay resident between
-/// live ones, and RSS grew 40 MiB past the heap (S5 in docs/performance.md, item 16).
-fn return_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    tokio::spawn(async {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            // SAFETY: malloc_trim(3) only returns free memory of the allocator's own
-            // to the kernel; it is safe to call from any thread at any time.
-            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-        }
-    });
 }
 
 /// The server config and the subscriptions it names, every error of both.
@@ -528,7 +493,6 @@ async fn serve(config: config::Config, subscriptions: Vec<Subscription>) -> anyh
         .await
         .context("cannot open the log")?;
     let stop = server.shutdown_token();
-    return_free_memory();
     #[cfg(unix)]
     {
         let reloader = server.reloader.clone();
