@@ -968,7 +968,7 @@ async fn broker_ingest(
 }
 
 /// The round (a baseline row and the broker's row measured right after it) whose
-/// ratio is the median, the broker's row carrying its ratio, every round's ratio,
+/// ratio is the median (the higher middle one of an even number), the broker's row carrying its ratio, every round's ratio,
 /// and a note of each round's rates.
 fn median_round(rounds: Vec<(Row, Row)>) -> (Row, Row) {
     let ratios: Vec<f64> = rounds.iter().map(|(b, r)| r.rate / b.rate).collect();
