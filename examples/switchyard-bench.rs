@@ -928,37 +928,36 @@ async fn baseline_server(
     row
 }
 
-/// A broker started on a fresh directory, and a closed 64-connection load on it.
-fn load_on_broker(
-    bin: &Path,
-    name: &str,
-    durability: &str,
-    payload: &Payload,
-    seconds: u64,
-) -> ((Proc, PathBuf), Load) {
-    let dir = tempdir(name);
-    let (broker, _) = start_broker(bin, &dir, "", durability);
-    let l = load(&broker, "/", payload.clone(), 64, seconds);
-    ((broker, dir), l)
+/// What a closed-loop ingest comparison runs: the broker's side and its baseline's.
+struct Comparison {
+    scenario: &'static str,
+    what: &'static str,
+    unit: &'static str,
+    payload: Payload,
+    durability: &'static str,
+    /// The baseline's kind (`serve_baseline`).
+    baseline: &'static str,
+    /// B-sled's kind and its note, run once beside the first round.
+    diagnostic: (&'static str, &'static str),
+    /// An open loop at this rate instead of a closed one (`--ingest-rate`).
+    rate: Option<f64>,
 }
 
-/// Runs the load on the broker, stops it, and reports the row (no ratio yet).
-async fn broker_ingest(
-    scenario: &str,
-    what: &str,
-    unit: &str,
-    ((broker, dir), l): ((Proc, PathBuf), Load),
-) -> Row {
-    let payload = l.payload.name;
+/// A broker on a fresh directory under 64 connections for `seconds`: its row, no ratio.
+async fn broker_ingest(bin: &Path, c: &Comparison, seconds: u64) -> Row {
+    let dir = tempdir(&c.scenario.to_lowercase());
+    let (broker, _) = start_broker(bin, &dir, "", c.durability);
+    let mut l = load(&broker, "/", c.payload.clone(), 64, seconds);
+    l.rate = c.rate;
     let (r, cpu, rss) = measured(&broker, l).await;
     broker.stop();
     let _ = std::fs::remove_dir_all(&dir);
     let mut row = row(
-        scenario,
-        what,
-        payload,
+        c.scenario,
+        c.what,
+        c.payload.name,
         r.events as f64 / r.elapsed.as_secs_f64(),
-        unit,
+        c.unit,
         r.latency.as_ref().unwrap(),
     );
     row.cpu_us_per_event = Some(cpu);
@@ -992,6 +991,23 @@ fn median_round(rounds: Vec<(Row, Row)>) -> (Row, Row) {
         );
     }
     (base, row)
+}
+
+/// S1's comparison: single events with `fsync`, against B-durable.
+fn ingest_comparison(scenario: &'static str, payload: Payload, rate: Option<f64>) -> Comparison {
+    Comparison {
+        scenario,
+        what: "broker ingest (64 connections)",
+        unit: "events/s",
+        payload,
+        durability: "fsync",
+        baseline: "durable",
+        diagnostic: (
+            "sled",
+            "diagnostic: the storage layer alone (SledLog::write_group: segment append, index file, sync)",
+        ),
+        rate,
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1030,48 +1046,49 @@ impl Bench {
         self.rows.push(row);
     }
 
-    /// S1 (and S8): single events, 64 connections, against B-durable (B-http).
-    async fn ingest(&mut self, scenario: &str, payload: Payload, relaxed: bool) {
+    /// Runs `c` in `--rounds` rounds and pushes the median round's baseline row and
+    /// B-sled's; returns the broker's row with its ratio, for the caller's target.
+    async fn compare_in_rounds(&mut self, c: Comparison) -> Row {
         let secs = self.args.seconds;
-        let (base_kind, target) = if relaxed {
-            ("http", 0.6)
-        } else {
-            ("durable", 0.6)
-        };
-        let rate = self.args.ingest_rate;
-        let (sled_kind, sled_notes) = if relaxed {
-            (
-                "sled-relaxed",
-                "diagnostic: the storage layer alone, durability relaxed (SledLog::write_group: segment append and index file)",
-            )
-        } else {
-            (
-                "sled",
-                "diagnostic: the storage layer alone (SledLog::write_group: segment append, index file, sync)",
-            )
-        };
-        let durability = if relaxed { "relaxed" } else { "fsync" };
         let (mut rounds, mut diagnostic) = (Vec::new(), None);
         for round in 0..self.args.rounds {
-            let base = baseline_server(base_kind, &payload, 64, secs, rate).await;
+            let base = baseline_server(c.baseline, &c.payload, 64, secs, c.rate).await;
             if round == 0 {
-                let mut sled = baseline_server(sled_kind, &payload, 64, secs, rate).await;
+                let (kind, notes) = c.diagnostic;
+                let mut sled = baseline_server(kind, &c.payload, 64, secs, c.rate).await;
                 sled.ratio = Some(sled.rate / base.rate);
                 sled.baseline = Some(base.scenario.clone());
-                sled.notes = sled_notes.into();
+                sled.notes = notes.into();
                 diagnostic = Some(sled);
             }
-            let mut l = load_on_broker(&self.args.broker, scenario, durability, &payload, secs);
-            l.1.rate = rate;
-            let row =
-                broker_ingest(scenario, "broker ingest (64 connections)", "events/s", l).await;
+            let row = broker_ingest(&self.args.broker, &c, secs).await;
             rounds.push((base, row));
         }
-        let (base, mut row) = median_round(rounds);
+        let (base, row) = median_round(rounds);
         self.push(base);
         if let Some(d) = diagnostic {
             self.push(d);
         }
+        row
+    }
+
+    /// S1 (and S8): single events, 64 connections, against B-durable (B-http).
+    async fn ingest(&mut self, scenario: &'static str, payload: Payload, relaxed: bool) {
+        let target = 0.6;
+        let comparison = if relaxed {
+            Comparison {
+                durability: "relaxed",
+                baseline: "http",
+                diagnostic: (
+                    "sled-relaxed",
+                    "diagnostic: the storage layer alone, durability relaxed (SledLog::write_group: segment append and index file)",
+                ),
+                ..ingest_comparison(scenario, payload, self.args.ingest_rate)
+            }
+        } else {
+            ingest_comparison(scenario, payload, self.args.ingest_rate)
+        };
+        let mut row = self.compare_in_rounds(comparison).await;
         let ratio = row.ratio.expect("set by median_round");
         let p99_ok = relaxed || row.p99_ms <= 20.0;
         // At a fixed rate both sides keep up: the run compares CPU, not the target.
@@ -1091,33 +1108,18 @@ impl Bench {
     /// S2: batches of 100 against B-durable fed the same batches (one append per batch:
     /// group size 100 in records).
     async fn batches(&mut self) {
-        let secs = self.args.seconds;
-        let payload = payload_batch(100);
-        let (mut rounds, mut diagnostic) = (Vec::new(), None);
-        for round in 0..self.args.rounds {
-            let base = baseline_server("durable", &payload, 64, secs, None).await;
-            if round == 0 {
-                let mut sled = baseline_server("sled-batch", &payload, 64, secs, None).await;
-                sled.ratio = Some(sled.rate / base.rate);
-                sled.baseline = Some("B-durable".into());
-                sled.notes = "diagnostic: the storage layer alone, each batch stored as 100 records with dedupe keys".into();
-                diagnostic = Some(sled);
-            }
-            let l = load_on_broker(&self.args.broker, "s2", "fsync", &payload, secs);
-            let row = broker_ingest(
-                "S2",
-                "broker ingest, batches (64 connections)",
-                "records/s",
-                l,
-            )
+        let mut row = self
+            .compare_in_rounds(Comparison {
+                what: "broker ingest, batches (64 connections)",
+                unit: "records/s",
+                diagnostic: (
+                    "sled-batch",
+                    "diagnostic: the storage layer alone, each batch stored as 100 records with dedupe keys",
+                ),
+                rate: None,
+                ..ingest_comparison("S2", payload_batch(100), None)
+            })
             .await;
-            rounds.push((base, row));
-        }
-        let (base, mut row) = median_round(rounds);
-        self.push(base);
-        if let Some(d) = diagnostic {
-            self.push(d);
-        }
         row.met = Some(row.ratio.expect("set by median_round") >= 0.5);
         row.target = ">= 0.5 x B-durable".into();
         self.push(row);

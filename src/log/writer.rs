@@ -212,7 +212,8 @@ pub(super) async fn run(
             Some(reason) => Err(LogError::Full(reason)),
             None => backend.write_group(&group, now),
         };
-        if result.is_ok() {
+        // Counted only where the free space is watched.
+        if result.is_ok() && space.0.min_free_bytes > 0 {
             free_space.written += group
                 .iter()
                 .flat_map(|e| &e.appends)
