@@ -92,6 +92,54 @@ fn space_refusal(
     })
 }
 
+/// Records stored since the heads' watchers (the routers) were last woken.
+const ANNOUNCE_RECORDS: usize = 256;
+/// How long the heads' watchers may go without a wake-up while records wait.
+const ANNOUNCE_AFTER: Duration = Duration::from_millis(1);
+
+/// When the routers hear of new records. Waking a router is a wake-up of its thread
+/// (a system call here, a context switch there), and under a load that keeps the queue
+/// full it came after every group of a few requests. So the writer wakes the heads'
+/// watchers once the queue is empty (a light load pays no delay), or once
+/// [`ANNOUNCE_RECORDS`] are waiting or the oldest has waited [`ANNOUNCE_AFTER`]
+/// (a heavy load pays at most that). The heads' values move with every group.
+#[derive(Default)]
+struct Announce {
+    /// Brokers whose head moved since their watchers were last woken.
+    brokers: Vec<Arc<str>>,
+    records: usize,
+    since: Option<std::time::Instant>,
+}
+
+impl Announce {
+    fn held(&mut self, broker: &Arc<str>, records: usize) {
+        if !self.brokers.contains(broker) {
+            self.brokers.push(broker.clone());
+        }
+        self.records += records;
+        self.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    fn due(&self) -> bool {
+        self.records >= ANNOUNCE_RECORDS
+            || self.since.is_some_and(|t| t.elapsed() >= ANNOUNCE_AFTER)
+    }
+
+    /// Wakes the watchers of every head that moved since the last time.
+    fn send(&mut self, heads: &HashMap<Arc<str>, watch::Sender<u64>>) {
+        if self.brokers.is_empty() {
+            return;
+        }
+        for broker in self.brokers.drain(..) {
+            if let Some(head) = heads.get(&broker) {
+                head.send_modify(|_| {});
+            }
+        }
+        self.records = 0;
+        self.since = None;
+    }
+}
+
 /// What the writer tells the rest of the broker after each group.
 pub(super) struct Outputs {
     /// Per broker, the head (the highest stored sequence).
@@ -142,7 +190,12 @@ pub(super) async fn run(
         heads.keys().cloned().collect::<Vec<Arc<str>>>(),
     );
     let mut free_space = FreeSpace::default();
+    let mut announce = Announce::default();
     loop {
+        // Before the writer may wait: whatever is stored is announced.
+        if rx.is_empty() || announce.due() {
+            announce.send(&heads);
+        }
         let first = tokio::select! {
             biased;
             _ = progress.tick() => {
@@ -278,16 +331,19 @@ pub(super) async fn run(
                     ));
                 }
                 for (broker, outcomes) in brokers.iter().zip(&outcomes) {
-                    let top = outcomes.iter().filter_map(|o| match o {
+                    let stored = outcomes.iter().filter_map(|o| match o {
                         AppendOutcome::Stored(s) => Some(*s),
                         AppendOutcome::Duplicate(_) => None,
                     });
-                    if let (Some(max), Some(head)) = (top.max(), heads.get(broker)) {
+                    let (n, max) = stored.fold((0, 0), |(n, m), s| (n + 1, m.max(s)));
+                    if let (1.., Some(head)) = (n, heads.get(broker)) {
+                        // The head moves at once (readers of `Log::head` see it); the
+                        // wake-up of its watchers may wait (`Announce`).
                         head.send_if_modified(|h| {
-                            let moved = max > *h;
                             *h = (*h).max(max);
-                            moved
+                            false
                         });
+                        announce.held(broker, n);
                     }
                 }
                 for (reply, outcomes) in replies.into_iter().zip(outcomes) {
@@ -303,6 +359,7 @@ pub(super) async fn run(
             }
         }
     }
+    announce.send(&heads);
     sweep_stop.store(true, Ordering::Relaxed);
     for h in [syncing, sweeping].into_iter().flatten() {
         let _ = h.await;
@@ -325,6 +382,29 @@ fn spawn_progress_sync(backend: Arc<dyn LogBackend>) -> tokio::task::JoinHandle<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watchers_are_woken_once_enough_records_or_time_have_gathered() {
+        let broker: Arc<str> = "default".into();
+        let heads = HashMap::from([(broker.clone(), watch::Sender::new(0u64))]);
+        let mut rx = heads[&broker].subscribe();
+        let mut announce = Announce::default();
+        announce.send(&heads);
+        assert!(!rx.has_changed().unwrap(), "nothing held, nobody woken");
+        announce.held(&broker, 8);
+        assert!(!announce.due(), "8 records, just now");
+        announce.held(&broker, ANNOUNCE_RECORDS - 8);
+        assert!(announce.due(), "a router batch of records");
+        announce.send(&heads);
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        assert!(!announce.due());
+        announce.held(&broker, 1);
+        std::thread::sleep(ANNOUNCE_AFTER);
+        assert!(announce.due(), "one record that has waited long enough");
+        announce.send(&heads);
+        assert!(rx.has_changed().unwrap());
+    }
 
     #[test]
     fn free_space_is_read_again_when_what_was_written_may_have_used_it_up() {
