@@ -11,8 +11,8 @@ use std::sync::Arc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::clock::SharedClock;
@@ -24,6 +24,16 @@ use crate::router::Routing;
 /// The broker label for requests to a broker that does not exist (so that a client
 /// cannot create label values).
 pub const UNKNOWN_BROKER: &str = "unknown";
+
+/// One broker's ingress series that every accepted request updates.
+pub struct IngressSeries {
+    pub received_bytes: IntCounter,
+    pub accepted: IntCounter,
+    pub duplicate: IntCounter,
+    /// `switchyard_ingress_requests_total` with code 202.
+    pub answered_202: IntCounter,
+    pub duration: Histogram,
+}
 
 /// The metrics the moving parts update.
 pub struct Metrics {
@@ -107,6 +117,21 @@ impl Metrics {
             ));
         }
         Arc::new(m)
+    }
+
+    /// The ingress series of one broker, looked up once. A labelled series is found by
+    /// hashing its label values under a lock: five times a request, when looked up per
+    /// request. They start at zero, so that they are there before the first event.
+    pub fn ingress_series(&self, broker: &str) -> IngressSeries {
+        IngressSeries {
+            received_bytes: self.ingress_bytes.with_label_values(&[broker]),
+            accepted: self.ingress_events.with_label_values(&[broker, "accepted"]),
+            duplicate: self
+                .ingress_events
+                .with_label_values(&[broker, "duplicate"]),
+            answered_202: self.ingress_requests.with_label_values(&[broker, "202"]),
+            duration: self.ingress_duration.with_label_values(&[broker]),
+        }
     }
 
     /// Adds the collector of routers' and lanes' state.

@@ -165,13 +165,13 @@ impl Server {
             delivery_stop.clone(),
             delivery_abort.clone(),
         );
-        let ingress = Arc::new(Ingress {
-            log: log.clone(),
-            dedupe: (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
-            config: config.ingress.clone(),
-            clock: clock.clone(),
-            metrics: metrics.clone(),
-        });
+        let ingress = Arc::new(Ingress::new(
+            log.clone(),
+            config.ingress.clone(),
+            (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
+            clock.clone(),
+            metrics.clone(),
+        ));
         metrics.watch_state(
             log.clone(),
             routing.clone(),

@@ -331,13 +331,13 @@ async fn flaky_ingress_and_log(
     let config = switchyard::config::from_yaml(None, "", &Default::default())
         .unwrap()
         .ingress;
-    let ingress = Arc::new(Ingress {
-        log: log.clone(),
+    let ingress = Arc::new(Ingress::new(
+        log.clone(),
         config,
-        dedupe: None,
+        None,
         clock,
-        metrics: switchyard::metrics::Metrics::new(),
-    });
+        switchyard::metrics::Metrics::new(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(ingress::serve(

@@ -64,6 +64,19 @@ async fn counters_move_as_events_flow_and_the_doc_lists_every_metric() {
     ]
     .concat();
     let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    // Each broker's ingress series are there at zero before its first event, so that
+    // a rate over them starts with the broker (and never for a broker that is not).
+    let (before, _) = scrape(&t).await;
+    for series in [
+        r#"switchyard_ingress_events_total{broker="default",outcome="accepted"}"#,
+        r#"switchyard_ingress_events_total{broker="default",outcome="duplicate"}"#,
+        r#"switchyard_ingress_requests_total{broker="default",code="202"}"#,
+        r#"switchyard_ingress_received_bytes_total{broker="default"}"#,
+        r#"switchyard_ingress_request_duration_seconds_count{broker="default"}"#,
+    ] {
+        assert_eq!(before.get(series), Some(&0.0), "{series}");
+    }
+    assert!(!before.keys().any(|k| k.contains(r#"broker="unknown""#)));
     let mut good = minimal("m1");
     good["type"] = "good".into();
     assert_eq!(t.post_json(&good).await.status, 202);

@@ -208,9 +208,10 @@ pub fn is_json_media_type(media_type: &str) -> bool {
     let Some((ty, sub)) = essence.split_once('/') else {
         return false;
     };
-    let sub = sub.to_ascii_lowercase();
-    matches!(ty.to_ascii_lowercase().as_str(), "application" | "text") && sub == "json"
-        || sub.ends_with("+json")
+    let suffix = sub.len().checked_sub(5).and_then(|at| sub.get(at..));
+    (ty.eq_ignore_ascii_case("application") || ty.eq_ignore_ascii_case("text"))
+        && sub.eq_ignore_ascii_case("json")
+        || suffix.is_some_and(|s| s.eq_ignore_ascii_case("+json"))
 }
 
 #[cfg(test)]

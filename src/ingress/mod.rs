@@ -5,6 +5,7 @@
 pub mod problem;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use crate::config::IngressConfig;
 use crate::dedupe::DedupeKey;
 use crate::event::{binary, json, protobuf, Event, EventError};
 use crate::log::{record, Append, AppendOutcome, Decoded, Log};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, IngressSeries, Metrics};
 use problem::Problem;
 
 /// How a request carries its events, decided from `Content-Type` alone.
@@ -47,21 +48,30 @@ impl ContentMode {
         let Some(raw) = content_type else {
             return ContentMode::Binary;
         };
-        let text = String::from_utf8_lossy(raw);
-        let essence = text
-            .split(';')
+        let essence = raw
+            .split(|&b| b == b';')
             .next()
             .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        match essence.as_str() {
-            "application/cloudevents+json" => ContentMode::StructuredJson,
-            "application/cloudevents+protobuf" => ContentMode::StructuredProtobuf,
-            "application/cloudevents-batch+json" => ContentMode::BatchJson,
-            "application/cloudevents-batch+protobuf" => ContentMode::BatchProtobuf,
-            e if e.starts_with("application/cloudevents") => ContentMode::Unsupported,
-            _ => ContentMode::Binary,
+            .trim_ascii();
+        const PREFIX: &[u8] = b"application/cloudevents";
+        let Some(format) = essence
+            .get(..PREFIX.len())
+            .filter(|p| p.eq_ignore_ascii_case(PREFIX))
+            .map(|_| &essence[PREFIX.len()..])
+        else {
+            return ContentMode::Binary;
+        };
+        for (name, mode) in [
+            (&b"+json"[..], ContentMode::StructuredJson),
+            (b"+protobuf", ContentMode::StructuredProtobuf),
+            (b"-batch+json", ContentMode::BatchJson),
+            (b"-batch+protobuf", ContentMode::BatchProtobuf),
+        ] {
+            if format.eq_ignore_ascii_case(name) {
+                return mode;
+            }
         }
+        ContentMode::Unsupported
     }
 
     fn is_batch(self) -> bool {
@@ -71,12 +81,38 @@ impl ContentMode {
 
 /// What the ingress needs to serve.
 pub struct Ingress {
-    pub log: Log,
-    pub config: IngressConfig,
+    log: Log,
+    config: IngressConfig,
     /// The dedupe key; `None` when dedupe is off.
-    pub dedupe: Option<Arc<DedupeKey>>,
-    pub clock: SharedClock,
-    pub metrics: Arc<Metrics>,
+    dedupe: Option<Arc<DedupeKey>>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    /// Each broker of the log, by name, with its metric series.
+    brokers: HashMap<Arc<str>, IngressSeries>,
+}
+
+impl Ingress {
+    /// The ingress of `log`'s brokers; `dedupe` is `None` when dedupe is off.
+    pub fn new(
+        log: Log,
+        config: IngressConfig,
+        dedupe: Option<Arc<DedupeKey>>,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Ingress {
+        let brokers = log
+            .brokers()
+            .map(|b| (b.clone(), metrics.ingress_series(b)))
+            .collect();
+        Ingress {
+            log,
+            config,
+            dedupe,
+            clock,
+            metrics,
+            brokers,
+        }
+    }
 }
 
 /// Serves the ingress on `listener` until `shutdown` is cancelled, then lets the open
@@ -171,10 +207,9 @@ pub async fn serve(
 pub async fn handle(ingress: &Ingress, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = std::time::Instant::now();
     // Only configured brokers become label values.
-    let broker = broker_of(req.uri().path())
-        .and_then(|b| ingress.log.broker(b))
-        .map_or_else(|| metrics::UNKNOWN_BROKER.to_string(), |b| b.to_string());
-    let response = match handle_inner(ingress, req).await {
+    let broker = broker_of(req.uri().path()).and_then(|b| ingress.brokers.get_key_value(b));
+    let label = broker.map_or(metrics::UNKNOWN_BROKER, |(b, _)| &**b);
+    let response = match handle_inner(ingress, broker, req).await {
         Ok(r) => r,
         Err(p) => {
             tracing::debug!(status = p.status.as_u16(), detail = %p.detail, "request rejected");
@@ -182,19 +217,34 @@ pub async fn handle(ingress: &Ingress, req: Request<Incoming>) -> Response<Full<
                 ingress
                     .metrics
                     .ingress_events
-                    .with_label_values(&[broker.as_str(), "rejected"])
+                    .with_label_values(&[label, "rejected"])
                     .inc();
             }
             p.into_response()
         }
     };
     let m = &ingress.metrics;
-    m.ingress_requests
-        .with_label_values(&[broker.as_str(), response.status().as_str()])
-        .inc();
-    m.ingress_duration
-        .with_label_values(&[broker.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed().as_secs_f64();
+    match broker {
+        Some((_, series)) if response.status() == StatusCode::ACCEPTED => {
+            series.answered_202.inc();
+            series.duration.observe(elapsed);
+        }
+        Some((_, series)) => {
+            m.ingress_requests
+                .with_label_values(&[label, response.status().as_str()])
+                .inc();
+            series.duration.observe(elapsed);
+        }
+        None => {
+            m.ingress_requests
+                .with_label_values(&[label, response.status().as_str()])
+                .inc();
+            m.ingress_duration
+                .with_label_values(&[label])
+                .observe(elapsed);
+        }
+    }
     response
 }
 
@@ -206,8 +256,10 @@ fn broker_of(path: &str) -> Option<&str> {
     (!name.is_empty() && !name.contains('/')).then_some(name)
 }
 
+/// Handles one request to `broker` (`None`: the path names no broker of the log).
 async fn handle_inner(
     ingress: &Ingress,
+    broker: Option<(&Arc<str>, &IngressSeries)>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let Some(broker_name) = broker_of(req.uri().path()) else {
@@ -233,7 +285,7 @@ async fn handle_inner(
         }
     }
     authorize(&ingress.config.tokens, req.headers())?;
-    let Some(broker) = ingress.log.broker(broker_name) else {
+    let Some((broker, series)) = broker else {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "Unknown Broker",
@@ -266,11 +318,7 @@ async fn handle_inner(
         ingress.config.body_read_timeout,
     )
     .await?;
-    ingress
-        .metrics
-        .ingress_bytes
-        .with_label_values(&[&*broker])
-        .inc_by(body.len() as u64);
+    series.received_bytes.inc_by(body.len() as u64);
     let events = decode(mode, &parts.headers, body).map_err(Problem::from)?;
     if events.is_empty() {
         return Ok(accepted());
@@ -279,7 +327,7 @@ async fn handle_inner(
     let appends = events
         .into_iter()
         .map(|event| Append {
-            record: Bytes::from(record::encode(&broker, now, 0, &event)),
+            record: Bytes::from(record::encode(broker, now, 0, &event)),
             dedupe_key: ingress.dedupe.as_ref().and_then(|k| match k.key(&event) {
                 Ok(key) => Some(key),
                 Err(e) => {
@@ -301,13 +349,8 @@ async fn handle_inner(
                 .iter()
                 .filter(|o| matches!(o, AppendOutcome::Stored(_)))
                 .count() as u64;
-            let events = &ingress.metrics.ingress_events;
-            events
-                .with_label_values(&[&*broker, "accepted"])
-                .inc_by(stored);
-            events
-                .with_label_values(&[&*broker, "duplicate"])
-                .inc_by(outcomes.len() as u64 - stored);
+            series.accepted.inc_by(stored);
+            series.duplicate.inc_by(outcomes.len() as u64 - stored);
             Ok(accepted())
         }
         Err(e) if matches!(*e, crate::log::LogError::Full(_)) => Err(Problem::new(
