@@ -224,26 +224,21 @@ pub async fn handle(ingress: &Ingress, req: Request<Incoming>) -> Response<Full<
         }
     };
     let m = &ingress.metrics;
+    let series = broker.map(|(_, series)| series);
+    match series {
+        Some(s) if response.status() == StatusCode::ACCEPTED => s.answered_202.inc(),
+        _ => m
+            .ingress_requests
+            .with_label_values(&[label, response.status().as_str()])
+            .inc(),
+    }
     let elapsed = started.elapsed().as_secs_f64();
-    match broker {
-        Some((_, series)) if response.status() == StatusCode::ACCEPTED => {
-            series.answered_202.inc();
-            series.duration.observe(elapsed);
-        }
-        Some((_, series)) => {
-            m.ingress_requests
-                .with_label_values(&[label, response.status().as_str()])
-                .inc();
-            series.duration.observe(elapsed);
-        }
-        None => {
-            m.ingress_requests
-                .with_label_values(&[label, response.status().as_str()])
-                .inc();
-            m.ingress_duration
-                .with_label_values(&[label])
-                .observe(elapsed);
-        }
+    match series {
+        Some(s) => s.duration.observe(elapsed),
+        None => m
+            .ingress_duration
+            .with_label_values(&[label])
+            .observe(elapsed),
     }
     response
 }

@@ -133,9 +133,6 @@ impl Announce {
 
     /// Wakes the watchers of every head that moved since the last time.
     fn send(&mut self, heads: &HashMap<Arc<str>, watch::Sender<u64>>) {
-        if self.brokers.is_empty() {
-            return;
-        }
         for broker in self.brokers.drain(..) {
             if let Some(head) = heads.get(&broker) {
                 head.send_modify(|_| {});
