@@ -90,6 +90,11 @@ pub struct IngressConfig {
     pub max_event_bytes: u64,
     /// The largest batch request body.
     pub max_batch_bytes: u64,
+    /// The most context attributes one event may have (each is a header in binary mode).
+    pub max_attributes: usize,
+    /// The most bytes one event's attributes may take, names and values as binary mode
+    /// sends them.
+    pub max_attribute_bytes: u64,
     /// Accepted bearer tokens; empty means no token is required.
     pub tokens: Vec<String>,
     /// How long a client may take to send its request headers.
@@ -187,6 +192,8 @@ ingress:
   listen: 0.0.0.0:8080
   maxEventBytes: 4MiB
   maxBatchBytes: 32MiB
+  maxAttributes: 64
+  maxAttributeBytes: 32KiB
   tokens: []
   headerReadTimeout: 10s
   bodyReadTimeout: 60s
@@ -218,6 +225,8 @@ const KEYS: &[&str] = &[
     "ingress.listen",
     "ingress.maxEventBytes",
     "ingress.maxBatchBytes",
+    "ingress.maxAttributes",
+    "ingress.maxAttributeBytes",
     "ingress.tokens",
     "ingress.headerReadTimeout",
     "ingress.bodyReadTimeout",
@@ -775,6 +784,17 @@ impl Validator {
                 .positive_size(node!("ingress.maxEventBytes"), "ingress.maxEventBytes"),
             max_batch_bytes: self
                 .positive_size(node!("ingress.maxBatchBytes"), "ingress.maxBatchBytes"),
+            // At least the four required attributes and a few extensions.
+            max_attributes: self.int(
+                node!("ingress.maxAttributes"),
+                "ingress.maxAttributes",
+                8,
+                10_000,
+            ) as usize,
+            max_attribute_bytes: self.positive_size(
+                node!("ingress.maxAttributeBytes"),
+                "ingress.maxAttributeBytes",
+            ),
             tokens: {
                 let items = self.list(node!("ingress.tokens"), "ingress.tokens");
                 items

@@ -69,6 +69,12 @@ pub fn webhook_headers(
     ]
 }
 
+/// An event that cannot be put into an HTTP request: more headers than a header map
+/// holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the event cannot be sent as an HTTP request: it needs more headers than HTTP allows")]
+pub struct Unsendable;
+
 /// A sink's answer.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -183,13 +189,22 @@ impl Sender {
     /// percent-encoded `ce-` header, `data` as the body) or structured JSON; always
     /// `Prefer: reply`; the signature headers when the sink signs; the sink's own
     /// headers last.
-    pub fn request(sink: &Sink, event: &Event, message: &Message) -> Request<Full<Bytes>> {
-        let mut headers = HeaderMap::with_capacity(event.attributes().len() + 4);
+    ///
+    /// `Err` when the headers would pass what an HTTP header map can hold (the ingress's
+    /// attribute limits keep events well inside it; an event stored before a limit was
+    /// lowered may not be).
+    pub fn request(
+        sink: &Sink,
+        event: &Event,
+        message: &Message,
+    ) -> Result<Request<Full<Bytes>>, Unsendable> {
+        let mut headers =
+            HeaderMap::try_with_capacity(event.attributes().len() + 4).map_err(|_| Unsendable)?;
         let body = match sink.format {
             SinkFormat::Binary => {
                 let (ce, body) = binary::encode(event);
                 for (name, value) in ce {
-                    headers.append(name, value);
+                    headers.try_append(name, value).map_err(|_| Unsendable)?;
                 }
                 body
             }
@@ -215,14 +230,16 @@ impl Sender {
         }
         for (name, value) in &sink.headers {
             if let Ok(v) = HeaderValue::from_str(value) {
-                headers.append(name.clone(), v);
+                headers
+                    .try_append(name.clone(), v)
+                    .map_err(|_| Unsendable)?;
             }
         }
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = sink.uri.clone();
         *request.headers_mut() = headers;
-        request
+        Ok(request)
     }
 
     /// One attempt: send, then read the answer's body up to the limit, all within
@@ -235,7 +252,7 @@ impl Sender {
         timeout: Duration,
     ) -> Result<Response, Attempt> {
         let client = self.client(sink);
-        let request = Self::request(sink, event, message);
+        let request = Self::request(sink, event, message).map_err(|_| Attempt::Unsendable)?;
         let limit = self.body_limit;
         let attempt = async move {
             let response = client.request(request).await.map_err(|e| {

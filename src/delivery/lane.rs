@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use futures_util::FutureExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -342,7 +344,20 @@ impl LaneContext {
         let stop = stop.clone();
         self.stats.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
         in_flight.push(Box::pin(async move {
-            (seq, me.deliver(seq, attempts, record, stop).await)
+            // A panic in a delivery must not take the lane with it (it would stay at one
+            // in flight and send nothing more): the entry stays pending.
+            let outcome = AssertUnwindSafe(me.deliver(seq, attempts, record, stop))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    tracing::error!(
+                        seq,
+                        panic = panic_text(&*panic),
+                        "a delivery panicked; the event stays pending"
+                    );
+                    Outcome::Stopped
+                });
+            (seq, outcome)
         }));
     }
 
@@ -399,7 +414,25 @@ impl LaneContext {
             }
         };
         let started = std::time::Instant::now();
-        let outcome = self.attempt_until_done(&record, attempts, &stop).await;
+        let outcome = match AssertUnwindSafe(self.attempt_until_done(&record, attempts, &stop))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => outcome,
+            // Trying again would panic again: the event is dead-lettered with the reason,
+            // and the lane goes on with the next one.
+            Err(panic) => {
+                let error = format!(
+                    "the delivery could not be made: it panicked ({})",
+                    panic_text(&*panic)
+                );
+                tracing::error!(seq, event_id = record.event.id(), %error, "delivery panicked");
+                self.note_error(error.clone());
+                self.dead_letter(&record, attempts + 1, &Err(Attempt::Unsendable), error)
+                    .await;
+                Outcome::DeadLettered
+            }
+        };
         if matches!(outcome, Outcome::Delivered | Outcome::DeadLettered) {
             if let Some(h) = &self.stats.duration {
                 h.observe(started.elapsed().as_secs_f64());
@@ -473,7 +506,8 @@ impl LaneContext {
                 }
                 _ => {
                     self.note_error(describe(&result));
-                    self.dead_letter(record, attempts, &result).await;
+                    self.dead_letter(record, attempts, &result, describe(&result))
+                        .await;
                     return Outcome::DeadLettered;
                 }
             }
@@ -594,6 +628,7 @@ impl LaneContext {
         record: &LogRecord,
         attempts: u32,
         last: &Result<Response, Attempt>,
+        error: String,
     ) {
         self.stats
             .dead_lettered
@@ -609,7 +644,7 @@ impl LaneContext {
             seq: record.seq,
             attempts,
             last_status: status,
-            last_error: describe(last),
+            last_error: error,
             time_unix_nanos: self.clock.now_unix_nanos(),
             record: base64::engine::general_purpose::STANDARD.encode(record::encode(
                 &record.broker,
@@ -667,8 +702,18 @@ fn describe(result: &Result<Response, Attempt>) -> String {
         Err(Attempt::Timeout) => "timed out".into(),
         Err(Attempt::Broken) => "connection broken".into(),
         Err(Attempt::Refused) => "refused: the sink's address is a cloud metadata address or the broker's admin listener (see delivery.allowAddresses)".into(),
+        Err(Attempt::Unsendable) => super::client::Unsendable.to_string(),
         Err(Attempt::Status(s)) => format!("HTTP {s}"),
     }
+}
+
+/// The message a panic carried.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 /// The event as the dead-letter sink gets it: Knative's `knativeerrordest` (the sink),

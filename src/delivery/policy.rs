@@ -20,6 +20,8 @@ pub enum Attempt {
     /// The sink's address is one the broker does not send to (a cloud metadata
     /// address, or its own admin listener); nothing was sent.
     Refused,
+    /// The event cannot be put into a request (too many headers); nothing was sent.
+    Unsendable,
 }
 
 /// What to do about it.
@@ -40,7 +42,7 @@ pub fn classify(attempt: Attempt) -> Verdict {
         Attempt::Status(s) if (200..300).contains(&s) => Verdict::Success,
         Attempt::Status(404 | 408 | 409 | 429) => Verdict::Retry,
         Attempt::Status(s) if (500..600).contains(&s) => Verdict::Retry,
-        Attempt::Status(_) | Attempt::Refused => Verdict::Permanent,
+        Attempt::Status(_) | Attempt::Refused | Attempt::Unsendable => Verdict::Permanent,
         Attempt::ConnectError | Attempt::Timeout | Attempt::Broken => Verdict::Retry,
     }
 }

@@ -25,10 +25,28 @@ struct Members<'a> {
 fn read_members<'de, A: MapAccess<'de>>(mut map: A) -> Result<Members<'de>, A::Error> {
     let mut list: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::with_capacity(8);
     let mut duplicate = None;
+    // Past a few members, a hash set of the names seen keeps the check linear.
+    let mut seen: Option<std::collections::HashSet<Cow<'de, str>>> = None;
     while let Some(key) = map.next_key::<Cow<'de, str>>()? {
         let value = map.next_value()?;
-        if list.iter().any(|(k, _)| *k == key) {
-            duplicate.get_or_insert(key);
+        if duplicate.is_some() {
+            continue; // the object is refused: only its well-formedness still matters
+        }
+        let repeated = match &mut seen {
+            Some(set) => !set.insert(key.clone()),
+            None => {
+                let repeated = list.iter().any(|(k, _)| *k == key);
+                if !repeated && list.len() >= 16 {
+                    let mut set: std::collections::HashSet<Cow<'de, str>> =
+                        list.iter().map(|(k, _)| k.clone()).collect();
+                    set.insert(key.clone());
+                    seen = Some(set);
+                }
+                repeated
+            }
+        };
+        if repeated {
+            duplicate = Some(key);
         } else {
             list.push((key, value));
         }

@@ -55,6 +55,31 @@ impl AttrValue {
         }
     }
 
+    /// The length of [`Self::to_canonical_string`], without building it.
+    pub fn text_len(&self) -> usize {
+        match self {
+            AttrValue::Boolean(b) => {
+                if *b {
+                    4
+                } else {
+                    5
+                }
+            }
+            AttrValue::Integer(i) => {
+                let digits = i
+                    .unsigned_abs()
+                    .checked_ilog10()
+                    .map_or(1, |d| d as usize + 1);
+                digits + usize::from(*i < 0)
+            }
+            AttrValue::Binary(b) => b.len().div_ceil(3) * 4,
+            AttrValue::String(s)
+            | AttrValue::Uri(s)
+            | AttrValue::UriRef(s)
+            | AttrValue::Timestamp(s) => s.len(),
+        }
+    }
+
     /// The text of a string-like value, without allocating.
     pub fn as_str(&self) -> Option<&str> {
         match self {

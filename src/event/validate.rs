@@ -72,9 +72,10 @@ pub fn validate(event: &Event) -> Result<(), EventError> {
             return Err(EventError::attr(required, "required attribute is missing"));
         }
     }
-    for (i, (name, value)) in event.attributes.iter().enumerate() {
+    let mut seen = Names::with_capacity(event.attributes.len());
+    for (name, value) in &event.attributes {
         check_name(name)?;
-        if event.attributes[..i].iter().any(|(n, _)| n == name) {
+        if !seen.insert(name) {
             return Err(EventError::attr(
                 name.as_str(),
                 "attribute appears more than once",
@@ -83,6 +84,45 @@ pub fn validate(event: &Event) -> Result<(), EventError> {
         check_value(name, value)?;
     }
     Ok(())
+}
+
+/// A set of names for duplicate checks, linear in the number of names: a scan of a
+/// short list for the few attributes events usually have, a hash set past that (a
+/// scan of every earlier name for each new one made a 200,000-member object take
+/// tens of seconds).
+pub(crate) struct Names<'a> {
+    list: Vec<&'a str>,
+    set: Option<std::collections::HashSet<&'a str>>,
+}
+
+impl<'a> Names<'a> {
+    /// Up to this many names are kept in a list and scanned.
+    const SCAN_MAX: usize = 16;
+
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Names {
+            list: Vec::with_capacity(n.min(Self::SCAN_MAX)),
+            set: None,
+        }
+    }
+
+    /// Adds `name`; false if it was there already.
+    pub(crate) fn insert(&mut self, name: &'a str) -> bool {
+        if let Some(set) = &mut self.set {
+            return set.insert(name);
+        }
+        if self.list.contains(&name) {
+            return false;
+        }
+        if self.list.len() < Self::SCAN_MAX {
+            self.list.push(name);
+        } else {
+            let mut set: std::collections::HashSet<&str> = self.list.drain(..).collect();
+            set.insert(name);
+            self.set = Some(set);
+        }
+        true
+    }
 }
 
 /// Attribute names: lower-case ASCII letters and digits, at least one (spec 1.0.2,

@@ -314,7 +314,26 @@ async fn handle_inner(
     )
     .await?;
     series.received_bytes.inc_by(body.len() as u64);
-    let events = decode(mode, &parts.headers, body).map_err(Problem::from)?;
+    let limits = AttributeLimits {
+        count: ingress.config.max_attributes,
+        bytes: ingress.config.max_attribute_bytes,
+    };
+    let events = if body.len() > DECODE_INLINE_MAX {
+        // Decoding a large body takes milliseconds of CPU: on a blocking thread, so
+        // that the runtime's threads go on serving other requests and the probes.
+        let headers = parts.headers;
+        tokio::task::spawn_blocking(move || decode_within(mode, &headers, body, limits))
+            .await
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Shutting Down",
+                    "the broker is stopping",
+                )
+            })??
+    } else {
+        decode_within(mode, &parts.headers, body, limits)?
+    };
     if events.is_empty() {
         return Ok(accepted());
     }
@@ -472,6 +491,69 @@ async fn read_body(
             format!("the body could not be read: {e}"),
         )),
     }
+}
+
+/// Bodies up to this size are decoded on the runtime's thread; larger ones on a
+/// blocking thread (a 64 KiB JSON event decodes in well under a millisecond).
+const DECODE_INLINE_MAX: usize = 64 * 1024;
+
+/// `ingress.maxAttributes` and `ingress.maxAttributeBytes`.
+#[derive(Debug, Clone, Copy)]
+struct AttributeLimits {
+    count: usize,
+    bytes: u64,
+}
+
+/// Decodes a body and holds every event to the attribute limits.
+fn decode_within(
+    mode: ContentMode,
+    headers: &HeaderMap,
+    body: Bytes,
+    limits: AttributeLimits,
+) -> Result<Vec<Event>, Problem> {
+    let events = decode(mode, headers, body).map_err(Problem::from)?;
+    let batch = mode.is_batch();
+    for (i, event) in events.iter().enumerate() {
+        check_attribute_limits(event, limits).map_err(|mut p| {
+            p.index = batch.then(|| u32::try_from(i).unwrap_or(u32::MAX));
+            p
+        })?;
+    }
+    Ok(events)
+}
+
+/// Whether an event keeps within the attribute limits: each attribute is a header when
+/// it is delivered in binary mode, and sinks bound their headers.
+fn check_attribute_limits(event: &Event, limits: AttributeLimits) -> Result<(), Problem> {
+    let count = event.attributes().len();
+    if count > limits.count {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "Too Many Attributes",
+            format!(
+                "the event has {count} attributes; the limit is {} (ingress.maxAttributes)",
+                limits.count
+            ),
+        )
+        .with_limit("ingress.maxAttributes"));
+    }
+    let bytes: u64 = event
+        .attributes()
+        .iter()
+        .map(|(n, v)| (n.len() + v.text_len()) as u64)
+        .sum();
+    if bytes > limits.bytes {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Attributes Too Large",
+            format!(
+                "the event's attributes take {bytes} bytes; the limit is {} (ingress.maxAttributeBytes)",
+                limits.bytes
+            ),
+        )
+        .with_limit("ingress.maxAttributeBytes"));
+    }
+    Ok(())
 }
 
 fn decode(mode: ContentMode, headers: &HeaderMap, body: Bytes) -> Result<Vec<Event>, EventError> {

@@ -20,7 +20,10 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attribute: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub index: Option<usize>,
+    pub index: Option<u32>,
+    /// The config key of the limit a request went over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<&'static str>,
     #[serde(skip)]
     headers: Vec<(header::HeaderName, HeaderValue)>,
 }
@@ -34,8 +37,15 @@ impl Problem {
             detail: detail.into(),
             attribute: None,
             index: None,
+            limit: None,
             headers: Vec::new(),
         }
+    }
+
+    /// Names the config key of the limit the request went over.
+    pub fn with_limit(mut self, key: &'static str) -> Self {
+        self.limit = Some(key);
+        self
     }
 
     /// Adds a response header (`Allow`, `Retry-After`, `WWW-Authenticate`).
@@ -64,7 +74,7 @@ impl From<EventError> for Problem {
     fn from(e: EventError) -> Self {
         let mut p = Problem::new(StatusCode::BAD_REQUEST, "Invalid CloudEvent", e.to_string());
         p.attribute = e.attribute;
-        p.index = e.index;
+        p.index = e.index.and_then(|i| u32::try_from(i).ok());
         p
     }
 }

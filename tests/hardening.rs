@@ -1,0 +1,163 @@
+//! Inputs and clients that once stopped the broker or its delivery for everyone: each
+//! is reproduced at a size that runs in seconds, and the test asserts what a user
+//! would see instead (the limit named, the next event delivered, probes answered).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::sink::{Answer, TestSink};
+use common::{minimal, subscription, TestServer};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A structured event with `extensions` extension attributes `x0`, `x1`, ….
+fn with_extensions(id: &str, extensions: usize) -> Value {
+    let mut event = minimal(id);
+    for i in 0..extensions {
+        event[format!("x{i}")] = json!("v");
+    }
+    event
+}
+
+#[tokio::test]
+async fn an_event_over_the_attribute_limits_is_refused_naming_the_limit() {
+    let t = TestServer::start("").await;
+    let r = t.post_json(&with_extensions("many", 24_600)).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let p = r.json();
+    assert_eq!(p["limit"], "ingress.maxAttributes", "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("24604"), "{p}");
+
+    let mut big = minimal("big");
+    big["source"] = json!(format!("/{}", "s".repeat(70 * 1024)));
+    let r = t.post_json(&big).await;
+    assert_eq!(r.status, 413, "{:?}", r.body);
+    assert_eq!(r.json()["limit"], "ingress.maxAttributeBytes");
+
+    // In a batch the problem names the index, and nothing of the batch is stored.
+    let batch = serde_json::to_vec(&json!([minimal("ok"), with_extensions("many", 100)])).unwrap();
+    let r = t
+        .post(
+            "/",
+            &[("content-type", "application/cloudevents-batch+json")],
+            batch,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["index"], 1);
+    assert_eq!(r.json()["limit"], "ingress.maxAttributes");
+
+    assert_eq!(t.post_json(&with_extensions("fine", 60)).await.status, 202);
+    assert_eq!(t.records("default").await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_be_sent_is_dead_lettered_and_the_lane_delivers_the_next() {
+    let sink = TestSink::start(Vec::new(), Answer::status(200)).await;
+    let subs = subscription("s", &format!("  sinks:\n    - uri: {}\n", sink.url("/")));
+    let mut t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    // Limits raised past what an HTTP header map holds (32,768 entries), as an event
+    // stored before the limits were lowered would be.
+    t.restart_with(|c| {
+        c.ingress.max_attributes = 40_000;
+        c.ingress.max_attribute_bytes = 1 << 20;
+    })
+    .await;
+    assert_eq!(
+        t.post_json(&with_extensions("unsendable", 33_000))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(t.post_json(&minimal("next")).await.status, 202);
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got[0].header("ce-id"), Some("next"));
+    let log = t.server().log.clone();
+    let letters = common::eventually("the dead letter", async || {
+        let letters = log.backend().dead_letters().unwrap();
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].1.last_error.contains("more headers"),
+        "{}",
+        letters[0].1.last_error
+    );
+    assert_eq!(
+        sink.received().len(),
+        1,
+        "nothing of the unsendable event was sent"
+    );
+}
+
+/// `{"specversion":"1.0",…,"m0":0,"m1":0,…}` with `members` extra members, the last a
+/// repeat of the first when `duplicate`.
+fn wide_object(members: usize, duplicate: bool) -> Vec<u8> {
+    let mut out = String::with_capacity(members * 12 + 100);
+    out.push_str(r#"{"specversion":"1.0","id":"wide","source":"/s","type":"t""#);
+    for i in 0..members {
+        out.push_str(&format!(r#","m{i}":"v""#));
+    }
+    if duplicate {
+        out.push_str(r#","m0":"v""#);
+    }
+    out.push('}');
+    out.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_event_with_200000_members_is_refused_at_once_while_probes_answer() {
+    let t = TestServer::start("").await;
+    let livez = format!("http://{}/livez", t.server().admin_addr);
+    for duplicate in [false, true] {
+        let body = wide_object(200_000, duplicate);
+        assert!(body.len() > 2_000_000);
+        let started = Instant::now();
+        let big = t.post(
+            "/",
+            &[("content-type", "application/cloudevents+json")],
+            body,
+        );
+        let probes = async {
+            let client = reqwest_like();
+            let mut slowest = Duration::ZERO;
+            for _ in 0..10 {
+                let asked = Instant::now();
+                let r = client.get(livez.parse().unwrap()).await.unwrap();
+                assert_eq!(r.status(), 200);
+                slowest = slowest.max(asked.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            slowest
+        };
+        let (r, slowest_probe) = tokio::join!(big, probes);
+        let took = started.elapsed();
+        assert_eq!(r.status, 400, "{:?}", r.body);
+        if duplicate {
+            // The duplicate comes after the members that pass the limit: the limit of
+            // members or the duplicate, whichever the decoder meets, is named.
+            let p = r.json();
+            assert!(
+                p["limit"] == "ingress.maxAttributes" || p["attribute"] == "m0",
+                "{p}"
+            );
+        }
+        // Seconds, not the minute a check of each member against all earlier ones took.
+        assert!(took < Duration::from_secs(10), "refused after {took:?}");
+        assert!(
+            slowest_probe < Duration::from_secs(2),
+            "/livez took {slowest_probe:?}"
+        );
+    }
+    assert_eq!(t.post_json(&minimal("after")).await.status, 202);
+}
+
+fn reqwest_like() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
