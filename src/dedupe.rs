@@ -18,6 +18,25 @@ pub struct DedupeKey {
     /// default key does): its parts, so that keys of string attributes are joined
     /// without evaluating CEL.
     concat: Option<Vec<Part>>,
+    /// Whether it has comprehensions: then each evaluation is held to the cost budget.
+    loops: bool,
+}
+
+/// Keys longer than this are stored as their SHA-256 digest: a key is kept in every
+/// stored frame and in the index's verification, and a source may be kilobytes long.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// `key` itself, or past [`MAX_KEY_BYTES`] a digest that no string key can equal (it
+/// starts with a byte that UTF-8 never has).
+fn bounded(key: Vec<u8>) -> Vec<u8> {
+    if key.len() <= MAX_KEY_BYTES {
+        return key;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &key);
+    let mut out = Vec::with_capacity(8 + digest.as_ref().len());
+    out.extend_from_slice(b"\xffsha256:");
+    out.extend_from_slice(digest.as_ref());
+    out
 }
 
 /// One operand of a key that joins strings.
@@ -62,13 +81,9 @@ impl std::fmt::Debug for DedupeKey {
 impl DedupeKey {
     /// Compiles `source`; the error carries CEL's column.
     pub fn compile(source: &str) -> Result<Self, String> {
-        let program = activation::env().compile(source).map_err(|e| {
-            e.errors
-                .iter()
-                .map(|e| format!("column {}: {}", e.pos.1 + 1, e.msg))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+        let checked = crate::router::cost::compile(source)
+            .map_err(|r| format!("column {}: {}", r.column, r.message))?;
+        let (program, loops) = (checked.program, checked.loops);
         let variables: Vec<String> = program
             .references()
             .variables()
@@ -89,6 +104,7 @@ impl DedupeKey {
             program,
             needs,
             concat,
+            loops,
         })
     }
 
@@ -100,6 +116,10 @@ impl DedupeKey {
     /// The key of `event`, as bytes. An error (an attribute the expression needs is
     /// absent, or the result is not a scalar) means the event cannot be deduplicated.
     pub fn key(&self, event: &Event) -> Result<Vec<u8>, String> {
+        self.unbounded_key(event).map(bounded)
+    }
+
+    fn unbounded_key(&self, event: &Event) -> Result<Vec<u8>, String> {
         if let Some(key) = self.concat.as_ref().and_then(|parts| join(parts, event)) {
             return Ok(key);
         }
@@ -108,6 +128,10 @@ impl DedupeKey {
         } else {
             None
         };
+        if self.loops {
+            let input = crate::router::cost::Input::new(event, data.as_ref());
+            crate::router::cost::within_budget(&self.program, &input)?;
+        }
         let base = activation::base();
         let ctx = activation::activation(&base, event, data.as_ref(), &self.needs);
         match self.program.execute(&ctx).map_err(|e| e.to_string())? {
@@ -241,6 +265,29 @@ mod tests {
     fn a_missing_attribute_is_an_error_not_a_key() {
         let k = DedupeKey::compile("subject").unwrap();
         assert!(k.key(&event(&[], None)).is_err());
+    }
+
+    #[test]
+    fn a_key_past_the_limit_is_its_digest() {
+        let k = DedupeKey::compile(r#"source + "\n" + id"#).unwrap();
+        let long = |source: &str| {
+            event(&[], None)
+                .into_parts()
+                .0
+                .into_iter()
+                .map(|(n, v)| match n.as_str() {
+                    "source" => (n, AttrValue::UriRef(source.to_string())),
+                    _ => (n, v),
+                })
+                .collect::<Vec<_>>()
+        };
+        let key = |source: &str| k.key(&Event::new(long(source), None).unwrap()).unwrap();
+        let a = format!("/{}", "a".repeat(70 * 1024));
+        let b = format!("/{}", "b".repeat(70 * 1024));
+        assert!(key(&a).len() <= 64);
+        assert_eq!(key(&a), key(&a));
+        assert_ne!(key(&a), key(&b));
+        assert_eq!(key("/s"), b"/s\nabc");
     }
 
     #[test]

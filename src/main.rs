@@ -471,8 +471,18 @@ fn init_tracing(env: &BTreeMap<String, String>, format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn serve(config: config::Config, subscriptions: Vec<Subscription>) -> anyhow::Result<()> {
+/// Runs the broker on a multi-threaded runtime whose threads have the stack CEL
+/// evaluation is sized for (filters and dedupe keys run on them).
+fn serve(config: config::Config, subscriptions: Vec<Subscription>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(switchyard::router::cost::EVAL_STACK)
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(serve_on(config, subscriptions))
+}
+
+async fn serve_on(config: config::Config, subscriptions: Vec<Subscription>) -> anyhow::Result<()> {
     match &config.file {
         Some(f) => tracing::info!(file = %f.display(), "config loaded"),
         None => tracing::info!("no config file; running on the embedded defaults"),

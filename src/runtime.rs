@@ -21,6 +21,8 @@ where
     let fut = tracker.track_future(fut);
     std::thread::Builder::new()
         .name(name.to_string())
+        // Routers evaluate CEL on their thread: the stack it is sized for.
+        .stack_size(crate::router::cost::EVAL_STACK)
         .spawn(move || handle.block_on(fut))
         .unwrap_or_else(|e| panic!("cannot start the {name} thread: {e}"));
 }

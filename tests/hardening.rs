@@ -161,3 +161,134 @@ fn reqwest_like() -> hyper_util::client::legacy::Client<
 > {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
+
+#[test]
+fn cel_filters_too_deep_or_too_long_are_check_errors_naming_the_limit() {
+    let deep = vec!["1"; 2_000].join(" + ") + " > 0";
+    let errors = common::subscription_errors(&format!(
+        "  filter:\n    cel: '{deep}'\n  sinks:\n    - uri: http://127.0.0.1:1/\n"
+    ));
+    assert!(
+        errors[0].to_string().contains("deeper than 64 levels"),
+        "{}",
+        errors[0]
+    );
+    let long = vec!["1"; 8_000].join(" + ") + " > 0";
+    let errors = common::subscription_errors(&format!(
+        "  filter:\n    cel: '{long}'\n  sinks:\n    - uri: http://127.0.0.1:1/\n"
+    ));
+    assert!(
+        errors[0].to_string().contains("limit is 16384"),
+        "{}",
+        errors[0]
+    );
+    // Ten elements mapped eight deep: 10^8 steps for any event.
+    let l = "[1,2,3,4,5,6,7,8,9,10]";
+    let mut nested = "x0".to_string();
+    for i in 0..8 {
+        nested = format!("{l}.map(x{i}, {nested})");
+    }
+    let errors = common::subscription_errors(&format!(
+        "  filter:\n    cel: 'size({nested}) > 0'\n  sinks:\n    - uri: http://127.0.0.1:1/\n"
+    ));
+    assert!(
+        errors[0].to_string().contains("too costly"),
+        "{}",
+        errors[0]
+    );
+    let errors = common::subscription_errors(
+        "  filter:\n    cel: 'subject.matches(\"(\")'\n  sinks:\n    - uri: http://127.0.0.1:1/\n",
+    );
+    assert!(
+        errors[0].to_string().contains("not a valid regex"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[tokio::test]
+async fn an_expensive_filter_is_an_error_for_its_subscription_while_the_others_route() {
+    let sink = TestSink::start(Vec::new(), Answer::status(200)).await;
+    let costly = "data.items.exists(a, data.items.exists(b, data.items.exists(c, a + b + c < 0)))";
+    let subs = [
+        subscription(
+            "costly",
+            &format!(
+                "  filter:\n    cel: '{costly}'\n  sinks:\n    - uri: {}\n",
+                sink.url("/costly")
+            ),
+        ),
+        subscription(
+            "plain",
+            &format!("  sinks:\n    - uri: {}\n", sink.url("/plain")),
+        ),
+    ]
+    .concat();
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    // A deep expression written into the folder of a running broker is refused by the
+    // reload, which keeps the subscriptions it has.
+    let deep = vec!["1"; 8_000].join(" + ") + " > 0";
+    t.write_subscriptions(
+        "deep.yaml",
+        &subscription(
+            "deep",
+            &format!(
+                "  filter:\n    cel: '{deep}'\n  sinks:\n    - uri: {}\n",
+                sink.url("/deep")
+            ),
+        ),
+    );
+    assert!(t.server().reloader.reload().is_err());
+    let mut event = minimal("wide");
+    // 300 items: 300^3 steps, far past the budget; 3 items: well inside it.
+    event["data"] = json!({ "items": (0..300).collect::<Vec<_>>() });
+    let started = Instant::now();
+    assert_eq!(t.post_json(&event).await.status, 202);
+    let mut small = minimal("small");
+    small["data"] = json!({ "items": [-5, 1, 2] });
+    assert_eq!(t.post_json(&small).await.status, 202);
+    let got = sink.wait_for(3, WAIT).await;
+    let paths: Vec<(&str, &str)> = got
+        .iter()
+        .map(|r| (r.path.as_str(), r.header("ce-id").unwrap()))
+        .collect();
+    assert!(paths.contains(&("/plain", "wide")), "{paths:?}");
+    assert!(paths.contains(&("/plain", "small")), "{paths:?}");
+    assert!(paths.contains(&("/costly", "small")), "{paths:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stats = t.server().routing.stats("costly");
+    assert_eq!(stats.errors.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // explain says why.
+    let set = t.server().routing.current();
+    let stored =
+        switchyard::event::json::decode_event(&serde_json::to_vec(&event).unwrap().into()).unwrap();
+    let verdicts =
+        switchyard::router::explain::explain(set.routes().map(|r| &r.subscription), &stored);
+    let costly = verdicts
+        .iter()
+        .find(|v| v.subscription == "costly")
+        .unwrap();
+    let (part, result) = &costly.parts[0];
+    assert_eq!(part, "cel");
+    assert!(
+        matches!(result, switchyard::router::filter::PartResult::Error(e) if e.contains("budget")),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_source_longer_than_64_kib_is_deduplicated_by_its_digest_and_fails_no_one_else() {
+    let mut t = TestServer::start("").await;
+    t.restart_with(|c| c.ingress.max_attribute_bytes = 1 << 20)
+        .await;
+    let mut long = minimal("long");
+    long["source"] = json!(format!("/{}", "s".repeat(70 * 1024)));
+    let (one, two) = (minimal("other-1"), minimal("other-2"));
+    let (a, b, c) = tokio::join!(t.post_json(&long), t.post_json(&one), t.post_json(&two));
+    for r in [&a, &b, &c] {
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    assert_eq!(t.post_json(&long).await.status, 202);
+    let records = t.records("default").await;
+    assert_eq!(records.len(), 3, "the repeat is a duplicate");
+}

@@ -126,5 +126,8 @@ pub fn cel_filter(input: &[u8]) {
     let data = activation::parse_data(&event);
     let base = activation::base();
     let ctx = activation::activation(&base, &event, data.as_ref(), &needs);
-    let _ = filter.evaluate(&ctx);
+    let _ = filter.evaluate(
+        &ctx,
+        &switchyard::router::cost::Input::new(&event, data.as_ref()),
+    );
 }

@@ -300,7 +300,8 @@ async fn replay(
                         None
                     };
                     let act = activation::activation(&base, &rec.event, data.as_ref(), &needs);
-                    if r.subscription.filter.decide(&rec.event, &act) == Decision::Match {
+                    let input = crate::router::cost::Input::new(&rec.event, data.as_ref());
+                    if r.subscription.filter.decide(&input, &act) == Decision::Match {
                         queued += 1;
                         entries.extend(lanes.iter().map(|l| (l.clone(), rec.seq)));
                     }

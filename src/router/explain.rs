@@ -33,7 +33,9 @@ pub fn explain<'a>(
                 needs.add(c.variables());
             }
             let act = activation::activation(&base, event, data.as_ref(), &needs);
-            let parts = s.filter.explain(event, &act);
+            let parts = s
+                .filter
+                .explain(&super::cost::Input::new(event, data.as_ref()), &act);
             let matched = parts.iter().all(|(_, r)| *r == PartResult::Match);
             Verdict {
                 subscription: s.name.clone(),

@@ -6,7 +6,7 @@
 
 use cel::{Context, Program, Value};
 
-use super::activation;
+use super::cost::{self, Input};
 use crate::event::{AttrValue, Event};
 
 /// A Subscriptions API filter expression.
@@ -62,6 +62,8 @@ pub struct CelFilter {
     source: String,
     program: Program,
     variables: Vec<String>,
+    /// Whether it has comprehensions: then each evaluation is held to the cost budget.
+    loops: bool,
 }
 
 impl std::fmt::Debug for CelFilter {
@@ -79,20 +81,14 @@ pub struct CelCompileError {
 }
 
 impl CelFilter {
+    /// Compiles `source` and holds it to the limits of [`cost`].
     pub fn compile(source: &str) -> Result<CelFilter, CelCompileError> {
-        let program = activation::env().compile(source).map_err(|e| {
-            let first = e.errors.first();
-            CelCompileError {
-                column: first.map_or(1, |e| usize::try_from(e.pos.1).unwrap_or(0) + 1),
-                message: e
-                    .errors
-                    .iter()
-                    .map(|e| e.msg.clone())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            }
+        let checked = cost::compile(source).map_err(|r| CelCompileError {
+            column: r.column,
+            message: r.message,
         })?;
-        let variables = program
+        let variables = checked
+            .program
             .references()
             .variables()
             .into_iter()
@@ -100,8 +96,9 @@ impl CelFilter {
             .collect();
         Ok(CelFilter {
             source: source.to_string(),
-            program,
+            program: checked.program,
             variables,
+            loops: checked.loops,
         })
     }
 
@@ -115,8 +112,12 @@ impl CelFilter {
     }
 
     /// Runs the expression: `Ok(true/false)` for a boolean result, `Err` for an
-    /// evaluation error or a result that is not a boolean.
-    pub fn evaluate(&self, activation: &Context) -> Result<bool, String> {
+    /// evaluation error, a result that is not a boolean, or an evaluation that could
+    /// pass the cost budget for this event (then it is not run).
+    pub fn evaluate(&self, activation: &Context, input: &Input) -> Result<bool, String> {
+        if self.loops {
+            cost::within_budget(&self.program, input)?;
+        }
         match self.program.execute(activation) {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
@@ -168,11 +169,12 @@ impl Filter {
     }
 
     /// Decides one event. Cheap parts run first; CEL only when they all matched.
-    pub fn decide(&self, event: &Event, activation: &Context) -> Decision {
+    pub fn decide(&self, input: &Input, activation: &Context) -> Decision {
+        let event = input.event;
         if !self.attributes_match(event) || !self.filters.iter().all(|d| d.matches(event)) {
             return Decision::NoMatch;
         }
-        match self.cel.as_ref().map(|c| c.evaluate(activation)) {
+        match self.cel.as_ref().map(|c| c.evaluate(activation, input)) {
             None | Some(Ok(true)) => Decision::Match,
             Some(Ok(false)) => Decision::NoMatch,
             Some(Err(_)) => Decision::Error,
@@ -181,7 +183,8 @@ impl Filter {
 
     /// Every part's result, named as in the subscription file
     /// (`attributes`, `filters[0]`, `cel`).
-    pub fn explain(&self, event: &Event, activation: &Context) -> Vec<(String, PartResult)> {
+    pub fn explain(&self, input: &Input, activation: &Context) -> Vec<(String, PartResult)> {
+        let event = input.event;
         let bool_result = |b: bool| {
             if b {
                 PartResult::Match
@@ -200,7 +203,7 @@ impl Filter {
             parts.push((format!("filters[{i}]"), bool_result(d.matches(event))));
         }
         if let Some(c) = &self.cel {
-            let r = match c.evaluate(activation) {
+            let r = match c.evaluate(activation, input) {
                 Ok(b) => bool_result(b),
                 Err(e) => PartResult::Error(e),
             };
@@ -335,7 +338,7 @@ mod tests {
         let data = parse_data(e);
         let base = base();
         let act = activation(&base, e, data.as_ref(), &needs);
-        filter.decide(e, &act)
+        filter.decide(&Input::new(e, data.as_ref()), &act)
     }
 
     #[test]
@@ -372,7 +375,9 @@ mod tests {
             Decision::Match
         );
         assert_eq!(decide(&f("type.matches('^x')"), &e), Decision::NoMatch);
-        assert_eq!(decide(&f("type.matches('(unclosed')"), &e), Decision::Error);
+        // A literal pattern is checked when it compiles; one built per event, when it runs.
+        assert!(CelFilter::compile("type.matches('(unclosed')").is_err());
+        assert_eq!(decide(&f("type.matches(type + '(')"), &e), Decision::Error);
     }
 
     #[test]
@@ -389,7 +394,7 @@ mod tests {
         let base = base();
         let act = activation(&base, &e, None, &needs);
         assert_eq!(
-            f.explain(&e, &act),
+            f.explain(&Input::new(&e, None), &act),
             vec![
                 ("attributes".into(), PartResult::Match),
                 ("filters[0]".into(), PartResult::Match),

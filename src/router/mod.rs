@@ -11,6 +11,7 @@
 //! are counted as dropped.
 
 pub mod activation;
+pub mod cost;
 pub mod explain;
 pub mod feed;
 pub mod filter;
@@ -48,8 +49,9 @@ pub fn decide_all(
         None
     };
     let act = activation::activation(base, event, data.as_ref(), needs);
+    let input = cost::Input::new(event, data.as_ref());
     for route in routes {
-        each(route, route.subscription.filter.decide(event, &act));
+        each(route, route.subscription.filter.decide(&input, &act));
     }
 }
 

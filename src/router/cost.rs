@@ -1,0 +1,536 @@
+//! What a CEL program may cost, for filters and the dedupe key alike.
+//!
+//! At compile time: the source's length, the depth and size of its tree (the `cel`
+//! crate evaluates by recursion, so a deep tree overflows the stack of whatever thread
+//! evaluates it), and regex literals. Compiling itself runs on a thread with a large,
+//! known stack, so that a deep expression is refused rather than crashing the process.
+//!
+//! At evaluation time, for programs with comprehensions (`all`, `exists`, `map`,
+//! `filter`, …): a bound on the work one evaluation can do, computed from the program
+//! and the event's sizes before evaluation starts. An evaluation whose bound passes
+//! [`BUDGET`] is not run: it is an evaluation error for that subscription. A program
+//! whose bound passes the budget for the smallest event is refused when it compiles.
+//!
+//! The unit of work is one CEL value visited or built (a string counts one per 16 bytes).
+//! The bound is an upper bound for the standard library: collections come from the
+//! event, from literals, from `+` or from comprehensions, and none of these can make a
+//! collection larger than what they are built from.
+
+use std::cell::OnceCell;
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::Program;
+
+use super::activation::ParsedData;
+use crate::event::Event;
+
+/// The longest expression accepted, in bytes.
+pub const MAX_SOURCE_BYTES: usize = 16 * 1024;
+
+/// The deepest expression tree accepted. Evaluation recurses about once per level:
+/// 64 levels took under 256 KiB of stack in a release build and 2-4 MiB in a debug
+/// build (`deep_programs_evaluate_within_the_evaluation_stack`).
+pub const MAX_DEPTH: usize = 64;
+
+/// The stack of the threads that evaluate CEL (the routers' threads and the runtime's
+/// workers): room for [`MAX_DEPTH`] levels in any build.
+pub const EVAL_STACK: usize = 8 << 20;
+
+/// The most nodes an expression tree may have.
+pub const MAX_NODES: usize = 4096;
+
+/// The most work one evaluation may do, in units (about 0.1 s of evaluation in a
+/// release build).
+pub const BUDGET: f64 = 1_000_000.0;
+
+/// Compiling may recurse once per level of the source's nesting, before the depth
+/// limit can be checked: a thread with this much stack compiles every expression of
+/// up to [`MAX_SOURCE_BYTES`].
+const COMPILE_STACK: usize = 256 << 20;
+
+/// Why an expression was refused: the 1-based column and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub column: usize,
+    pub message: String,
+}
+
+/// A compiled program and what its evaluation may cost.
+pub struct Checked {
+    pub program: Program,
+    /// Whether it has comprehensions, whose cost depends on the event.
+    pub loops: bool,
+}
+
+/// Compiles `source` for the shared environment ([`super::activation::env`]) on a
+/// thread with a large stack, then holds it to the limits above.
+pub fn compile(source: &str) -> Result<Checked, Refused> {
+    if source.len() > MAX_SOURCE_BYTES {
+        return Err(Refused {
+            column: 1,
+            message: format!(
+                "the expression is {} bytes long; the limit is {MAX_SOURCE_BYTES}",
+                source.len()
+            ),
+        });
+    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("cel-compile".into())
+            .stack_size(COMPILE_STACK)
+            .spawn_scoped(s, || {
+                let program = super::activation::env().compile(source).map_err(|e| Refused {
+                    column: e
+                        .errors
+                        .first()
+                        .map_or(1, |e| usize::try_from(e.pos.1).unwrap_or(0) + 1),
+                    message: e
+                        .errors
+                        .iter()
+                        .map(|e| e.msg.clone())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                })?;
+                let loops = check_shape(&program)?;
+                if loops {
+                    let least = bound(
+                        program.expression(),
+                        &InputSize::SMALLEST,
+                        &mut Vec::new(),
+                    );
+                    if least.cost > BUDGET {
+                        return Err(Refused {
+                            column: 1,
+                            message: format!(
+                                "the expression is too costly: even for the smallest event its comprehensions may take {:.0} units of work, over the budget of {BUDGET:.0}",
+                                least.cost
+                            ),
+                        });
+                    }
+                }
+                Ok(Checked { program, loops })
+            })
+            .map_err(|e| Refused {
+                column: 1,
+                message: format!("cannot start a thread to compile the expression: {e}"),
+            })?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Refused {
+                    column: 1,
+                    message: "the expression could not be compiled".into(),
+                })
+            })
+    })
+}
+
+/// Depth, size and regex literals, walked without recursion; whether the program has
+/// comprehensions.
+fn check_shape(program: &Program) -> Result<bool, Refused> {
+    let refuse = |message: String| Refused { column: 1, message };
+    let mut stack: Vec<(&IdedExpr, usize)> = vec![(program.expression(), 1)];
+    let (mut nodes, mut loops) = (0usize, false);
+    while let Some((e, depth)) = stack.pop() {
+        nodes += 1;
+        if depth > MAX_DEPTH {
+            return Err(refuse(format!(
+                "the expression nests deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        if nodes > MAX_NODES {
+            return Err(refuse(format!(
+                "the expression has more than {MAX_NODES} parts"
+            )));
+        }
+        if let Expr::Call(call) = &e.expr {
+            if call.func_name == "matches" {
+                let pattern = match (call.target.is_some(), call.args.as_slice()) {
+                    (true, [p]) | (false, [_, p]) => Some(p),
+                    _ => None,
+                };
+                if let Some(Expr::Literal(LiteralValue::String(p))) = pattern.map(|p| &p.expr) {
+                    if let Err(err) = super::activation::cached_regex(p.inner()) {
+                        let column = program
+                            .source_info()
+                            .offset_for(e.id)
+                            .map_or(1, |(start, _)| start as usize + 1);
+                        return Err(Refused {
+                            column,
+                            message: format!("'{}' is not a valid regex: {err}", p.inner()),
+                        });
+                    }
+                }
+            }
+        }
+        loops |= matches!(e.expr, Expr::Comprehension(_));
+        stack.extend(children(e).into_iter().map(|c| (c, depth + 1)));
+    }
+    Ok(loops)
+}
+
+fn children(e: &IdedExpr) -> Vec<&IdedExpr> {
+    match &e.expr {
+        Expr::Call(call) => call.target.iter().map(|t| &**t).chain(&call.args).collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => entries(&map.entries),
+        Expr::Struct(s) => entries(&s.entries),
+        Expr::Select(select) => vec![&*select.operand],
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
+}
+
+fn entries(entries: &[cel::common::ast::IdedEntryExpr]) -> Vec<&IdedExpr> {
+    entries
+        .iter()
+        .flat_map(|e| match &e.expr {
+            EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+            EntryExpr::StructField(f) => vec![&f.value],
+        })
+        .collect()
+}
+
+/// The sizes of one event that bound what an evaluation over it can do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputSize {
+    /// The most elements any collection of the event has (`data`'s lists and maps,
+    /// the attributes).
+    pub longest: f64,
+    /// The weight of everything the event holds, in units.
+    pub weight: f64,
+}
+
+impl InputSize {
+    /// An event with one small attribute and no data.
+    pub const SMALLEST: InputSize = InputSize {
+        longest: 1.0,
+        weight: 1.0,
+    };
+
+    /// Measures `event` and its parsed `data`.
+    pub fn of(event: &Event, data: Option<&ParsedData>) -> InputSize {
+        let mut size = InputSize {
+            longest: event.attributes().len() as f64,
+            weight: event
+                .attributes()
+                .iter()
+                .map(|(n, v)| 2.0 + string_weight(n.len() + v.text_len()))
+                .sum(),
+        };
+        match data {
+            Some(ParsedData::Json(v)) => {
+                let mut stack = vec![v];
+                while let Some(v) = stack.pop() {
+                    size.weight += 1.0;
+                    match v {
+                        serde_json::Value::String(s) => size.weight += string_weight(s.len()),
+                        serde_json::Value::Array(a) => {
+                            size.longest = size.longest.max(a.len() as f64);
+                            stack.extend(a);
+                        }
+                        serde_json::Value::Object(o) => {
+                            size.longest = size.longest.max(o.len() as f64);
+                            size.weight +=
+                                o.keys().map(|k| 1.0 + string_weight(k.len())).sum::<f64>();
+                            stack.extend(o.values());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Some(ParsedData::Text(s)) => size.weight += 1.0 + string_weight(s.len()),
+            Some(ParsedData::Bytes(b)) => size.weight += 1.0 + string_weight(b.len()),
+            None => {}
+        }
+        size
+    }
+}
+
+fn string_weight(bytes: usize) -> f64 {
+    bytes as f64 / 16.0
+}
+
+/// An event and its parsed data, with its sizes measured at most once, when a program
+/// with comprehensions first needs them.
+pub struct Input<'a> {
+    pub event: &'a Event,
+    pub data: Option<&'a ParsedData>,
+    sizes: OnceCell<InputSize>,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(event: &'a Event, data: Option<&'a ParsedData>) -> Self {
+        Input {
+            event,
+            data,
+            sizes: OnceCell::new(),
+        }
+    }
+
+    pub fn sizes(&self) -> InputSize {
+        *self
+            .sizes
+            .get_or_init(|| InputSize::of(self.event, self.data))
+    }
+}
+
+/// Checks a program with comprehensions against the budget for one event.
+pub fn within_budget(program: &Program, input: &Input) -> Result<(), String> {
+    let b = bound(program.expression(), &input.sizes(), &mut Vec::new());
+    if b.cost > BUDGET {
+        return Err(format!(
+            "not evaluated: for this event the expression may take {:.0} units of work, over the budget of {BUDGET:.0}",
+            b.cost
+        ));
+    }
+    Ok(())
+}
+
+/// Bounds on one expression's value and the work of computing it.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    /// The most elements of any collection in the value.
+    longest: f64,
+    /// The value's weight.
+    weight: f64,
+    /// The work of computing it.
+    cost: f64,
+}
+
+const SCALAR: Bound = Bound {
+    longest: 1.0,
+    weight: 1.0,
+    cost: 1.0,
+};
+
+/// The bound of `e` with `scope` binding comprehension variables. Recursion is
+/// bounded by [`MAX_DEPTH`], checked at compile time.
+fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound)>) -> Bound {
+    match &e.expr {
+        Expr::Literal(LiteralValue::String(s)) => Bound {
+            weight: 1.0 + string_weight(s.inner().len()),
+            ..SCALAR
+        },
+        Expr::Literal(LiteralValue::Bytes(b)) => Bound {
+            weight: 1.0 + string_weight(b.inner().len()),
+            ..SCALAR
+        },
+        Expr::Literal(_) | Expr::Unspecified => SCALAR,
+        Expr::Ident(name) => match scope.iter().rev().find(|(n, _)| n == name) {
+            Some((_, b)) => Bound { cost: 1.0, ..*b },
+            None => Bound {
+                longest: input.longest,
+                weight: input.weight,
+                cost: 1.0,
+            },
+        },
+        Expr::Select(select) => {
+            let operand = bound(&select.operand, input, scope);
+            if select.test {
+                Bound {
+                    cost: operand.cost + 1.0,
+                    ..SCALAR
+                }
+            } else {
+                Bound {
+                    cost: operand.cost + 1.0,
+                    ..operand
+                }
+            }
+        }
+        Expr::List(_) | Expr::Map(_) | Expr::Struct(_) => {
+            let parts: Vec<Bound> = children(e)
+                .into_iter()
+                .map(|c| bound(c, input, scope))
+                .collect();
+            let n = parts.len() as f64;
+            Bound {
+                longest: parts.iter().fold(n, |m, p| m.max(p.longest)),
+                weight: n + parts.iter().map(|p| p.weight).sum::<f64>(),
+                cost: n + parts.iter().map(|p| p.cost).sum::<f64>(),
+            }
+        }
+        Expr::Call(call) => {
+            let parts: Vec<Bound> = children(e)
+                .into_iter()
+                .map(|c| bound(c, input, scope))
+                .collect();
+            let cost: f64 = 1.0 + parts.iter().map(|p| p.cost).sum::<f64>();
+            let touched: f64 = parts.iter().map(|p| p.weight).sum();
+            let most = |f: fn(&Bound) -> f64| parts.iter().map(f).fold(1.0, f64::max);
+            match call.func_name.as_str() {
+                // Concatenation copies both sides; appending to a comprehension's
+                // accumulator (how `map` and `filter` build their result) copies only the
+                // new part.
+                "_+_" => {
+                    let appends = matches!(
+                        call.args.first().map(|a| &a.expr),
+                        Some(Expr::Ident(n)) if n.starts_with('@')
+                    );
+                    let copied = if appends {
+                        parts.get(1).map_or(0.0, |p| p.weight)
+                    } else {
+                        touched
+                    };
+                    Bound {
+                        longest: parts.iter().map(|p| p.longest).sum(),
+                        weight: touched,
+                        cost: cost + copied,
+                    }
+                }
+                "_&&_" | "_||_" | "!_" | "_?_:_" => Bound {
+                    longest: most(|p| p.longest),
+                    weight: most(|p| p.weight),
+                    cost,
+                },
+                // Indexing, conversions and the other functions yield at most what they
+                // are given and may read all of it.
+                _ => Bound {
+                    longest: most(|p| p.longest),
+                    weight: most(|p| p.weight),
+                    cost: cost + touched,
+                },
+            }
+        }
+        Expr::Comprehension(c) => {
+            let range = bound(&c.iter_range, input, scope);
+            let init = bound(&c.accu_init, input, scope);
+            let iterations = range.longest;
+            // The step's cost with the element weighing nothing, and with it weighing the
+            // whole range: the bound is convex in the element's weight (sums, products and
+            // maxima of non-negative terms), and the elements' weights add up to at most
+            // the range's, so the iterations together cost at most
+            // iterations·light + (heavy − light).
+            let step = |weight: f64, scope: &mut Vec<(&'e str, Bound)>| {
+                let element = Bound {
+                    longest: range.longest,
+                    weight,
+                    cost: 1.0,
+                };
+                let before = scope.len();
+                scope.push((c.iter_var.as_str(), element));
+                if let Some(v) = &c.iter_var2 {
+                    scope.push((v.as_str(), element));
+                }
+                scope.push((
+                    c.accu_var.as_str(),
+                    Bound {
+                        longest: iterations.max(init.longest),
+                        weight: 0.0,
+                        cost: 1.0,
+                    },
+                ));
+                let cond = bound(&c.loop_cond, input, scope);
+                let step = bound(&c.loop_step, input, scope);
+                scope.truncate(before);
+                (cond.cost + step.cost, step.weight)
+            };
+            let (light, light_weight) = step(0.0, scope);
+            let (heavy, heavy_weight) = step(range.weight, scope);
+            let accumulated = Bound {
+                longest: iterations.max(init.longest),
+                weight: init.weight + iterations * light_weight + (heavy_weight - light_weight),
+                cost: 1.0,
+            };
+            scope.push((c.accu_var.as_str(), accumulated));
+            let result = bound(&c.result, input, scope);
+            scope.pop();
+            Bound {
+                longest: result.longest,
+                weight: result.weight,
+                cost: range.cost + init.cost + iterations * light + (heavy - light) + result.cost,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiled(source: &str) -> Result<Checked, Refused> {
+        compile(source)
+    }
+
+    fn cost(source: &str, longest: f64, weight: f64) -> f64 {
+        let c = compiled(source).unwrap();
+        bound(
+            c.program.expression(),
+            &InputSize { longest, weight },
+            &mut Vec::new(),
+        )
+        .cost
+    }
+
+    #[test]
+    fn limits_are_named_when_an_expression_is_refused() {
+        let long = vec!["1"; 2_000].join(" + ") + " > 0";
+        let e = compiled(&long).err().unwrap();
+        assert!(e.message.contains("deeper than 64"), "{}", e.message);
+        let longer = vec!["1"; 8_000].join(" + ") + " > 0";
+        assert!(compiled(&longer).err().unwrap().message.contains("16384"));
+        let wide = format!("[{}].size() > 0", vec!["1"; 5_000].join(","));
+        assert!(compiled(&wide)
+            .err()
+            .unwrap()
+            .message
+            .contains("4096 parts"));
+        let e = compiled("type.matches('(')").err().unwrap();
+        assert!(e.message.contains("not a valid regex"), "{}", e.message);
+        assert_eq!(e.column, 13);
+        let l = "[1,2,3,4,5,6,7,8,9,10]";
+        let mut deep = "x0".to_string();
+        for i in 0..8 {
+            deep = format!("{l}.map(x{i}, {deep})");
+        }
+        let e = compiled(&format!("size({deep}) > 0")).err().unwrap();
+        assert!(e.message.contains("too costly"), "{}", e.message);
+        assert!(compiled(&format!("{l}.all(a, {l}.all(b, a + b > 0))")).is_ok());
+    }
+
+    #[test]
+    fn the_bound_grows_with_the_event_as_the_work_does() {
+        let single = cost("data.items.exists(i, i.name == 'x')", 1000.0, 5000.0);
+        // One pass over a thousand elements: thousands of units, not millions.
+        assert!((1_000.0..100_000.0).contains(&single), "{single}");
+        let nested = cost(
+            "data.items.exists(i, data.items.exists(j, i == j))",
+            1000.0,
+            5000.0,
+        );
+        assert!(nested > 1_000_000.0, "{nested}");
+        // A list of the whole input for each element weighs input × elements.
+        let copies = cost("size(data.items.map(i, data.items)) > 0", 1000.0, 5000.0);
+        assert!(copies > 1_000_000.0, "{copies}");
+        // A typical Tekton filter over a PipelineRun stays far inside the budget.
+        let tekton = cost(
+            "data.pipelineRun.status.childReferences.exists(c, c.pipelineTaskName == 'deploy' && c.kind == 'TaskRun')",
+            40.0,
+            3000.0,
+        );
+        assert!(tekton < BUDGET / 10.0, "{tekton}");
+    }
+
+    #[test]
+    fn deep_programs_evaluate_within_the_evaluation_stack() {
+        // The depth limit counts the comparison too.
+        let deep = vec!["1"; MAX_DEPTH - 1].join(" + ") + " > 0";
+        let c = compiled(&deep).unwrap();
+        let ok = std::thread::Builder::new()
+            .stack_size(EVAL_STACK)
+            .spawn(move || {
+                let ctx = super::super::activation::base();
+                c.program.execute(&ctx).is_ok()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(ok);
+    }
+}
