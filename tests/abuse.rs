@@ -167,7 +167,11 @@ async fn a_kept_alive_connection_that_goes_quiet_gives_its_slot_back() {
         write!(s, "POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
         let mut buf = [0u8; 512];
         let n = s.read(&mut buf).unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 202"));
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 202"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
         s
     })
     .await

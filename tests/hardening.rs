@@ -292,3 +292,122 @@ async fn a_source_longer_than_64_kib_is_deduplicated_by_its_digest_and_fails_no_
     let records = t.records("default").await;
     assert_eq!(records.len(), 3, "the repeat is a duplicate");
 }
+
+/// Opens `n` connections that each send `first` and then nothing more.
+async fn silent_connections(
+    addr: std::net::SocketAddr,
+    n: usize,
+    first: &'static [u8],
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        out.push(s);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_http2_connections_are_cut_and_a_producer_gets_through() {
+    let t = TestServer::start_with(|c| {
+        c.ingress.header_read_timeout = Duration::from_millis(400);
+        c.ingress.max_connections = 16;
+    })
+    .await;
+    // The HTTP/2 preface and an empty SETTINGS frame, then silence: more of them than
+    // there are connection slots.
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let _silent = silent_connections(t.server().ingress_addr, 24, PREFACE).await;
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), t.post_json(&minimal("through")))
+        .await
+        .expect("a producer is served while silent HTTP/2 connections are open");
+    assert_eq!(r.status, 202);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_slower_than_the_minimum_rate_are_cut_and_a_producer_gets_through() {
+    let t = TestServer::start_with(|c| {
+        c.ingress.max_connections = 8;
+        c.ingress.min_body_rate = 1024;
+        c.ingress.min_body_rate_after = Duration::from_millis(500);
+    })
+    .await;
+    let addr = t.server().ingress_addr;
+    // More tricklers than slots, each a byte every 100 ms.
+    let tricklers: Vec<_> = (0..12)
+        .map(|_| {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/cloudevents+json\r\ncontent-length: 100000\r\n\r\n{").await.unwrap();
+                let mut answer = Vec::new();
+                for _ in 0..100 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if s.write_all(b" ").await.is_err() {
+                        break;
+                    }
+                    let mut buf = [0u8; 1024];
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+                    {
+                        answer.extend_from_slice(&buf[..n]);
+                        break;
+                    }
+                }
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), t.post_json(&minimal("through")))
+        .await
+        .expect("a producer is served while bodies trickle");
+    assert_eq!(r.status, 202);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut cut = 0;
+    for tr in tricklers {
+        let answer = tr.await.unwrap();
+        if answer.starts_with("HTTP/1.1 408") {
+            assert!(answer.contains("ingress.minBodyRate"), "{answer}");
+            cut += 1;
+        }
+    }
+    assert!(cut >= 8, "{cut} tricklers were cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_under_way_are_bounded_in_all_and_the_request_past_it_gets_503() {
+    let t = TestServer::start_with(|c| c.ingress.max_buffered_body_bytes = 3 << 20).await;
+    let addr = t.server().ingress_addr;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Each sends 1 MiB of a 4 MiB body and waits.
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/cloudevents+json\r\ncontent-length: 4000000\r\n\r\n").await.unwrap();
+        s.write_all(&vec![b' '; 1 << 20]).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await
+        {
+            refused = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            break;
+        }
+        held.push(s);
+    }
+    let answer = refused.expect("a body past the budget is refused");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("ingress.maxBufferedBodyBytes"), "{answer}");
+    assert_eq!(held.len(), 3);
+    drop(held);
+    assert_eq!(t.post_json(&minimal("after")).await.status, 202);
+}

@@ -101,6 +101,15 @@ pub struct IngressConfig {
     pub header_read_timeout: Duration,
     /// How long a client may take to send its whole body.
     pub body_read_timeout: Duration,
+    /// After `min_body_rate_after`, a body must have arrived at this many bytes per
+    /// second on average, or it is cut off; 0 turns the check off.
+    pub min_body_rate: u64,
+    pub min_body_rate_after: Duration,
+    /// The most request body bytes one connection may have buffered at once (all its
+    /// HTTP/2 streams together).
+    pub max_connection_body_bytes: u64,
+    /// The most request body bytes all connections together may have buffered at once.
+    pub max_buffered_body_bytes: u64,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
     /// TLS, when a certificate is configured; plain HTTP otherwise.
@@ -197,6 +206,10 @@ ingress:
   tokens: []
   headerReadTimeout: 10s
   bodyReadTimeout: 60s
+  minBodyRate: 1KiB
+  minBodyRateAfter: 5s
+  maxConnectionBodyBytes: 64MiB
+  maxBufferedBodyBytes: 512MiB
   maxConnections: 4096
   tls: { certFile: null, keyFile: null, clientCaFile: null }
 admin:
@@ -230,6 +243,10 @@ const KEYS: &[&str] = &[
     "ingress.tokens",
     "ingress.headerReadTimeout",
     "ingress.bodyReadTimeout",
+    "ingress.minBodyRate",
+    "ingress.minBodyRateAfter",
+    "ingress.maxConnectionBodyBytes",
+    "ingress.maxBufferedBodyBytes",
     "ingress.maxConnections",
     "ingress.tls.certFile",
     "ingress.tls.keyFile",
@@ -808,6 +825,19 @@ impl Validator {
             ),
             body_read_timeout: self
                 .duration(node!("ingress.bodyReadTimeout"), "ingress.bodyReadTimeout"),
+            min_body_rate: self.size(node!("ingress.minBodyRate"), "ingress.minBodyRate"),
+            min_body_rate_after: self.duration(
+                node!("ingress.minBodyRateAfter"),
+                "ingress.minBodyRateAfter",
+            ),
+            max_connection_body_bytes: self.positive_size(
+                node!("ingress.maxConnectionBodyBytes"),
+                "ingress.maxConnectionBodyBytes",
+            ),
+            max_buffered_body_bytes: self.positive_size(
+                node!("ingress.maxBufferedBodyBytes"),
+                "ingress.maxBufferedBodyBytes",
+            ),
             max_connections: self.int(
                 node!("ingress.maxConnections"),
                 "ingress.maxConnections",
@@ -816,6 +846,27 @@ impl Validator {
             ) as usize,
             tls: self.ingress_tls(user, defaults),
         };
+        // One request's body must fit the budgets it is read into (when the sizes read).
+        let sizes_read = !self.errors.iter().any(|e| e.key.starts_with("ingress.max"));
+        for (key, budget) in [
+            (
+                "ingress.maxConnectionBodyBytes",
+                ingress.max_connection_body_bytes,
+            ),
+            (
+                "ingress.maxBufferedBodyBytes",
+                ingress.max_buffered_body_bytes,
+            ),
+        ] {
+            if sizes_read && budget < ingress.max_batch_bytes.max(ingress.max_event_bytes) {
+                let n = self.pick(user, defaults, key);
+                self.error(
+                    n,
+                    key,
+                    "must be at least ingress.maxBatchBytes and ingress.maxEventBytes",
+                );
+            }
+        }
         let (mut metrics_public, mut health_public) = (false, false);
         for n in self.list(node!("admin.public"), "admin.public") {
             match n.scalar_text().as_deref() {

@@ -6,6 +6,7 @@ pub mod problem;
 pub mod tls;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use http::header::{
     ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -89,6 +90,8 @@ pub struct Ingress {
     metrics: Arc<Metrics>,
     /// Each broker of the log, by name, with its metric series.
     brokers: HashMap<Arc<str>, IngressSeries>,
+    /// The body bytes all requests together may have buffered (`maxBufferedBodyBytes`).
+    body_budget: Arc<Semaphore>,
 }
 
 impl Ingress {
@@ -104,13 +107,103 @@ impl Ingress {
             .brokers()
             .map(|b| (b.clone(), metrics.ingress_series(b)))
             .collect();
+        let body_budget = Arc::new(Semaphore::new(
+            usize::try_from(config.max_buffered_body_bytes)
+                .unwrap_or(Semaphore::MAX_PERMITS)
+                .min(Semaphore::MAX_PERMITS),
+        ));
         Ingress {
+            body_budget,
             log,
             config,
             dedupe,
             clock,
             metrics,
             brokers,
+        }
+    }
+}
+
+/// One connection's state as the accept loop and its own watchdog see it: requests
+/// under way, when it was last busy, its share of the body budget.
+struct Activity {
+    /// Requests under way.
+    active: AtomicUsize,
+    /// When a request last began or ended, in milliseconds since `Connections::epoch`.
+    last_ms: AtomicU64,
+    /// Asks the connection to close (it is the idlest one at the connection limit).
+    shed: tokio::sync::Notify,
+    /// The body bytes its requests may have buffered at once.
+    body: Arc<Semaphore>,
+}
+
+/// Marks a request under way on its connection, until dropped.
+struct Busy<'a>(&'a Activity, &'a Connections);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0
+            .last_ms
+            .store(self.1.now_ms(), AtomicOrdering::Relaxed);
+        self.0.active.fetch_sub(1, AtomicOrdering::Relaxed);
+    }
+}
+
+/// The open connections, so that at the connection limit the idlest can be shed.
+struct Connections {
+    epoch: std::time::Instant,
+    next: AtomicU64,
+    open: std::sync::Mutex<HashMap<u64, Arc<Activity>>>,
+}
+
+impl Connections {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn open(&self, body_budget: u64) -> (u64, Arc<Activity>) {
+        let id = self.next.fetch_add(1, AtomicOrdering::Relaxed);
+        let activity = Arc::new(Activity {
+            active: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(self.now_ms()),
+            shed: tokio::sync::Notify::new(),
+            body: Arc::new(Semaphore::new(
+                usize::try_from(body_budget)
+                    .unwrap_or(Semaphore::MAX_PERMITS)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+        });
+        self.lock().insert(id, activity.clone());
+        (id, activity)
+    }
+
+    fn close(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Activity>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn busy<'a>(&'a self, activity: &'a Activity) -> Busy<'a> {
+        activity.active.fetch_add(1, AtomicOrdering::Relaxed);
+        Busy(activity, self)
+    }
+
+    /// Asks the connection with no request under way that has been idle the longest to
+    /// close; false when every connection is busy.
+    fn shed_idlest(&self) -> bool {
+        let open = self.lock();
+        let idlest = open
+            .values()
+            .filter(|a| a.active.load(AtomicOrdering::Relaxed) == 0)
+            .min_by_key(|a| a.last_ms.load(AtomicOrdering::Relaxed));
+        match idlest {
+            Some(a) => {
+                a.shed.notify_one();
+                true
+            }
+            None => false,
         }
     }
 }
@@ -124,92 +217,179 @@ pub async fn serve(
     drain: Duration,
 ) {
     let permits = Arc::new(Semaphore::new(ingress.config.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let connections = Arc::new(Connections {
+        epoch: std::time::Instant::now(),
+        next: AtomicU64::new(0),
+        open: Default::default(),
+    });
+    let idle = ingress.config.header_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(ingress.config.header_read_timeout)
+        .header_read_timeout(idle)
         .max_buf_size(64 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // A peer that stops answering is cut off, whatever its streams are doing.
+        .keep_alive_interval(idle)
+        .keep_alive_timeout(idle);
     let acceptor = ingress
         .config
         .tls
         .as_ref()
         .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
     loop {
-        // Hold a permit before accepting: beyond the limit, clients wait in the backlog.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.cancelled() => break,
-        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors, say: give the others a moment to close.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
             _ = shutdown.cancelled() => break,
         };
+        // At the limit, the new client waits (and the clients after it wait in the
+        // backlog) while the connection idle the longest is asked to make room.
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                connections.shed_idlest();
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let limit = ingress.config.header_read_timeout;
-        let ingress = ingress.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let ingress = ingress.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&ingress, req).await) }
-        });
-        let (builder, watcher, acceptor) = (builder.clone(), graceful.watcher(), acceptor.clone());
-        tokio::spawn(async move {
+        let (id, activity) = connections.open(ingress.config.max_connection_body_bytes);
+        let (ingress, connections, builder, acceptor, shutdown) = (
+            ingress.clone(),
+            connections.clone(),
+            builder.clone(),
+            acceptor.clone(),
+            shutdown.clone(),
+        );
+        tracker.spawn(async move {
+            let service = {
+                let (connections, activity) = (connections.clone(), activity.clone());
+                hyper::service::service_fn(move |req| {
+                    let (ingress, connections, activity) =
+                        (ingress.clone(), connections.clone(), activity.clone());
+                    async move {
+                        let _busy = connections.busy(&activity);
+                        Ok::<_, std::convert::Infallible>(
+                            handle(&ingress, req, &activity.body).await,
+                        )
+                    }
+                })
+            };
             // hyper's header timer starts at the first byte: a client that connects and
             // sends nothing would hold its slot forever. It gets the header read timeout
             // to start, and a TLS handshake gets the same bound.
             let mut byte = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(limit, stream.peek(&mut byte)).await,
+            if matches!(
+                tokio::time::timeout(idle, stream.peek(&mut byte)).await,
                 Ok(Ok(1))
             ) {
-                return;
-            }
-            match acceptor {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let conn = builder.serve_connection(TokioIo::new(tls), service);
-                            let _ = watcher.watch(conn).await;
+                match acceptor {
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        watch(conn, &activity, &connections, idle, &shutdown).await;
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => {
+                                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                                watch(conn, &activity, &connections, idle, &shutdown).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
                         }
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
                 }
             }
+            connections.close(id);
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!("ingress connections still open after the shutdown deadline");
     }
 }
 
+/// Serves one connection until it ends, closing it gracefully at shutdown, when it is
+/// shed, or when it has had no request under way for `idle` (HTTP/1's keep-alive wait
+/// is bounded by hyper's header timer as well; HTTP/2 has no such timer).
+async fn watch<I, S>(
+    conn: auto::Connection<'_, I, S, TokioExecutor>,
+    activity: &Activity,
+    connections: &Connections,
+    idle: Duration,
+    shutdown: &CancellationToken,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    tokio::pin!(conn);
+    let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = shutdown.cancelled(), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                // The server's drain deadline bounds this one.
+                closing = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+            }
+            _ = activity.shed.notified(), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + idle);
+            }
+            _ = tick.tick() => match closing {
+                // A peer that ignores the close (an HTTP/2 GOAWAY) is dropped.
+                Some(at) if tokio::time::Instant::now() >= at => return,
+                Some(_) => {}
+                None => {
+                    let idle_ms = connections
+                        .now_ms()
+                        .saturating_sub(activity.last_ms.load(AtomicOrdering::Relaxed));
+                    if activity.active.load(AtomicOrdering::Relaxed) == 0
+                        && Duration::from_millis(idle_ms) >= idle
+                    {
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(tokio::time::Instant::now() + idle);
+                    }
+                }
+            },
+        }
+    }
+}
+
 /// Handles one request.
-pub async fn handle(ingress: &Ingress, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Handles one request; its body is read within the connection's budget `connection`
+/// and the ingress's own.
+pub async fn handle(
+    ingress: &Ingress,
+    req: Request<Incoming>,
+    connection: &Arc<Semaphore>,
+) -> Response<Full<Bytes>> {
     let started = std::time::Instant::now();
     // Only configured brokers become label values.
     let broker = broker_of(req.uri().path()).and_then(|b| ingress.brokers.get_key_value(b));
     let label = broker.map_or(metrics::UNKNOWN_BROKER, |(b, _)| &**b);
-    let response = match handle_inner(ingress, broker, req).await {
+    let response = match handle_inner(ingress, broker, req, connection).await {
         Ok(r) => r,
         Err(p) => {
             tracing::debug!(status = p.status.as_u16(), detail = %p.detail, "request rejected");
@@ -256,6 +436,7 @@ async fn handle_inner(
     ingress: &Ingress,
     broker: Option<(&Arc<str>, &IngressSeries)>,
     req: Request<Incoming>,
+    connection: &Arc<Semaphore>,
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let Some(broker_name) = broker_of(req.uri().path()) else {
         return Err(Problem::new(
@@ -306,11 +487,21 @@ async fn handle_inner(
         ingress.config.max_event_bytes
     };
     let (parts, body) = req.into_parts();
-    let body = read_body(
+    // The budget's permits are held until the request is answered: the body's bytes
+    // stay in memory until the event is stored.
+    let (body, _budget) = read_body(
         &parts.headers,
         body,
-        limit,
-        ingress.config.body_read_timeout,
+        BodyLimits {
+            limit,
+            timeout: ingress.config.body_read_timeout,
+            min_rate: ingress.config.min_body_rate,
+            min_rate_after: ingress.config.min_body_rate_after,
+        },
+        [
+            (connection, "ingress.maxConnectionBodyBytes"),
+            (&ingress.body_budget, "ingress.maxBufferedBodyBytes"),
+        ],
     )
     .await?;
     series.received_bytes.inc_by(body.len() as u64);
@@ -450,12 +641,25 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn read_body(
-    headers: &HeaderMap,
-    body: Incoming,
+/// What bounds a request body.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
     limit: u64,
     timeout: Duration,
-) -> Result<Bytes, Problem> {
+    /// Bytes per second on average, required after `min_rate_after`; 0 is off.
+    min_rate: u64,
+    min_rate_after: Duration,
+}
+
+/// Reads a body within its limits, taking its bytes from each budget (the
+/// connection's, the ingress's) as they arrive; the permits are handed back with it.
+async fn read_body(
+    headers: &HeaderMap,
+    mut body: Incoming,
+    limits: BodyLimits,
+    budgets: [(&Arc<Semaphore>, &'static str); 2],
+) -> Result<(Bytes, Vec<tokio::sync::OwnedSemaphorePermit>), Problem> {
+    let limit = limits.limit;
     let too_large = || {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -471,26 +675,74 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "Request Timeout",
-            "the body was not received in time",
-        )),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
+    let started = tokio::time::Instant::now();
+    let deadline = started + limits.timeout;
+    let mut rate_check = tokio::time::interval(Duration::from_millis(250));
+    rate_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = bytes::BytesMut::with_capacity(
+        declared.map_or(0, |n| usize::try_from(n.min(1 << 20)).unwrap_or(0)),
+    );
+    let mut permits = Vec::new();
+    loop {
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request Timeout",
+                    "the body was not received in time (ingress.bodyReadTimeout)",
+                ).with_limit("ingress.bodyReadTimeout"))
+            }
+            _ = rate_check.tick() => {
+                let elapsed = started.elapsed();
+                if limits.min_rate > 0
+                    && elapsed > limits.min_rate_after
+                    && (buf.len() as f64) < limits.min_rate as f64 * elapsed.as_secs_f64()
+                {
+                    return Err(Problem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "Request Timeout",
+                        format!(
+                            "the body arrived at {:.0} bytes/s; after {:?} it must average at least {} bytes/s (ingress.minBodyRate)",
+                            buf.len() as f64 / elapsed.as_secs_f64(),
+                            limits.min_rate_after,
+                            limits.min_rate
+                        ),
+                    ).with_limit("ingress.minBodyRate"));
+                }
+                continue;
+            }
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "Incomplete Body",
+                format!("the body could not be read: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if buf.len() as u64 + data.len() as u64 > limit {
+            return Err(too_large());
         }
-        Ok(Err(e)) => Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Incomplete Body",
-            format!("the body could not be read: {e}"),
-        )),
+        let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        for (budget, key) in budgets {
+            let permit = budget.clone().try_acquire_many_owned(n).map_err(|_| {
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Busy",
+                    format!("too many request bodies are being received at once ({key})"),
+                )
+                .with_limit(key)
+                .with_header(RETRY_AFTER, "1")
+            })?;
+            permits.push(permit);
+        }
+        buf.extend_from_slice(&data);
     }
+    Ok((buf.freeze(), permits))
 }
 
 /// Bodies up to this size are decoded on the runtime's thread; larger ones on a
