@@ -127,14 +127,8 @@ async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
-        if !presented
-            .is_some_and(|p| crate::ingress::constant_time_eq(p.as_bytes(), token.as_bytes()))
-        {
+            .and_then(|v| crate::ingress::bearer::bearer_token(v.as_bytes()));
+        if !presented.is_some_and(|p| crate::ingress::constant_time_eq(p, token.as_bytes())) {
             let p = Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",
