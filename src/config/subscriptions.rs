@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use http::Uri;
 
 use super::yaml::{self, Node, Value};
@@ -32,8 +32,9 @@ pub enum SinkFormat {
 pub struct Sink {
     pub uri: Uri,
     pub format: SinkFormat,
-    /// Extra request headers; values may be secrets and are never printed.
-    pub headers: Vec<(HeaderName, String)>,
+    /// Extra request headers, checked at load; values may be secrets, are marked
+    /// sensitive and are never printed.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The sink's own CA and client certificate, when it has them.
     pub tls: Option<SinkTls>,
     /// Standard Webhooks signing keys, when the sink wants signed requests.
@@ -651,16 +652,29 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
         if let Value::Map(entries) = &h.value {
             for (name, line, value) in entries {
                 let here = format!("{path}.headers.{name}");
-                match HeaderName::from_bytes(name.as_bytes()) {
-                    Ok(hn) => {
-                        if let Some(secret) = v.secret(value, &here) {
-                            headers.push((hn, secret));
-                        }
+                let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
+                    v.error_at(
+                        *line,
+                        &here,
+                        format!("'{name}' is not a valid HTTP header name"),
+                    );
+                    continue;
+                };
+                let Some(secret) = v.secret(value, &here) else {
+                    continue;
+                };
+                // Checked here, not at send time: a value HTTP cannot carry (an env var
+                // or file with a newline in it) would otherwise be left out of every
+                // request without a word. The message names the header, never the value.
+                match HeaderValue::from_str(&secret) {
+                    Ok(mut hv) => {
+                        hv.set_sensitive(true);
+                        headers.push((hn, hv));
                     }
                     Err(_) => v.error_at(
                         *line,
                         &here,
-                        format!("'{name}' is not a valid HTTP header name"),
+                        format!("the value of header {name} is not a valid HTTP header value: it holds a newline or another control character (look at the variable or file it comes from)"),
                     ),
                 }
             }
@@ -923,6 +937,9 @@ spec:
             (doc(&format!("{sinks}  filter:\n    filters:\n      - sql: \"type = 'a'\"\n")), 9, "spec.filter.filters[0].sql", "not supported yet"),
             (doc(&format!("{sinks}  startFrom: yesterday\n")), 7, "spec.startFrom", "latest, earliest"),
             (doc(&format!("{sinks}  reply: always\n")), 7, "spec.reply", "not one of"),
+            (doc("  sinks:\n    - uri: http://a/\n      headers:\n        'X Team': ci\n"), 9, "spec.sinks[0].headers.X Team", "not a valid HTTP header name"),
+            (doc("  sinks:\n    - uri: http://a/\n      headers:\n        X-Team: \"c\\ni\"\n"), 9, "spec.sinks[0].headers.X-Team", "not a valid HTTP header value"),
+            (doc("  sinks:\n    - uri: http://a/\n      headers:\n        X-Team: \"c\\x7fi\"\n"), 9, "spec.sinks[0].headers.X-Team", "control character"),
             ("apiVersion: v1\nkind: Subscription\nmetadata: {name: s}\nspec: {sinks: [{uri: 'http://a/'}]}\n".into(), 1, "apiVersion", "switchyard.dev/v1alpha1"),
         ];
         for (text, line, key, message) in table {
