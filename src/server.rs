@@ -34,6 +34,25 @@ pub enum ServerError {
 use crate::router::reload::Reloader;
 use crate::router::Routing;
 
+/// Warns when `storage.minFreeBytes` is more than the whole filesystem holding the log
+/// can ever have free: the broker starts, but refuses every append (and `/readyz`
+/// says not ready) until the setting is lowered.
+fn warn_if_min_free_exceeds_disk(path: &std::path::Path, min_free_bytes: u64) {
+    if min_free_bytes == 0 {
+        return;
+    }
+    match crate::log::total_bytes(path) {
+        Ok(total) if min_free_bytes > total => tracing::warn!(
+            min_free_bytes,
+            filesystem_bytes = total,
+            path = %path.display(),
+            "storage.minFreeBytes is larger than the whole filesystem holding the log: every append will be refused (503) and /readyz will say not ready"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot read the size of the log's filesystem"),
+    }
+}
+
 /// A running server.
 pub struct Server {
     pub ingress_addr: std::net::SocketAddr,
@@ -94,6 +113,7 @@ impl Server {
         let backend = tokio::task::spawn_blocking(move || SledLog::open(&options, &brokers))
             .await
             .map_err(|_| LogError::Closed)??;
+        warn_if_min_free_exceeds_disk(&config.storage.path, config.storage.min_free_bytes);
         let writer_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let log = Log::start(

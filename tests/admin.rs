@@ -458,3 +458,33 @@ async fn the_admin_token_guards_every_api_call_and_public_opens_metrics_and_heal
         );
     }
 }
+
+#[tokio::test]
+async fn the_admin_token_is_accepted_whatever_the_case_of_the_bearer_scheme() {
+    // RFC 9110 §11.1: the auth scheme is case-insensitive, as the ingress already had it.
+    let mut t = TestServer::start("").await;
+    t.restart_with(|c| c.admin.token = Some(TOKEN.into())).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let status = |authorization: String| {
+        let request = http::Request::get(format!(
+            "http://{}/api/v1/subscriptions",
+            t.server().admin_addr
+        ))
+        .header("authorization", authorization)
+        .body(Full::default())
+        .unwrap();
+        let sent = client.request(request);
+        async move { sent.await.unwrap().status().as_u16() }
+    };
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR", "Bearer  "] {
+        assert_eq!(status(format!("{scheme} {TOKEN}")).await, 200, "{scheme:?}");
+    }
+    for refused in [
+        format!("Basic {TOKEN}"),
+        format!("Bearer{TOKEN}"),
+        format!("BEARER {TOKEN}x"),
+    ] {
+        assert_eq!(status(refused.clone()).await, 401, "{refused:?}");
+    }
+}

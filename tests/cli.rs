@@ -478,3 +478,54 @@ fn secrets_never_appear_in_logs_metrics_explain_check_or_the_admin_api() {
         assert!(!all.contains(secret), "{secret} leaked:\n{all}");
     }
 }
+
+#[test]
+fn check_reports_a_metadata_address_in_any_ipv4_notation_and_a_port_out_of_range() {
+    // Each of these is 169.254.169.254 to the system resolver (inet_aton notation).
+    let notations = [
+        "2852039166",
+        "0xa9fea9fe",
+        "0251.0376.0251.0376",
+        "169.254.43518",
+    ];
+    let mut subs = String::new();
+    for (i, host) in notations.iter().enumerate() {
+        subs.push_str(&format!(
+            "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: {{ name: s{i} }}\nspec:\n  sinks:\n    - uri: http://{host}/latest/meta-data/\n---\n"
+        ));
+    }
+    subs.push_str("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: { name: port }\nspec:\n  sinks: [{ uri: 'http://notifier:99999/' }]\n");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_subscriptions(dir.path(), &subs);
+    let out = bin().arg("check").arg("-c").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = dir.path().join("subs/routes.yaml").display().to_string();
+    for (i, host) in notations.iter().enumerate() {
+        // Seven lines a document; the uri is the sixth.
+        let line = 7 * i + 6;
+        assert!(
+            err.contains(&format!(
+                "{file}:{line}: spec.sinks[0].uri: is a cloud metadata address"
+            )),
+            "{host}: {err}"
+        );
+    }
+    assert!(
+        err.contains(&format!(
+            "{file}:33: spec.sinks[0].uri: '99999' is not a port"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("5 error(s)"), "{err}");
+
+    // Allowing the address allows it in every notation; the port stays an error.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("delivery:\n  allowAddresses: [169.254.169.254]\n");
+    std::fs::write(&config, text).unwrap();
+    let out = bin().arg("check").arg("-c").arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("metadata"), "{err}");
+    assert!(err.contains("'99999' is not a port"), "{err}");
+    assert!(err.contains("1 error(s)"), "{err}");
+}

@@ -194,3 +194,65 @@ async fn a_sink_that_is_the_admin_listener_is_refused_without_a_request() {
     // Had the request gone out, the admin listener would have answered it (405).
     assert_eq!(letter.last_status, None, "no answer: nothing was sent");
 }
+
+#[tokio::test]
+async fn a_header_value_http_cannot_carry_is_a_config_error_naming_the_header_not_the_value() {
+    // The usual way in: a token exported with its trailing newline (`echo` without -n),
+    // or a secret file with a line break inside. Such a value cannot go on the wire;
+    // it used to be left out of every request without a word.
+    let secret = "Bearer hunter2-4f1e";
+    std::env::set_var("SWITCHYARD_TEST_HEADER_NEWLINE", format!("{secret}\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{secret}\nX-Injected: yes\n")).unwrap();
+    let errs = common::subscription_errors(&format!(
+        "  sinks:\n    - uri: http://x/\n      headers:\n        Authorization: {{ valueFrom: {{ env: SWITCHYARD_TEST_HEADER_NEWLINE }} }}\n        X-Api-Key: {{ valueFrom: {{ file: {} }} }}\n",
+        file.display()
+    ));
+    let found: Vec<(&str, usize)> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("spec.sinks[0].headers.Authorization", 9),
+            ("spec.sinks[0].headers.X-Api-Key", 10)
+        ],
+        "{errs:?}"
+    );
+    for e in &errs {
+        let printed = e.to_string();
+        assert!(printed.starts_with("s.yaml:"), "{printed}");
+        assert!(
+            printed.contains("not a valid HTTP header value"),
+            "{printed}"
+        );
+        assert!(
+            !printed.contains("hunter2"),
+            "the secret is printed: {printed}"
+        );
+    }
+
+    // A running broker re-reads secrets when it reloads: a rotated file that gained a
+    // newline is refused the same way, and the running set stays.
+    std::fs::write(&file, "good-token\n").unwrap();
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let text = |uri: String| {
+        subscription(
+            "keyed",
+            &format!(
+                "  sinks:\n    - uri: {uri}\n      headers:\n        X-Api-Key: {{ valueFrom: {{ file: {} }} }}\n",
+                file.display()
+            ),
+        )
+    };
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &text(sink.url("/a")))]).await;
+    std::fs::write(&file, "rotated\ntoken\n").unwrap();
+    t.write_subscriptions("s.yaml", &text(sink.url("/b")));
+    let errs = t.server().reloader.reload().unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "spec.sinks[0].headers.X-Api-Key");
+    assert!(!errs[0].to_string().contains("rotated"), "{}", errs[0]);
+    assert_eq!(t.post_json(&minimal("keyed-1")).await.status, 202);
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got[0].path, "/a", "the running set is unchanged");
+    assert_eq!(got[0].header("x-api-key"), Some("good-token"));
+}

@@ -160,3 +160,96 @@ async fn on_a_filling_disk_appends_stop_short_of_full_and_resume_when_space_retu
     drop(t);
     drop(mount);
 }
+
+fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_min_free_bytes_above_the_disk_size_is_warned_of_and_readyz_says_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 EiB: more than any disk this runs on has, let alone has free.
+    let broker = common::process::start(
+        None,
+        dir.path(),
+        &[
+            ("SWITCHYARD_INGRESS_LISTEN", "127.0.0.1:0"),
+            ("SWITCHYARD_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("SWITCHYARD_STORAGE_MIN_FREE_BYTES", "1048576TiB"),
+        ],
+    );
+    let warning = broker
+        .startup
+        .iter()
+        .find(|l| l.contains("WARN"))
+        .unwrap_or_else(|| panic!("no warning at start-up: {:#?}", broker.startup));
+    assert!(
+        warning.contains("storage.minFreeBytes is larger than the whole filesystem"),
+        "{warning}"
+    );
+
+    let ready = exchange(
+        broker.admin,
+        "GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(
+        ready.contains("not ready: the disk holding the log has")
+            && ready.contains("less than storage.minFreeBytes (1152921504606846976)"),
+        "{ready}"
+    );
+
+    let body = r#"{"specversion":"1.0","id":"full-1","source":"/s","type":"t"}"#;
+    let post = exchange(
+        broker.ingress,
+        &format!(
+            "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(post.starts_with("HTTP/1.1 503"), "{post}");
+    assert!(
+        post.to_ascii_lowercase()
+            .contains("\r\nretry-after: 10\r\n"),
+        "{post}"
+    );
+    assert!(post.contains("storage.minFreeBytes"), "{post}");
+    assert!(broker.terminate().success());
+}
+
+#[tokio::test]
+async fn readyz_says_not_ready_while_less_than_min_free_bytes_is_free() {
+    let mut t = TestServer::start("").await;
+    let readyz = |t: &TestServer| {
+        let url = format!("http://{}/readyz", t.server().admin_addr);
+        async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let resp = client.get(url.parse().unwrap()).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    assert_eq!(readyz(&t).await.0, 200);
+    // What the disk has free now, plus a GiB: short of it, as a filling disk would be.
+    let data = t.dir.path().join("data");
+    let free = switchyard::log::free_bytes(&data).unwrap();
+    t.restart_with(move |c| c.storage.min_free_bytes = free + (1 << 30))
+        .await;
+    let (status, body) = readyz(&t).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("storage.minFreeBytes"), "{body}");
+    // A lower minimum: ready again.
+    t.restart_with(|c| c.storage.min_free_bytes = 1).await;
+    assert_eq!(readyz(&t).await, (200, "ready\n".to_string()));
+}

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 
 /// What readiness depends on: the server names the step it is at while it starts
 /// (opening the log, loading subscriptions, binding listeners) and stops; the log
-/// writer's health is read at each probe.
+/// writer's health and the free disk space are read at each probe.
 #[derive(Debug)]
 pub struct Health {
     /// Why the server is not ready; `None` once it is.
@@ -82,13 +82,21 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Cancellat
 }
 
 /// 200 `ready`, or 503 with the reason: the start-up step not yet done, shutting down,
-/// or the log failing to write.
+/// the log failing to write, or less free disk than `storage.minFreeBytes` (every append
+/// would be refused, so producers are better sent to another replica).
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
-    let reason = admin.health.not_ready().or_else(|| {
+    let mut reason = admin.health.not_ready().or_else(|| {
         let api = admin.api.get()?;
         let failing = api.log.write_failure()?;
         Some(format!("the log cannot write: {failing}"))
     });
+    if let (None, Some(api)) = (&reason, admin.api.get()) {
+        // statvfs is a system call, and on a network filesystem a slow one.
+        let log = api.log.clone();
+        reason = tokio::task::spawn_blocking(move || log.space_shortfall())
+            .await
+            .unwrap_or_default();
+    }
     match reason {
         None => (StatusCode::OK, "ready\n").into_response(),
         Some(reason) => (
@@ -127,14 +135,8 @@ async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
-        if !presented
-            .is_some_and(|p| crate::ingress::constant_time_eq(p.as_bytes(), token.as_bytes()))
-        {
+            .and_then(|v| crate::ingress::bearer::bearer_token(v.as_bytes()));
+        if !presented.is_some_and(|p| crate::ingress::constant_time_eq(p, token.as_bytes())) {
             let p = Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use http::Uri;
 
 use super::yaml::{self, Node, Value};
@@ -32,8 +32,9 @@ pub enum SinkFormat {
 pub struct Sink {
     pub uri: Uri,
     pub format: SinkFormat,
-    /// Extra request headers; values may be secrets and are never printed.
-    pub headers: Vec<(HeaderName, String)>,
+    /// Extra request headers, checked at load; values may be secrets, are marked
+    /// sensitive and are never printed.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The sink's own CA and client certificate, when it has them.
     pub tls: Option<SinkTls>,
     /// Standard Webhooks signing keys, when the sink wants signed requests.
@@ -619,12 +620,13 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
             return None;
         }
     };
-    let literal = uri.host().and_then(|h| {
-        h.trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .ok()
-    });
+    if let Some(problem) = uri.authority().and_then(port_problem) {
+        v.error(uri_node, &format!("{path}.uri"), problem);
+        return None;
+    }
+    // Every notation the resolver reads as an address (`2852039166`, `0xa9fea9fe`…),
+    // not only the dotted one: the connector's check after DNS is the second line.
+    let literal = uri.host().and_then(crate::delivery::outbound::host_address);
     if literal
         .is_some_and(|ip| crate::delivery::outbound::is_refused_metadata(ip, &d.allow_addresses))
     {
@@ -651,16 +653,29 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
         if let Value::Map(entries) = &h.value {
             for (name, line, value) in entries {
                 let here = format!("{path}.headers.{name}");
-                match HeaderName::from_bytes(name.as_bytes()) {
-                    Ok(hn) => {
-                        if let Some(secret) = v.secret(value, &here) {
-                            headers.push((hn, secret));
-                        }
+                let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
+                    v.error_at(
+                        *line,
+                        &here,
+                        format!("'{name}' is not a valid HTTP header name"),
+                    );
+                    continue;
+                };
+                let Some(secret) = v.secret(value, &here) else {
+                    continue;
+                };
+                // Checked here, not at send time: a value HTTP cannot carry (an env var
+                // or file with a newline in it) would otherwise be left out of every
+                // request without a word. The message names the header, never the value.
+                match HeaderValue::from_str(&secret) {
+                    Ok(mut hv) => {
+                        hv.set_sensitive(true);
+                        headers.push((hn, hv));
                     }
                     Err(_) => v.error_at(
                         *line,
                         &here,
-                        format!("'{name}' is not a valid HTTP header name"),
+                        format!("the value of header {name} is not a valid HTTP header value: it holds a newline or another control character (look at the variable or file it comes from)"),
                     ),
                 }
             }
@@ -684,6 +699,28 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
         tls,
         signing,
     })
+}
+
+/// Why the port of `authority` is not one a connection can use: the `http` crate keeps
+/// a port it cannot read as a `u16` (`99999`, `8o80`) in the URI but reports none, and
+/// the connector then goes to the scheme's default port instead. An empty port (`a:`)
+/// means the default (RFC 3986 §3.2.3).
+fn port_problem(authority: &http::uri::Authority) -> Option<String> {
+    let text = authority.as_str();
+    let host_port = text.rsplit_once('@').map_or(text, |(_, h)| h);
+    // After an IPv6 literal's `]`, or after the first `:` of anything else.
+    let after_host = match host_port.rfind(']') {
+        Some(end) => &host_port[end + 1..],
+        None => host_port.find(':').map_or("", |i| &host_port[i..]),
+    };
+    let port = after_host.strip_prefix(':')?;
+    match port.parse::<u16>() {
+        _ if port.is_empty() => None,
+        Ok(1..) => None,
+        _ => Some(format!(
+            "'{port}' is not a port: a port is a number from 1 to 65535"
+        )),
+    }
 }
 
 /// `signing: { secrets: [whsec_…, …] }`: each secret a string or a `valueFrom`
@@ -923,6 +960,13 @@ spec:
             (doc(&format!("{sinks}  filter:\n    filters:\n      - sql: \"type = 'a'\"\n")), 9, "spec.filter.filters[0].sql", "not supported yet"),
             (doc(&format!("{sinks}  startFrom: yesterday\n")), 7, "spec.startFrom", "latest, earliest"),
             (doc(&format!("{sinks}  reply: always\n")), 7, "spec.reply", "not one of"),
+            (doc("  sinks: [{uri: 'http://a:99999/'}]\n"), 6, "spec.sinks[0].uri", "'99999' is not a port"),
+            (doc("  sinks: [{uri: 'http://a:0/'}]\n"), 6, "spec.sinks[0].uri", "'0' is not a port"),
+            (doc("  sinks: [{uri: 'http://u:p@a:8o80/'}]\n"), 6, "spec.sinks[0].uri", "'8o80' is not a port"),
+            (doc("  sinks: [{uri: 'http://[::1]:65536/'}]\n"), 6, "spec.sinks[0].uri", "'65536' is not a port"),
+            (doc("  sinks:\n    - uri: http://a/\n      headers:\n        'X Team': ci\n"), 9, "spec.sinks[0].headers.X Team", "not a valid HTTP header name"),
+            (doc("  sinks:\n    - uri: http://a/\n      headers:\n        X-Team: \"c\\ni\"\n"), 9, "spec.sinks[0].headers.X-Team", "not a valid HTTP header value"),
+            (doc("  sinks:\n    - uri: http://a/\n      headers:\n        X-Team: \"c\\x7fi\"\n"), 9, "spec.sinks[0].headers.X-Team", "control character"),
             ("apiVersion: v1\nkind: Subscription\nmetadata: {name: s}\nspec: {sinks: [{uri: 'http://a/'}]}\n".into(), 1, "apiVersion", "switchyard.dev/v1alpha1"),
         ];
         for (text, line, key, message) in table {
@@ -932,6 +976,22 @@ spec:
                     .any(|(l, k, m)| *l == line && k == key && m.contains(message)),
                 "expected {key} at line {line} ({message}) in {errs:?}\n{text}"
             );
+        }
+    }
+
+    #[test]
+    fn ports_in_range_and_empty_ports_validate() {
+        for uri in [
+            "http://a:/",
+            "http://a:1/",
+            "http://a:8080/",
+            "http://[::1]:65535/",
+            "http://[::1]/",
+            "http://u:p@a/",
+            "https://u:p@a:443/",
+        ] {
+            let text = doc(&format!("  sinks: [{{uri: '{uri}'}}]\n"));
+            assert!(load_one(&text).is_ok(), "{uri}: {:?}", errors_of(&text));
         }
     }
 

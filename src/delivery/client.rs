@@ -229,11 +229,9 @@ impl Sender {
             }
         }
         for (name, value) in &sink.headers {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                headers
-                    .try_append(name.clone(), v)
-                    .map_err(|_| Unsendable)?;
-            }
+            headers
+                .try_append(name.clone(), value.clone())
+                .map_err(|_| Unsendable)?;
         }
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = http::Method::POST;

@@ -2,6 +2,7 @@
 //! modes, limits, bearer tokens, status codes and problem+json errors. An event is
 //! answered `202` only once the log has made it durable.
 
+pub(crate) mod bearer;
 pub mod problem;
 pub mod tls;
 
@@ -615,11 +616,7 @@ fn authorize(tokens: &[String], headers: &HeaderMap) -> Result<(), Problem> {
             "this broker needs an Authorization: Bearer token",
         ));
     };
-    let presented = value.as_bytes();
-    let presented = presented
-        .get(..7)
-        .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
-        .map(|_| &presented[7..])
+    let presented = bearer::bearer_token(value.as_bytes())
         .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
     // Compare with every token, so the time taken does not say which one was close.
     let mut ok = false;

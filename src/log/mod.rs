@@ -13,7 +13,7 @@ mod retention;
 mod segments;
 pub mod sled;
 mod writer;
-pub use writer::free_bytes;
+pub use writer::{free_bytes, total_bytes};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -486,6 +486,8 @@ pub struct Log {
     fresh: Arc<HashMap<Arc<str>, fresh::Fresh>>,
     /// The error of the last group write, cleared by the next one that succeeds.
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// What the writer refuses appends for, so readiness can say so before an append.
+    space: Arc<SpaceLimits>,
 }
 
 impl Log {
@@ -524,6 +526,7 @@ impl Log {
         ));
         let (tx, rx) = mpsc::channel(options.queue_depth);
         let failure = Arc::default();
+        let space = Arc::new(options.space.clone());
         crate::runtime::spawn_thread(
             "log-writer",
             tracker,
@@ -546,7 +549,22 @@ impl Log {
             heads,
             fresh,
             failure,
+            space,
         })
+    }
+
+    /// Why appends are refused for want of disk space now, read from the filesystem:
+    /// less free than `storage.minFreeBytes`. A system call (statvfs) each time; call
+    /// it off the async runtime.
+    pub fn space_shortfall(&self) -> Option<String> {
+        let (Some(path), min @ 1..) = (&self.space.path, self.space.min_free_bytes) else {
+            return None;
+        };
+        match free_bytes(path) {
+            Ok(free) => writer::short_of_space(free, min),
+            // As in the writer: a filesystem that cannot be asked does not stop appends.
+            Err(_) => None,
+        }
     }
 
     /// Why the last write failed, while writes fail.

@@ -22,8 +22,7 @@ use crate::metrics::Metrics;
 /// How often routing and delivery progress is synced.
 pub const PROGRESS_SYNC: Duration = Duration::from_millis(100);
 
-/// Free bytes for unprivileged writers on the filesystem holding `path`.
-pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+fn statvfs(path: &std::path::Path) -> std::io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -32,7 +31,27 @@ pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(st)
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let st = statvfs(path)?;
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The size of the filesystem holding `path`, in bytes.
+pub fn total_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let st = statvfs(path)?;
+    Ok((st.f_blocks as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Why appends must wait when `free` bytes are left and `storage.minFreeBytes` is
+/// `min` (zero: never). One message for the writer's refusals and for `/readyz`.
+pub(super) fn short_of_space(free: u64, min: u64) -> Option<String> {
+    (free < min).then(|| {
+        format!("the disk holding the log has {free} bytes free, less than storage.minFreeBytes ({min})")
+    })
 }
 
 /// How often the free space is read while it is well above the minimum.
@@ -73,12 +92,11 @@ fn space_refusal(
 ) -> Option<String> {
     if let (Some(path), min @ 1..) = (&limits.path, limits.min_free_bytes) {
         match free_space.free(path, min) {
-            Ok(free) if free < min => {
-                return Some(format!(
-                    "the disk holding the log has {free} bytes free, less than storage.minFreeBytes ({min})"
-                ))
+            Ok(free) => {
+                if let Some(reason) = short_of_space(free, min) {
+                    return Some(reason);
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "cannot read the free space"),
         }
     }
@@ -386,6 +404,25 @@ fn spawn_progress_sync(backend: Arc<dyn LogBackend>) -> tokio::task::JoinHandle<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appends_wait_only_while_less_than_the_minimum_is_free() {
+        let table = [
+            (0, 0, false),
+            (5, 0, false),
+            (9, 10, true),
+            (10, 10, false),
+            (11, 10, false),
+            (0, u64::MAX, true),
+        ];
+        for (free, min, short) in table {
+            let reason = short_of_space(free, min);
+            assert_eq!(reason.is_some(), short, "{free} free, {min} minimum");
+            if let Some(r) = reason {
+                assert!(r.contains("storage.minFreeBytes"), "{r}");
+            }
+        }
+    }
 
     #[test]
     fn watchers_are_woken_once_enough_records_or_time_have_gathered() {
