@@ -411,3 +411,82 @@ async fn bodies_under_way_are_bounded_in_all_and_the_request_past_it_gets_503() 
     drop(held);
     assert_eq!(t.post_json(&minimal("after")).await.status, 202);
 }
+
+/// `GET` on the admin listener; the body as text.
+async fn admin_get(t: &TestServer, path: &str) -> (u16, String) {
+    let url: hyper::Uri = format!("http://{}{path}", t.server().admin_addr)
+        .parse()
+        .unwrap();
+    let r = reqwest_like().get(url).await.unwrap();
+    let status = r.status().as_u16();
+    let body = http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn events_the_ingress_accepts_are_shown_exactly_by_the_admin_api() {
+    let t = TestServer::start("").await;
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let digits = "9".repeat(5_000);
+    let cases = [
+        deep.as_str(),
+        "1e999",
+        digits.as_str(),
+        r#""\ud800""#,
+        r#"{"a":1}"#,
+    ];
+    for (i, data) in cases.iter().enumerate() {
+        let body = format!(
+            r#"{{"specversion":"1.0","id":"odd-{i}","source":"/s","type":"t","data":{data}}}"#
+        );
+        let r = t
+            .post(
+                "/",
+                &[("content-type", "application/cloudevents+json")],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 202, "{data:.40}: {:?}", r.body);
+    }
+    let (status, page) = admin_get(&t, "/api/v1/brokers/default/events?limit=10").await;
+    assert_eq!(status, 200);
+    assert!(!page.contains("\"event\":null"), "{page:.200}");
+    for data in cases {
+        assert!(
+            page.contains(&format!(r#""data":{data}"#)),
+            "{data:.40} is shown"
+        );
+    }
+    let (status, one) = admin_get(&t, "/api/v1/brokers/default/events/2").await;
+    assert_eq!(status, 200);
+    assert!(one.contains(r#""data":1e999"#), "{one}");
+}
+
+#[tokio::test]
+async fn a_listing_of_large_events_is_one_bounded_page() {
+    let t = TestServer::start("").await;
+    let big = "x".repeat(3 << 20);
+    for i in 0..6 {
+        let mut e = minimal(&format!("big-{i}"));
+        e["data"] = json!(big);
+        assert_eq!(t.post_json(&e).await.status, 202);
+    }
+    let (status, page) = admin_get(&t, "/api/v1/brokers/default/events?limit=1000").await;
+    assert_eq!(status, 200);
+    let events: Vec<Value> = serde_json::from_str(&page).unwrap();
+    // The page stops after the event that takes it past 8 MiB.
+    assert_eq!(events.len(), 3, "{} bytes", page.len());
+    assert!(page.len() < 12 << 20, "{} bytes", page.len());
+    let last = events[2]["seq"].as_u64().unwrap();
+    let (_, next) = admin_get(
+        &t,
+        &format!("/api/v1/brokers/default/events?limit=1000&after={last}"),
+    )
+    .await;
+    let next: Vec<Value> = serde_json::from_str(&next).unwrap();
+    assert_eq!(next.len(), 3);
+    assert_eq!(next[0]["event"]["id"], "big-3");
+}

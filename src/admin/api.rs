@@ -318,11 +318,53 @@ async fn replay(
     Ok((StatusCode::ACCEPTED, Json(v)).into_response())
 }
 
-fn record_json(r: &LogRecord) -> Value {
-    let event: Value =
-        serde_json::from_slice(&event_json::encode_event(&r.event)).unwrap_or(Value::Null);
-    json!({ "seq": r.seq, "arrival": time(r.arrival_unix_nanos), "hops": r.hops, "event": event })
+/// A stored event as the API shows it. `event` is the JSON format's text, written as
+/// it is rather than through a parsed value: whatever was accepted is shown exactly
+/// (`data` nested past any parser's depth, `1e999`, a 5,000-digit number, a lone
+/// surrogate escape), and a listing costs its text's size, not a value tree's.
+#[derive(serde::Serialize)]
+struct RecordView<'a> {
+    seq: u64,
+    arrival: String,
+    hops: u32,
+    event: &'a serde_json::value::RawValue,
 }
+
+/// The JSON format's text of `event`, as a raw JSON value.
+fn raw_event(event: &crate::event::Event) -> Box<serde_json::value::RawValue> {
+    let text = String::from_utf8(event_json::encode_event(event)).unwrap_or_default();
+    serde_json::value::RawValue::from_string(text).unwrap_or_else(|_| {
+        // The encoder writes JSON; a text that is not is shown as null, never as garbage.
+        serde_json::value::RawValue::from_string("null".into()).unwrap_or_default()
+    })
+}
+
+fn write_record(out: &mut Vec<u8>, r: &LogRecord) {
+    let event = raw_event(&r.event);
+    let view = RecordView {
+        seq: r.seq,
+        arrival: time(r.arrival_unix_nanos),
+        hops: r.hops,
+        event: &event,
+    };
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(out, &view);
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// A page of events stops after the event that takes it past this many bytes (and
+/// at `limit` events): a listing of large events holds one page, not `limit` events.
+pub const PAGE_BYTES: usize = 8 << 20;
+
+/// Events are read for a page this many at a time.
+const PAGE_READ: usize = 16;
 
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
@@ -344,12 +386,32 @@ async fn list_events(
                 format!("there is no broker '{broker}'"),
             ));
         }
-        let from = q.after.unwrap_or(0) + 1;
+        let mut from = q.after.unwrap_or(0) + 1;
         let limit = q.limit.unwrap_or(100).min(1000);
-        let records = blocking(&api.log, move |log| log.read(&broker, from, limit)).await?;
-        Ok(records.iter().map(record_json).collect::<Vec<_>>())
+        let mut out = vec![b'['];
+        let mut listed = 0;
+        while listed < limit && out.len() < PAGE_BYTES {
+            let (b, n) = (broker.clone(), PAGE_READ.min(limit - listed));
+            let records = blocking(&api.log, move |log| log.read(&b, from, n)).await?;
+            for r in &records {
+                if listed == limit || out.len() >= PAGE_BYTES {
+                    break;
+                }
+                if listed > 0 {
+                    out.push(b',');
+                }
+                write_record(&mut out, r);
+                listed += 1;
+                from = r.seq + 1;
+            }
+            if records.len() < n {
+                break;
+            }
+        }
+        out.push(b']');
+        Ok(out)
     }?;
-    Ok(Json(v).into_response())
+    Ok(json_response(v))
 }
 
 async fn get_event(
@@ -367,7 +429,11 @@ async fn get_event(
         }
         let records = blocking(&api.log, move |log| log.read(&broker, seq, 1)).await?;
         match records.first() {
-            Some(r) if r.seq == seq => Ok(record_json(r)),
+            Some(r) if r.seq == seq => {
+                let mut out = Vec::new();
+                write_record(&mut out, r);
+                Ok(out)
+            }
             _ => Err(problem(
                 StatusCode::NOT_FOUND,
                 "No Such Event",
@@ -375,7 +441,7 @@ async fn get_event(
             )),
         }
     }?;
-    Ok(Json(v).into_response())
+    Ok(json_response(v))
 }
 
 #[derive(Debug, Deserialize)]
