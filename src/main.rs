@@ -471,9 +471,27 @@ fn init_tracing(env: &BTreeMap<String, String>, format: LogFormat) {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: every ingress connection,
+/// every pooled sink connection and the log's files take one (docs/operations.md says
+/// how many the broker needs).
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit and setrlimit with a valid resource and a struct they fill or read.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::info!(from = soft, to = lim.rlim_max, "open-file limit raised");
+            }
+        }
+    }
+}
+
 /// Runs the broker on a multi-threaded runtime whose threads have the stack CEL
 /// evaluation is sized for (filters and dedupe keys run on them).
 fn serve(config: config::Config, subscriptions: Vec<Subscription>) -> anyhow::Result<()> {
+    raise_open_file_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(switchyard::router::cost::EVAL_STACK)

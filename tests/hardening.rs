@@ -490,3 +490,32 @@ async fn a_listing_of_large_events_is_one_bounded_page() {
     assert_eq!(next.len(), 3);
     assert_eq!(next[0]["event"]["id"], "big-3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_to_one_host_share_a_bounded_number_of_connections() {
+    // A sink that accepts connections and never answers: every delivery holds one.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            open.push(s);
+        }
+    });
+    let subs: String = (0..300)
+        .map(|i| subscription(&format!("s{i}"), &format!("  sinks:\n    - uri: {url}\n")))
+        .collect();
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    assert_eq!(t.post_json(&minimal("fan")).await.status, 202);
+    let count = || accepted.load(std::sync::atomic::Ordering::Relaxed);
+    common::wait_until("the host's connections are all open", async || {
+        count() >= switchyard::delivery::client::MAX_PER_HOST
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(), switchyard::delivery::client::MAX_PER_HOST);
+    hold.abort();
+}

@@ -151,8 +151,15 @@ fn client_for(tls: rustls::ClientConfig, guard: &Arc<Guard>) -> HttpsClient {
         .build(https)
 }
 
+/// The most requests in flight to one host (`host:port`) from all lanes together, and
+/// so the most connections to it: thousands of subscriptions to one sink share them
+/// rather than open one each (and run the broker out of file descriptors).
+pub const MAX_PER_HOST: usize = 256;
+
 /// Sends events to sinks over pooled connections.
 pub struct Sender {
+    /// The in-flight bound of each host, by `host:port`.
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     default: HttpsClient,
     /// One pool per sink that brings its own TLS settings, by sink URI.
     custom: Mutex<HashMap<String, HttpsClient>>,
@@ -166,6 +173,7 @@ impl Sender {
     pub fn new(body_limit: usize, guard: Guard) -> Result<Sender, String> {
         let guard = Arc::new(guard);
         Ok(Sender {
+            hosts: Mutex::default(),
             default: client_for(tls_config(None, None)?, &guard),
             custom: Mutex::default(),
             guard,
@@ -240,6 +248,19 @@ impl Sender {
         Ok(request)
     }
 
+    fn host_bound(&self, uri: &http::Uri) -> Arc<tokio::sync::Semaphore> {
+        let key = format!(
+            "{}:{}",
+            uri.host().unwrap_or_default(),
+            uri.port_u16().unwrap_or(0)
+        );
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts
+            .entry(key)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_PER_HOST)))
+            .clone()
+    }
+
     /// One attempt: send, then read the answer's body up to the limit, all within
     /// `timeout`.
     pub async fn send(
@@ -252,7 +273,9 @@ impl Sender {
         let client = self.client(sink);
         let request = Self::request(sink, event, message).map_err(|_| Attempt::Unsendable)?;
         let limit = self.body_limit;
+        let host = self.host_bound(&sink.uri);
         let attempt = async move {
+            let _slot = host.acquire_owned().await.map_err(|_| Attempt::Broken)?;
             let response = client.request(request).await.map_err(|e| {
                 if outbound::is_refused(&e) {
                     Attempt::Refused
