@@ -519,3 +519,30 @@ async fn lanes_to_one_host_share_a_bounded_number_of_connections() {
     assert_eq!(count(), switchyard::delivery::client::MAX_PER_HOST);
     hold.abort();
 }
+
+#[tokio::test]
+async fn credentials_in_a_sink_uri_appear_neither_in_metrics_nor_in_the_dead_letter() {
+    let sink = TestSink::start(Vec::new(), Answer::status(400)).await;
+    let dls = TestSink::start(Vec::new(), Answer::status(200)).await;
+    let uri = format!("{}?token=s3cret-value", sink.url("/hook"));
+    let subs = subscription(
+        "s",
+        &format!(
+            "  sinks:\n    - uri: {uri}\n  delivery:\n    deadLetterSink: {{ uri: {} }}\n",
+            dls.url("/")
+        ),
+    );
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    assert_eq!(t.post_json(&minimal("c")).await.status, 202);
+    let got = dls.wait_for(1, WAIT).await;
+    let dest = got[0].header("ce-knativeerrordest").unwrap();
+    assert!(!dest.contains("s3cret"), "{dest}");
+    assert!(dest.contains("token=redacted"), "{dest}");
+    assert_eq!(sink.received().len(), 1, "the sink itself was called");
+    let (_, metrics) = admin_get(&t, "/metrics").await;
+    assert!(
+        metrics.contains("token=redacted"),
+        "the lane's series are there"
+    );
+    assert!(!metrics.contains("s3cret"));
+}

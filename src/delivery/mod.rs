@@ -6,6 +6,7 @@ pub mod client;
 pub mod lane;
 pub mod outbound;
 pub mod policy;
+pub mod redact;
 pub mod reply;
 
 use std::collections::HashMap;
@@ -121,7 +122,10 @@ impl Delivery {
             .or_insert_with(|| {
                 Arc::new(LaneStats {
                     duration: self.durations.as_ref().map(|h| {
-                        h.with_label_values(&[lane.subscription.as_str(), lane.sink.as_str()])
+                        h.with_label_values(&[
+                            lane.subscription.as_str(),
+                            redact::redact(&lane.sink).as_ref(),
+                        ])
                     }),
                     ..LaneStats::default()
                 })
@@ -195,7 +199,7 @@ impl Delivery {
                 "lane",
                 broker = %key.0,
                 subscription = %key.1.subscription,
-                sink = %key.1.sink
+                sink = %redact::redact(&key.1.sink)
             );
             let task = tokio::spawn(
                 async move {
