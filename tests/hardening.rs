@@ -546,3 +546,58 @@ async fn credentials_in_a_sink_uri_appear_neither_in_metrics_nor_in_the_dead_let
     );
     assert!(!metrics.contains("s3cret"));
 }
+
+#[tokio::test]
+async fn requests_hyper_cannot_parse_get_a_problem_json_answer() {
+    let t = TestServer::start("").await;
+    let addr = t.server().ingress_addr;
+    let many: String = (0..120).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let big = format!("x-big: {}\r\n", "a".repeat(100 * 1024));
+    let heads = [
+        (
+            "two lengths",
+            "content-length: 2\r\ncontent-length: 3\r\n".to_string(),
+            400,
+        ),
+        ("negative length", "content-length: -1\r\n".to_string(), 400),
+        ("signed length", "content-length: +2\r\n".to_string(), 400),
+        (
+            "identity",
+            "transfer-encoding: identity\r\n".to_string(),
+            400,
+        ),
+        (
+            "NUL byte",
+            "x-nul: a\0b\r\ncontent-length: 0\r\n".to_string(),
+            400,
+        ),
+        ("120 headers", many, 431),
+        ("a 100 KiB header", big, 431),
+    ];
+    for (what, headers, status) in heads {
+        let request = format!("POST / HTTP/1.1\r\nhost: x\r\n{headers}\r\n{{}}");
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = s.write_all(request.as_bytes());
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+        .await
+        .unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {answer}"
+        );
+        assert!(
+            answer.contains("content-type: application/problem+json"),
+            "{what}: {answer}"
+        );
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        let p: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+        assert_eq!(p["status"], status, "{what}");
+    }
+    assert_eq!(t.post_json(&minimal("after")).await.status, 202);
+}

@@ -3,6 +3,7 @@
 //! answered `202` only once the log has made it durable.
 
 pub(crate) mod bearer;
+pub mod parse_errors;
 pub mod problem;
 pub mod tls;
 
@@ -301,13 +302,15 @@ pub async fn serve(
             ) {
                 match acceptor {
                     None => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        let io = TokioIo::new(parse_errors::WithProblems::new(stream));
+                        let conn = builder.serve_connection(io, service);
                         watch(conn, &activity, &connections, idle, &shutdown).await;
                     }
                     Some(acceptor) => {
                         match tokio::time::timeout(idle, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => {
-                                let conn = builder.serve_connection(TokioIo::new(tls), service);
+                                let io = TokioIo::new(parse_errors::WithProblems::new(tls));
+                                let conn = builder.serve_connection(io, service);
                                 watch(conn, &activity, &connections, idle, &shutdown).await;
                             }
                             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
