@@ -249,16 +249,16 @@ impl Sender {
     }
 
     fn host_bound(&self, uri: &http::Uri) -> Arc<tokio::sync::Semaphore> {
-        let key = format!(
-            "{}:{}",
-            uri.host().unwrap_or_default(),
-            uri.port_u16().unwrap_or(0)
-        );
+        // The authority as written (a URI without a port and one with the default port
+        // count apart: a bound twice as wide, never a narrower one).
+        let key = uri.authority().map_or("", |a| a.as_str());
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        hosts
-            .entry(key)
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_PER_HOST)))
-            .clone()
+        if let Some(bound) = hosts.get(key) {
+            return bound.clone();
+        }
+        let bound = Arc::new(tokio::sync::Semaphore::new(MAX_PER_HOST));
+        hosts.insert(key.to_string(), bound.clone());
+        bound
     }
 
     /// One attempt: send, then read the answer's body up to the limit, all within

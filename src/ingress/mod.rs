@@ -677,8 +677,11 @@ async fn read_body(
     }
     let started = tokio::time::Instant::now();
     let deadline = started + limits.timeout;
-    let mut rate_check = tokio::time::interval(Duration::from_millis(250));
-    rate_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer: the body's deadline, or before it the next check of the body's rate
+    // (from `min_rate_after` on, four times a second).
+    let first_check = (limits.min_rate > 0).then_some(started + limits.min_rate_after);
+    let wake = tokio::time::sleep_until(first_check.map_or(deadline, |c| c.min(deadline)));
+    tokio::pin!(wake);
     let mut buf = bytes::BytesMut::with_capacity(
         declared.map_or(0, |n| usize::try_from(n.min(1 << 20)).unwrap_or(0)),
     );
@@ -686,19 +689,18 @@ async fn read_body(
     loop {
         let frame = tokio::select! {
             f = body.frame() => f,
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(Problem::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "Request Timeout",
-                    "the body was not received in time (ingress.bodyReadTimeout)",
-                ).with_limit("ingress.bodyReadTimeout"))
-            }
-            _ = rate_check.tick() => {
-                let elapsed = started.elapsed();
-                if limits.min_rate > 0
-                    && elapsed > limits.min_rate_after
-                    && (buf.len() as f64) < limits.min_rate as f64 * elapsed.as_secs_f64()
-                {
+            () = &mut wake => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(Problem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "Request Timeout",
+                        "the body was not received in time (ingress.bodyReadTimeout)",
+                    )
+                    .with_limit("ingress.bodyReadTimeout"));
+                }
+                let elapsed = now - started;
+                if (buf.len() as f64) < limits.min_rate as f64 * elapsed.as_secs_f64() {
                     return Err(Problem::new(
                         StatusCode::REQUEST_TIMEOUT,
                         "Request Timeout",
@@ -708,8 +710,10 @@ async fn read_body(
                             limits.min_rate_after,
                             limits.min_rate
                         ),
-                    ).with_limit("ingress.minBodyRate"));
+                    )
+                    .with_limit("ingress.minBodyRate"));
                 }
+                wake.as_mut().reset((now + Duration::from_millis(250)).min(deadline));
                 continue;
             }
         };
