@@ -601,3 +601,67 @@ async fn requests_hyper_cannot_parse_get_a_problem_json_answer() {
     }
     assert_eq!(t.post_json(&minimal("after")).await.status, 202);
 }
+
+/// This process's resident memory, from /proc/self/status.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_share_one_connection_body_budget() {
+    use futures_util::StreamExt as _;
+    use http_body_util::{combinators::BoxBody, BodyExt, StreamBody};
+    let t = TestServer::start_with(|c| c.ingress.max_connection_body_bytes = 8 << 20).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<BoxBody<bytes::Bytes, std::convert::Infallible>>();
+    // 16 streams on one connection, each sending 4 MiB of a body it never ends.
+    let chunk = bytes::Bytes::from(vec![b' '; 4 << 20]);
+    let before = rss_bytes();
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let frames =
+            futures_util::stream::once(std::future::ready(Ok::<_, std::convert::Infallible>(
+                hyper::body::Frame::data(chunk.clone()),
+            )))
+            .chain(futures_util::stream::pending());
+        let req = http::Request::post(t.url("/"))
+            .header("content-type", "application/cloudevents+json")
+            .body(BodyExt::boxed(StreamBody::new(frames)))
+            .unwrap();
+        let client = client.clone();
+        requests.spawn(async move {
+            let r = client.request(req).await.ok()?;
+            let status = r.status().as_u16();
+            let body = r.into_body().collect().await.ok()?.to_bytes();
+            Some((status, String::from_utf8_lossy(&body).into_owned()))
+        });
+    }
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(done)) = tokio::time::timeout_at(deadline, requests.join_next()).await {
+        if let Some((status, body)) = done.unwrap() {
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("ingress.maxConnectionBodyBytes"), "{body}");
+            refused += 1;
+        }
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(refused >= 12, "{refused} streams were refused");
+    // The connection's 8 MiB, HTTP/2's windows and the client's own buffers; the
+    // streams' 64 MiB would be buffered without the budget.
+    assert!(
+        grown < 40 << 20,
+        "resident memory grew by {} MiB",
+        grown >> 20
+    );
+    requests.abort_all();
+    assert_eq!(t.post_json(&minimal("after")).await.status, 202);
+}

@@ -457,39 +457,60 @@ async fn list_dead_letters(
     let v = {
         let api = api(&admin)?;
         let letters = blocking(&api.log, |log| log.dead_letters()).await?;
-        let out: Vec<Value> = letters
+        let out: Vec<DeadLetterView> = letters
             .into_iter()
             .filter(|(_, l)| {
                 q.subscription.as_ref().is_none_or(|s| &l.subscription == s)
                     && q.sink.as_ref().is_none_or(|s| &l.sink == s)
             })
             .map(|(id, l)| {
+                // Shown as exactly as the events listing shows a stored event.
                 let event = base64::engine::general_purpose::STANDARD
                     .decode(&l.record)
                     .ok()
                     .and_then(|b| record::decode(l.seq, Bytes::from(b)))
-                    .map(|r| {
-                        serde_json::from_slice::<Value>(&event_json::encode_event(&r.event))
-                            .unwrap_or(Value::Null)
-                    });
-                json!({
-                    "id": id,
-                    "broker": l.broker,
-                    "subscription": l.subscription,
-                    "sink": l.sink,
-                    "seq": l.seq,
-                    "attempts": l.attempts,
-                    "lastStatus": l.last_status,
-                    "lastError": l.last_error,
-                    "time": time(l.time_unix_nanos),
-                    "deadLetterSinkDelivered": l.dead_letter_sink_delivered,
-                    "event": event,
-                })
+                    .map(|r| raw_event(&r.event));
+                DeadLetterView {
+                    id,
+                    time: time(l.time_unix_nanos),
+                    broker: l.broker,
+                    subscription: l.subscription,
+                    sink: l.sink,
+                    seq: l.seq,
+                    attempts: l.attempts,
+                    last_status: l.last_status,
+                    last_error: l.last_error,
+                    dead_letter_sink_delivered: l.dead_letter_sink_delivered,
+                    event,
+                }
             })
             .collect();
-        Ok(out)
+        serde_json::to_vec(&out).map_err(|e| {
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Error",
+                e.to_string(),
+            )
+        })
     }?;
-    Ok(Json(v).into_response())
+    Ok(json_response(v))
+}
+
+/// A dead letter as the API lists it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeadLetterView {
+    id: u64,
+    broker: String,
+    subscription: String,
+    sink: String,
+    seq: u64,
+    attempts: u32,
+    last_status: Option<u16>,
+    last_error: String,
+    time: String,
+    dead_letter_sink_delivered: bool,
+    event: Option<Box<serde_json::value::RawValue>>,
 }
 
 async fn redeliver(
