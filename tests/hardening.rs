@@ -665,3 +665,69 @@ async fn http2_streams_share_one_connection_body_budget() {
     requests.abort_all();
     assert_eq!(t.post_json(&minimal("after")).await.status, 202);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_that_answers_pings_is_closed_at_the_idle_limit() {
+    let t = TestServer::start_with(|c| c.ingress.header_read_timeout = Duration::from_millis(400))
+        .await;
+    let stream = tokio::net::TcpStream::connect(t.server().ingress_addr)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Full<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+    let ended = tokio::spawn(conn);
+    let req = http::Request::post(t.url("/"))
+        .header("content-type", "application/cloudevents+json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            serde_json::to_vec(&minimal("h2")).unwrap(),
+        )))
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 202);
+    // The client's connection task answers the server's pings; with no stream open,
+    // the server closes the connection once it has been idle for headerReadTimeout.
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .expect("the idle connection was closed by the server")
+        .unwrap()
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limit_the_idlest_connection_makes_room() {
+    let t = TestServer::start_with(|c| {
+        c.ingress.max_connections = 4;
+        c.ingress.header_read_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let addr = t.server().ingress_addr;
+    // Four kept-alive connections, each idle after one request: every slot is taken,
+    // and none would be cut for 30 s.
+    let mut idle = Vec::new();
+    for i in 0..4 {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = minimal(&format!("keep-{i}")).to_string();
+        s.write_all(format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 202"));
+        idle.push(s);
+    }
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), t.post_json(&minimal("new")))
+        .await
+        .expect("the new client got a slot");
+    assert_eq!(r.status, 202);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
