@@ -26,15 +26,19 @@ pub struct DedupeKey {
 /// stored frame and in the index's verification, and a source may be kilobytes long.
 pub const MAX_KEY_BYTES: usize = 1024;
 
-/// `key` itself, or past [`MAX_KEY_BYTES`] a digest that no string key can equal (it
-/// starts with a byte that UTF-8 never has).
+/// What a digest starts with (a byte UTF-8 never has, so no string key starts so).
+const DIGEST_PREFIX: &[u8] = b"\xffsha256:";
+
+/// `key` itself, or past [`MAX_KEY_BYTES`] its digest. A key that starts as a digest
+/// does (only a `bytes` key can) is hashed too, so a key kept as it is never equals a
+/// digest.
 fn bounded(key: Vec<u8>) -> Vec<u8> {
-    if key.len() <= MAX_KEY_BYTES {
+    if key.len() <= MAX_KEY_BYTES && !key.starts_with(DIGEST_PREFIX) {
         return key;
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, &key);
-    let mut out = Vec::with_capacity(8 + digest.as_ref().len());
-    out.extend_from_slice(b"\xffsha256:");
+    let mut out = Vec::with_capacity(DIGEST_PREFIX.len() + digest.as_ref().len());
+    out.extend_from_slice(DIGEST_PREFIX);
     out.extend_from_slice(digest.as_ref());
     out
 }

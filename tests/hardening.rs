@@ -192,6 +192,20 @@ fn cel_filters_too_deep_or_too_long_are_check_errors_naming_the_limit() {
         "  filter:\n    cel: 'size({nested}) > 0'\n  sinks:\n    - uri: http://127.0.0.1:1/\n"
     ));
     assert!(
+        errors[0].to_string().contains("more than 4 comprehensions"),
+        "{}",
+        errors[0]
+    );
+    // Forty elements mapped four deep: 2.56 million steps for any event.
+    let forty = format!("[{}]", vec!["1"; 40].join(","));
+    let mut wide = "x0".to_string();
+    for i in 0..4 {
+        wide = format!("{forty}.map(x{i}, {wide})");
+    }
+    let errors = common::subscription_errors(&format!(
+        "  filter:\n    cel: 'size({wide}) > 0'\n  sinks:\n    - uri: http://127.0.0.1:1/\n"
+    ));
+    assert!(
         errors[0].to_string().contains("too costly"),
         "{}",
         errors[0]

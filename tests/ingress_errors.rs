@@ -626,11 +626,16 @@ async fn a_slow_client_is_cut_off_by_the_header_timeout() {
 }
 
 #[tokio::test]
-async fn connections_over_the_limit_wait_until_one_closes() {
+async fn connections_over_the_limit_wait_while_every_one_is_busy() {
     let t = TestServer::start_with(|c| c.ingress.max_connections = 1).await;
     let addr = t.server().ingress_addr;
-    // One idle connection takes the only slot.
-    let idle = TcpStream::connect(addr).unwrap();
+    // One connection in the middle of a request takes the only slot (an idle one would
+    // be closed to make room: tests/hardening.rs).
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.write_all(
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/cloudevents+json\r\ncontent-length: 100\r\n\r\n{",
+    )
+    .unwrap();
     let waiting = tokio::time::timeout(
         std::time::Duration::from_millis(500),
         t.post_json(&common::minimal("queued")),

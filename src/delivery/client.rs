@@ -273,9 +273,14 @@ impl Sender {
         let client = self.client(sink);
         let request = Self::request(sink, event, message).map_err(|_| Attempt::Unsendable)?;
         let limit = self.body_limit;
-        let host = self.host_bound(&sink.uri);
+        // Waiting for a slot of the sink's host is not part of the attempt's timeout:
+        // a queued attempt has sent nothing yet (the lane's abort still ends the wait).
+        let _slot = self
+            .host_bound(&sink.uri)
+            .acquire_owned()
+            .await
+            .map_err(|_| Attempt::Broken)?;
         let attempt = async move {
-            let _slot = host.acquire_owned().await.map_err(|_| Attempt::Broken)?;
             let response = client.request(request).await.map_err(|e| {
                 if outbound::is_refused(&e) {
                     Attempt::Refused

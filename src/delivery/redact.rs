@@ -1,7 +1,7 @@
 //! How a sink's URI is shown outside its config (metrics labels, logs, the
 //! `knativeerrordest` extension sent to a dead-letter sink): without credentials. A
-//! user name and password in the authority and every query value are replaced, since a
-//! webhook URL's query often carries its token.
+//! user name and password in the authority and every query value (a bare one too) are
+//! replaced, since a webhook URL's query often carries its token.
 
 use std::borrow::Cow;
 
@@ -55,7 +55,9 @@ pub fn redact(uri: &str) -> Cow<'_, str> {
                     out.push('=');
                     out.push_str(REDACTED);
                 }
-                None => out.push_str(pair),
+                // A bare value (`?s3cret`) may be the credential itself.
+                None if pair.is_empty() => {}
+                None => out.push_str(REDACTED),
             }
         }
         if let Some(f) = fragment {
@@ -92,7 +94,7 @@ mod tests {
                 "http://a:b@h:1/p?k=v#frag",
                 "http://redacted@h:1/p?k=redacted#frag",
             ),
-            ("http://h/p?flag", "http://h/p?flag"),
+            ("http://h/p?s3cret", "http://h/p?redacted"),
             ("http://h/a@b", "http://h/a@b"),
         ];
         for (uri, want) in table {

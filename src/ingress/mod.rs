@@ -137,6 +137,41 @@ struct Activity {
     shed: tokio::sync::Notify,
     /// The body bytes its requests may have buffered at once.
     body: Arc<Semaphore>,
+    /// Where it is: [`WAITING`], [`HANDSHAKE`], [`SERVING`] or [`CLOSING`].
+    phase: std::sync::atomic::AtomicU8,
+}
+
+/// A connection that has not sent its first byte.
+const WAITING: u8 = 0;
+/// In its TLS handshake.
+const HANDSHAKE: u8 = 1;
+/// Served by hyper.
+const SERVING: u8 = 2;
+/// Asked to close.
+const CLOSING: u8 = 3;
+
+/// A connection is shed only once it has been idle this long: one that has just
+/// connected or answered is about to send its request.
+const SHED_AFTER_IDLE: Duration = Duration::from_millis(100);
+
+impl Activity {
+    fn idle_for(&self, connections: &Connections) -> Duration {
+        Duration::from_millis(
+            connections
+                .now_ms()
+                .saturating_sub(self.last_ms.load(AtomicOrdering::Relaxed)),
+        )
+    }
+
+    fn is_idle(&self) -> bool {
+        self.active.load(AtomicOrdering::Relaxed) == 0
+    }
+
+    fn set_phase(&self, phase: u8, connections: &Connections) {
+        self.last_ms
+            .store(connections.now_ms(), AtomicOrdering::Relaxed);
+        self.phase.store(phase, AtomicOrdering::Relaxed);
+    }
 }
 
 /// Marks a request under way on its connection, until dropped.
@@ -169,6 +204,7 @@ impl Connections {
             active: AtomicUsize::new(0),
             last_ms: AtomicU64::new(self.now_ms()),
             shed: tokio::sync::Notify::new(),
+            phase: std::sync::atomic::AtomicU8::new(WAITING),
             body: Arc::new(Semaphore::new(
                 usize::try_from(body_budget)
                     .unwrap_or(Semaphore::MAX_PERMITS)
@@ -192,13 +228,19 @@ impl Connections {
         Busy(activity, self)
     }
 
-    /// Asks the connection with no request under way that has been idle the longest to
-    /// close; false when every connection is busy.
+    /// Asks the connection with no request under way that has been idle the longest
+    /// (one still silent, or one served between requests) to close; false when there is
+    /// none. Connections in their TLS handshake or already closing are left alone.
     fn shed_idlest(&self) -> bool {
         let open = self.lock();
         let idlest = open
             .values()
-            .filter(|a| a.active.load(AtomicOrdering::Relaxed) == 0)
+            .filter(|a| {
+                let phase = a.phase.load(AtomicOrdering::Relaxed);
+                (phase == WAITING || phase == SERVING)
+                    && a.is_idle()
+                    && a.idle_for(self) >= SHED_AFTER_IDLE
+            })
             .min_by_key(|a| a.last_ms.load(AtomicOrdering::Relaxed));
         match idlest {
             Some(a) => {
@@ -262,10 +304,20 @@ pub async fn serve(
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                connections.shed_idlest();
-                tokio::select! {
-                    p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    _ = shutdown.cancelled() => break,
+                let waiting = permits.clone().acquire_owned();
+                tokio::pin!(waiting);
+                let got = loop {
+                    // None may have been idle long enough yet: look again while waiting.
+                    connections.shed_idlest();
+                    tokio::select! {
+                        p = &mut waiting => break p.ok(),
+                        _ = tokio::time::sleep(SHED_AFTER_IDLE) => {}
+                        _ = shutdown.cancelled() => break None,
+                    }
+                };
+                match got {
+                    Some(p) => p,
+                    None => break,
                 }
             }
         };
@@ -296,10 +348,13 @@ pub async fn serve(
             // sends nothing would hold its slot forever. It gets the header read timeout
             // to start, and a TLS handshake gets the same bound.
             let mut byte = [0u8; 1];
-            if matches!(
-                tokio::time::timeout(idle, stream.peek(&mut byte)).await,
-                Ok(Ok(1))
-            ) {
+            let first = tokio::select! {
+                r = tokio::time::timeout(idle, stream.peek(&mut byte)) => matches!(r, Ok(Ok(1))),
+                // Silent still: shed at the limit, or dropped at shutdown.
+                _ = activity.shed.notified() => false,
+                _ = shutdown.cancelled() => false,
+            };
+            if first {
                 match acceptor {
                     None => {
                         let io = TokioIo::new(parse_errors::WithProblems::new(stream));
@@ -307,14 +362,22 @@ pub async fn serve(
                         watch(conn, &activity, &connections, idle, &shutdown).await;
                     }
                     Some(acceptor) => {
-                        match tokio::time::timeout(idle, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => {
+                        activity.set_phase(HANDSHAKE, &connections);
+                        let handshake = tokio::select! {
+                            r = tokio::time::timeout(idle, acceptor.accept(stream)) => Some(r),
+                            _ = shutdown.cancelled() => None,
+                        };
+                        match handshake {
+                            None => {}
+                            Some(Ok(Ok(tls))) => {
                                 let io = TokioIo::new(parse_errors::WithProblems::new(tls));
                                 let conn = builder.serve_connection(io, service);
                                 watch(conn, &activity, &connections, idle, &shutdown).await;
                             }
-                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                            Some(Ok(Err(e))) => {
+                                tracing::debug!(error = %e, "TLS handshake failed")
+                            }
+                            Some(Err(_)) => tracing::debug!("TLS handshake timed out"),
                         }
                     }
                 }
@@ -346,42 +409,42 @@ async fn watch<I, S>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     tokio::pin!(conn);
+    // Idle from now: the handshake and the wait for the first byte are not idleness
+    // between requests. A shed asked for before now is forgotten.
+    activity.set_phase(SERVING, connections);
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing: Option<tokio::time::Instant> = None;
     loop {
-        tokio::select! {
+        let close = tokio::select! {
             _ = conn.as_mut() => return,
             _ = shutdown.cancelled(), if closing.is_none() => {
-                conn.as_mut().graceful_shutdown();
                 // The server's drain deadline bounds this one.
-                closing = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+                Some(Duration::from_secs(3600))
             }
             _ = activity.shed.notified(), if closing.is_none() => {
-                conn.as_mut().graceful_shutdown();
-                closing = Some(tokio::time::Instant::now() + idle);
+                // Only a connection still idle: a request may have begun since.
+                (activity.is_idle() && activity.idle_for(connections) >= SHED_AFTER_IDLE)
+                    .then_some(idle)
             }
             _ = tick.tick() => match closing {
-                // A peer that ignores the close (an HTTP/2 GOAWAY) is dropped.
-                Some(at) if tokio::time::Instant::now() >= at => return,
-                Some(_) => {}
-                None => {
-                    let idle_ms = connections
-                        .now_ms()
-                        .saturating_sub(activity.last_ms.load(AtomicOrdering::Relaxed));
-                    if activity.active.load(AtomicOrdering::Relaxed) == 0
-                        && Duration::from_millis(idle_ms) >= idle
-                    {
-                        conn.as_mut().graceful_shutdown();
-                        closing = Some(tokio::time::Instant::now() + idle);
-                    }
-                }
+                // A peer that ignores the close (an HTTP/2 GOAWAY) is dropped once it
+                // has no request under way; one under way is bounded by the body's
+                // deadlines.
+                Some(at) if tokio::time::Instant::now() >= at && activity.is_idle() => return,
+                Some(_) => None,
+                None => (activity.is_idle() && activity.idle_for(connections) >= idle)
+                    .then_some(idle),
             },
+        };
+        if let Some(grace) = close {
+            conn.as_mut().graceful_shutdown();
+            activity.phase.store(CLOSING, AtomicOrdering::Relaxed);
+            closing = Some(tokio::time::Instant::now() + grace);
         }
     }
 }
 
-/// Handles one request.
 /// Handles one request; its body is read within the connection's budget `connection`
 /// and the ingress's own.
 pub async fn handle(
@@ -685,7 +748,7 @@ async fn read_body(
     let mut buf = bytes::BytesMut::with_capacity(
         declared.map_or(0, |n| usize::try_from(n.min(1 << 20)).unwrap_or(0)),
     );
-    let mut permits = Vec::new();
+    let mut permits: [Option<tokio::sync::OwnedSemaphorePermit>; 2] = [None, None];
     loop {
         let frame = tokio::select! {
             f = body.frame() => f,
@@ -732,7 +795,7 @@ async fn read_body(
             return Err(too_large());
         }
         let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        for (budget, key) in budgets {
+        for (held, (budget, key)) in permits.iter_mut().zip(budgets) {
             let permit = budget.clone().try_acquire_many_owned(n).map_err(|_| {
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -742,11 +805,15 @@ async fn read_body(
                 .with_limit(key)
                 .with_header(RETRY_AFTER, "1")
             })?;
-            permits.push(permit);
+            // One permit per budget, grown frame by frame.
+            match held {
+                Some(h) => h.merge(permit),
+                None => *held = Some(permit),
+            }
         }
         buf.extend_from_slice(&data);
     }
-    Ok((buf.freeze(), permits))
+    Ok((buf.freeze(), permits.into_iter().flatten().collect()))
 }
 
 /// Bodies up to this size are decoded on the runtime's thread; larger ones on a

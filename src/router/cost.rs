@@ -39,6 +39,19 @@ pub const EVAL_STACK: usize = 8 << 20;
 /// The most nodes an expression tree may have.
 pub const MAX_NODES: usize = 4096;
 
+/// The most comprehensions nested in one another. The work bound walks a loop's body
+/// twice per level of nesting, so it takes 2^levels walks: 16 at most.
+pub const MAX_LOOP_NESTING: usize = 4;
+
+/// An expression without comprehensions does work in proportion to the event's size:
+/// at most this many times it (a filter that compares a few dozen fields stays well
+/// inside)...
+const MAX_COST_PER_WEIGHT: f64 = 1024.0;
+
+/// ...and builds no value heavier than this many times the event (`+` doubles a
+/// string at each level of a balanced tree).
+const MAX_PEAK_PER_WEIGHT: f64 = 16.0;
+
 /// The most work one evaluation may do, in units (about 0.1 s of evaluation in a
 /// release build).
 pub const BUDGET: f64 = 1_000_000.0;
@@ -92,6 +105,29 @@ pub fn compile(source: &str) -> Result<Checked, Refused> {
                         .join("; "),
                 })?;
                 let loops = check_shape(&program)?;
+                if !loops {
+                    // Without comprehensions the bound is linear in the event's weight:
+                    // checked once here for any event.
+                    const W: f64 = 1_048_576.0;
+                    let b = bound(
+                        program.expression(),
+                        &InputSize {
+                            longest: 1.0,
+                            weight: W,
+                        },
+                        &mut Vec::new(),
+                    );
+                    if b.cost > MAX_COST_PER_WEIGHT * W || b.peak > MAX_PEAK_PER_WEIGHT * W {
+                        return Err(Refused {
+                            column: 1,
+                            message: format!(
+                                "the expression is too costly: it may build values {:.0} times the size of the event (at most {MAX_PEAK_PER_WEIGHT:.0}) or do {:.0} times its size in work (at most {MAX_COST_PER_WEIGHT:.0})",
+                                b.peak / W,
+                                b.cost / W
+                            ),
+                        });
+                    }
+                }
                 if loops {
                     let least = bound(
                         program.expression(),
@@ -128,10 +164,16 @@ pub fn compile(source: &str) -> Result<Checked, Refused> {
 /// comprehensions.
 fn check_shape(program: &Program) -> Result<bool, Refused> {
     let refuse = |message: String| Refused { column: 1, message };
-    let mut stack: Vec<(&IdedExpr, usize)> = vec![(program.expression(), 1)];
+    let mut stack: Vec<(&IdedExpr, usize, usize)> = vec![(program.expression(), 1, 0)];
     let (mut nodes, mut loops) = (0usize, false);
-    while let Some((e, depth)) = stack.pop() {
+    while let Some((e, depth, nesting)) = stack.pop() {
         nodes += 1;
+        let nesting = nesting + usize::from(matches!(e.expr, Expr::Comprehension(_)));
+        if nesting > MAX_LOOP_NESTING {
+            return Err(refuse(format!(
+                "the expression nests more than {MAX_LOOP_NESTING} comprehensions (all, exists, map, filter) in one another"
+            )));
+        }
         if depth > MAX_DEPTH {
             return Err(refuse(format!(
                 "the expression nests deeper than {MAX_DEPTH} levels"
@@ -163,7 +205,7 @@ fn check_shape(program: &Program) -> Result<bool, Refused> {
             }
         }
         loops |= matches!(e.expr, Expr::Comprehension(_));
-        stack.extend(children(e).into_iter().map(|c| (c, depth + 1)));
+        stack.extend(children(e).into_iter().map(|c| (c, depth + 1, nesting)));
     }
     Ok(loops)
 }
@@ -301,33 +343,52 @@ struct Bound {
     weight: f64,
     /// The work of computing it.
     cost: f64,
+    /// The heaviest value built on the way, this one included.
+    peak: f64,
 }
 
 const SCALAR: Bound = Bound {
     longest: 1.0,
     weight: 1.0,
     cost: 1.0,
+    peak: 1.0,
 };
+
+impl Bound {
+    /// `self`, its peak raised to its own weight and to what `parts` built.
+    fn built_from(mut self, parts: &[Bound]) -> Bound {
+        self.peak = parts.iter().fold(self.weight, |m, p| m.max(p.peak));
+        self
+    }
+}
 
 /// The bound of `e` with `scope` binding comprehension variables. Recursion is
 /// bounded by [`MAX_DEPTH`], checked at compile time.
 fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound)>) -> Bound {
+    let text = |bytes: usize| {
+        let weight = 1.0 + string_weight(bytes);
+        Bound {
+            weight,
+            peak: weight,
+            ..SCALAR
+        }
+    };
     match &e.expr {
-        Expr::Literal(LiteralValue::String(s)) => Bound {
-            weight: 1.0 + string_weight(s.inner().len()),
-            ..SCALAR
-        },
-        Expr::Literal(LiteralValue::Bytes(b)) => Bound {
-            weight: 1.0 + string_weight(b.inner().len()),
-            ..SCALAR
-        },
+        Expr::Literal(LiteralValue::String(s)) => text(s.inner().len()),
+        Expr::Literal(LiteralValue::Bytes(b)) => text(b.inner().len()),
         Expr::Literal(_) | Expr::Unspecified => SCALAR,
+        // A variable is read, not built: its weight is not this program's peak.
         Expr::Ident(name) => match scope.iter().rev().find(|(n, _)| n == name) {
-            Some((_, b)) => Bound { cost: 1.0, ..*b },
+            Some((_, b)) => Bound {
+                cost: 1.0,
+                peak: 1.0,
+                ..*b
+            },
             None => Bound {
                 longest: input.longest,
                 weight: input.weight,
                 cost: 1.0,
+                peak: 1.0,
             },
         },
         Expr::Select(select) => {
@@ -335,6 +396,7 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
             if select.test {
                 Bound {
                     cost: operand.cost + 1.0,
+                    peak: operand.peak,
                     ..SCALAR
                 }
             } else {
@@ -353,8 +415,10 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
             Bound {
                 longest: parts.iter().fold(n, |m, p| m.max(p.longest)),
                 weight: n + parts.iter().map(|p| p.weight).sum::<f64>(),
-                cost: n + parts.iter().map(|p| p.cost).sum::<f64>(),
+                cost: n + parts.iter().map(|p| p.cost + p.weight).sum::<f64>(),
+                peak: 0.0,
             }
+            .built_from(&parts)
         }
         Expr::Call(call) => {
             let parts: Vec<Bound> = children(e)
@@ -364,7 +428,7 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
             let cost: f64 = 1.0 + parts.iter().map(|p| p.cost).sum::<f64>();
             let touched: f64 = parts.iter().map(|p| p.weight).sum();
             let most = |f: fn(&Bound) -> f64| parts.iter().map(f).fold(1.0, f64::max);
-            match call.func_name.as_str() {
+            let b = match call.func_name.as_str() {
                 // Concatenation copies both sides; appending to a comprehension's
                 // accumulator (how `map` and `filter` build their result) copies only the
                 // new part.
@@ -382,12 +446,14 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
                         longest: parts.iter().map(|p| p.longest).sum(),
                         weight: touched,
                         cost: cost + copied,
+                        peak: 0.0,
                     }
                 }
                 "_&&_" | "_||_" | "!_" | "_?_:_" => Bound {
                     longest: most(|p| p.longest),
                     weight: most(|p| p.weight),
                     cost,
+                    peak: 0.0,
                 },
                 // Indexing, conversions and the other functions yield at most what they
                 // are given and may read all of it.
@@ -395,15 +461,28 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
                     longest: most(|p| p.longest),
                     weight: most(|p| p.weight),
                     cost: cost + touched,
+                    peak: 0.0,
                 },
+            };
+            // An appended accumulator's weight is counted where the loop sums it.
+            let b = b.built_from(&parts);
+            if call.func_name == "_+_"
+                && matches!(call.args.first().map(|a| &a.expr), Some(Expr::Ident(n)) if n.starts_with('@'))
+            {
+                Bound {
+                    peak: parts.iter().fold(0.0, |m, p| m.max(p.peak)),
+                    ..b
+                }
+            } else {
+                b
             }
         }
         Expr::Comprehension(c) => {
             let range = bound(&c.iter_range, input, scope);
             let init = bound(&c.accu_init, input, scope);
             let iterations = range.longest;
-            // The step's cost with the element weighing nothing, and with it weighing the
-            // whole range: the bound is convex in the element's weight (sums, products and
+            // The step with the element weighing nothing, and with it weighing the whole
+            // range: the bound is convex in the element's weight (sums, products and
             // maxima of non-negative terms), and the elements' weights add up to at most
             // the range's, so the iterations together cost at most
             // iterations·light + (heavy − light).
@@ -412,6 +491,7 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
                     longest: range.longest,
                     weight,
                     cost: 1.0,
+                    peak: 1.0,
                 };
                 let before = scope.len();
                 scope.push((c.iter_var.as_str(), element));
@@ -424,19 +504,25 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
                         longest: iterations.max(init.longest),
                         weight: 0.0,
                         cost: 1.0,
+                        peak: 1.0,
                     },
                 ));
                 let cond = bound(&c.loop_cond, input, scope);
                 let step = bound(&c.loop_step, input, scope);
                 scope.truncate(before);
-                (cond.cost + step.cost, step.weight)
+                (cond.cost + step.cost, step, cond.peak)
             };
-            let (light, light_weight) = step(0.0, scope);
-            let (heavy, heavy_weight) = step(range.weight, scope);
+            let (light, light_step, _) = step(0.0, scope);
+            let (heavy, heavy_step, cond_peak) = step(range.weight, scope);
+            let weight = init.weight
+                + iterations * light_step.weight
+                + (heavy_step.weight - light_step.weight);
             let accumulated = Bound {
-                longest: iterations.max(init.longest),
-                weight: init.weight + iterations * light_weight + (heavy_weight - light_weight),
+                // An element of the result may be as long as what one step yields.
+                longest: (init.longest + iterations).max(heavy_step.longest),
+                weight,
                 cost: 1.0,
+                peak: 1.0,
             };
             scope.push((c.accu_var.as_str(), accumulated));
             let result = bound(&c.result, input, scope);
@@ -445,6 +531,16 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
                 longest: result.longest,
                 weight: result.weight,
                 cost: range.cost + init.cost + iterations * light + (heavy - light) + result.cost,
+                peak: [
+                    range.peak,
+                    init.peak,
+                    heavy_step.peak,
+                    cond_peak,
+                    weight,
+                    result.peak,
+                ]
+                .into_iter()
+                .fold(0.0, f64::max),
             }
         }
     }
@@ -490,8 +586,40 @@ mod tests {
             deep = format!("{l}.map(x{i}, {deep})");
         }
         let e = compiled(&format!("size({deep}) > 0")).err().unwrap();
+        assert!(e.message.contains("comprehensions"), "{}", e.message);
+        // Forty elements four deep: 2.56 million steps for any event.
+        let forty = format!("[{}]", vec!["1"; 40].join(","));
+        let mut wide = "x0".to_string();
+        for i in 0..4 {
+            wide = format!("{forty}.map(x{i}, {wide})");
+        }
+        let e = compiled(&format!("size({wide}) > 0")).err().unwrap();
         assert!(e.message.contains("too costly"), "{}", e.message);
         assert!(compiled(&format!("{l}.all(a, {l}.all(b, a + b > 0))")).is_ok());
+        let mut nested = "true".to_string();
+        for i in 0..5 {
+            nested = format!("[1].all(a{i}, {nested})");
+        }
+        let e = compiled(&nested).err().unwrap();
+        assert!(
+            e.message.contains("more than 4 comprehensions"),
+            "{}",
+            e.message
+        );
+        // Without comprehensions: a balanced tree of concatenations doubles the data at
+        // each level.
+        let mut doubled = "data.s".to_string();
+        for _ in 0..10 {
+            doubled = format!("({doubled} + {doubled})");
+        }
+        let e = compiled(&format!("size({doubled}) > 0")).err().unwrap();
+        assert!(e.message.contains("too costly"), "{}", e.message);
+        let clauses: Vec<String> = (0..60).map(|i| format!("data.f{i} == 'v'")).collect();
+        assert!(
+            compiled(&clauses.join(" || ")).is_ok(),
+            "sixty comparisons are fine"
+        );
+        assert!(compiled(r#"source + "\n" + id"#).is_ok());
     }
 
     #[test]
@@ -508,6 +636,14 @@ mod tests {
         // A list of the whole input for each element weighs input × elements.
         let copies = cost("size(data.items.map(i, data.items)) > 0", 1000.0, 5000.0);
         assert!(copies > 1_000_000.0, "{copies}");
+        // The elements of a mapped list keep their length: nesting over one of them
+        // costs as nesting over the input does.
+        let hidden = cost(
+            "[0].map(i, data.items)[0].exists(x, data.items.exists(y, y < 0))",
+            3000.0,
+            15000.0,
+        );
+        assert!(hidden > 1_000_000.0, "{hidden}");
         // A typical Tekton filter over a PipelineRun stays far inside the budget.
         let tekton = cost(
             "data.pipelineRun.status.childReferences.exists(c, c.pipelineTaskName == 'deploy' && c.kind == 'TaskRun')",

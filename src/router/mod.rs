@@ -354,6 +354,10 @@ impl BrokerRouter {
                         stats_for(&self.stats, &sub.name)
                             .dropped
                             .fetch_add(dropped as u64, Ordering::Relaxed);
+                        let gone: Vec<_> = gone
+                            .iter()
+                            .map(|s| crate::delivery::redact::redact(s))
+                            .collect();
                         tracing::info!(subscription = %sub.name, sinks = ?gone, dropped, "sinks removed; their pending lane entries were dropped");
                     }
                     if state.sinks == sinks {
