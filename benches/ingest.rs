@@ -19,10 +19,10 @@ use switchyard::log::{record, Append, GroupEntry, LogBackend};
 fn tekton_request() -> (HeaderMap, Bytes) {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/tekton/05-taskrun-successful.json"
+        "/tests/fixtures/tekton/05-taskrun-successful.json"
     );
     let fixture: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(path).expect("shared testdata")).unwrap();
+        serde_json::from_slice(&std::fs::read(path).expect("tests/fixtures")).unwrap();
     let mut headers = HeaderMap::new();
     for (k, v) in fixture["headers"].as_object().unwrap() {
         headers.insert(

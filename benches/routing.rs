@@ -19,9 +19,9 @@ const N: usize = 100;
 fn event() -> Event {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/tekton/09-pipelinerun-successful.json"
+        "/tests/fixtures/tekton/09-pipelinerun-successful.json"
     );
-    from_file(&std::fs::read(path).expect("shared testdata")).unwrap()
+    from_file(&std::fs::read(path).expect("tests/fixtures")).unwrap()
 }
 
 fn set(filter: impl Fn(usize) -> String) -> RouteSet {

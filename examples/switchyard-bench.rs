@@ -217,7 +217,7 @@ fn payload_batch(n: u64) -> Payload {
 }
 
 fn payload_tekton() -> Payload {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/tekton");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tekton");
     let mut fixtures = Vec::new();
     for i in 1..=10 {
         let name = std::fs::read_dir(&dir)

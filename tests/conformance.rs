@@ -1,5 +1,5 @@
 //! The CloudEvents format conformance suites (cloudevents/conformance, format-tests
-//! branch; see ../shared/testdata/cloudevents/PROVENANCE.md), run through the real
+//! branch; see tests/fixtures/cloudevents/PROVENANCE.md), run through the real
 //! ingress: every valid case is accepted and stored with the golden sample's attributes
 //! and data; every invalid case is answered 400 and stores nothing.
 

@@ -1,4 +1,4 @@
-//! The CloudEvents conformance HTTP cases (../shared/testdata/cloudevents/http-yaml):
+//! The CloudEvents conformance HTTP cases (tests/fixtures/cloudevents/http-yaml):
 //! each is posted as the case says (binary or structured), and what a binary-mode sink
 //! and a structured-mode sink receive carries the same attributes and data.
 

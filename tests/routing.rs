@@ -1,5 +1,5 @@
 //! Routing: subscriptions typical of Tekton and CDEvents users, against every fixture
-//! of ../shared/testdata/tekton and ../shared/testdata/cdevents/as-cloudevent; exactly
+//! of tests/fixtures/tekton and tests/fixtures/cdevents/as-cloudevent; exactly
 //! which lanes get which events. Then startFrom backfills, hot reload, and removal.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The ten Tekton Pipelines requests of ../shared/testdata/tekton, posted as Tekton
+//! The ten Tekton Pipelines requests of tests/fixtures/tekton, posted as Tekton
 //! posts them (binary mode), are accepted and read back from the log byte-identical.
 
 mod common;

@@ -44,7 +44,7 @@ pub async fn wait_until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
 }
 
 pub fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 pub struct TestServer {
@@ -298,7 +298,7 @@ pub fn subscription_errors(spec: &str) -> Vec<config::ConfigError> {
 
 pub mod sink;
 
-/// One request of the Tekton corpus (../shared/testdata/tekton), as a client sends it.
+/// One request of the Tekton corpus (tests/fixtures/tekton), as a client sends it.
 pub struct TektonRequest {
     pub file: String,
     pub path: String,
