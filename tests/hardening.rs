@@ -162,62 +162,48 @@ fn reqwest_like() -> hyper_util::client::legacy::Client<
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
 
+/// The first error `check` gives for a subscription whose filter is `cel`.
+fn cel_error(cel: &str) -> String {
+    common::subscription_errors(&format!(
+        "  filter:\n    cel: '{cel}'\n  sinks:\n    - uri: http://127.0.0.1:1/\n"
+    ))[0]
+        .to_string()
+}
+
+/// `range` mapped `levels` deep.
+fn nested_maps(range: &str, levels: usize) -> String {
+    (0..levels).fold("x0".to_string(), |inner, i| {
+        format!("{range}.map(x{i}, {inner})")
+    })
+}
+
 #[test]
 fn cel_filters_too_deep_or_too_long_are_check_errors_naming_the_limit() {
-    let deep = vec!["1"; 2_000].join(" + ") + " > 0";
-    let errors = common::subscription_errors(&format!(
-        "  filter:\n    cel: '{deep}'\n  sinks:\n    - uri: http://127.0.0.1:1/\n"
-    ));
-    assert!(
-        errors[0].to_string().contains("deeper than 64 levels"),
-        "{}",
-        errors[0]
-    );
-    let long = vec!["1"; 8_000].join(" + ") + " > 0";
-    let errors = common::subscription_errors(&format!(
-        "  filter:\n    cel: '{long}'\n  sinks:\n    - uri: http://127.0.0.1:1/\n"
-    ));
-    assert!(
-        errors[0].to_string().contains("limit is 16384"),
-        "{}",
-        errors[0]
-    );
-    // Ten elements mapped eight deep: 10^8 steps for any event.
-    let l = "[1,2,3,4,5,6,7,8,9,10]";
-    let mut nested = "x0".to_string();
-    for i in 0..8 {
-        nested = format!("{l}.map(x{i}, {nested})");
+    let table = [
+        (
+            vec!["1"; 2_000].join(" + ") + " > 0",
+            "deeper than 64 levels",
+        ),
+        (vec!["1"; 8_000].join(" + ") + " > 0", "limit is 16384"),
+        // Ten elements mapped eight deep: 10^8 steps for any event.
+        (
+            format!("size({}) > 0", nested_maps("[1,2,3,4,5,6,7,8,9,10]", 8)),
+            "more than 4 comprehensions",
+        ),
+        // Forty elements mapped four deep: 2.56 million steps for any event.
+        (
+            format!(
+                "size({}) > 0",
+                nested_maps(&format!("[{}]", vec!["1"; 40].join(",")), 4)
+            ),
+            "too costly",
+        ),
+        ("subject.matches(\"(\")".to_string(), "not a valid regex"),
+    ];
+    for (cel, want) in table {
+        let error = cel_error(&cel);
+        assert!(error.contains(want), "{want}: {error}");
     }
-    let errors = common::subscription_errors(&format!(
-        "  filter:\n    cel: 'size({nested}) > 0'\n  sinks:\n    - uri: http://127.0.0.1:1/\n"
-    ));
-    assert!(
-        errors[0].to_string().contains("more than 4 comprehensions"),
-        "{}",
-        errors[0]
-    );
-    // Forty elements mapped four deep: 2.56 million steps for any event.
-    let forty = format!("[{}]", vec!["1"; 40].join(","));
-    let mut wide = "x0".to_string();
-    for i in 0..4 {
-        wide = format!("{forty}.map(x{i}, {wide})");
-    }
-    let errors = common::subscription_errors(&format!(
-        "  filter:\n    cel: 'size({wide}) > 0'\n  sinks:\n    - uri: http://127.0.0.1:1/\n"
-    ));
-    assert!(
-        errors[0].to_string().contains("too costly"),
-        "{}",
-        errors[0]
-    );
-    let errors = common::subscription_errors(
-        "  filter:\n    cel: 'subject.matches(\"(\")'\n  sinks:\n    - uri: http://127.0.0.1:1/\n",
-    );
-    assert!(
-        errors[0].to_string().contains("not a valid regex"),
-        "{}",
-        errors[0]
-    );
 }
 
 #[tokio::test]
