@@ -10,6 +10,7 @@ pub mod config;
 pub mod dedupe;
 pub mod delivery;
 pub mod event;
+pub mod http;
 pub mod ingress;
 pub mod log;
 pub mod metrics;

@@ -301,7 +301,7 @@ impl Collector for StateCollector {
                 .inc_by(s.dropped.load(Ordering::Relaxed));
             for lane in &route.lanes {
                 let l = self.delivery.stats(broker, lane);
-                let sink = crate::delivery::redact::redact(&lane.sink);
+                let sink = crate::http::redact::redact(&lane.sink);
                 let sink = sink.as_ref();
                 for (class, n) in l.attempts_by_class() {
                     attempts.with_label_values(&[name, sink, class]).inc_by(n);

@@ -196,7 +196,7 @@ async fn post_https(
 fn ingress_tls(pki: &Pki, client_ca: bool) -> switchyard::config::IngressTls {
     let d = pki.dir.path();
     let ca = client_ca.then(|| d.join("ca.pem"));
-    let config = switchyard::ingress::tls::server_config(
+    let config = switchyard::http::tls::server_config(
         &d.join("server.pem"),
         &d.join("server-key.pem"),
         ca.as_deref(),
@@ -212,7 +212,7 @@ fn ingress_tls(pki: &Pki, client_ca: bool) -> switchyard::config::IngressTls {
 
 #[tokio::test]
 async fn the_ingress_serves_https_and_with_a_client_ca_admits_only_its_certificates() {
-    use switchyard::delivery::client::tls_config;
+    use switchyard::http::tls::client_config as tls_config;
     let other = pki(); // an unrelated CA
     let pki = pki();
     let d = pki.dir.path();

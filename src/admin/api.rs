@@ -18,7 +18,7 @@ use super::{into_axum, Admin};
 use crate::clock::SharedClock;
 use crate::delivery::Delivery;
 use crate::event::{json as event_json, protobuf::format_rfc3339};
-use crate::ingress::problem::Problem;
+use crate::http::problem::Problem;
 use crate::log::{record, LaneId, Log, LogBackend, LogError, LogRecord, RouteProgress};
 use crate::router::filter::{Decision, Dialect};
 use crate::router::{activation, explain, Route, Routing};

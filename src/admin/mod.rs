@@ -16,7 +16,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::ingress::problem::Problem;
+use crate::http::problem::Problem;
 use crate::metrics::Metrics;
 
 /// What readiness depends on: the server names the step it is at while it starts
@@ -135,8 +135,8 @@ async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| crate::ingress::bearer::bearer_token(v.as_bytes()));
-        if !presented.is_some_and(|p| crate::ingress::constant_time_eq(p, token.as_bytes())) {
+            .and_then(|v| crate::http::auth::bearer_token(v.as_bytes()));
+        if !presented.is_some_and(|p| crate::http::auth::is_accepted(p, [token.as_str()])) {
             let p = Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",

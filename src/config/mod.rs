@@ -672,6 +672,22 @@ impl Validator {
     }
 
     /// A secret: a string, or `{ valueFrom: { env: NAME } }` / `{ valueFrom: { file: PATH } }`.
+    /// A secret that clients present as `Authorization: Bearer <token>`: it must be one
+    /// RFC 6750 `b64token`, or no client could ever present it.
+    fn bearer_token(&mut self, node: &Node, key: &str) -> Option<String> {
+        let token = self.secret(node, key)?;
+        if crate::http::auth::is_b64token(token.as_bytes()) {
+            Some(token)
+        } else {
+            self.error(
+                node,
+                key,
+                "a bearer token is letters, digits and -._~+/ followed by any number of =",
+            );
+            None
+        }
+    }
+
     fn secret(&mut self, node: &Node, key: &str) -> Option<String> {
         match &node.value {
             Value::Str(s) if !s.is_empty() => Some(s.clone()),
@@ -775,7 +791,7 @@ impl Validator {
                 return None;
             }
         };
-        match crate::ingress::tls::server_config(&cert_file, &key_file, client_ca.as_deref()) {
+        match crate::http::tls::server_config(&cert_file, &key_file, client_ca.as_deref()) {
             Ok(config) => Some(IngressTls {
                 cert_file,
                 key_file,
@@ -816,7 +832,7 @@ impl Validator {
                 let items = self.list(node!("ingress.tokens"), "ingress.tokens");
                 items
                     .iter()
-                    .filter_map(|n| self.secret(n, "ingress.tokens"))
+                    .filter_map(|n| self.bearer_token(n, "ingress.tokens"))
                     .collect()
             },
             header_read_timeout: self.duration(
@@ -879,7 +895,7 @@ impl Validator {
             listen: self.addr(node!("admin.listen"), "admin.listen"),
             token: {
                 let n = node!("admin.token");
-                self.secret(n, "admin.token")
+                self.bearer_token(n, "admin.token")
             },
             metrics_public,
             health_public,
@@ -1148,6 +1164,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.ingress.tokens, vec!["inline", "from-file"]);
+    }
+
+    #[test]
+    fn tokens_must_be_presentable_as_bearer_tokens() {
+        let errs = errors("ingress:\n  tokens:\n    - good-token.v2==\n    - has space\nadmin:\n  token: \"semi;colon\"\n");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!((errs[0].line, errs[0].key.as_str()), (4, "ingress.tokens"));
+        assert_eq!((errs[1].line, errs[1].key.as_str()), (6, "admin.token"));
+        assert!(errs[0].message.contains("bearer token"), "{errs:?}");
     }
 
     #[test]

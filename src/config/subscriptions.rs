@@ -626,10 +626,8 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
     }
     // Every notation the resolver reads as an address (`2852039166`, `0xa9fea9fe`…),
     // not only the dotted one: the connector's check after DNS is the second line.
-    let literal = uri.host().and_then(crate::delivery::outbound::host_address);
-    if literal
-        .is_some_and(|ip| crate::delivery::outbound::is_refused_metadata(ip, &d.allow_addresses))
-    {
+    let literal = uri.host().and_then(crate::http::address::host_address);
+    if literal.is_some_and(|ip| crate::http::address::is_refused_metadata(ip, &d.allow_addresses)) {
         v.error(
             uri_node,
             &format!("{path}.uri"),
@@ -778,7 +776,7 @@ fn sink_tls(v: &mut Validator, node: &Node, path: &str) -> Option<SinkTls> {
         return None;
     }
     let client = cert_file.as_deref().zip(key_file.as_deref());
-    match crate::delivery::client::tls_config(ca_file.as_deref(), client) {
+    match crate::http::tls::client_config(ca_file.as_deref(), client) {
         Ok(config) => Some(SinkTls {
             ca_file,
             cert_file,

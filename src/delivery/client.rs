@@ -4,7 +4,6 @@
 //! limit and no further. Sinks that ask for it get Standard Webhooks signatures.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,14 +15,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::PrivateKeyDer;
 
 use super::outbound::{self, Guard, GuardedConnector};
 use super::policy::Attempt;
 use crate::config::subscriptions::{Sink, SinkFormat};
 use crate::event::{binary, json, Event};
-use crate::ingress::tls::read_certs;
+use crate::http::tls::client_config;
 
 type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
@@ -86,48 +83,6 @@ pub struct Response {
     pub truncated: bool,
 }
 
-/// Builds a rustls client config: the given CA file's certificates as the only roots
-/// (or the system's plus webpki's), and a client certificate when given.
-pub fn tls_config(
-    ca_file: Option<&Path>,
-    client_cert: Option<(&Path, &Path)>,
-) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            for c in read_certs(path, "CA file")? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-            }
-        }
-        None => {
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let config = match client_cert {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = read_certs(cert, "certificate")?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("private key {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| e.to_string())?
-        }
-    };
-    // ALPN (h2, http/1.1) is set by the connector builder from enable_http1/enable_http2.
-    Ok(config)
-}
-
 fn client_for(tls: rustls::ClientConfig, guard: &Arc<Guard>) -> HttpsClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -174,7 +129,7 @@ impl Sender {
         let guard = Arc::new(guard);
         Ok(Sender {
             hosts: Mutex::default(),
-            default: client_for(tls_config(None, None)?, &guard),
+            default: client_for(client_config(None, None)?, &guard),
             custom: Mutex::default(),
             guard,
             body_limit,

@@ -724,7 +724,7 @@ pub fn with_error_extensions(event: &Event, sink: &str, status: Option<u16>, bod
     attributes.retain(|(n, _)| !n.starts_with("knativeerror"));
     attributes.push((
         "knativeerrordest".into(),
-        AttrValue::String(super::redact::redact(sink).into_owned()),
+        AttrValue::String(crate::http::redact::redact(sink).into_owned()),
     ));
     if let Some(s) = status {
         attributes.push(("knativeerrorcode".into(), AttrValue::Integer(i32::from(s))));

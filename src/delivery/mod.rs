@@ -6,7 +6,6 @@ pub mod client;
 pub mod lane;
 pub mod outbound;
 pub mod policy;
-pub mod redact;
 pub mod reply;
 
 use std::collections::HashMap;
@@ -124,7 +123,7 @@ impl Delivery {
                     duration: self.durations.as_ref().map(|h| {
                         h.with_label_values(&[
                             lane.subscription.as_str(),
-                            redact::redact(&lane.sink).as_ref(),
+                            crate::http::redact::redact(&lane.sink).as_ref(),
                         ])
                     }),
                     ..LaneStats::default()
@@ -199,7 +198,7 @@ impl Delivery {
                 "lane",
                 broker = %key.0,
                 subscription = %key.1.subscription,
-                sink = %redact::redact(&key.1.sink)
+                sink = %crate::http::redact::redact(&key.1.sink)
             );
             let task = tokio::spawn(
                 async move {

@@ -2,10 +2,7 @@
 //! modes, limits, bearer tokens, status codes and problem+json errors. An event is
 //! answered `202` only once the log has made it durable.
 
-pub(crate) mod bearer;
 pub mod parse_errors;
-pub mod problem;
-pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
@@ -29,9 +26,10 @@ use crate::clock::SharedClock;
 use crate::config::IngressConfig;
 use crate::dedupe::DedupeKey;
 use crate::event::{binary, json, protobuf, Event, EventError};
+use crate::http::auth;
+use crate::http::problem::Problem;
 use crate::log::{record, Append, AppendOutcome, Decoded, Log};
 use crate::metrics::{self, IngressSeries, Metrics};
-use problem::Problem;
 
 /// How a request carries its events, decided from `Content-Type` alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -682,26 +680,13 @@ fn authorize(tokens: &[String], headers: &HeaderMap) -> Result<(), Problem> {
             "this broker needs an Authorization: Bearer token",
         ));
     };
-    let presented = bearer::bearer_token(value.as_bytes())
+    let presented = auth::bearer_token(value.as_bytes())
         .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
-    // Compare with every token, so the time taken does not say which one was close.
-    let mut ok = false;
-    for t in tokens {
-        ok |= constant_time_eq(presented, t.as_bytes());
-    }
-    if ok {
+    if auth::is_accepted(presented, tokens.iter().map(String::as_str)) {
         Ok(())
     } else {
         Err(unauthorized("the bearer token is not valid"))
     }
-}
-
-/// Equality whose time depends only on the lengths, not on where the bytes differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What bounds a request body.

@@ -356,7 +356,7 @@ impl BrokerRouter {
                             .fetch_add(dropped as u64, Ordering::Relaxed);
                         let gone: Vec<_> = gone
                             .iter()
-                            .map(|s| crate::delivery::redact::redact(s))
+                            .map(|s| crate::http::redact::redact(s))
                             .collect();
                         tracing::info!(subscription = %sub.name, sinks = ?gone, dropped, "sinks removed; their pending lane entries were dropped");
                     }

@@ -1,6 +1,9 @@
-//! TLS for the ingress listener: a certificate chain and key, and optionally a CA that
-//! every client must present a certificate from (mutual TLS). A client without an
-//! acceptable certificate is turned away during the handshake, before HTTP begins.
+//! TLS configs built from PEM files. The server side (the ingress listener): a
+//! certificate chain and key, and optionally a CA that every client must present a
+//! certificate from (mutual TLS); a client without an acceptable certificate is turned
+//! away during the handshake, before HTTP begins. The client side (deliveries to
+//! sinks): a CA file as the only roots, or the system's and webpki's, and an optional
+//! client certificate.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -57,5 +60,47 @@ pub fn server_config(
         )
     })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Builds a rustls client config: the given CA file's certificates as the only roots
+/// (or the system's plus webpki's), and a client certificate when given.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for c in read_certs(path, "CA file")? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = read_certs(cert, "certificate")?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("private key {}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+    };
+    // ALPN (h2, http/1.1) is set by the connector builder from enable_http1/enable_http2.
     Ok(config)
 }
