@@ -65,7 +65,7 @@ fn routing(c: &mut Criterion) {
             set(|i| format!("    cel: \"data.pipelineRun.metadata.namespace == 'ns-{i}'\"\n")),
         ),
     ];
-    let base = switchyard::router::activation::base();
+    let base = switchyard::expr::activation::base();
     let mut g = c.benchmark_group("route-100-subscriptions");
     g.throughput(Throughput::Elements(N as u64));
     for (name, set) in &kinds {

@@ -494,7 +494,7 @@ fn serve(config: config::Config, subscriptions: Vec<Subscription>) -> anyhow::Re
     raise_open_file_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(switchyard::router::cost::EVAL_STACK)
+        .thread_stack_size(switchyard::expr::cost::EVAL_STACK)
         .build()
         .context("cannot start the runtime")?
         .block_on(serve_on(config, subscriptions))

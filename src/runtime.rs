@@ -22,7 +22,7 @@ where
     std::thread::Builder::new()
         .name(name.to_string())
         // Routers evaluate CEL on their thread: the stack it is sized for.
-        .stack_size(crate::router::cost::EVAL_STACK)
+        .stack_size(crate::expr::cost::EVAL_STACK)
         .spawn(move || handle.block_on(fut))
         .unwrap_or_else(|e| panic!("cannot start the {name} thread: {e}"));
 }

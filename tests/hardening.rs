@@ -271,7 +271,7 @@ async fn an_expensive_filter_is_an_error_for_its_subscription_while_the_others_r
     let (part, result) = &costly.parts[0];
     assert_eq!(part, "cel");
     assert!(
-        matches!(result, switchyard::router::filter::PartResult::Error(e) if e.contains("budget")),
+        matches!(result, switchyard::expr::filter::PartResult::Error(e) if e.contains("budget")),
         "{result:?}"
     );
 }

@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 
 use switchyard::event::{AttrValue, Data, Event};
-use switchyard::router::activation::{self, Needs};
-use switchyard::router::filter::CelFilter;
+use switchyard::expr::activation::{self, Needs};
+use switchyard::expr::filter::CelFilter;
 
 /// Binary mode: the input is "name: value" lines, a blank line, then the body.
 pub fn binary_headers(input: &[u8]) {
@@ -128,6 +128,6 @@ pub fn cel_filter(input: &[u8]) {
     let ctx = activation::activation(&base, &event, data.as_ref(), &needs);
     let _ = filter.evaluate(
         &ctx,
-        &switchyard::router::cost::Input::new(&event, data.as_ref()),
+        &switchyard::expr::cost::Input::new(&event, data.as_ref()),
     );
 }

@@ -18,10 +18,11 @@ use super::{into_axum, Admin};
 use crate::clock::SharedClock;
 use crate::delivery::Delivery;
 use crate::event::{json as event_json, protobuf::format_rfc3339};
+use crate::expr::activation;
+use crate::expr::filter::{Decision, Dialect};
 use crate::http::problem::Problem;
 use crate::log::{record, LaneId, Log, LogBackend, LogError, LogRecord, RouteProgress};
-use crate::router::filter::{Decision, Dialect};
-use crate::router::{activation, explain, Route, Routing};
+use crate::router::{explain, Route, Routing};
 
 /// What the API reads and changes; set when the log is open.
 pub struct Api {
@@ -300,7 +301,7 @@ async fn replay(
                         None
                     };
                     let act = activation::activation(&base, &rec.event, data.as_ref(), &needs);
-                    let input = crate::router::cost::Input::new(&rec.event, data.as_ref());
+                    let input = crate::expr::cost::Input::new(&rec.event, data.as_ref());
                     if r.subscription.filter.decide(&input, &act) == Decision::Match {
                         queued += 1;
                         entries.extend(lanes.iter().map(|l| (l.clone(), rec.seq)));
@@ -593,9 +594,9 @@ async fn explain_event(State(admin): State<Arc<Admin>>, body: Bytes) -> Result<R
                     .parts
                     .iter()
                     .map(|(part, r)| match r {
-                        crate::router::filter::PartResult::Match => json!({ "part": part, "result": "match" }),
-                        crate::router::filter::PartResult::NoMatch => json!({ "part": part, "result": "no_match" }),
-                        crate::router::filter::PartResult::Error(e) => json!({ "part": part, "result": "error", "error": e }),
+                        crate::expr::filter::PartResult::Match => json!({ "part": part, "result": "match" }),
+                        crate::expr::filter::PartResult::NoMatch => json!({ "part": part, "result": "no_match" }),
+                        crate::expr::filter::PartResult::Error(e) => json!({ "part": part, "result": "error", "error": e }),
                     })
                     .collect();
                 json!({ "subscription": v.subscription, "broker": v.broker, "matched": v.matched, "parts": parts })

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::dedupe::DedupeKey;
+use crate::expr::dedupe_key::DedupeKey;
 use crate::log::sled::Durability;
 use yaml::{Node, Value};
 

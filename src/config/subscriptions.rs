@@ -15,7 +15,7 @@ use http::Uri;
 use super::yaml::{self, Node, Value};
 use super::{BackoffPolicy, Config, ConfigError, ConfigErrors, DeliveryConfig, Validator};
 use crate::event::validate::{check_name, parse_rfc3339};
-use crate::router::filter::{CelFilter, Dialect, Filter};
+use crate::expr::filter::{CelFilter, Dialect, Filter};
 
 pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
 pub const KIND: &str = "Subscription";

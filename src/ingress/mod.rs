@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::IngressConfig;
-use crate::dedupe::DedupeKey;
 use crate::event::{binary, json, protobuf, Event, EventError};
+use crate::expr::dedupe_key::DedupeKey;
 use crate::http::auth;
 use crate::http::problem::Problem;
 use crate::log::{record, Append, AppendOutcome, Decoded, Log};

@@ -3,10 +3,10 @@
 
 use std::fmt;
 
-use super::activation::{self, Needs};
-use super::filter::PartResult;
 use crate::config::subscriptions::Subscription;
 use crate::event::Event;
+use crate::expr::activation::{self, Needs};
+use crate::expr::filter::PartResult;
 
 /// One subscription's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub fn explain<'a>(
             let act = activation::activation(&base, event, data.as_ref(), &needs);
             let parts = s
                 .filter
-                .explain(&super::cost::Input::new(event, data.as_ref()), &act);
+                .explain(&crate::expr::cost::Input::new(event, data.as_ref()), &act);
             let matched = parts.iter().all(|(_, r)| *r == PartResult::Match);
             Verdict {
                 subscription: s.name.clone(),

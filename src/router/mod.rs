@@ -10,11 +10,8 @@
 //! same way). A removed subscription takes its lanes with it; their pending entries
 //! are counted as dropped.
 
-pub mod activation;
-pub mod cost;
 pub mod explain;
 pub mod feed;
-pub mod filter;
 pub mod reload;
 
 use std::collections::HashMap;
@@ -28,10 +25,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::subscriptions::{StartFrom, Subscription};
 use crate::event::Event;
+use crate::expr::activation::{self, Needs};
+use crate::expr::filter::Decision;
 use crate::log::{LaneId, Log, LogBackend, LogError, RouteProgress, SubscriptionState};
-use activation::Needs;
 use feed::Feeds;
-use filter::Decision;
 
 /// Decides every route for one event with one shared activation: `data` is parsed at
 /// most once, and only when some filter reads it.
@@ -49,7 +46,7 @@ pub fn decide_all(
         None
     };
     let act = activation::activation(base, event, data.as_ref(), needs);
-    let input = cost::Input::new(event, data.as_ref());
+    let input = crate::expr::cost::Input::new(event, data.as_ref());
     for route in routes {
         each(route, route.subscription.filter.decide(&input, &act));
     }

@@ -6,7 +6,7 @@ use cel::common::ast::{Expr, IdedExpr, LiteralValue};
 use cel::{Program, Value};
 
 use crate::event::{AttrValue, Event};
-use crate::router::activation::{self, Needs};
+use crate::expr::activation::{self, Needs};
 
 /// A compiled dedupe key expression.
 pub struct DedupeKey {
@@ -85,7 +85,7 @@ impl std::fmt::Debug for DedupeKey {
 impl DedupeKey {
     /// Compiles `source`; the error carries CEL's column.
     pub fn compile(source: &str) -> Result<Self, String> {
-        let checked = crate::router::cost::compile(source)
+        let checked = crate::expr::cost::compile(source)
             .map_err(|r| format!("column {}: {}", r.column, r.message))?;
         let (program, loops) = (checked.program, checked.loops);
         let variables: Vec<String> = program
@@ -133,8 +133,8 @@ impl DedupeKey {
             None
         };
         if self.loops {
-            let input = crate::router::cost::Input::new(event, data.as_ref());
-            crate::router::cost::within_budget(&self.program, &input)?;
+            let input = crate::expr::cost::Input::new(event, data.as_ref());
+            crate::expr::cost::within_budget(&self.program, &input)?;
         }
         let base = activation::base();
         let ctx = activation::activation(&base, event, data.as_ref(), &self.needs);

@@ -216,7 +216,7 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::activation::{activation, base, parse_data, Needs};
+    use crate::expr::activation::{activation, base, parse_data, Needs};
 
     fn event(extra: &[(&str, AttrValue)]) -> Event {
         let mut attrs = vec![
