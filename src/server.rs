@@ -192,13 +192,13 @@ impl Server {
             clock.clone(),
             metrics.clone(),
         ));
-        metrics.watch_state(
+        metrics.register(Box::new(admin::scrape::StateCollector::new(
             log.clone(),
             routing.clone(),
             delivery.clone(),
             reloader.clone(),
             clock.clone(),
-        );
+        )));
         let _ = admin.api.set(admin::api::Api {
             log: log.clone(),
             routing: routing.clone(),

@@ -4,6 +4,7 @@
 //! `/metrics` and the health probes unless `admin.public` lists them.
 
 pub mod api;
+pub mod scrape;
 
 use std::sync::{Arc, Mutex, OnceLock};
 

@@ -1,0 +1,204 @@
+//! The scrape-time view: routers' and lanes' counters and the log's positions, read
+//! when Prometheus scrapes `/metrics`, so that no signal has two owners. The names,
+//! help texts and labels are `metrics::STATE`'s.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntGaugeVec, Opts};
+
+use crate::clock::SharedClock;
+use crate::delivery::Delivery;
+use crate::log::Log;
+use crate::metrics::{counter, state, state_descs};
+use crate::router::reload::Reloader;
+use crate::router::Routing;
+
+/// Reads routers' and lanes' counters and the log's positions at scrape time.
+pub struct StateCollector {
+    log: Log,
+    routing: Arc<Routing>,
+    delivery: Arc<Delivery>,
+    reloader: Arc<Reloader>,
+    clock: SharedClock,
+    descs: Vec<Desc>,
+}
+
+impl StateCollector {
+    pub fn new(
+        log: Log,
+        routing: Arc<Routing>,
+        delivery: Arc<Delivery>,
+        reloader: Arc<Reloader>,
+        clock: SharedClock,
+    ) -> StateCollector {
+        StateCollector {
+            log,
+            routing,
+            delivery,
+            reloader,
+            clock,
+            descs: state_descs(),
+        }
+    }
+}
+
+impl Collector for StateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let gauge = |name: &str| {
+            let (n, d, l) = state(name);
+            IntGaugeVec::new(Opts::new(n, d), l).expect("a valid metric")
+        };
+        let count = |name: &str| {
+            let (n, d, l) = state(name);
+            counter(n, d, l)
+        };
+        let head = gauge("switchyard_log_head_sequence");
+        let lag = gauge("switchyard_router_lag_events");
+        let filter = count("switchyard_router_filter_results_total");
+        let dropped = count("switchyard_router_dropped_entries_total");
+        let attempts = count("switchyard_delivery_attempts_total");
+        let outcomes = count("switchyard_deliveries_total");
+        let parked = count("switchyard_lane_parked_total");
+        let in_flight = gauge("switchyard_lane_in_flight");
+        let replies = count("switchyard_replies_total");
+        let dead = gauge("switchyard_deadletter_store_entries");
+        let reloads = count("switchyard_subscription_reloads_total");
+        let stored_events = gauge("switchyard_log_stored_events");
+        let stored_bytes = gauge("switchyard_log_stored_bytes");
+        let disk = gauge("switchyard_log_disk_bytes");
+        let lane_lag = gauge("switchyard_lane_lag_events");
+        let oldest = {
+            let (n, d, l) = state("switchyard_lane_oldest_pending_age_seconds");
+            prometheus::GaugeVec::new(Opts::new(n, d), l).expect("a valid metric")
+        };
+        let parked_now = gauge("switchyard_lane_parked_events");
+        let damaged = gauge("switchyard_log_damaged_records");
+        reloads
+            .with_label_values(&["applied"])
+            .inc_by(self.reloader.applied.load(Ordering::Relaxed));
+        reloads
+            .with_label_values(&["rejected"])
+            .inc_by(self.reloader.failures.load(Ordering::Relaxed));
+
+        let backend = self.log.backend();
+        for broker in self.log.brokers() {
+            let top = self.log.head(broker).unwrap_or(0);
+            head.with_label_values(&[broker]).set(top as i64);
+            let cursor = backend.router_cursor(broker).unwrap_or(0);
+            lag.with_label_values(&[broker])
+                .set(top.saturating_sub(cursor) as i64);
+            let stored = backend.stored(broker).unwrap_or_default();
+            let damage = backend.damage(broker);
+            damaged
+                .with_label_values(&[broker, "corrupt"])
+                .set(damage.corrupt as i64);
+            damaged
+                .with_label_values(&[broker, "lost"])
+                .set(damage.lost as i64);
+            stored_events
+                .with_label_values(&[broker])
+                .set(stored.events as i64);
+            stored_bytes
+                .with_label_values(&[broker])
+                .set(stored.bytes as i64);
+        }
+        disk.with_label_values::<&str>(&[])
+            .set(backend.disk_bytes().map_or(0, |n| n as i64));
+        let now = self.clock.now_unix_nanos();
+        let set = self.routing.current();
+        for route in set.routes() {
+            let name = route.subscription.name.as_str();
+            let broker = route.subscription.broker.as_str();
+            let s = &route.stats;
+            filter
+                .with_label_values(&[name, "match"])
+                .inc_by(s.matched.load(Ordering::Relaxed));
+            filter
+                .with_label_values(&[name, "no_match"])
+                .inc_by(s.not_matched.load(Ordering::Relaxed));
+            filter
+                .with_label_values(&[name, "error"])
+                .inc_by(s.errors.load(Ordering::Relaxed));
+            dropped
+                .with_label_values(&[name])
+                .inc_by(s.dropped.load(Ordering::Relaxed));
+            for lane in &route.lanes {
+                let l = self.delivery.stats(broker, lane);
+                let sink = crate::http::redact::redact(&lane.sink);
+                let sink = sink.as_ref();
+                for (class, n) in l.attempts_by_class() {
+                    attempts.with_label_values(&[name, sink, class]).inc_by(n);
+                }
+                for (outcome, n) in [
+                    ("delivered", &l.delivered),
+                    ("dead_lettered", &l.dead_lettered),
+                    ("gone", &l.gone),
+                ] {
+                    outcomes
+                        .with_label_values(&[name, sink, outcome])
+                        .inc_by(n.load(Ordering::Relaxed));
+                }
+                parked
+                    .with_label_values(&[name, sink])
+                    .inc_by(l.parked.load(Ordering::Relaxed));
+                in_flight
+                    .with_label_values(&[name, sink])
+                    .set(l.in_flight.load(Ordering::Relaxed));
+                for (outcome, n) in [
+                    ("appended", &l.replies_appended),
+                    ("dropped", &l.replies_dropped),
+                    ("invalid", &l.replies_invalid),
+                ] {
+                    replies
+                        .with_label_values(&[name, sink, outcome])
+                        .inc_by(n.load(Ordering::Relaxed));
+                }
+                lane_lag
+                    .with_label_values(&[name, sink])
+                    .set(backend.lane_depth(broker, lane).map_or(0, |n| n as i64));
+                parked_now
+                    .with_label_values(&[name, sink])
+                    .set(backend.parked(broker, lane).map_or(0, |n| n as i64));
+                let age = backend
+                    .lane_oldest_arrival(broker, lane)
+                    .ok()
+                    .flatten()
+                    .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
+                oldest.with_label_values(&[name, sink]).set(age);
+            }
+        }
+        dead.with_label_values::<&str>(&[])
+            .set(backend.dead_letter_count().map(|n| n as i64).unwrap_or(0));
+        let mut out = Vec::new();
+        for c in [
+            &head as &dyn Collector,
+            &lag,
+            &filter,
+            &dropped,
+            &attempts,
+            &outcomes,
+            &parked,
+            &in_flight,
+            &replies,
+            &dead,
+            &reloads,
+            &stored_events,
+            &stored_bytes,
+            &disk,
+            &lane_lag,
+            &oldest,
+            &parked_now,
+            &damaged,
+        ] {
+            out.extend(c.collect());
+        }
+        out
+    }
+}
