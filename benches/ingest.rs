@@ -13,8 +13,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use switchyard::event::{binary, json, protobuf, Event};
-use switchyard::log::sled::{Durability, SledLog, SledOptions};
-use switchyard::log::{record, Append, GroupEntry, LogBackend};
+use switchyard::log::{record, Append, GroupEntry};
+use switchyard::store::{Durability, Store, StoreOptions};
 
 fn tekton_request() -> (HeaderMap, Bytes) {
     let path = concat!(
@@ -77,13 +77,13 @@ fn decode(c: &mut Criterion) {
 
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let options = SledOptions {
+    let options = StoreOptions {
         path: dir.path().join("log"),
         durability: Durability::Fsync,
         cache_capacity: 64 << 20,
         dedupe_window_nanos: 600_000_000_000,
     };
-    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    let log = Store::open(&options, &["default".to_string()]).unwrap();
     let event =
         json::decode_event(&Bytes::from(serde_json::to_vec(&structured_1k(0)).unwrap())).unwrap();
     let rec = Bytes::from(record::encode("default", 0, 0, &event));

@@ -700,11 +700,11 @@ fn serve_baseline(kind: &str, dir: &Path) {
         // records, each with a dedupe key of its own, as the broker stores a batch.
         // `sled-relaxed` (beside S8): `sled` with durability `relaxed` (no sync per
         // group; the segments are synced in the background).
-        use switchyard::log::sled::{Durability, SledLog, SledOptions};
-        use switchyard::log::{Append, GroupEntry, LogBackend};
+        use switchyard::log::{Append, GroupEntry};
+        use switchyard::store::{Durability, Store, StoreOptions};
         let split = if kind == "sled-batch" { 100 } else { 1 };
-        let log = SledLog::open(
-            &SledOptions {
+        let log = Store::open(
+            &StoreOptions {
                 path: dir.join("sled"),
                 durability: if kind == "sled-relaxed" {
                     Durability::Relaxed
@@ -1004,7 +1004,7 @@ fn ingest_comparison(scenario: &'static str, payload: Payload, rate: Option<f64>
         baseline: "durable",
         diagnostic: (
             "sled",
-            "diagnostic: the storage layer alone (SledLog::write_group: segment append, index file, sync)",
+            "diagnostic: the storage layer alone (Store::write_group: segment append, index file, sync)",
         ),
         rate,
     }
@@ -1081,7 +1081,7 @@ impl Bench {
                 baseline: "http",
                 diagnostic: (
                     "sled-relaxed",
-                    "diagnostic: the storage layer alone, durability relaxed (SledLog::write_group: segment append and index file)",
+                    "diagnostic: the storage layer alone, durability relaxed (Store::write_group: segment append and index file)",
                 ),
                 ..ingest_comparison(scenario, payload, self.args.ingest_rate)
             }

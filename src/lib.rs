@@ -23,12 +23,13 @@ pub mod metrics;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod store;
 
 /// The crate's top-level modules, lowest first. Each imports only from the ones before
 /// it (tests aside).
 pub const LAYERS: &[&str] = &[
-    "event", "clock", "expr", "runtime", "metrics", "http", "log", "config", "router", "delivery",
-    "ingress", "admin", "server", "cli",
+    "event", "clock", "expr", "runtime", "metrics", "http", "store", "log", "config", "router",
+    "delivery", "ingress", "admin", "server", "cli",
 ];
 
 #[cfg(test)]

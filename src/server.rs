@@ -17,9 +17,9 @@ use crate::config::Config;
 use crate::delivery::client::Sender;
 use crate::delivery::Delivery;
 use crate::ingress::{self, Ingress};
-use crate::log::sled::{SledLog, SledOptions};
 use crate::log::{Log, LogError, WriterOptions};
 use crate::metrics::Metrics;
+use crate::store::{Store, StoreOptions};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,7 @@ impl Server {
             shutdown.clone(),
         ));
 
-        let options = SledOptions {
+        let options = StoreOptions {
             path: config.storage.path.clone(),
             durability: config.storage.durability,
             cache_capacity: config.storage.cache_capacity,
@@ -110,9 +110,10 @@ impl Server {
             "opening the log in {}",
             config.storage.path.display()
         ));
-        let backend = tokio::task::spawn_blocking(move || SledLog::open(&options, &brokers))
+        let backend = tokio::task::spawn_blocking(move || Store::open(&options, &brokers))
             .await
-            .map_err(|_| LogError::Closed)??;
+            .map_err(|_| LogError::Closed)?
+            .map_err(LogError::from)?;
         warn_if_min_free_exceeds_disk(&config.storage.path, config.storage.min_free_bytes);
         let writer_stop = CancellationToken::new();
         let tracker = TaskTracker::new();

@@ -479,7 +479,7 @@ async fn a_failing_dead_letter_sink_leaves_the_event_in_the_store() {
     let record = base64::engine::general_purpose::STANDARD
         .decode(&letter.record)
         .unwrap();
-    let decoded = switchyard::log::record::decode(letter.seq, record.into()).unwrap();
+    let decoded = switchyard::store::events::record::decode(letter.seq, record.into()).unwrap();
     assert_eq!(decoded.event.id(), "lost?");
 }
 

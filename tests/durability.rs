@@ -11,8 +11,8 @@ use common::process;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use switchyard::log::sled::{Durability, SledLog, SledOptions};
 use switchyard::log::{LaneId, LogBackend};
+use switchyard::store::{Durability, Store, StoreOptions};
 
 const CLIENTS: usize = 32;
 
@@ -108,13 +108,13 @@ async fn every_acknowledged_event_survives_sigkill() {
     assert_eq!(probe.status(), 202);
     assert!(broker.terminate().success());
 
-    let options = SledOptions {
+    let options = StoreOptions {
         path: dir.path().join("data"),
         durability: Durability::Fsync,
         cache_capacity: 16 << 20,
         dedupe_window_nanos: 0,
     };
-    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    let log = Store::open(&options, &["default".to_string()]).unwrap();
     let stored: std::collections::HashSet<String> = log
         .read("default", 1, usize::MAX)
         .unwrap()
@@ -227,13 +227,13 @@ async fn a_kill_mid_routing_neither_loses_nor_doubles_a_lane_entry() {
     wait_idle_at_least(&broker, acked);
     assert!(broker.terminate().success());
 
-    let options = SledOptions {
+    let options = StoreOptions {
         path: dir.path().join("data"),
         durability: Durability::Fsync,
         cache_capacity: 16 << 20,
         dedupe_window_nanos: 0,
     };
-    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    let log = Store::open(&options, &["default".to_string()]).unwrap();
     let cursor = log.router_cursor("default").unwrap();
     assert!(
         cursor >= acked,

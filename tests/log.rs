@@ -12,13 +12,13 @@ use common::{minimal, TestServer};
 use serde_json::json;
 use switchyard::clock::ManualClock;
 use switchyard::ingress::{self, Ingress};
-use switchyard::log::sled::{Durability, SledLog, SledOptions};
 use switchyard::log::{
     AppendOutcome, GroupEntry, Log, LogBackend, LogError, LogRecord, WriterOptions,
 };
 use switchyard::log::{
     DeadLetter, Expired, LaneEntry, LaneId, RouteProgress, Stored, SubscriptionState,
 };
+use switchyard::store::{Durability, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -131,7 +131,7 @@ async fn expired_dedupe_entries_are_swept() {
 
 /// A backend that can be told to fail, and counts the groups it is given.
 struct Flaky {
-    inner: SledLog,
+    inner: Store,
     failing: AtomicBool,
     groups: AtomicUsize,
     delay: Duration,
@@ -144,7 +144,7 @@ struct Flaky {
 }
 
 impl Flaky {
-    fn new(inner: SledLog, delay: Duration) -> Flaky {
+    fn new(inner: Store, delay: Duration) -> Flaky {
         Flaky {
             inner,
             failing: AtomicBool::new(false),
@@ -167,15 +167,17 @@ impl LogBackend for Flaky {
         self.groups.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(self.delay);
         if self.failing.load(Ordering::SeqCst) {
-            return Err(LogError::Io(std::io::Error::other("disk full (simulated)")));
+            return Err(LogError::from(std::io::Error::other(
+                "disk full (simulated)",
+            )));
         }
-        self.inner.write_group(group, now)
+        LogBackend::write_group(&self.inner, group, now)
     }
     fn read(&self, broker: &str, from: u64, limit: usize) -> Result<Vec<LogRecord>, LogError> {
-        self.inner.read(broker, from, limit)
+        LogBackend::read(&self.inner, broker, from, limit)
     }
     fn head(&self, broker: &str) -> Result<u64, LogError> {
-        self.inner.head(broker)
+        LogBackend::head(&self.inner, broker)
     }
     fn expire_dedupe(&self, cutoff: u64, stop: &AtomicBool) -> Result<usize, LogError> {
         self.sweeps.fetch_add(1, Ordering::SeqCst);
@@ -184,22 +186,22 @@ impl LogBackend for Flaky {
         while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.inner.expire_dedupe(cutoff, stop)
+        LogBackend::expire_dedupe(&self.inner, cutoff, stop)
     }
     fn dedupe_entries(&self) -> usize {
-        self.inner.dedupe_entries()
+        LogBackend::dedupe_entries(&self.inner)
     }
     fn sync(&self) -> Result<(), LogError> {
-        self.inner.sync()
+        LogBackend::sync(&self.inner)
     }
     fn sync_progress(&self) -> Result<(), LogError> {
         self.progress_syncs.fetch_add(1, Ordering::SeqCst);
         let ms = self.progress_delay_ms.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(ms as u64));
-        self.inner.sync_progress()
+        LogBackend::sync_progress(&self.inner)
     }
     fn router_cursor(&self, broker: &str) -> Result<u64, LogError> {
-        self.inner.router_cursor(broker)
+        LogBackend::router_cursor(&self.inner, broker)
     }
     fn record_routes(
         &self,
@@ -207,13 +209,13 @@ impl LogBackend for Flaky {
         entries: &[(LaneId, u64)],
         progress: &RouteProgress,
     ) -> Result<(), LogError> {
-        self.inner.record_routes(broker, entries, progress)
+        LogBackend::record_routes(&self.inner, broker, entries, progress)
     }
     fn subscription_states(
         &self,
         broker: &str,
     ) -> Result<Vec<(String, SubscriptionState)>, LogError> {
-        self.inner.subscription_states(broker)
+        LogBackend::subscription_states(&self.inner, broker)
     }
     fn drop_lanes(
         &self,
@@ -221,7 +223,7 @@ impl LogBackend for Flaky {
         subscription: &str,
         sinks: Option<&[String]>,
     ) -> Result<usize, LogError> {
-        self.inner.drop_lanes(broker, subscription, sinks)
+        LogBackend::drop_lanes(&self.inner, broker, subscription, sinks)
     }
     fn lane_entries(
         &self,
@@ -230,10 +232,10 @@ impl LogBackend for Flaky {
         from: u64,
         limit: usize,
     ) -> Result<Vec<LaneEntry>, LogError> {
-        self.inner.lane_entries(broker, lane, from, limit)
+        LogBackend::lane_entries(&self.inner, broker, lane, from, limit)
     }
     fn finish(&self, broker: &str, lane: &LaneId, entries: &[LaneEntry]) -> Result<(), LogError> {
-        self.inner.finish(broker, lane, entries)
+        LogBackend::finish(&self.inner, broker, lane, entries)
     }
     fn park(
         &self,
@@ -243,7 +245,7 @@ impl LogBackend for Flaky {
         due: u64,
         attempts: u32,
     ) -> Result<(), LogError> {
-        self.inner.park(broker, lane, seq, due, attempts)
+        LogBackend::park(&self.inner, broker, lane, seq, due, attempts)
     }
     fn unpark_due(
         &self,
@@ -251,25 +253,25 @@ impl LogBackend for Flaky {
         lane: &LaneId,
         now: u64,
     ) -> Result<(usize, Option<u64>), LogError> {
-        self.inner.unpark_due(broker, lane, now)
+        LogBackend::unpark_due(&self.inner, broker, lane, now)
     }
     fn parked(&self, broker: &str, lane: &LaneId) -> Result<usize, LogError> {
-        self.inner.parked(broker, lane)
+        LogBackend::parked(&self.inner, broker, lane)
     }
     fn next_parked(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError> {
-        self.inner.next_parked(broker, lane)
+        LogBackend::next_parked(&self.inner, broker, lane)
     }
     fn store_dead_letter(&self, letter: &DeadLetter) -> Result<u64, LogError> {
-        self.inner.store_dead_letter(letter)
+        LogBackend::store_dead_letter(&self.inner, letter)
     }
     fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, LogError> {
-        self.inner.dead_letters()
+        LogBackend::dead_letters(&self.inner)
     }
     fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, LogError> {
-        self.inner.dead_letter(id)
+        LogBackend::dead_letter(&self.inner, id)
     }
     fn delete_dead_letter(&self, id: u64) -> Result<bool, LogError> {
-        self.inner.delete_dead_letter(id)
+        LogBackend::delete_dead_letter(&self.inner, id)
     }
     fn expire_events(
         &self,
@@ -278,19 +280,19 @@ impl LogBackend for Flaky {
         free_bytes: u64,
         limit: usize,
     ) -> Result<Expired, LogError> {
-        self.inner.expire_events(broker, cutoff, free_bytes, limit)
+        LogBackend::expire_events(&self.inner, broker, cutoff, free_bytes, limit)
     }
     fn stored(&self, broker: &str) -> Result<Stored, LogError> {
-        self.inner.stored(broker)
+        LogBackend::stored(&self.inner, broker)
     }
     fn disk_bytes(&self) -> Result<u64, LogError> {
-        self.inner.disk_bytes()
+        LogBackend::disk_bytes(&self.inner)
     }
     fn expire_dead_letters(&self, max_count: u64, cutoff: u64) -> Result<usize, LogError> {
-        self.inner.expire_dead_letters(max_count, cutoff)
+        LogBackend::expire_dead_letters(&self.inner, max_count, cutoff)
     }
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError> {
-        self.inner.seq_at_time(broker, unix_nanos)
+        LogBackend::seq_at_time(&self.inner, broker, unix_nanos)
     }
 }
 
@@ -303,17 +305,14 @@ async fn flaky_ingress_and_log(
     delay: Duration,
 ) -> (Arc<Flaky>, std::net::SocketAddr, tempfile::TempDir, Log) {
     let dir = tempfile::tempdir().unwrap();
-    let options = SledOptions {
+    let options = StoreOptions {
         path: dir.path().join("data"),
         durability: Durability::Fsync,
         cache_capacity: 8 << 20,
         dedupe_window_nanos: 0,
     };
     let brokers = vec!["default".to_string()];
-    let backend = Arc::new(Flaky::new(
-        SledLog::open(&options, &brokers).unwrap(),
-        delay,
-    ));
+    let backend = Arc::new(Flaky::new(Store::open(&options, &brokers).unwrap(), delay));
     let clock = Arc::new(ManualClock::new(common::T0));
     let options = WriterOptions {
         dedupe_window: Duration::ZERO,
@@ -448,26 +447,26 @@ async fn relaxed_durability_stores_and_keeps_events_across_a_clean_restart() {
     }
     let stop = t.server.take().unwrap();
     stop.stop().await;
-    let options = SledOptions {
+    let options = StoreOptions {
         path: t.dir.path().join("data"),
         durability: Durability::Relaxed,
         cache_capacity: 8 << 20,
         dedupe_window_nanos: 0,
     };
-    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    let log = Store::open(&options, &["default".to_string()]).unwrap();
     assert_eq!(log.read("default", 1, 100).unwrap().len(), 20);
 }
 
 #[test]
 fn finishing_an_entry_keeps_it_when_a_replay_put_it_back_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SledOptions {
+    let options = StoreOptions {
         path: dir.path().join("data"),
         durability: Durability::Relaxed,
         cache_capacity: 8 << 20,
         dedupe_window_nanos: 0,
     };
-    let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+    let log = Store::open(&options, &["default".to_string()]).unwrap();
     let lane = LaneId::new("s", "http://sink/");
     log.record_routes(
         "default",
@@ -506,19 +505,19 @@ async fn progress_is_synced_back_to_back_when_a_sync_outlasts_the_interval() {
 }
 
 /// A log on `dir` with a one-minute dedupe window, for the sweep tests.
-fn open_keyed(dir: &std::path::Path) -> SledLog {
+fn open_keyed(dir: &std::path::Path) -> Store {
     let options = common::sled_options(dir, Durability::Fsync, 60_000_000_000);
-    SledLog::open(&options, &["default".to_string()]).unwrap()
+    Store::open(&options, &["default".to_string()]).unwrap()
 }
 
 /// Writes one keyed record per key to `default` at `now`; returns each outcome.
-fn keyed(log: &SledLog, keys: &[&str], now: u64) -> Vec<AppendOutcome> {
+fn keyed(log: &Store, keys: &[&str], now: u64) -> Vec<AppendOutcome> {
     keyed_with_data(log, keys, now, None)
 }
 
 /// [`keyed`], each event carrying `data`.
 fn keyed_with_data(
-    log: &SledLog,
+    log: &Store,
     keys: &[&str],
     now: u64,
     data: Option<switchyard::event::Data>,
@@ -548,7 +547,9 @@ fn keyed_with_data(
     let appends = keys
         .iter()
         .map(|k| switchyard::log::Append {
-            record: Bytes::from(switchyard::log::record::encode("default", now, 0, &event)),
+            record: Bytes::from(switchyard::store::events::record::encode(
+                "default", now, 0, &event,
+            )),
             dedupe_key: Some(k.as_bytes().to_vec()),
             decoded: None,
         })
@@ -665,7 +666,7 @@ fn keys_of_closed_segments_come_back_after_a_reopen_with_or_without_their_sideca
 async fn shutdown_stops_a_dedupe_sweep_under_way() {
     let dir = tempfile::tempdir().unwrap();
     let brokers = vec!["default".to_string()];
-    let inner = SledLog::open(
+    let inner = Store::open(
         &common::sled_options(dir.path(), Durability::Fsync, 10_000_000_000),
         &brokers,
     )

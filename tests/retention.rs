@@ -13,16 +13,16 @@ use bytes::Bytes;
 use common::sink::{Answer, TestSink};
 use common::{eventually, minimal, subscription, TestServer};
 use switchyard::event::{AttrValue, Data, Event};
-use switchyard::log::sled::{Durability, SledLog};
 use switchyard::log::{record, Append, DeadLetter, GroupEntry, LaneId, LogBackend, RouteProgress};
+use switchyard::store::{Durability, Store};
 
-fn open(dir: &std::path::Path) -> SledLog {
+fn open(dir: &std::path::Path) -> Store {
     let options = common::sled_options(dir, Durability::Relaxed, 0);
     // A log just dropped may still hold sled's file lock for a moment: its background
     // flusher (relaxed durability) ends on its own schedule.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match SledLog::open(&options, &["default".to_string(), "other".to_string()]) {
+        match Store::open(&options, &["default".to_string(), "other".to_string()]) {
             Ok(log) => return log,
             Err(e)
                 if e.to_string().contains("could not acquire lock")
@@ -50,7 +50,7 @@ fn event(id: &str, data_len: usize) -> Event {
 
 /// Appends `n` events of about `data_len` bytes to `broker`, arriving at `now`;
 /// returns the record bytes written.
-fn append(log: &SledLog, broker: &str, n: usize, data_len: usize, now: u64) -> u64 {
+fn append(log: &Store, broker: &str, n: usize, data_len: usize, now: u64) -> u64 {
     let appends: Vec<Append> = (0..n)
         .map(|i| Append {
             record: Bytes::from(record::encode(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::expr::dedupe_key::DedupeKey;
-use crate::log::sled::Durability;
+use crate::store::Durability;
 use yaml::{Node, Value};
 
 /// Where the server config is read from when neither `-c` nor `SWITCHYARD_CONFIG` names

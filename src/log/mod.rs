@@ -5,13 +5,9 @@
 //! downstream (routing, delivery) reads it by sequence number. sled is the embedded
 //! backend; a NATS JetStream backend can implement the same trait.
 
-mod dedupe_index;
+mod embedded;
 pub mod fresh;
-pub mod lanes;
-pub mod record;
 mod retention;
-mod segments;
-pub mod sled;
 mod writer;
 pub use writer::{free_bytes, total_bytes};
 
@@ -19,81 +15,42 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
-pub use record::LogRecord;
+pub use crate::store::events::record;
+use crate::store::StoreError;
+pub use crate::store::{
+    Append, AppendOutcome, Damage, DeadLetter, Decoded, Expired, GroupEntry, LaneEntry, LaneId,
+    LogRecord, RouteProgress, Stored, SubscriptionState,
+};
 
-/// What happened to one appended event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppendOutcome {
-    /// Stored at this sequence number.
-    Stored(u64),
-    /// A duplicate of the event stored at this sequence number, inside the dedupe window.
-    Duplicate(u64),
-}
-
-/// One event to append: its encoded record and, when dedupe is on, its dedupe key.
-#[derive(Debug, Clone)]
-pub struct Append {
-    pub record: Bytes,
-    pub dedupe_key: Option<Vec<u8>>,
-    /// What the record holds, decoded, when the caller has it: once stored, it is
-    /// handed to the router ([`fresh`]) so that the record need not be read back.
-    pub decoded: Option<Decoded>,
-}
-
-/// The content of a record, decoded: a [`LogRecord`] without its place in the log.
-#[derive(Debug, Clone)]
-pub struct Decoded {
-    pub arrival_unix_nanos: u64,
-    pub hops: u32,
-    pub event: crate::event::Event,
-}
-
-/// The appends of one request, all to one broker.
-#[derive(Debug)]
-pub struct GroupEntry {
-    pub broker: Arc<str>,
-    pub appends: Vec<Append>,
-}
-
-/// Storage errors.
+/// Errors of the log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("storage error: {0}")]
-    Storage(#[from] ::sled::Error),
-    #[error("storage I/O error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("unknown broker '{0}'")]
-    UnknownBroker(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("the log is shutting down")]
     Closed,
-    #[error("record {seq} of broker '{broker}' is corrupt")]
-    Corrupt { broker: String, seq: u64 },
     /// Writes are refused before the disk fills up: the reason names the bound.
     #[error("{0}")]
     Full(String),
+}
+
+impl From<std::io::Error> for LogError {
+    fn from(e: std::io::Error) -> LogError {
+        LogError::Store(StoreError::Io(e))
+    }
 }
 
 impl LogError {
     /// Whether a producer should retry later (the condition may pass) rather than fix
     /// its request.
     pub fn is_unavailable(&self) -> bool {
-        !matches!(self, LogError::UnknownBroker(_))
+        !matches!(self, LogError::Store(StoreError::UnknownBroker(_)))
     }
-}
-
-/// Records a log found damaged: `corrupt` ones do not decode and are skipped where
-/// they are read; `lost` ones were stored before the last start but were not there when
-/// it opened.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Damage {
-    pub corrupt: u64,
-    pub lost: u64,
 }
 
 /// The storage interface. Calls block (they do disk I/O); the writer and readers call
@@ -302,114 +259,6 @@ pub trait LogBackend: Send + Sync + 'static {
     }
 
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError>;
-}
-
-/// What retention deleted in one call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Expired {
-    /// Events older than the age bound.
-    pub by_age: usize,
-    /// Events deleted to bring the log under the size bound.
-    pub by_size: usize,
-    /// Record bytes freed.
-    pub bytes: u64,
-}
-
-/// What a broker's log holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stored {
-    pub events: u64,
-    /// The records' bytes (what `storage.retention.maxBytes` bounds).
-    pub bytes: u64,
-}
-
-/// A lane: one sink of one subscription. Its pending entries are sequence numbers of
-/// the broker's log.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LaneId {
-    pub subscription: String,
-    pub sink: String,
-}
-
-impl LaneId {
-    pub fn new(subscription: impl Into<String>, sink: impl Into<String>) -> Self {
-        LaneId {
-            subscription: subscription.into(),
-            sink: sink.into(),
-        }
-    }
-
-    /// The key prefix of the lane's entries: `subscription \0 sink \0`. Neither part
-    /// can hold a NUL (names are DNS-like, sinks are URIs).
-    pub fn key_prefix(&self) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.subscription.len() + self.sink.len() + 2);
-        k.extend_from_slice(self.subscription.as_bytes());
-        k.push(0);
-        k.extend_from_slice(self.sink.as_bytes());
-        k.push(0);
-        k
-    }
-}
-
-/// A pending lane entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaneEntry {
-    pub seq: u64,
-    /// Attempts made so far (from a parked retry).
-    pub attempts: u32,
-    /// Which copy of the entry this is (0 for the router's; put-backs and parked
-    /// retries that came back get a fresh one), so that finishing removes this entry
-    /// and not a newer one.
-    pub stamp: u64,
-}
-
-impl LaneEntry {
-    /// An entry as the router makes it.
-    pub fn routed(seq: u64) -> LaneEntry {
-        LaneEntry {
-            seq,
-            attempts: 0,
-            stamp: 0,
-        }
-    }
-}
-
-/// What a subscription's routing has reached, kept beside its lanes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SubscriptionState {
-    /// The sinks (lanes) it had when last reconciled.
-    pub sinks: Vec<String>,
-    /// A backfill still to do: `(next, end)` inclusive.
-    pub backfill: Option<(u64, u64)>,
-}
-
-/// An event that could not be delivered, kept with why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DeadLetter {
-    pub broker: String,
-    pub subscription: String,
-    pub sink: String,
-    pub seq: u64,
-    pub attempts: u32,
-    /// The last HTTP status, when there was an answer.
-    pub last_status: Option<u16>,
-    pub last_error: String,
-    pub time_unix_nanos: u64,
-    /// The stored record (`switchyard.v1.Record`), base64, so the letter outlives retention.
-    pub record: String,
-    /// Whether the dead-letter sink took it.
-    pub dead_letter_sink_delivered: bool,
-}
-
-/// The progress a set of routing entries completes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteProgress {
-    /// The router has decided every subscription up to this sequence.
-    Cursor(u64),
-    /// One subscription's state (a backfill step, or its first registration).
-    Subscription(String, SubscriptionState),
-    /// Entries that complete nothing (a replay, a redelivery).
-    None,
 }
 
 /// What the log keeps: zero turns a bound off.

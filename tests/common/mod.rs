@@ -270,10 +270,10 @@ pub fn subscription(name: &str, spec: &str) -> String {
 /// Options for a sled log in `dir/data` with a small cache.
 pub fn sled_options(
     dir: &Path,
-    durability: switchyard::log::sled::Durability,
+    durability: switchyard::store::Durability,
     dedupe_window_nanos: u64,
-) -> switchyard::log::sled::SledOptions {
-    switchyard::log::sled::SledOptions {
+) -> switchyard::store::StoreOptions {
+    switchyard::store::StoreOptions {
         path: dir.join("data"),
         durability,
         cache_capacity: 8 << 20,

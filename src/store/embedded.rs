@@ -1,75 +1,46 @@
-//! The embedded backend: segment files for the events, a journal for the lanes, sled
-//! 0.34.7 for the rest.
+//! [`Store`]: the embedded store, one data directory holding
 //!
-//! Event bodies and their index live in segment files beside sled
-//! (`segments/<broker>/`, see [`super::segments`]): a group is appended there and
-//! synced, which is what makes it durable, and no store takes a write per event. The
-//! dedupe index is in memory, rebuilt at open from the segments ([`super::dedupe_index`]).
-//! Lane entries, parked retries, the router's cursor and the subscriptions' routing
-//! states are in memory too, kept by an append-only journal (`lanes.journal`, see
-//! [`super::lanes`]) that is written and synced with the progress every 100 ms: routing
-//! and delivery take no sled write either.
-//!
-//! sled holds `stats/<broker>` (`first`: the lowest sequence retention kept) and the
-//! dead letters of every broker (`deadletters`, id → JSON). Trees of earlier versions
-//! are dropped at open: `events/<broker>` (the index) and `dedupe/<broker>` are rebuilt
-//! from the segments, and `lanes/`, `parked/` and `meta/<broker>` are read into the
-//! journal when there is none yet.
+//! - `segments/<broker>/`: each broker's events ([`super::events`]). A group is appended
+//!   to the broker's active segment and synced, which is what makes it durable; no other
+//!   file takes a write per event. The dedupe index is in memory, rebuilt at open from
+//!   the segments' sidecars and frames. `segments/<broker>/kept` holds the lowest
+//!   sequence retention kept.
+//! - `lanes.journal`: lane entries, parked retries, the router's cursor and the
+//!   subscriptions' routing states ([`super::lanes`]), written and synced with the
+//!   progress every 100 ms: routing and delivery take no other write.
+//! - sled's files (`db`, `conf`, `blobs/`): the dead letters ([`super::dead_letters`]).
+//! - `switchyard-heads`: each broker's head, rewritten at most every second, so that a
+//!   log that opens with a lower head (a segment lost its end or was deleted) reports the
+//!   loss instead of passing it unseen.
 //!
 //! Counts that metrics and retention read often (stored events and bytes, the dead
 //! letters) are kept in memory, updated after each write; the stored events and bytes
-//! are counted from the segment index at open, the dead letters from their tree.
+//! are counted from the segment index at open.
 //!
 //! Durability (`fsync`): a group is acknowledged once its segment write is synced; the
 //! segment's index file is synced in the background (every 100 ms), and what a crash
-//! takes of it is rebuilt from the frames at open. sled is flushed with the progress
-//! when retention or a dead letter wrote to it. sled's `flush` writes its buffers with
-//! `sync_file_range`, which does not sync file metadata, and it writes large values to
-//! `blobs/` without syncing them at all. So after each flush the backend also `fdatasync`s the `db` file, every
-//! blob file written since the last sync, and the `blobs` directory. Only one caller
-//! flushes at a time (concurrent flushes deadlock in 0.34, sled #1308): progress syncs
-//! and the rare dead-letter sync share one lock.
+//! takes of it is rebuilt from the frames at open. The dead letters are flushed before
+//! the lane journal is synced, so that a lane's finish never outlives its dead letter.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use sled::Tree;
-
-use super::dedupe_index::{self, DedupeIndex, KeyEntry};
-use super::lanes::{self, LaneStore};
-use super::segments::{Location, Segments};
+use super::dead_letters::DeadLetters;
+use super::events::dedupe_index::{self, DedupeIndex, KeyEntry};
+use super::events::record;
+use super::events::segments::{Location, Segments};
+use super::lanes::LaneStore;
 use super::{
-    AppendOutcome, Damage, Expired, GroupEntry, LaneId, LogBackend, LogError, LogRecord, Stored,
+    AppendOutcome, Damage, DeadLetter, Durability, Expired, GroupEntry, LaneEntry, LaneId,
+    LogRecord, RouteProgress, StoreError, StoreOptions, Stored, SubscriptionState,
 };
 
-/// How the log makes appends durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Every group is flushed and synced before any of its requests is answered.
-    Fsync,
-    /// sled flushes in the background every 500 ms; a crash can lose what was
-    /// acknowledged in the last half second.
-    Relaxed,
-}
-
-/// Settings of the sled backend.
-#[derive(Debug, Clone)]
-pub struct SledOptions {
-    pub path: PathBuf,
-    pub durability: Durability,
-    /// sled's page cache in bytes; bounds the process's memory.
-    pub cache_capacity: u64,
-    pub dedupe_window_nanos: u64,
-}
-
+/// One broker's events and what is counted of them.
 struct BrokerTrees {
     /// The dedupe keys inside the window; the writer holds it for a group.
     keys: Mutex<DedupeIndex>,
-    /// `first` → the lowest sequence retention kept.
-    stats: Tree,
     /// The event bodies.
     segments: Segments,
     head: AtomicU64,
@@ -82,28 +53,18 @@ struct BrokerTrees {
     stats_lock: Mutex<()>,
 }
 
-/// The stats key of the lowest sequence retention kept (big-endian u64).
-const FIRST: &[u8] = b"first";
+/// The file in a broker's segment directory that holds the lowest sequence retention
+/// kept (decimal).
+const KEPT_FILE: &str = "kept";
 
-/// The sled backend.
-pub struct SledLog {
-    db: sled::Db,
+/// The embedded store (see the module documentation).
+pub struct Store {
     brokers: HashMap<String, BrokerTrees>,
     durability: Durability,
     dedupe_window_nanos: u64,
-    data_file: Option<File>,
-    blobs_dir: PathBuf,
-    /// The highest blob file id already synced.
-    synced_blob: Mutex<u64>,
-    /// Dead letters, all brokers: id → JSON `DeadLetter`.
-    dead_letters: Tree,
-    /// One flush at a time: concurrent flushes can deadlock in sled 0.34 (sled #1308).
-    flush_lock: Mutex<()>,
-    /// Whether sled was written to (retention's mark, dead letters) since its last flush.
-    sled_dirty: AtomicBool,
+    dead_letters: DeadLetters,
     /// Lane entries and routing state.
     lanes: LaneStore,
-    dead_letter_total: AtomicU64,
     /// Damage found: records that do not decode (skipped when read), and records lost
     /// before the last start (the head below its mark).
     damage: Mutex<HashMap<String, Damage>>,
@@ -113,7 +74,7 @@ pub struct SledLog {
     marks: Mutex<Marks>,
 }
 
-impl Drop for SledLog {
+impl Drop for Store {
     fn drop(&mut self) {
         // The writer has made its last sync by now.
         self.update_marks(true);
@@ -152,50 +113,36 @@ fn write_marks(path: &Path, heads: &HashMap<String, u64>) -> std::io::Result<()>
     std::fs::rename(tmp, path)
 }
 
-impl SledLog {
-    /// Opens (or creates) the log in `options.path` with a tree set per broker.
-    pub fn open(options: &SledOptions, brokers: &[String]) -> Result<SledLog, LogError> {
+fn read_kept(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join(KEPT_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Replaces the mark in one rename; a crash that takes it only makes retention delete
+/// the records it covered again.
+fn write_kept(dir: &Path, first: u64) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{KEPT_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{first}\n"))?;
+    std::fs::rename(tmp, dir.join(KEPT_FILE))
+}
+
+impl Store {
+    /// Opens (or creates) the store in `options.path` with the events of `brokers`.
+    pub fn open(options: &StoreOptions, brokers: &[String]) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&options.path)?;
-        let config = sled::Config::new()
-            .path(&options.path)
-            .cache_capacity(options.cache_capacity)
-            .flush_every_ms(None);
-        let db = config.open()?;
+        let dead_letters =
+            DeadLetters::open(&options.path, options.cache_capacity, options.durability)?;
         let mut trees = HashMap::new();
-        // Lane entries and routing state of an earlier version, kept in sled trees: read
-        // into the lane journal when there is none yet, then dropped.
-        let import_lanes = !LaneStore::exists(&options.path);
-        let mut import = lanes::Import::default();
-        let names = db.tree_names();
         for b in brokers {
-            let stats = db.open_tree(format!("stats/{b}"))?;
-            // The dedupe trees of earlier versions; the index is rebuilt from the frames.
-            db.drop_tree(format!("dedupe/{b}"))?;
-            db.drop_tree(format!("dedupe-expiry/{b}"))?;
-            // The segments index themselves (an earlier version's segments without index
-            // files are read whole, once).
             let segments = Segments::open(&options.path.join("segments").join(b))?;
             let head = segments.head();
-            // The lowest record kept: retention's mark, or in a log of an earlier
-            // version the first key of its index tree, which goes now.
-            let kept = match stats.get(FIRST)? {
-                Some(v) => seq_of(&v),
-                None => db
-                    .open_tree(format!("events/{b}"))?
-                    .first()?
-                    .map_or(0, |(k, _)| seq_of(&k)),
-            };
+            let kept = read_kept(segments.dir()).unwrap_or(0);
             let first = kept.max(segments.first_seq().unwrap_or(head + 1));
-            stats.insert(FIRST, &first.to_be_bytes())?;
-            db.drop_tree(format!("events/{b}"))?;
-            for old in [&b"counts"[..], b"tail", b"swept"] {
-                stats.remove(old)?;
-            }
             let count = (head + 1).saturating_sub(first);
             let bytes = segments.record_bytes(first, head);
-            if import_lanes {
-                import_old_lanes(&db, &names, b, &mut import)?;
-            }
             trees.insert(
                 b.clone(),
                 BrokerTrees {
@@ -204,7 +151,6 @@ impl SledLog {
                         options.dedupe_window_nanos,
                     )),
                     segments,
-                    stats,
                     head: AtomicU64::new(head),
                     first: AtomicU64::new(first),
                     stored_events: AtomicU64::new(count),
@@ -216,24 +162,7 @@ impl SledLog {
         for t in trees.values() {
             load_keys(t, options.dedupe_window_nanos)?;
         }
-        let lanes = LaneStore::open(&options.path, import_lanes.then_some(import))
-            .map_err(|e| LogError::Io(std::io::Error::other(e)))?;
-        // The journal holds them now (or held them already).
-        for name in &names {
-            if [&b"lanes/"[..], b"parked/", b"meta/"]
-                .iter()
-                .any(|p| name.starts_with(p))
-            {
-                db.drop_tree(name)?;
-            }
-        }
-        let data_file = match options.durability {
-            Durability::Fsync => Some(File::open(options.path.join("db"))?),
-            Durability::Relaxed => None,
-        };
-        let blobs_dir = options.path.join("blobs");
-        let synced_blob = Mutex::new(max_blob_id(&blobs_dir)?);
-        let dead_letters = db.open_tree("deadletters")?;
+        let lanes = LaneStore::open(&options.path)?;
         let marks_path = options.path.join(MARKS_FILE);
         let mut damage = HashMap::new();
         for (b, mark) in read_marks(&marks_path) {
@@ -275,7 +204,7 @@ impl SledLog {
             .map(|(b, t)| (b.clone(), t.head.load(Ordering::Acquire)))
             .collect();
         write_marks(&marks_path, &heads)?;
-        Ok(SledLog {
+        Ok(Store {
             damage: Mutex::new(damage),
             corrupt_seen: Mutex::default(),
             marks: Mutex::new(Marks {
@@ -283,18 +212,11 @@ impl SledLog {
                 heads,
                 written: std::time::Instant::now(),
             }),
-            dead_letter_total: AtomicU64::new(dead_letters.len() as u64),
             lanes,
             dead_letters,
-            flush_lock: Mutex::new(()),
-            sled_dirty: AtomicBool::new(false),
-            db,
             brokers: trees,
             durability: options.durability,
             dedupe_window_nanos: options.dedupe_window_nanos,
-            data_file,
-            blobs_dir,
-            synced_blob,
         })
     }
 
@@ -344,10 +266,10 @@ impl SledLog {
         marks.written = std::time::Instant::now();
     }
 
-    fn trees(&self, broker: &str) -> Result<&BrokerTrees, LogError> {
+    fn trees(&self, broker: &str) -> Result<&BrokerTrees, StoreError> {
         self.brokers
             .get(broker)
-            .ok_or_else(|| LogError::UnknownBroker(broker.to_string()))
+            .ok_or_else(|| StoreError::UnknownBroker(broker.to_string()))
     }
 
     /// Writes the entries of one broker (all of a group's entries for it); returns each
@@ -359,7 +281,7 @@ impl SledLog {
         broker: &str,
         entries: &[&GroupEntry],
         now: u64,
-    ) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
+    ) -> Result<Vec<Vec<AppendOutcome>>, StoreError> {
         let trees = self.trees(broker)?;
         let mut keys = trees.keys.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = trees.head.load(Ordering::Acquire);
@@ -446,7 +368,7 @@ impl SledLog {
         key: &[u8],
         digest: u64,
         now: u64,
-    ) -> Result<Option<u64>, LogError> {
+    ) -> Result<Option<u64>, StoreError> {
         let kept = trees.first.load(Ordering::Acquire);
         for seq in keys.candidates(digest) {
             // Below `kept` retention removed it: the event is not in the log any more.
@@ -459,147 +381,12 @@ impl SledLog {
             if stored != key {
                 continue;
             }
-            let first_seen = super::record::decode(seq, record).map_or(0, |r| r.arrival_unix_nanos);
+            let first_seen = record::decode(seq, record).map_or(0, |r| r.arrival_unix_nanos);
             // An older entry for the key was first seen earlier still.
             let fresh = now.saturating_sub(first_seen) < self.dedupe_window_nanos;
             return Ok(fresh.then_some(seq));
         }
         Ok(None)
-    }
-
-    /// Flushes sled, and with `fsync` syncs its files.
-    fn flush_sled(&self) -> Result<(), LogError> {
-        let _one_at_a_time = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.db.flush()?;
-        if self.durability == Durability::Fsync {
-            self.sync_files()?;
-        }
-        Ok(())
-    }
-
-    /// Syncs the data file, new blob files and the blobs directory.
-    fn sync_files(&self) -> Result<(), LogError> {
-        if let Some(f) = &self.data_file {
-            f.sync_data()?;
-        }
-        let mut synced = self.synced_blob.lock().unwrap_or_else(|p| p.into_inner());
-        let mut newest = *synced;
-        if let Ok(dir) = std::fs::read_dir(&self.blobs_dir) {
-            for entry in dir.flatten() {
-                let Some(id) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                if id > *synced {
-                    // A blob can be removed by sled's GC between listing and opening.
-                    if let Ok(f) = File::open(entry.path()) {
-                        f.sync_data()?;
-                    }
-                    newest = newest.max(id);
-                }
-            }
-            if newest > *synced {
-                File::open(&self.blobs_dir)?.sync_all()?;
-            }
-        }
-        *synced = newest;
-        Ok(())
-    }
-}
-
-/// Reads broker `b`'s lane entries and routing state from the sled trees of an
-/// earlier version (`lanes/`, `parked/`, `meta/`).
-fn import_old_lanes(
-    db: &sled::Db,
-    names: &[sled::IVec],
-    b: &str,
-    import: &mut lanes::Import,
-) -> Result<(), LogError> {
-    let tree = |name: String| -> Result<Option<Tree>, LogError> {
-        Ok(if names.iter().any(|n| n == name.as_bytes()) {
-            Some(db.open_tree(name)?)
-        } else {
-            None
-        })
-    };
-    if let Some(t) = tree(format!("lanes/{b}"))? {
-        for item in t.iter() {
-            let (k, v) = item?;
-            if let Some(prefix) = lane_prefix_of(&k) {
-                let seq = seq_of(&k[prefix.len()..]);
-                import
-                    .pending
-                    .push((b.to_string(), prefix.to_vec(), seq, attempts_of(&v)));
-            }
-        }
-    }
-    if let Some(t) = tree(format!("parked/{b}"))? {
-        for item in t.iter() {
-            let (k, v) = item?;
-            if let Some(prefix) = lane_prefix_of(&k) {
-                let rest = &k[prefix.len()..];
-                if rest.len() == 16 {
-                    import.parked.push((
-                        b.to_string(),
-                        prefix.to_vec(),
-                        seq_of(&rest[..8]),
-                        seq_of(&rest[8..]),
-                        attempts_of(&v),
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(t) = tree(format!("meta/{b}"))? {
-        for item in t.iter() {
-            let (k, v) = item?;
-            if &k[..] == b"cursor" {
-                import.cursors.push((b.to_string(), seq_of(&v)));
-            } else if let Some(name) = k.strip_prefix(b"sub/") {
-                import.subscriptions.push((
-                    b.to_string(),
-                    String::from_utf8_lossy(name).into_owned(),
-                    v.to_vec(),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The lane part (`subscription \0 sink \0`) of a lanes or parked key.
-fn lane_prefix_of(key: &[u8]) -> Option<&[u8]> {
-    let first = key.iter().position(|&b| b == 0)?;
-    let second = first + 1 + key[first + 1..].iter().position(|&b| b == 0)?;
-    Some(&key[..=second])
-}
-
-fn max_blob_id(dir: &Path) -> Result<u64, LogError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(0);
-    };
-    Ok(entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
-        .max()
-        .unwrap_or(0))
-}
-
-fn seq_of(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = key.len().min(8);
-    b[8 - n..].copy_from_slice(&key[key.len() - n..]);
-    u64::from_be_bytes(b)
-}
-
-/// A lane entry's or parked entry's attempt count (empty: none yet).
-fn attempts_of(v: &[u8]) -> u32 {
-    match v {
-        [a, b, c, d, ..] => u32::from_be_bytes([*a, *b, *c, *d]),
-        _ => 0,
     }
 }
 
@@ -608,19 +395,19 @@ fn read_record(
     trees: &BrokerTrees,
     seq: u64,
     location: Location,
-) -> Result<Option<LogRecord>, LogError> {
+) -> Result<Option<LogRecord>, StoreError> {
     Ok(trees
         .segments
         .read(seq, location)?
-        .and_then(|bytes| super::record::decode(seq, bytes)))
+        .and_then(|bytes| record::decode(seq, bytes)))
 }
 
 /// The first sequence that arrived at or after `unix_nanos` (the head + 1 if none).
 /// Arrival times grow with sequence numbers (one writer stamps them in order), so a
 /// binary search over the sequence finds it.
-fn seq_at_time_in(trees: &BrokerTrees, unix_nanos: u64) -> Result<u64, LogError> {
+fn seq_at_time_in(trees: &BrokerTrees, unix_nanos: u64) -> Result<u64, StoreError> {
     let head = trees.head.load(Ordering::Acquire);
-    let arrival = |seq: u64| -> Result<Option<u64>, LogError> {
+    let arrival = |seq: u64| -> Result<Option<u64>, StoreError> {
         let Some(location) = trees.segments.locate(seq) else {
             return Ok(None);
         };
@@ -641,7 +428,7 @@ fn seq_at_time_in(trees: &BrokerTrees, unix_nanos: u64) -> Result<u64, LogError>
 /// within a window of the newest one (no key older than that can suppress anything
 /// again): from each closed segment's sidecar, or its frames when it has no good one,
 /// and from the frames of the segment being written.
-fn load_keys(trees: &BrokerTrees, window: u64) -> Result<(), LogError> {
+fn load_keys(trees: &BrokerTrees, window: u64) -> Result<(), StoreError> {
     let head = trees.head.load(Ordering::Acquire);
     if window == 0 || head == 0 {
         return Ok(());
@@ -679,18 +466,18 @@ fn keyed_frames(segments: &Segments, first: u64) -> std::io::Result<Vec<KeyEntry
             Some(KeyEntry {
                 seq,
                 digest: dedupe_index::digest(&key),
-                arrival: super::record::decode(seq, record).map_or(0, |r| r.arrival_unix_nanos),
+                arrival: record::decode(seq, record).map_or(0, |r| r.arrival_unix_nanos),
             })
         })
         .collect())
 }
 
-impl LogBackend for SledLog {
-    fn write_group(
+impl Store {
+    pub fn write_group(
         &self,
         group: &[GroupEntry],
         now: u64,
-    ) -> Result<Vec<Vec<AppendOutcome>>, LogError> {
+    ) -> Result<Vec<Vec<AppendOutcome>>, StoreError> {
         // Entries by broker, in group order; outcomes go back in the same order.
         let mut by_broker: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, entry) in group.iter().enumerate() {
@@ -712,7 +499,12 @@ impl LogBackend for SledLog {
         Ok(outcomes)
     }
 
-    fn read(&self, broker: &str, from: u64, limit: usize) -> Result<Vec<LogRecord>, LogError> {
+    pub fn read(
+        &self,
+        broker: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<LogRecord>, StoreError> {
         let trees = self.trees(broker)?;
         // Records are indexed before their sync; only those up to the head are stored.
         let head = trees.head.load(Ordering::Acquire);
@@ -722,7 +514,7 @@ impl LogBackend for SledLog {
         let bodies = trees.segments.read_records(&locations)?;
         let mut out = Vec::with_capacity(locations.len());
         for ((seq, _), body) in locations.iter().zip(bodies) {
-            match body.and_then(|b| super::record::decode(*seq, b)) {
+            match body.and_then(|b| record::decode(*seq, b)) {
                 Some(record) => out.push(record),
                 None => self.report_corrupt(broker, *seq),
             }
@@ -730,11 +522,11 @@ impl LogBackend for SledLog {
         Ok(out)
     }
 
-    fn head(&self, broker: &str) -> Result<u64, LogError> {
+    pub fn head(&self, broker: &str) -> Result<u64, StoreError> {
         Ok(self.trees(broker)?.head.load(Ordering::Acquire))
     }
 
-    fn expire_dedupe(&self, cutoff: u64, _stop: &AtomicBool) -> Result<usize, LogError> {
+    pub fn expire_dedupe(&self, cutoff: u64, _stop: &AtomicBool) -> Result<usize, StoreError> {
         // Whole partitions go; in memory, so there is nothing to stop.
         Ok(self
             .brokers
@@ -748,38 +540,38 @@ impl LogBackend for SledLog {
             .sum())
     }
 
-    fn dedupe_entries(&self) -> usize {
+    pub fn dedupe_entries(&self) -> usize {
         self.brokers
             .values()
             .map(|t| t.keys.lock().unwrap_or_else(|p| p.into_inner()).len())
             .sum()
     }
 
-    fn router_cursor(&self, broker: &str) -> Result<u64, LogError> {
+    pub fn router_cursor(&self, broker: &str) -> Result<u64, StoreError> {
         self.trees(broker)?;
         Ok(self.lanes.cursor(broker))
     }
 
-    fn record_routes(
+    pub fn record_routes(
         &self,
         broker: &str,
-        entries: &[(super::LaneId, u64)],
-        progress: &super::RouteProgress,
-    ) -> Result<(), LogError> {
+        entries: &[(LaneId, u64)],
+        progress: &RouteProgress,
+    ) -> Result<(), StoreError> {
         self.trees(broker)?;
         self.lanes
             .record_routes(broker, entries, progress)
-            .map_err(|e| LogError::Io(std::io::Error::other(e)))
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
     }
 
-    fn subscription_states(
+    pub fn subscription_states(
         &self,
         broker: &str,
-    ) -> Result<Vec<(String, super::SubscriptionState)>, LogError> {
+    ) -> Result<Vec<(String, SubscriptionState)>, StoreError> {
         self.trees(broker)?;
         let mut out = Vec::new();
         for (name, json) in self.lanes.subscription_states(broker) {
-            match serde_json::from_slice::<super::SubscriptionState>(&json) {
+            match serde_json::from_slice::<SubscriptionState>(&json) {
                 Ok(state) => out.push((name, state)),
                 Err(e) => {
                     tracing::warn!(subscription = %name, error = %e, "unreadable subscription state; it will be reset")
@@ -789,134 +581,94 @@ impl LogBackend for SledLog {
         Ok(out)
     }
 
-    fn drop_lanes(
+    pub fn drop_lanes(
         &self,
         broker: &str,
         subscription: &str,
         sinks: Option<&[String]>,
-    ) -> Result<usize, LogError> {
+    ) -> Result<usize, StoreError> {
         self.trees(broker)?;
         Ok(self.lanes.drop_lanes(broker, subscription, sinks))
     }
 
-    fn lane_entries(
+    pub fn lane_entries(
         &self,
         broker: &str,
-        lane: &super::LaneId,
+        lane: &LaneId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<super::LaneEntry>, LogError> {
+    ) -> Result<Vec<LaneEntry>, StoreError> {
         self.trees(broker)?;
         Ok(self.lanes.entries(broker, lane, from, limit))
     }
 
-    fn finish(
+    pub fn finish(
         &self,
         broker: &str,
-        lane: &super::LaneId,
-        entries: &[super::LaneEntry],
-    ) -> Result<(), LogError> {
+        lane: &LaneId,
+        entries: &[LaneEntry],
+    ) -> Result<(), StoreError> {
         self.trees(broker)?;
         self.lanes.finish(broker, lane, entries);
         Ok(())
     }
 
-    fn park(
+    pub fn park(
         &self,
         broker: &str,
-        lane: &super::LaneId,
+        lane: &LaneId,
         seq: u64,
         due: u64,
         attempts: u32,
-    ) -> Result<(), LogError> {
+    ) -> Result<(), StoreError> {
         self.trees(broker)?;
         self.lanes.park(broker, lane, seq, due, attempts);
         Ok(())
     }
 
-    fn unpark_due(
+    pub fn unpark_due(
         &self,
         broker: &str,
-        lane: &super::LaneId,
+        lane: &LaneId,
         now: u64,
-    ) -> Result<(usize, Option<u64>), LogError> {
+    ) -> Result<(usize, Option<u64>), StoreError> {
         self.trees(broker)?;
         Ok(self.lanes.unpark_due(broker, lane, now))
     }
 
-    fn parked(&self, broker: &str, lane: &super::LaneId) -> Result<usize, LogError> {
+    pub fn parked(&self, broker: &str, lane: &LaneId) -> Result<usize, StoreError> {
         self.trees(broker)?;
         Ok(self.lanes.counts(broker, lane).1 as usize)
     }
 
-    fn next_parked(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError> {
+    pub fn next_parked(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, StoreError> {
         self.trees(broker)?;
         Ok(self.lanes.next_parked(broker, lane))
     }
 
-    fn store_dead_letter(&self, letter: &super::DeadLetter) -> Result<u64, LogError> {
-        let id = self.db.generate_id()?;
-        let json =
-            serde_json::to_vec(letter).map_err(|e| LogError::Io(std::io::Error::other(e)))?;
-        self.dead_letters.insert(id.to_be_bytes(), json)?;
-        self.dead_letter_total.fetch_add(1, Ordering::AcqRel);
-        // With `relaxed`, the next progress sync flushes it, before the journal can hold
-        // its entry's finish for long.
-        self.sled_dirty.store(true, Ordering::Release);
-        if self.durability == Durability::Fsync {
-            // Dead letters are the last record of an event: make them as durable as appends.
-            // `sync` takes the flush lock, so this never races the writer's flush.
-            self.sync()?;
-        }
-        Ok(id)
+    pub fn store_dead_letter(&self, letter: &DeadLetter) -> Result<u64, StoreError> {
+        self.dead_letters.store(letter)
     }
 
-    fn dead_letter(&self, id: u64) -> Result<Option<super::DeadLetter>, LogError> {
-        Ok(self
-            .dead_letters
-            .get(id.to_be_bytes())?
-            .and_then(|v| serde_json::from_slice(&v).ok()))
+    pub fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, StoreError> {
+        self.dead_letters.get(id)
     }
 
-    fn delete_dead_letter(&self, id: u64) -> Result<bool, LogError> {
-        let removed = self.dead_letters.remove(id.to_be_bytes())?.is_some();
-        if removed {
-            self.dead_letter_total.fetch_sub(1, Ordering::AcqRel);
-            self.sled_dirty.store(true, Ordering::Release);
-        }
-        Ok(removed)
+    pub fn delete_dead_letter(&self, id: u64) -> Result<bool, StoreError> {
+        self.dead_letters.delete(id)
     }
 
-    fn expire_dead_letters(&self, max_count: u64, cutoff: u64) -> Result<usize, LogError> {
-        let mut excess = self
-            .dead_letter_total
-            .load(Ordering::Acquire)
-            .saturating_sub(max_count);
-        let mut removed = 0;
-        for item in self.dead_letters.iter() {
-            let (k, v) = item?;
-            // Ids grow with time, so the first letter young enough ends the old ones.
-            let old = serde_json::from_slice::<super::DeadLetter>(&v)
-                .map_or(true, |l| l.time_unix_nanos < cutoff);
-            if excess == 0 && !old {
-                break;
-            }
-            if self.dead_letters.remove(&k)?.is_some() {
-                self.dead_letter_total.fetch_sub(1, Ordering::AcqRel);
-                removed += 1;
-            }
-            excess = excess.saturating_sub(1);
-        }
-        Ok(removed)
+    pub fn expire_dead_letters(&self, max_count: u64, cutoff: u64) -> Result<usize, StoreError> {
+        self.dead_letters.expire(max_count, cutoff)
     }
 
-    fn expire_events(
+    pub fn expire_events(
         &self,
         broker: &str,
         cutoff: u64,
         free_bytes: u64,
         limit: usize,
-    ) -> Result<Expired, LogError> {
+    ) -> Result<Expired, StoreError> {
         let trees = self.trees(broker)?;
         let head = trees.head.load(Ordering::Acquire);
         let mut first_kept = trees.first.load(Ordering::Acquire);
@@ -950,10 +702,7 @@ impl LogBackend for SledLog {
             .stored_bytes
             .load(Ordering::Acquire)
             .saturating_sub(expired.bytes);
-        // The mark goes to sled, flushed with the next progress sync; if a crash takes
-        // it, the records it covers are deleted again.
-        trees.stats.insert(FIRST, &first_kept.to_be_bytes())?;
-        self.sled_dirty.store(true, Ordering::Release);
+        write_kept(trees.segments.dir(), first_kept)?;
         trees.first.store(first_kept, Ordering::Release);
         trees.stored_events.store(count, Ordering::Release);
         trees.stored_bytes.store(bytes, Ordering::Release);
@@ -963,7 +712,7 @@ impl LogBackend for SledLog {
         Ok(expired)
     }
 
-    fn stored(&self, broker: &str) -> Result<Stored, LogError> {
+    pub fn stored(&self, broker: &str) -> Result<Stored, StoreError> {
         let trees = self.trees(broker)?;
         Ok(Stored {
             events: trees.stored_events.load(Ordering::Acquire),
@@ -971,7 +720,7 @@ impl LogBackend for SledLog {
         })
     }
 
-    fn oldest_arrival(&self, broker: &str) -> Result<Option<u64>, LogError> {
+    pub fn oldest_arrival(&self, broker: &str) -> Result<Option<u64>, StoreError> {
         let trees = self.trees(broker)?;
         let first = trees.first.load(Ordering::Acquire);
         if first > trees.head.load(Ordering::Acquire) {
@@ -985,60 +734,46 @@ impl LogBackend for SledLog {
         ))
     }
 
-    fn disk_bytes(&self) -> Result<u64, LogError> {
+    pub fn disk_bytes(&self) -> Result<u64, StoreError> {
         let segments: u64 = self.brokers.values().map(|t| t.segments.disk_bytes()).sum();
-        Ok(self.db.size_on_disk()? + segments + self.lanes.disk_bytes())
+        Ok(self.dead_letters.disk_bytes()? + segments + self.lanes.disk_bytes())
     }
 
-    fn lane_depth(&self, broker: &str, lane: &LaneId) -> Result<u64, LogError> {
+    pub fn lane_depth(&self, broker: &str, lane: &LaneId) -> Result<u64, StoreError> {
         self.trees(broker)?;
         let (pending, parked) = self.lanes.counts(broker, lane);
         Ok(pending + parked)
     }
 
-    fn dead_letter_count(&self) -> Result<usize, LogError> {
-        Ok(self.dead_letter_total.load(Ordering::Acquire) as usize)
+    pub fn dead_letter_count(&self) -> Result<usize, StoreError> {
+        Ok(self.dead_letters.count() as usize)
     }
 
-    fn dead_letters(&self) -> Result<Vec<(u64, super::DeadLetter)>, LogError> {
-        let mut out = Vec::new();
-        for item in self.dead_letters.iter() {
-            let (k, v) = item?;
-            if let Ok(letter) = serde_json::from_slice(&v) {
-                out.push((seq_of(&k), letter));
-            }
-        }
-        Ok(out)
+    pub fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        self.dead_letters.list()
     }
 
-    fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError> {
+    pub fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, StoreError> {
         seq_at_time_in(self.trees(broker)?, unix_nanos)
     }
 
-    fn sync_progress(&self) -> Result<(), LogError> {
-        // The segments' index files every time (only appends make them dirty), the lane
-        // journal when it changed, sled when retention or a dead letter wrote to it.
+    pub fn sync_progress(&self) -> Result<(), StoreError> {
+        // The segments' index files every time (only appends make them dirty); the dead
+        // letters when they changed, then the lane journal when it changed, so that a
+        // lane's finish never outlives its dead letter.
         for t in self.brokers.values() {
             if self.durability == Durability::Relaxed {
                 t.segments.sync()?;
             }
             t.segments.sync_index()?;
         }
-        // sled first when it was written to (retention, dead letters), with the lane
-        // changes made before its flush: a lane's finish never outlives its dead letter.
-        let dirty = self.sled_dirty.swap(false, Ordering::AcqRel);
         self.lanes
-            .sync_after(|| if dirty { self.flush_sled() } else { Ok(()) })
-            .inspect_err(|_| {
-                if dirty {
-                    self.sled_dirty.store(true, Ordering::Release);
-                }
-            })?;
+            .sync_after(|| self.dead_letters.flush_if_dirty())?;
         self.update_marks(false);
         Ok(())
     }
 
-    fn damage(&self, broker: &str) -> Damage {
+    pub fn damage(&self, broker: &str) -> Damage {
         self.damage
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1047,12 +782,12 @@ impl LogBackend for SledLog {
             .unwrap_or_default()
     }
 
-    fn sync(&self) -> Result<(), LogError> {
+    pub fn sync(&self) -> Result<(), StoreError> {
         for t in self.brokers.values() {
             t.segments.sync()?;
             t.segments.sync_index()?;
         }
-        self.lanes.sync_after(|| self.flush_sled())
+        self.lanes.sync_after(|| self.dead_letters.flush())
     }
 }
 
@@ -1064,11 +799,11 @@ mod tests {
 
     use super::*;
     use crate::event::{AttrValue, Event};
-    use crate::log::Append;
+    use crate::store::Append;
 
     const T0: u64 = 1_767_225_600_000_000_000;
 
-    fn append(log: &SledLog, key: &str) -> AppendOutcome {
+    fn append(log: &Store, key: &str) -> AppendOutcome {
         let event = Event::new(
             vec![
                 ("specversion".into(), AttrValue::String("1.0".into())),
@@ -1082,7 +817,7 @@ mod tests {
         let group = [GroupEntry {
             broker: Arc::from("default"),
             appends: vec![Append {
-                record: Bytes::from(super::super::record::encode("default", T0, 0, &event)),
+                record: Bytes::from(record::encode("default", T0, 0, &event)),
                 dedupe_key: Some(key.as_bytes().to_vec()),
                 decoded: None,
             }],
@@ -1091,69 +826,15 @@ mod tests {
     }
 
     #[test]
-    fn lanes_kept_in_sled_by_an_earlier_version_move_to_the_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = SledOptions {
-            path: dir.path().to_path_buf(),
-            durability: Durability::Fsync,
-            cache_capacity: 8 << 20,
-            dedupe_window_nanos: 0,
-        };
-        let lane = LaneId::new("sub", "http://sink");
-        {
-            // The trees as the earlier version wrote them.
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
-            let key = |rest: &[u64]| {
-                let mut k = lane.key_prefix();
-                for r in rest {
-                    k.extend_from_slice(&r.to_be_bytes());
-                }
-                k
-            };
-            let lanes = db.open_tree("lanes/default").unwrap();
-            lanes.insert(key(&[7]), &[][..]).unwrap();
-            lanes.insert(key(&[9]), &3u32.to_be_bytes()[..]).unwrap();
-            let parked = db.open_tree("parked/default").unwrap();
-            parked
-                .insert(key(&[500, 8]), &2u32.to_be_bytes()[..])
-                .unwrap();
-            let meta = db.open_tree("meta/default").unwrap();
-            meta.insert("cursor", &9u64.to_be_bytes()[..]).unwrap();
-            meta.insert(
-                "sub/sub",
-                &br#"{"sinks":["http://sink"],"backfill":null}"#[..],
-            )
-            .unwrap();
-            db.flush().unwrap();
-        }
-        let check = |log: &SledLog| {
-            let entries = log.lane_entries("default", &lane, 0, 10).unwrap();
-            let got: Vec<(u64, u32)> = entries.iter().map(|e| (e.seq, e.attempts)).collect();
-            assert_eq!(got, [(7, 0), (9, 3)]);
-            assert_eq!(log.next_parked("default", &lane).unwrap(), Some(8));
-            assert_eq!(log.router_cursor("default").unwrap(), 9);
-            assert_eq!(log.subscription_states("default").unwrap().len(), 1);
-        };
-        let log = SledLog::open(&options, &["default".to_string()]).unwrap();
-        check(&log);
-        let names = log.db.tree_names();
-        assert!(!names.iter().any(|n| n.starts_with(b"lanes/")), "{names:?}");
-        drop(log);
-        // Opened again, the journal alone holds them.
-        let log = SledLog::open(&options, &["default".to_string()]).unwrap();
-        check(&log);
-    }
-
-    #[test]
     fn a_digest_that_names_a_record_of_another_key_makes_no_duplicate() {
         let dir = tempfile::tempdir().unwrap();
-        let options = SledOptions {
+        let options = StoreOptions {
             path: dir.path().to_path_buf(),
             durability: Durability::Fsync,
             cache_capacity: 8 << 20,
             dedupe_window_nanos: 60_000_000_000,
         };
-        let log = SledLog::open(&options, &["default".to_string()]).unwrap();
+        let log = Store::open(&options, &["default".to_string()]).unwrap();
         assert_eq!(append(&log, "a"), AppendOutcome::Stored(1));
         // As if "b" shared "a"'s digest: its entry names the record that holds "a".
         log.brokers["default"]

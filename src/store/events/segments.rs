@@ -37,6 +37,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
+use super::segment_name;
+
 /// A segment is closed, and the next one started, once it holds this many bytes.
 /// Retention frees disk a whole segment at a time, so this is also how far the disk can
 /// trail the records retention keeps.
@@ -113,12 +115,8 @@ pub struct Segments {
 
 /// A segment's file name: its first sequence, 20 digits. Its index and its dedupe
 /// sidecar are named after it.
-pub(super) fn name(first: u64) -> String {
-    format!("{first:020}")
-}
-
 fn index_path(dir: &Path, first: u64) -> PathBuf {
-    dir.join(format!("{}.idx", name(first)))
+    dir.join(format!("{}.idx", segment_name(first)))
 }
 
 fn open_rw(path: &Path) -> std::io::Result<File> {
@@ -221,7 +219,7 @@ impl Segments {
         }
         let mut segments = BTreeMap::new();
         for first in firsts {
-            let file = open_rw(&dir.join(name(first)))?;
+            let file = open_rw(&dir.join(segment_name(first)))?;
             segments.insert(first, Self::load(dir, first, file)?);
         }
         Ok(Segments {
@@ -241,7 +239,7 @@ impl Segments {
         let checked = slots.len();
         if (checked * SLOT) as u64 != on_file {
             tracing::warn!(
-                segment = %dir.join(name(first)).display(),
+                segment = %dir.join(segment_name(first)).display(),
                 first = first + checked as u64,
                 "index entries point past the end of the segment or do not check out (written without a sync before a power loss); the frames there are read instead"
             );
@@ -262,7 +260,7 @@ impl Segments {
                 }
                 _ => {
                     tracing::warn!(
-                        segment = %dir.join(name(first)).display(),
+                        segment = %dir.join(segment_name(first)).display(),
                         offset,
                         dropped = len - offset,
                         "the log's segment ends in an incomplete write (never acknowledged); it is cut there"
@@ -275,7 +273,7 @@ impl Segments {
         }
         if slots.len() > checked {
             tracing::info!(
-                segment = %dir.join(name(first)).display(),
+                segment = %dir.join(segment_name(first)).display(),
                 first = first + checked as u64,
                 last = seq - 1,
                 "records written to the segments after the index's last sync are indexed again"
@@ -504,7 +502,7 @@ impl Segments {
 
     /// Creates an empty segment (and its empty index) starting at `first`.
     fn create(&self, first: u64) -> std::io::Result<Arc<File>> {
-        let file = Arc::new(open_rw(&self.dir.join(name(first)))?);
+        let file = Arc::new(open_rw(&self.dir.join(segment_name(first)))?);
         File::create(index_path(&self.dir, first))?;
         self.segments
             .write()
@@ -724,9 +722,9 @@ impl Segments {
         for pair in firsts.windows(2) {
             if pair[1] <= first_kept {
                 segments.remove(&pair[0]);
-                std::fs::remove_file(self.dir.join(name(pair[0])))?;
+                std::fs::remove_file(self.dir.join(segment_name(pair[0])))?;
                 remove_if_there(&index_path(&self.dir, pair[0]))?;
-                remove_if_there(&super::dedupe_index::sidecar_path(&self.dir, pair[0]))?;
+                remove_if_there(&super::sidecar_path(&self.dir, pair[0]))?;
                 removed += 1;
             }
         }
@@ -751,7 +749,7 @@ impl Segments {
             .map(|(first, s)| {
                 s.file.metadata().map_or(0, |m| m.len())
                     + size(index_path(&self.dir, *first))
-                    + size(super::dedupe_index::sidecar_path(&self.dir, *first))
+                    + size(super::sidecar_path(&self.dir, *first))
             })
             .sum()
     }
@@ -866,7 +864,7 @@ mod tests {
         // The wrong sequence for a location reads nothing.
         assert_eq!(s.read(3, locs[1]).unwrap(), None);
         // Half a frame after the third, as a crash mid-write leaves it.
-        let path = dir.path().join(name(1));
+        let path = dir.path().join(segment_name(1));
         let mut torn = Vec::new();
         put_frame(&mut torn, 4, None, b"four").unwrap();
         let f = OpenOptions::new().append(true).open(&path).unwrap();
@@ -917,7 +915,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&index).unwrap().len(), 3 * SLOT as u64);
         // An index that points past its segment's end (the segment lost writes): those
         // records are gone, and the index is cut to what the segment holds.
-        let path = dir.path().join(name(1));
+        let path = dir.path().join(segment_name(1));
         OpenOptions::new()
             .write(true)
             .open(&path)
@@ -982,7 +980,7 @@ mod tests {
             records.iter().map(|r| (None, r.as_slice())).collect();
         let locs = s.append(1, &appends).unwrap();
         // Damage record 31's last byte.
-        let path = dir.path().join(name(1));
+        let path = dir.path().join(segment_name(1));
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -1016,7 +1014,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Segments::open(dir.path()).unwrap();
         let locs = s.append(1, &[(None, b"abcdef")]).unwrap();
-        let path = dir.path().join(name(1));
+        let path = dir.path().join(segment_name(1));
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
@@ -1036,7 +1034,7 @@ mod tests {
         assert_eq!(s.remove_before(2).unwrap(), 1);
         assert_eq!(s.firsts(), [2]);
         assert_eq!(s.gaps(), []);
-        assert!(!dir.path().join(name(1)).exists());
+        assert!(!dir.path().join(segment_name(1)).exists());
         // Once every record is gone, so is the segment being appended to; the next
         // append starts a new one.
         assert_eq!(s.remove_before(3).unwrap(), 0);
@@ -1057,7 +1055,7 @@ mod tests {
         s.append(4, &[(None, b"d")]).unwrap();
         assert_eq!(s.firsts(), [1, 2, 4]);
         drop(s);
-        std::fs::remove_file(dir.path().join(name(2))).unwrap();
+        std::fs::remove_file(dir.path().join(segment_name(2))).unwrap();
         let s = Segments::open(dir.path()).unwrap();
         assert_eq!(s.gaps(), [(2, 3)]);
         assert_eq!(s.head(), 4);

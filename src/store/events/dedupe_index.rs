@@ -20,6 +20,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 
+use super::{segment_name, sidecar_path};
+
 /// One keyed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyEntry {
@@ -90,11 +92,6 @@ pub struct DedupeIndex {
 const MAGIC: &[u8; 8] = b"SYKEYS01";
 const ENTRY: usize = 24;
 
-/// Where the sidecar of the segment that starts at `first` is.
-pub fn sidecar_path(dir: &Path, first: u64) -> PathBuf {
-    dir.join(format!("{}.keys", super::segments::name(first)))
-}
-
 impl DedupeIndex {
     /// An empty index for the segments in `dir`, partitioned by an eighth of `window`.
     pub fn new(dir: &Path, window_nanos: u64) -> DedupeIndex {
@@ -122,7 +119,7 @@ impl DedupeIndex {
             return;
         }
         if let Some(previous) = self.segment.replace(segment) {
-            if !self.dir.join(super::segments::name(previous)).exists() {
+            if !self.dir.join(segment_name(previous)).exists() {
                 // Retention removed it whole.
                 self.pending.clear();
                 return;
@@ -176,6 +173,10 @@ impl DedupeIndex {
     /// Entries held.
     pub fn len(&self) -> usize {
         self.partitions.iter().map(|p| p.map.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.partitions.iter().all(|p| p.map.is_empty())
     }
 
     /// Loads a closed segment's entries from `from` on: from its sidecar when it has a
