@@ -161,6 +161,7 @@ pub const STATE: &[(&str, &str, &[&str])] = &[
     ("switchyard_lane_lag_events", "Events waiting in the lane: pending, in flight and parked.", &["subscription", "sink"]),
     ("switchyard_lane_oldest_pending_age_seconds", "Age of the oldest event waiting in the lane (0 when none is).", &["subscription", "sink"]),
     ("switchyard_lane_parked_events", "Events of the lane parked for a long wait now.", &["subscription", "sink"]),
+    ("switchyard_dedupe_entries", "Dedupe keys the broker's index holds (first seen inside the window, until swept).", &["broker"]),
     ("switchyard_log_damaged_records", "Records found damaged since start: corrupt (do not decode; skipped) or lost (stored before the last start, gone when it opened).", &["broker", "kind"]),
 ];
 

@@ -92,6 +92,7 @@ impl Server {
             metrics_public: config.admin.metrics_public,
             health_public: config.admin.health_public,
             api: Default::default(),
+            scrape: Default::default(),
         });
         let admin_task = tokio::spawn(admin::serve(
             admin.clone(),
@@ -190,16 +191,17 @@ impl Server {
             log.clone(),
             config.ingress.clone(),
             (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
-            clock.clone(),
             metrics.clone(),
         ));
-        metrics.register(Box::new(admin::scrape::StateCollector::new(
+        let view = Arc::new(admin::scrape::StateCollector::new(
             log.clone(),
             routing.clone(),
             delivery.clone(),
             reloader.clone(),
             clock.clone(),
-        )));
+        ));
+        metrics.register(Box::new(admin::scrape::Registered(view.clone())));
+        let _ = admin.scrape.set(view);
         let _ = admin.api.set(admin::api::Api {
             log: log.clone(),
             routing: routing.clone(),

@@ -374,6 +374,7 @@ async fn readyz_names_what_the_server_is_waiting_for() {
         metrics_public: true,
         health_public: true,
         api: Default::default(),
+        scrape: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -167,7 +167,7 @@ async fn a_400_is_not_retried_and_goes_to_the_dead_letter_sink_once_with_the_err
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.received().len(), 1, "a 400 is final");
     assert_eq!(dls.received().len(), 1, "exactly one dead-letter delivery");
-    let letters = t.server().log.backend().dead_letters().unwrap();
+    let letters = t.server().log.dead_letters().list().await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].1.last_status, Some(400));
     assert_eq!(letters[0].1.attempts, 1);
@@ -177,7 +177,8 @@ async fn a_400_is_not_retried_and_goes_to_the_dead_letter_sink_once_with_the_err
     let log = t.server().log.clone();
     let deadline = Instant::now() + WAIT;
     while !log
-        .lane_pending("default", &lane, 10)
+        .lanes()
+        .pending("default", &lane, 10)
         .await
         .unwrap()
         .is_empty()
@@ -260,9 +261,9 @@ async fn a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_resta
     assert_eq!(t.post_json(&minimal("p1")).await.status, 202);
     let lane = LaneId::new("down", down.url("/"));
     down.wait_for(1, WAIT).await;
-    let backend = t.server().log.backend().clone();
+    let log = t.server().log.clone();
     wait_until("the event to park", async || {
-        backend.parked("default", &lane).unwrap() == 1
+        log.lanes().depth("default", &lane).await.unwrap().parked == 1
     })
     .await;
     // Newer events keep flowing to the healthy sink while one is parked.
@@ -270,7 +271,7 @@ async fn a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_resta
     up.wait_for(2, WAIT).await;
     // Restart while parked: the parked entry survives and is delivered when due (the
     // broker's wall clock is the test's; move it past the due time).
-    drop(backend);
+    drop(log);
     t.restart().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before_due = down.received();
@@ -290,8 +291,14 @@ async fn a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_resta
         .count();
     assert_eq!(p1, 2, "p1 was sent twice: refused, then once due");
     assert!(got.iter().any(|r| r.header("ce-id") == Some("p2")));
-    let backend = t.server().log.backend().clone();
-    assert_eq!(backend.parked("default", &lane).unwrap(), 0);
+    let depth = t
+        .server()
+        .log
+        .lanes()
+        .depth("default", &lane)
+        .await
+        .unwrap();
+    assert_eq!(depth.parked, 0);
 }
 
 #[tokio::test]
@@ -466,12 +473,12 @@ async fn a_failing_dead_letter_sink_leaves_the_event_in_the_store() {
     let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("lost?")).await.status, 202);
     dls.wait_for(3, WAIT).await;
-    let backend = t.server().log.backend().clone();
+    let log = t.server().log.clone();
     wait_until("the dead letter in the store", async || {
-        backend.dead_letters().unwrap().len() == 1
+        log.dead_letters().list().await.unwrap().len() == 1
     })
     .await;
-    let letter = &backend.dead_letters().unwrap()[0].1;
+    let letter = &log.dead_letters().list().await.unwrap()[0].1;
     assert!(!letter.dead_letter_sink_delivered);
     assert_eq!(letter.last_status, Some(422));
     assert_eq!(letter.subscription, "s");

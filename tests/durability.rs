@@ -11,7 +11,7 @@ use common::process;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use switchyard::log::{LaneId, LogBackend};
+use switchyard::log::{BlockingStore, LaneId};
 use switchyard::store::{Durability, Store, StoreOptions};
 
 const CLIENTS: usize = 32;

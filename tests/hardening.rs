@@ -76,7 +76,7 @@ async fn an_event_that_cannot_be_sent_is_dead_lettered_and_the_lane_delivers_the
     assert_eq!(got[0].header("ce-id"), Some("next"));
     let log = t.server().log.clone();
     let letters = common::eventually("the dead letter", async || {
-        let letters = log.backend().dead_letters().unwrap();
+        let letters = log.dead_letters().list().await.unwrap();
         (!letters.is_empty()).then_some(letters)
     })
     .await;

@@ -13,7 +13,7 @@ use serde_json::json;
 use switchyard::clock::ManualClock;
 use switchyard::ingress::{self, Ingress};
 use switchyard::log::{
-    AppendOutcome, GroupEntry, Log, LogBackend, LogError, LogRecord, WriterOptions,
+    AppendOutcome, BlockingStore, GroupEntry, Log, LogError, LogRecord, WriterOptions,
 };
 use switchyard::log::{
     DeadLetter, Expired, LaneEntry, LaneId, RouteProgress, Stored, SubscriptionState,
@@ -115,12 +115,13 @@ async fn expired_dedupe_entries_are_swept() {
     for i in 0..5 {
         assert_eq!(t.post_json(&minimal(&format!("s{i}"))).await.status, 202);
     }
-    let backend = t.server().log.backend().clone();
-    assert_eq!(backend.dedupe_entries(), 5);
+    let log = t.server().log.clone();
+    let held = async || log.stats("default").await.unwrap().dedupe_entries;
+    assert_eq!(held().await, 5);
     t.clock.advance(Duration::from_secs(3));
     // The writer sweeps at most a second apart; wait a bounded time for it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while backend.dedupe_entries() > 0 {
+    while held().await > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "dedupe entries were not swept"
@@ -158,7 +159,7 @@ impl Flaky {
     }
 }
 
-impl LogBackend for Flaky {
+impl BlockingStore for Flaky {
     fn write_group(
         &self,
         group: &[GroupEntry],
@@ -171,13 +172,13 @@ impl LogBackend for Flaky {
                 "disk full (simulated)",
             )));
         }
-        LogBackend::write_group(&self.inner, group, now)
+        BlockingStore::write_group(&self.inner, group, now)
     }
     fn read(&self, broker: &str, from: u64, limit: usize) -> Result<Vec<LogRecord>, LogError> {
-        LogBackend::read(&self.inner, broker, from, limit)
+        BlockingStore::read(&self.inner, broker, from, limit)
     }
     fn head(&self, broker: &str) -> Result<u64, LogError> {
-        LogBackend::head(&self.inner, broker)
+        BlockingStore::head(&self.inner, broker)
     }
     fn expire_dedupe(&self, cutoff: u64, stop: &AtomicBool) -> Result<usize, LogError> {
         self.sweeps.fetch_add(1, Ordering::SeqCst);
@@ -186,22 +187,22 @@ impl LogBackend for Flaky {
         while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        LogBackend::expire_dedupe(&self.inner, cutoff, stop)
+        BlockingStore::expire_dedupe(&self.inner, cutoff, stop)
     }
-    fn dedupe_entries(&self) -> usize {
-        LogBackend::dedupe_entries(&self.inner)
+    fn dedupe_entries(&self, broker: &str) -> usize {
+        BlockingStore::dedupe_entries(&self.inner, broker)
     }
     fn sync(&self) -> Result<(), LogError> {
-        LogBackend::sync(&self.inner)
+        BlockingStore::sync(&self.inner)
     }
     fn sync_progress(&self) -> Result<(), LogError> {
         self.progress_syncs.fetch_add(1, Ordering::SeqCst);
         let ms = self.progress_delay_ms.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(ms as u64));
-        LogBackend::sync_progress(&self.inner)
+        BlockingStore::sync_progress(&self.inner)
     }
     fn router_cursor(&self, broker: &str) -> Result<u64, LogError> {
-        LogBackend::router_cursor(&self.inner, broker)
+        BlockingStore::router_cursor(&self.inner, broker)
     }
     fn record_routes(
         &self,
@@ -209,13 +210,13 @@ impl LogBackend for Flaky {
         entries: &[(LaneId, u64)],
         progress: &RouteProgress,
     ) -> Result<(), LogError> {
-        LogBackend::record_routes(&self.inner, broker, entries, progress)
+        BlockingStore::record_routes(&self.inner, broker, entries, progress)
     }
     fn subscription_states(
         &self,
         broker: &str,
     ) -> Result<Vec<(String, SubscriptionState)>, LogError> {
-        LogBackend::subscription_states(&self.inner, broker)
+        BlockingStore::subscription_states(&self.inner, broker)
     }
     fn drop_lanes(
         &self,
@@ -223,7 +224,7 @@ impl LogBackend for Flaky {
         subscription: &str,
         sinks: Option<&[String]>,
     ) -> Result<usize, LogError> {
-        LogBackend::drop_lanes(&self.inner, broker, subscription, sinks)
+        BlockingStore::drop_lanes(&self.inner, broker, subscription, sinks)
     }
     fn lane_entries(
         &self,
@@ -232,10 +233,10 @@ impl LogBackend for Flaky {
         from: u64,
         limit: usize,
     ) -> Result<Vec<LaneEntry>, LogError> {
-        LogBackend::lane_entries(&self.inner, broker, lane, from, limit)
+        BlockingStore::lane_entries(&self.inner, broker, lane, from, limit)
     }
     fn finish(&self, broker: &str, lane: &LaneId, entries: &[LaneEntry]) -> Result<(), LogError> {
-        LogBackend::finish(&self.inner, broker, lane, entries)
+        BlockingStore::finish(&self.inner, broker, lane, entries)
     }
     fn park(
         &self,
@@ -245,7 +246,7 @@ impl LogBackend for Flaky {
         due: u64,
         attempts: u32,
     ) -> Result<(), LogError> {
-        LogBackend::park(&self.inner, broker, lane, seq, due, attempts)
+        BlockingStore::park(&self.inner, broker, lane, seq, due, attempts)
     }
     fn unpark_due(
         &self,
@@ -253,25 +254,25 @@ impl LogBackend for Flaky {
         lane: &LaneId,
         now: u64,
     ) -> Result<(usize, Option<u64>), LogError> {
-        LogBackend::unpark_due(&self.inner, broker, lane, now)
+        BlockingStore::unpark_due(&self.inner, broker, lane, now)
     }
     fn parked(&self, broker: &str, lane: &LaneId) -> Result<usize, LogError> {
-        LogBackend::parked(&self.inner, broker, lane)
+        BlockingStore::parked(&self.inner, broker, lane)
     }
     fn next_parked(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError> {
-        LogBackend::next_parked(&self.inner, broker, lane)
+        BlockingStore::next_parked(&self.inner, broker, lane)
     }
     fn store_dead_letter(&self, letter: &DeadLetter) -> Result<u64, LogError> {
-        LogBackend::store_dead_letter(&self.inner, letter)
+        BlockingStore::store_dead_letter(&self.inner, letter)
     }
     fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, LogError> {
-        LogBackend::dead_letters(&self.inner)
+        BlockingStore::dead_letters(&self.inner)
     }
     fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, LogError> {
-        LogBackend::dead_letter(&self.inner, id)
+        BlockingStore::dead_letter(&self.inner, id)
     }
     fn delete_dead_letter(&self, id: u64) -> Result<bool, LogError> {
-        LogBackend::delete_dead_letter(&self.inner, id)
+        BlockingStore::delete_dead_letter(&self.inner, id)
     }
     fn expire_events(
         &self,
@@ -280,19 +281,19 @@ impl LogBackend for Flaky {
         free_bytes: u64,
         limit: usize,
     ) -> Result<Expired, LogError> {
-        LogBackend::expire_events(&self.inner, broker, cutoff, free_bytes, limit)
+        BlockingStore::expire_events(&self.inner, broker, cutoff, free_bytes, limit)
     }
     fn stored(&self, broker: &str) -> Result<Stored, LogError> {
-        LogBackend::stored(&self.inner, broker)
+        BlockingStore::stored(&self.inner, broker)
     }
     fn disk_bytes(&self) -> Result<u64, LogError> {
-        LogBackend::disk_bytes(&self.inner)
+        BlockingStore::disk_bytes(&self.inner)
     }
     fn expire_dead_letters(&self, max_count: u64, cutoff: u64) -> Result<usize, LogError> {
-        LogBackend::expire_dead_letters(&self.inner, max_count, cutoff)
+        BlockingStore::expire_dead_letters(&self.inner, max_count, cutoff)
     }
     fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError> {
-        LogBackend::seq_at_time(&self.inner, broker, unix_nanos)
+        BlockingStore::seq_at_time(&self.inner, broker, unix_nanos)
     }
 }
 
@@ -334,7 +335,6 @@ async fn flaky_ingress_and_log(
         log.clone(),
         config,
         None,
-        clock,
         switchyard::metrics::Metrics::new(),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -390,17 +390,20 @@ async fn the_router_is_handed_each_stored_event_as_the_log_holds_it() {
 async fn when_storage_fails_ingress_answers_503_and_resumes_when_it_recovers() {
     let (backend, addr, _dir, log) = flaky_ingress_and_log(Duration::ZERO).await;
     assert_eq!(post_to(addr, "before").await.0, 202);
-    assert_eq!(log.write_failure(), None);
+    assert_eq!(log.refusing_appends().await, None);
     backend.failing.store(true, Ordering::SeqCst);
     let (status, retry_after) = post_to(addr, "during").await;
     assert_eq!(status, 503);
     assert_eq!(retry_after.as_deref(), Some("1"));
     // Readiness reports the failure (GET /readyz answers 503 with it) until a write works.
-    let failure = log.write_failure().expect("the failure is reported");
+    let failure = log
+        .refusing_appends()
+        .await
+        .expect("the failure is reported");
     assert!(failure.contains("disk"), "{failure}");
     backend.failing.store(false, Ordering::SeqCst);
     assert_eq!(post_to(addr, "after").await.0, 202);
-    assert_eq!(log.write_failure(), None);
+    assert_eq!(log.refusing_appends().await, None);
     let ids: Vec<String> = backend
         .read("default", 1, 10)
         .unwrap()
@@ -574,12 +577,12 @@ fn expiry_drops_keys_by_arrival_and_keeps_a_key_stored_again() {
         keyed(&log, &["a"], t0 + 70 * s),
         vec![AppendOutcome::Stored(5)]
     );
-    assert_eq!(log.dedupe_entries(), 5);
+    assert_eq!(log.dedupe_entries("default"), 5);
     // Keys go a partition (an eighth of the one-minute window) at a time: those first
     // seen at t0 once the cutoff passes t0 + 7.5 s.
     assert_eq!(log.expire_dedupe(t0 + 5 * s, &go()).unwrap(), 0);
     assert_eq!(log.expire_dedupe(t0 + 8 * s, &go()).unwrap(), 3);
-    assert_eq!(log.dedupe_entries(), 2);
+    assert_eq!(log.dedupe_entries("default"), 2);
     // "a" was stored again since and is still a duplicate; "b" is not any more.
     assert_eq!(
         keyed(&log, &["a", "b"], t0 + 71 * s),
@@ -589,7 +592,7 @@ fn expiry_drops_keys_by_arrival_and_keeps_a_key_stored_again() {
     // within a window of the newest record ("d", at t0 + 10 s, cannot).
     drop(log);
     let log = open_keyed(dir.path());
-    assert_eq!(log.dedupe_entries(), 2);
+    assert_eq!(log.dedupe_entries("default"), 2);
     assert_eq!(
         keyed(&log, &["a", "b", "d"], t0 + 72 * s),
         vec![
@@ -636,7 +639,7 @@ fn keys_of_closed_segments_come_back_after_a_reopen_with_or_without_their_sideca
     assert_eq!(sidecars(), ["00000000000000000001.keys"]);
     for round in ["with the sidecar", "without it"] {
         let log = open_keyed(dir.path());
-        assert_eq!(log.dedupe_entries(), 20, "{round}");
+        assert_eq!(log.dedupe_entries("default"), 20, "{round}");
         // k0 is in the closed segment, k19 in the active one.
         assert_eq!(
             keyed(&log, &["k0", "k19"], t0 + 30 * s),

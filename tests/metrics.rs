@@ -222,6 +222,8 @@ async fn lane_gauges_show_a_backlog_while_the_sink_is_down_and_clear_when_it_dra
     let v = |s: &str| value(&samples, s);
     assert_eq!(v(&lane("switchyard_lane_lag_events")), 3.0);
     assert_eq!(v(r#"switchyard_log_stored_events{broker="default"}"#), 3.0);
+    // Each event's dedupe key is held for the window (10 minutes by default).
+    assert_eq!(v(r#"switchyard_dedupe_entries{broker="default"}"#), 3.0);
     assert!(v(r#"switchyard_log_stored_bytes{broker="default"}"#) > 3.0 * 50.0);
     assert!(v("switchyard_log_disk_bytes") > 0.0);
     // The broker's clock moves 30 s: the oldest waiting event is 30 s old.

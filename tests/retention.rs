@@ -13,7 +13,9 @@ use bytes::Bytes;
 use common::sink::{Answer, TestSink};
 use common::{eventually, minimal, subscription, TestServer};
 use switchyard::event::{AttrValue, Data, Event};
-use switchyard::log::{record, Append, DeadLetter, GroupEntry, LaneId, LogBackend, RouteProgress};
+use switchyard::log::{
+    record, Append, BlockingStore, DeadLetter, GroupEntry, LaneId, RouteProgress,
+};
 use switchyard::store::{Durability, Store};
 
 fn open(dir: &std::path::Path) -> Store {
@@ -296,9 +298,9 @@ async fn max_bytes_deletes_the_oldest_events_and_counts_them() {
     for i in 0..20 {
         assert_eq!(t.post_json(&minimal(&format!("s{i}"))).await.status, 202);
     }
-    let backend = t.server().log.backend().clone();
+    let log = t.server().log.clone();
     eventually("the log to shrink under maxBytes", async || {
-        (backend.stored("default").unwrap().bytes <= 4096).then_some(())
+        (log.stats("default").await.unwrap().stored.bytes <= 4096).then_some(())
     })
     .await;
     let records = t.records("default").await;
@@ -349,9 +351,9 @@ async fn a_lane_skips_events_deleted_while_it_waited_and_counts_them() {
     sink.wait_for(1, Duration::from_secs(10)).await;
     t.clock.advance(Duration::from_secs(61));
     assert_eq!(t.post_json(&minimal("young")).await.status, 202);
-    let backend = t.server().log.backend().clone();
+    let log = t.server().log.clone();
     eventually("old1 and old2 to be deleted", async || {
-        (backend.stored("default").unwrap().events == 1).then_some(())
+        (log.stats("default").await.unwrap().stored.events == 1).then_some(())
     })
     .await;
     // old0 was already being sent; old1 and old2 are gone; young is delivered.
@@ -389,10 +391,10 @@ async fn the_dead_letter_store_bound_applies_in_a_running_broker() {
         assert_eq!(t.post_json(&minimal(&format!("d{i}"))).await.status, 202);
     }
     sink.wait_for(5, Duration::from_secs(10)).await;
-    let backend = t.server().log.backend().clone();
+    let log = t.server().log.clone();
     // Every letter is stored (the newest is there) and the oldest three were deleted.
     let kept = eventually("the store to keep its bound", async || {
-        let letters = backend.dead_letters().unwrap();
+        let letters = log.dead_letters().list().await.unwrap();
         let deleted = t
             .server()
             .metrics

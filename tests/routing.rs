@@ -207,8 +207,9 @@ async fn new_subscriptions_start_from_latest_earliest_or_a_time() {
         let states = t
             .server()
             .log
-            .backend()
+            .lanes()
             .subscription_states("default")
+            .await
             .unwrap();
         states.iter().any(|(name, _)| name == "from-latest")
     })

@@ -181,7 +181,7 @@ async fn a_sink_that_is_the_admin_listener_is_refused_without_a_request() {
     );
     // The counter moves before the letter is stored: wait for the letter itself.
     let letters = common::eventually("the dead letter is stored", async || {
-        let l = t.server().log.backend().dead_letters().unwrap();
+        let l = t.server().log.dead_letters().list().await.unwrap();
         (!l.is_empty()).then_some(l)
     })
     .await;

@@ -21,7 +21,7 @@ use crate::event::{json as event_json, protobuf::format_rfc3339};
 use crate::expr::activation;
 use crate::expr::filter::{Decision, Dialect};
 use crate::http::problem::Problem;
-use crate::log::{record, LaneId, Log, LogBackend, LogError, LogRecord, RouteProgress};
+use crate::log::{record, LaneId, Log, LogError, LogRecord, RouteProgress};
 use crate::router::{explain, Route, Routing};
 
 /// What the API reads and changes; set when the log is open.
@@ -84,24 +84,13 @@ fn api(admin: &Admin) -> Result<&Api, ApiError> {
     })
 }
 
-async fn blocking<T: Send + 'static>(
-    log: &Log,
-    f: impl FnOnce(&dyn LogBackend) -> Result<T, LogError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let backend = log.backend().clone();
-    match tokio::task::spawn_blocking(move || f(backend.as_ref())).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Storage Unavailable",
-            e.to_string(),
-        )),
-        Err(_) => Err(problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Storage Unavailable",
-            "the storage task failed",
-        )),
-    }
+/// A storage failure, as the API answers it.
+fn unavailable(e: LogError) -> ApiError {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Storage Unavailable",
+        e.to_string(),
+    )
 }
 
 fn time(nanos: u64) -> String {
@@ -135,14 +124,12 @@ async fn subscription_json(api: &Api, route: &Arc<Route>) -> Result<Value, ApiEr
     let mut lanes = Vec::new();
     for lane in &route.lanes {
         let stats = api.delivery.stats(&s.broker, lane);
-        let (b, l) = (s.broker.clone(), lane.clone());
-        let (pending, parked) = blocking(&api.log, move |log| {
-            Ok((
-                log.lane_pending(&b, &l, 0, usize::MAX)?,
-                log.parked(&b, &l)?,
-            ))
-        })
-        .await?;
+        let store = api.log.lanes();
+        let first = store
+            .entries(&s.broker, lane, 0, 1)
+            .await
+            .map_err(unavailable)?;
+        let depth = store.depth(&s.broker, lane).await.map_err(unavailable)?;
         let last_error = stats
             .last_error
             .lock()
@@ -150,10 +137,10 @@ async fn subscription_json(api: &Api, route: &Arc<Route>) -> Result<Value, ApiEr
             .clone();
         lanes.push(json!({
             "sink": lane.sink,
-            "cursor": pending.first(),
-            "lag": pending.len(),
+            "cursor": first.first().map(|e| e.seq),
+            "lag": depth.pending,
             "inFlight": stats.in_flight.load(Ordering::Relaxed),
-            "parked": parked,
+            "parked": depth.parked,
             "delivered": stats.delivered.load(Ordering::Relaxed),
             "deadLettered": stats.dead_lettered.load(Ordering::Relaxed),
             "lastError": last_error.map(|(message, at)| json!({ "message": message, "time": time(at) })),
@@ -240,8 +227,7 @@ async fn resolve(api: &Api, broker: &str, p: &Position) -> Result<u64, ApiError>
                 .unwrap_or(0)
                 .saturating_mul(1_000_000_000)
                 + u64::from(nanos);
-            let b = broker.to_string();
-            blocking(&api.log, move |log| log.seq_at_time(&b, at)).await
+            api.log.seq_at_time(broker, at).await.map_err(unavailable)
         }
     }
 }
@@ -278,45 +264,61 @@ async fn replay(
             Some(Position::Seq(s)) => *s,
         }
         .min(head);
-        let b = broker.clone();
-        let r = route.clone();
-        let queued = blocking(&api.log, move |log| {
-            let mut queued = 0u64;
-            let mut next = from;
-            let mut needs = activation::Needs::default();
-            if let Some(c) = &r.subscription.filter.cel {
-                needs.add(c.variables());
-            }
-            let base = activation::base();
-            while next <= to {
-                let records = log.read(&b, next, 256)?;
-                let Some(last) = records.last().map(|r| r.seq) else {
-                    break;
-                };
-                let mut entries = Vec::new();
-                for rec in records.iter().filter(|rec| rec.seq <= to) {
-                    let data = if needs.data {
-                        activation::parse_data(&rec.event)
-                    } else {
-                        None
-                    };
-                    let act = activation::activation(&base, &rec.event, data.as_ref(), &needs);
-                    let input = crate::expr::cost::Input::new(&rec.event, data.as_ref());
-                    if r.subscription.filter.decide(&input, &act) == Decision::Match {
-                        queued += 1;
-                        entries.extend(lanes.iter().map(|l| (l.clone(), rec.seq)));
-                    }
-                }
-                log.record_routes(&b, &entries, &RouteProgress::None)?;
-                next = last + 1;
-            }
-            Ok(queued)
-        })
-        .await?;
+        let mut queued = 0u64;
+        let mut next = from;
+        let mut needs = activation::Needs::default();
+        if let Some(c) = &route.subscription.filter.cel {
+            needs.add(c.variables());
+        }
+        while next <= to {
+            let records = api
+                .log
+                .read(&broker, next, 256)
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = records.last().map(|r| r.seq) else {
+                break;
+            };
+            let (matched, entries) = replay_entries(&route, &lanes, &needs, &records, to);
+            queued += matched;
+            api.log
+                .lanes()
+                .record_routes(&broker, &entries, &RouteProgress::None)
+                .await
+                .map_err(unavailable)?;
+            next = last + 1;
+        }
         api.routing.notify_routed(&broker);
         Ok(json!({ "queued": queued, "from": from, "to": to }))
     }?;
     Ok((StatusCode::ACCEPTED, Json(v)).into_response())
+}
+
+/// How many of the records up to `to` match the subscription, and their lane entries.
+fn replay_entries(
+    route: &Route,
+    lanes: &[LaneId],
+    needs: &activation::Needs,
+    records: &[LogRecord],
+    to: u64,
+) -> (u64, Vec<(LaneId, u64)>) {
+    let base = activation::base();
+    let mut matched = 0;
+    let mut entries = Vec::new();
+    for rec in records.iter().filter(|rec| rec.seq <= to) {
+        let data = if needs.data {
+            activation::parse_data(&rec.event)
+        } else {
+            None
+        };
+        let act = activation::activation(&base, &rec.event, data.as_ref(), needs);
+        let input = crate::expr::cost::Input::new(&rec.event, data.as_ref());
+        if route.subscription.filter.decide(&input, &act) == Decision::Match {
+            matched += 1;
+            entries.extend(lanes.iter().map(|l| (l.clone(), rec.seq)));
+        }
+    }
+    (matched, entries)
 }
 
 /// A stored event as the API shows it. `event` is the JSON format's text, written as
@@ -392,8 +394,8 @@ async fn list_events(
         let mut out = vec![b'['];
         let mut listed = 0;
         while listed < limit && out.len() < PAGE_BYTES {
-            let (b, n) = (broker.clone(), PAGE_READ.min(limit - listed));
-            let records = blocking(&api.log, move |log| log.read(&b, from, n)).await?;
+            let n = PAGE_READ.min(limit - listed);
+            let records = api.log.read(&broker, from, n).await.map_err(unavailable)?;
             for r in &records {
                 if listed == limit || out.len() >= PAGE_BYTES {
                     break;
@@ -428,14 +430,13 @@ async fn get_event(
                 format!("there is no broker '{broker}'"),
             ));
         }
-        let records = blocking(&api.log, move |log| log.read(&broker, seq, 1)).await?;
-        match records.first() {
-            Some(r) if r.seq == seq => {
+        match api.log.get(&broker, seq).await.map_err(unavailable)? {
+            Some(r) => {
                 let mut out = Vec::new();
-                write_record(&mut out, r);
+                write_record(&mut out, &r);
                 Ok(out)
             }
-            _ => Err(problem(
+            None => Err(problem(
                 StatusCode::NOT_FOUND,
                 "No Such Event",
                 format!("there is no event {seq}"),
@@ -457,7 +458,7 @@ async fn list_dead_letters(
 ) -> Result<Response, ApiError> {
     let v = {
         let api = api(&admin)?;
-        let letters = blocking(&api.log, |log| log.dead_letters()).await?;
+        let letters = api.log.dead_letters().list().await.map_err(unavailable)?;
         let out: Vec<DeadLetterView> = letters
             .into_iter()
             .filter(|(_, l)| {
@@ -520,8 +521,12 @@ async fn redeliver(
 ) -> Result<Response, ApiError> {
     let v = {
         let api = api(&admin)?;
-        let letter = blocking(&api.log, move |log| log.dead_letter(id))
-            .await?
+        let letter = api
+            .log
+            .dead_letters()
+            .get(id)
+            .await
+            .map_err(unavailable)?
             .ok_or_else(|| {
                 problem(
                     StatusCode::NOT_FOUND,
@@ -530,11 +535,13 @@ async fn redeliver(
                 )
             })?;
         let lane = LaneId::new(letter.subscription.clone(), letter.sink.clone());
-        let (b, l, seq) = (letter.broker.clone(), lane.clone(), letter.seq);
-        let present = blocking(&api.log, move |log| {
-            Ok(log.read(&b, seq, 1)?.first().is_some_and(|r| r.seq == seq))
-        })
-        .await?;
+        let seq = letter.seq;
+        let present = api
+            .log
+            .get(&letter.broker, seq)
+            .await
+            .map_err(unavailable)?
+            .is_some();
         if !present {
             return Err(problem(
                 StatusCode::CONFLICT,
@@ -544,15 +551,18 @@ async fn redeliver(
                 ),
             ));
         }
-        let b = letter.broker.clone();
-        blocking(&api.log, move |log| {
-            log.requeue(&b, &l, seq)?;
-            // The entry is durable before the letter goes: a crash between them keeps
-            // both, never neither.
-            log.sync()?;
-            log.delete_dead_letter(id)
-        })
-        .await?;
+        // The entry is durable before the letter goes: a crash between them keeps both,
+        // never neither.
+        api.log
+            .lanes()
+            .requeue(&letter.broker, &lane, seq)
+            .await
+            .map_err(unavailable)?;
+        api.log
+            .dead_letters()
+            .delete(id)
+            .await
+            .map_err(unavailable)?;
         api.routing.notify_routed(&letter.broker);
         Ok(
             json!({ "id": id, "requeued": { "subscription": lane.subscription, "sink": lane.sink, "seq": seq } }),
@@ -567,7 +577,13 @@ async fn delete_dead_letter(
 ) -> Result<Response, ApiError> {
     let v = {
         let api = api(&admin)?;
-        if blocking(&api.log, move |log| log.delete_dead_letter(id)).await? {
+        if api
+            .log
+            .dead_letters()
+            .delete(id)
+            .await
+            .map_err(unavailable)?
+        {
             Ok(StatusCode::NO_CONTENT.into_response())
         } else {
             Err(problem(

@@ -66,6 +66,8 @@ pub struct Admin {
     /// `/livez` and `/readyz` answer without the token.
     pub health_public: bool,
     pub api: OnceLock<api::Api>,
+    /// The scrape-time view, set with the API.
+    pub scrape: OnceLock<Arc<scrape::StateCollector>>,
 }
 
 /// Serves the admin listener until `shutdown` is cancelled.
@@ -86,17 +88,9 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Cancellat
 /// the log failing to write, or less free disk than `storage.minFreeBytes` (every append
 /// would be refused, so producers are better sent to another replica).
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
-    let mut reason = admin.health.not_ready().or_else(|| {
-        let api = admin.api.get()?;
-        let failing = api.log.write_failure()?;
-        Some(format!("the log cannot write: {failing}"))
-    });
+    let mut reason = admin.health.not_ready();
     if let (None, Some(api)) = (&reason, admin.api.get()) {
-        // statvfs is a system call, and on a network filesystem a slow one.
-        let log = api.log.clone();
-        reason = tokio::task::spawn_blocking(move || log.space_shortfall())
-            .await
-            .unwrap_or_default();
+        reason = api.log.refusing_appends().await;
     }
     match reason {
         None => (StatusCode::OK, "ready\n").into_response(),
@@ -109,7 +103,9 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    // Collecting reads the log's state: off the async runtime.
+    if let Some(view) = admin.scrape.get() {
+        view.refresh().await;
+    }
     let m = admin.metrics.clone();
     let body = tokio::task::spawn_blocking(move || m.render())
         .await

@@ -1,9 +1,13 @@
 //! The scrape-time view: routers' and lanes' counters and the log's positions, read
 //! when Prometheus scrapes `/metrics`, so that no signal has two owners. The names,
 //! help texts and labels are `metrics::STATE`'s.
+//!
+//! The log's part is asked through its handles, which may await, before the registry
+//! is rendered ([`StateCollector::refresh`]); the collector then reads that snapshot.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -11,7 +15,7 @@ use prometheus::{IntGaugeVec, Opts};
 
 use crate::clock::SharedClock;
 use crate::delivery::Delivery;
-use crate::log::Log;
+use crate::log::{BrokerStats, LaneDepth, LaneId, Log};
 use crate::metrics::{counter, state, state_descs};
 use crate::router::reload::Reloader;
 use crate::router::Routing;
@@ -24,6 +28,18 @@ pub struct StateCollector {
     reloader: Arc<Reloader>,
     clock: SharedClock,
     descs: Vec<Desc>,
+    snapshot: Mutex<LogSnapshot>,
+}
+
+/// What the log said at the last refresh.
+#[derive(Default)]
+struct LogSnapshot {
+    /// Per broker: head, router cursor, stats.
+    brokers: Vec<(Arc<str>, u64, u64, BrokerStats)>,
+    disk_bytes: u64,
+    /// Per (broker, lane): what it holds, and the arrival of its oldest event.
+    lanes: HashMap<(String, LaneId), (LaneDepth, Option<u64>)>,
+    dead_letters: u64,
 }
 
 impl StateCollector {
@@ -41,7 +57,60 @@ impl StateCollector {
             reloader,
             clock,
             descs: state_descs(),
+            snapshot: Mutex::default(),
         }
+    }
+
+    /// Asks the log for its part of the next scrape. A part the log cannot answer
+    /// reads as zero.
+    pub async fn refresh(&self) {
+        let mut next = LogSnapshot::default();
+        for broker in self.log.brokers() {
+            let head = self.log.head(broker).unwrap_or(0);
+            let cursor = self.log.lanes().router_cursor(broker).await.unwrap_or(0);
+            let stats = self.log.stats(broker).await.unwrap_or_default();
+            next.brokers.push((broker.clone(), head, cursor, stats));
+        }
+        next.disk_bytes = self.log.disk_bytes().await.unwrap_or(0);
+        let set = self.routing.current();
+        for route in set.routes() {
+            let broker = &route.subscription.broker;
+            for lane in &route.lanes {
+                let depth = self
+                    .log
+                    .lanes()
+                    .depth(broker, lane)
+                    .await
+                    .unwrap_or_default();
+                let arrival = match depth.oldest {
+                    Some(seq) => self
+                        .log
+                        .get(broker, seq)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|r| r.arrival_unix_nanos),
+                    None => None,
+                };
+                next.lanes
+                    .insert((broker.clone(), lane.clone()), (depth, arrival));
+            }
+        }
+        next.dead_letters = self.log.dead_letters().count().await.unwrap_or(0);
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+}
+
+/// The collector registered with the metrics: the shared view.
+pub struct Registered(pub Arc<StateCollector>);
+
+impl Collector for Registered {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.collect()
     }
 }
 
@@ -80,6 +149,7 @@ impl Collector for StateCollector {
         };
         let parked_now = gauge("switchyard_lane_parked_events");
         let damaged = gauge("switchyard_log_damaged_records");
+        let dedupe = gauge("switchyard_dedupe_entries");
         reloads
             .with_label_values(&["applied"])
             .inc_by(self.reloader.applied.load(Ordering::Relaxed));
@@ -87,30 +157,30 @@ impl Collector for StateCollector {
             .with_label_values(&["rejected"])
             .inc_by(self.reloader.failures.load(Ordering::Relaxed));
 
-        let backend = self.log.backend();
-        for broker in self.log.brokers() {
-            let top = self.log.head(broker).unwrap_or(0);
-            head.with_label_values(&[broker]).set(top as i64);
-            let cursor = backend.router_cursor(broker).unwrap_or(0);
+        let snapshot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        for (broker, top, cursor, stats) in &snapshot.brokers {
+            let broker: &str = broker;
+            head.with_label_values(&[broker]).set(*top as i64);
             lag.with_label_values(&[broker])
-                .set(top.saturating_sub(cursor) as i64);
-            let stored = backend.stored(broker).unwrap_or_default();
-            let damage = backend.damage(broker);
+                .set(top.saturating_sub(*cursor) as i64);
             damaged
                 .with_label_values(&[broker, "corrupt"])
-                .set(damage.corrupt as i64);
+                .set(stats.damage.corrupt as i64);
             damaged
                 .with_label_values(&[broker, "lost"])
-                .set(damage.lost as i64);
+                .set(stats.damage.lost as i64);
             stored_events
                 .with_label_values(&[broker])
-                .set(stored.events as i64);
+                .set(stats.stored.events as i64);
             stored_bytes
                 .with_label_values(&[broker])
-                .set(stored.bytes as i64);
+                .set(stats.stored.bytes as i64);
+            dedupe
+                .with_label_values(&[broker])
+                .set(stats.dedupe_entries as i64);
         }
         disk.with_label_values::<&str>(&[])
-            .set(backend.disk_bytes().map_or(0, |n| n as i64));
+            .set(snapshot.disk_bytes as i64);
         let now = self.clock.now_unix_nanos();
         let set = self.routing.current();
         for route in set.routes() {
@@ -160,22 +230,23 @@ impl Collector for StateCollector {
                         .with_label_values(&[name, sink, outcome])
                         .inc_by(n.load(Ordering::Relaxed));
                 }
+                let (depth, arrival) = snapshot
+                    .lanes
+                    .get(&(broker.to_string(), lane.clone()))
+                    .copied()
+                    .unwrap_or_default();
                 lane_lag
                     .with_label_values(&[name, sink])
-                    .set(backend.lane_depth(broker, lane).map_or(0, |n| n as i64));
+                    .set((depth.pending + depth.parked) as i64);
                 parked_now
                     .with_label_values(&[name, sink])
-                    .set(backend.parked(broker, lane).map_or(0, |n| n as i64));
-                let age = backend
-                    .lane_oldest_arrival(broker, lane)
-                    .ok()
-                    .flatten()
-                    .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
+                    .set(depth.parked as i64);
+                let age = arrival.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1e9);
                 oldest.with_label_values(&[name, sink]).set(age);
             }
         }
         dead.with_label_values::<&str>(&[])
-            .set(backend.dead_letter_count().map(|n| n as i64).unwrap_or(0));
+            .set(snapshot.dead_letters as i64);
         let mut out = Vec::new();
         for c in [
             &head as &dyn Collector,
@@ -196,6 +267,7 @@ impl Collector for StateCollector {
             &oldest,
             &parked_now,
             &damaged,
+            &dedupe,
         ] {
             out.extend(c.collect());
         }

@@ -29,9 +29,7 @@ use super::reply::{self, Reply};
 use crate::clock::SharedClock;
 use crate::config::subscriptions::{Ordering, ReplyMode, Sink, Subscription};
 use crate::event::{AttrValue, Event};
-use crate::log::{
-    record, Append, DeadLetter, Decoded, LaneEntry, LaneId, Log, LogError, LogRecord,
-};
+use crate::log::{record, DeadLetter, LaneEntry, LaneId, Log, LogRecord, NewEvent};
 use crate::router::feed::Feeds;
 
 /// A wait longer than this parks the event durably instead of holding an in-flight slot.
@@ -159,16 +157,6 @@ impl LaneContext {
             .unwrap_or_else(|p| p.into_inner()) = Some((error, now));
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn crate::log::LogBackend) -> Result<T, LogError> + Send + 'static,
-    ) -> Result<T, LogError> {
-        let backend = self.log.backend().clone();
-        tokio::task::spawn_blocking(move || f(backend.as_ref()))
-            .await
-            .map_err(|_| LogError::Closed)?
-    }
-
     /// Runs the lane until `stop`.
     pub async fn run(self: Arc<Self>, mut routed: watch::Receiver<u64>, stop: CancellationToken) {
         let ordered = self.sub().delivery.ordering == Ordering::Ordered;
@@ -201,8 +189,12 @@ impl LaneContext {
             // Take parked entries that are due back into the lane.
             let now = self.clock.now_unix_nanos();
             if check_parked || next_parked.is_some_and(|due| due <= now) {
-                let (b, l) = (self.broker.clone(), self.lane.clone());
-                match self.blocking(move |log| log.unpark_due(&b, &l, now)).await {
+                match self
+                    .log
+                    .lanes()
+                    .unpark_due(&self.broker, &self.lane, now)
+                    .await
+                {
                     Ok((back, next)) => {
                         next_parked = next;
                         check_parked = false;
@@ -247,11 +239,11 @@ impl LaneContext {
                             window - in_flight.len()
                         };
                         let from = if full_scan { 0 } else { scan_from };
-                        // A short in-cache scan, read in place (no hop to a blocking thread).
                         match self
                             .log
-                            .backend()
-                            .lane_entries(&self.broker, &self.lane, from, want)
+                            .lanes()
+                            .entries(&self.broker, &self.lane, from, want)
+                            .await
                         {
                             Ok(entries) => {
                                 full_scan = false;
@@ -366,8 +358,12 @@ impl LaneContext {
             return;
         }
         let seqs = std::mem::take(done);
-        let (b, l, s) = (self.broker.clone(), self.lane.clone(), seqs.clone());
-        if let Err(e) = self.blocking(move |log| log.finish(&b, &l, &s)).await {
+        if let Err(e) = self
+            .log
+            .lanes()
+            .finish(&self.broker, &self.lane, &seqs)
+            .await
+        {
             tracing::warn!(error = %e, "cannot commit finished entries; they will be sent again");
             *done = seqs;
         }
@@ -382,17 +378,11 @@ impl LaneContext {
         record: Option<Arc<LogRecord>>,
         stop: CancellationToken,
     ) -> Outcome {
-        // The feed's event, or one another lane read lately, or a read of the log: on
-        // the runtime, not a blocking thread, since a recent record is in the OS page
-        // cache and the read takes microseconds, less than the hop to another thread
-        // would (docs/performance.md, S4).
+        // The feed's event, or one another lane read lately, or a read of the log.
         let read = match record.or_else(|| self.feeds.recent(seq)) {
             Some(record) => Ok(Some(record)),
-            None => self.log.backend().read(&self.broker, seq, 1).map(|mut r| {
-                let record = r
-                    .first()
-                    .is_some_and(|r| r.seq == seq)
-                    .then(|| Arc::new(r.swap_remove(0)));
+            None => self.log.get(&self.broker, seq).await.map(|r| {
+                let record = r.map(Arc::new);
                 if let Some(r) = &record {
                     self.feeds.remember(r);
                 }
@@ -538,9 +528,10 @@ impl LaneContext {
                 .clock
                 .now_unix_nanos()
                 .saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
-            let (b, l) = (self.broker.clone(), self.lane.clone());
             return match self
-                .blocking(move |log| log.park(&b, &l, seq, due, attempts))
+                .log
+                .lanes()
+                .park(&self.broker, &self.lane, seq, due, attempts)
                 .await
             {
                 Ok(()) => {
@@ -594,16 +585,10 @@ impl LaneContext {
                     );
                     return true;
                 }
-                let now = self.clock.now_unix_nanos();
-                let bytes = record::encode(&self.broker, now, hops, &event);
-                let append = Append {
-                    record: Bytes::from(bytes),
+                let append = NewEvent {
+                    event,
+                    hops,
                     dedupe_key: None,
-                    decoded: Some(Decoded {
-                        arrival_unix_nanos: now,
-                        hops,
-                        event,
-                    }),
                 };
                 match self.log.append(self.broker.clone(), vec![append]).await {
                     Ok(_) => {
@@ -646,12 +631,7 @@ impl LaneContext {
             last_status: status,
             last_error: error,
             time_unix_nanos: self.clock.now_unix_nanos(),
-            record: base64::engine::general_purpose::STANDARD.encode(record::encode(
-                &record.broker,
-                record.arrival_unix_nanos,
-                record.hops,
-                &record.event,
-            )),
+            record: record::to_base64(record),
             dead_letter_sink_delivered: false,
         };
         if let Some(dls) = self.sub().delivery.dead_letter_sink.clone() {
@@ -660,8 +640,7 @@ impl LaneContext {
                 self.send_dead_letter(&dls, &event, record.seq).await;
         }
         tracing::warn!(seq = record.seq, event_id = record.event.id(), attempts, error = %letter.last_error, to_sink = letter.dead_letter_sink_delivered, "dead-lettered");
-        let l = letter.clone();
-        if let Err(e) = self.blocking(move |log| log.store_dead_letter(&l)).await {
+        if let Err(e) = self.log.dead_letters().store(&letter).await {
             tracing::error!(seq = record.seq, event_id = record.event.id(), error = %e, "cannot store the dead letter");
         }
     }

@@ -22,13 +22,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
 use crate::config::IngressConfig;
 use crate::event::{binary, json, protobuf, Event, EventError};
 use crate::expr::dedupe_key::DedupeKey;
 use crate::http::auth;
 use crate::http::problem::Problem;
-use crate::log::{record, Append, AppendOutcome, Decoded, Log};
+use crate::log::{AppendOutcome, Log, NewEvent};
 use crate::metrics::{self, IngressSeries, Metrics};
 
 /// How a request carries its events, decided from `Content-Type` alone.
@@ -86,7 +85,6 @@ pub struct Ingress {
     config: IngressConfig,
     /// The dedupe key; `None` when dedupe is off.
     dedupe: Option<Arc<DedupeKey>>,
-    clock: SharedClock,
     metrics: Arc<Metrics>,
     /// Each broker of the log, by name, with its metric series.
     brokers: HashMap<Arc<str>, IngressSeries>,
@@ -100,7 +98,6 @@ impl Ingress {
         log: Log,
         config: IngressConfig,
         dedupe: Option<Arc<DedupeKey>>,
-        clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Ingress {
         let brokers = log
@@ -117,7 +114,6 @@ impl Ingress {
             log,
             config,
             dedupe,
-            clock,
             metrics,
             brokers,
         }
@@ -593,11 +589,10 @@ async fn handle_inner(
     if events.is_empty() {
         return Ok(accepted());
     }
-    let now = ingress.clock.now_unix_nanos();
     let appends = events
         .into_iter()
-        .map(|event| Append {
-            record: Bytes::from(record::encode(broker, now, 0, &event)),
+        .map(|event| NewEvent {
+            hops: 0,
             dedupe_key: ingress.dedupe.as_ref().and_then(|k| match k.key(&event) {
                 Ok(key) => Some(key),
                 Err(e) => {
@@ -605,12 +600,7 @@ async fn handle_inner(
                     None
                 }
             }),
-            // Handed to the router once stored, which then need not decode the record.
-            decoded: Some(Decoded {
-                arrival_unix_nanos: now,
-                hops: 0,
-                event,
-            }),
+            event,
         })
         .collect();
     match ingress.log.append(broker.clone(), appends).await {

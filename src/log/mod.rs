@@ -1,25 +1,66 @@
-//! The event log: storage behind one narrow interface ([`LogBackend`]), and the
-//! group-commit writer in front of it ([`Log`]).
+//! The event log, as every other part of the broker sees it: three cheap-to-clone
+//! handles, and the seam a storage backend fills.
 //!
 //! The log is the queue. Every event a producer got a `202` for is in it; everything
-//! downstream (routing, delivery) reads it by sequence number. sled is the embedded
-//! backend; a NATS JetStream backend can implement the same trait.
+//! downstream reads it by sequence number, per broker.
+//!
+//! - [`Log`]: the events. Appends (the ingress, replies, and the lanes' dead letters'
+//!   records), reads by sequence and by time (routing, delivery, browsing, replay), the
+//!   head and its changes, and why appends are refused right now (readiness).
+//! - [`Lanes`]: what the router decided and the deliverers still owe. A lane is one sink
+//!   of one subscription; its entries are sequence numbers of the broker's log, pending
+//!   or parked (a retry due later). The router records entries with the progress they
+//!   complete; a deliverer takes entries, finishes them, or parks them.
+//! - [`DeadLetters`]: events that could not be delivered, kept with why (delivery
+//!   stores them; the admin API lists, redelivers and deletes them).
+//!
+//! # The backend seam
+//!
+//! A backend provides [`EventBackend`], [`LaneBackend`] and [`DeadLetterBackend`].
+//! Their methods return futures (a backend may be a network away) or answer from memory
+//! (the head, its watch, the records just stored), and they speak only the types of
+//! [`crate::store`]'s data model: no file, segment or sled type crosses. What each must
+//! hold:
+//!
+//! - `append` returns only once the events are durable as configured, each with its
+//!   sequence number (consecutive per broker) or, inside the dedupe window, the sequence
+//!   of the event it duplicates. The head moves only after that.
+//! - `record_routes` stores a step's lane entries, then the progress they complete, so
+//!   that progress kept after a crash implies every entry before it. Entries may come
+//!   back after a crash (delivery is at least once); progress never runs ahead.
+//! - `finish` removes an entry only if it is still the copy that was taken (its
+//!   stamp), so that a put-back meanwhile (a replay, a redelivery) is delivered again.
+//! - `park` moves an entry out of the lane until it is due, and `unpark_due` brings due
+//!   ones back, in one step each: a crash keeps the entry in one place or the other.
+//! - A dead letter is durable before `store` returns (it is the last record of an
+//!   event); with it stored, the lane may finish the entry. A redelivery's `requeue` is
+//!   durable before it returns, and only then is the letter deleted.
+//!
+//! The embedded backend (`embedded.rs`) runs [`crate::store::Store`]: a group-commit
+//! writer thread in front of its segments, retention beside it, lane operations in
+//! memory answered in place, disk reads in place when short and on the blocking pool
+//! otherwise. A backend on a distributed log maps the same contract onto its own
+//! primitives: a stream per broker for the events (publish acknowledged = durable), and
+//! a consumer per lane for its entries (fetch = `entries`, ack = `finish`, a delayed
+//! negative ack = `park`).
 
 mod embedded;
 pub mod fresh;
 mod retention;
 mod writer;
+pub use embedded::{BlockingStore, Retention, SpaceLimits, WriterOptions};
 pub use writer::{free_bytes, total_bytes};
 
-use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use bytes::Bytes;
+use tokio::sync::watch;
 
 use crate::clock::SharedClock;
+use crate::event::Event;
+
 pub use crate::store::events::record;
 use crate::store::StoreError;
 pub use crate::store::{
@@ -53,453 +94,420 @@ impl LogError {
     }
 }
 
-/// The storage interface. Calls block (they do disk I/O); the writer and readers call
-/// them off the async runtime.
-pub trait LogBackend: Send + Sync + 'static {
-    /// Writes one group: for each entry, drops duplicates (dedupe key seen at or after
-    /// `now - window`), assigns sequence numbers, writes the records and dedupe entries
-    /// atomically per broker, then makes everything durable as configured. Returns each
-    /// entry's outcomes in order.
-    fn write_group(
+/// A future a backend returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A result of the log.
+pub type LogResult<T> = Result<T, LogError>;
+
+/// What a broker's log holds and has lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    pub stored: Stored,
+    /// The arrival time of the oldest event held.
+    pub oldest_arrival: Option<u64>,
+    pub damage: Damage,
+    /// Dedupe keys held (inside the window, until swept).
+    pub dedupe_entries: u64,
+}
+
+/// The events of every broker (see the module documentation).
+pub trait EventBackend: Send + Sync + 'static {
+    /// The brokers, as the log names them.
+    fn brokers(&self) -> &[Arc<str>];
+
+    /// Appends events to one broker; resolves once they are durable.
+    fn append(
         &self,
-        group: &[GroupEntry],
-        now_unix_nanos: u64,
-    ) -> Result<Vec<Vec<AppendOutcome>>, LogError>;
+        broker: Arc<str>,
+        appends: Vec<Append>,
+    ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, Arc<LogError>>>;
 
-    /// Records from `from` (inclusive) on, at most `limit`.
-    fn read(&self, broker: &str, from: u64, limit: usize) -> Result<Vec<LogRecord>, LogError>;
+    /// The highest stored sequence number of `broker` (0 when empty).
+    fn head(&self, broker: &str) -> Option<u64>;
 
-    /// The highest sequence number stored for `broker` (0 when empty).
-    fn head(&self, broker: &str) -> Result<u64, LogError>;
+    /// A receiver that sees the head of `broker` move.
+    fn watch(&self, broker: &str) -> Option<watch::Receiver<u64>>;
 
-    /// Removes dedupe entries first seen before `cutoff_unix_nanos`; returns how many.
-    /// Runs beside appends: an entry stored again meanwhile is kept. Returns early,
-    /// between two keys, once `stop` is set (at shutdown); the next sweep goes on from
-    /// where this one stopped.
-    fn expire_dedupe(
-        &self,
-        cutoff_unix_nanos: u64,
-        stop: &std::sync::atomic::AtomicBool,
-    ) -> Result<usize, LogError>;
+    /// The records of `broker` from `from` on (at most `limit`) that were just stored,
+    /// decoded, taken out; empty when the record at `from` is not among them. A backend
+    /// without such a handoff returns nothing, and the router reads instead.
+    fn take_fresh(&self, broker: &str, from: u64, limit: usize) -> Vec<Arc<LogRecord>>;
 
-    /// Number of dedupe entries held (for tests and metrics).
-    fn dedupe_entries(&self) -> usize;
+    /// Records from `from` (inclusive) on, at most `limit`, in order; records gone
+    /// (retention, damage) are skipped.
+    fn read<'a>(
+        &'a self,
+        broker: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, LogResult<Vec<LogRecord>>>;
 
-    /// Makes everything written durable.
-    fn sync(&self) -> Result<(), LogError>;
+    /// The first sequence that arrived at or after `unix_nanos` (the head + 1 if none).
+    fn seq_at_time<'a>(&'a self, broker: &'a str, unix_nanos: u64)
+        -> BoxFuture<'a, LogResult<u64>>;
 
-    /// Makes routing and delivery progress durable if any was written since the last
-    /// sync (the writer calls it every 100 ms; routers and deliverers never flush).
-    fn sync_progress(&self) -> Result<(), LogError>;
+    fn stats<'a>(&'a self, broker: &'a str) -> BoxFuture<'a, LogResult<BrokerStats>>;
 
+    /// Bytes the log takes on disk, where the backend can tell.
+    fn disk_bytes(&self) -> BoxFuture<'_, LogResult<u64>>;
+
+    /// Why appends fail or would be refused now (readiness says so before producers
+    /// find out); `None` while they succeed.
+    fn refusing_appends(&self) -> BoxFuture<'_, Option<String>>;
+}
+
+/// Every broker's lanes (see the module documentation).
+pub trait LaneBackend: Send + Sync + 'static {
     /// The highest sequence number the router has decided (0 before any).
-    fn router_cursor(&self, broker: &str) -> Result<u64, LogError>;
+    fn router_cursor<'a>(&'a self, broker: &'a str) -> BoxFuture<'a, LogResult<u64>>;
 
-    /// Records routing decisions: every `(lane, seq)` entry, then the progress they
-    /// complete (the router's cursor, or one subscription's backfill state), so that a
-    /// crash that keeps the progress keeps every entry before it: no decision is lost.
-    /// Recording an entry that is pending already changes nothing.
-    fn record_routes(
+    /// Records routing decisions, then the progress they complete. Recording an entry
+    /// that is pending already changes nothing.
+    fn record_routes<'a>(
+        &'a self,
+        broker: &'a str,
+        entries: &'a [(LaneId, u64)],
+        progress: &'a RouteProgress,
+    ) -> BoxFuture<'a, LogResult<()>>;
+
+    /// Puts `seq` back into a lane as pending (a dead letter's redelivery), durably:
+    /// the caller deletes the letter next.
+    fn requeue<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+        seq: u64,
+    ) -> BoxFuture<'a, LogResult<()>>;
+
+    /// The routing state of every subscription the router has recorded for `broker`.
+    fn subscription_states<'a>(
+        &'a self,
+        broker: &'a str,
+    ) -> BoxFuture<'a, LogResult<Vec<(String, SubscriptionState)>>>;
+
+    /// Removes a subscription's state and every entry of its lanes (all of them, or
+    /// only the lanes of `sinks`); returns how many entries were dropped.
+    fn drop_lanes<'a>(
+        &'a self,
+        broker: &'a str,
+        subscription: &'a str,
+        sinks: Option<&'a [String]>,
+    ) -> BoxFuture<'a, LogResult<usize>>;
+
+    /// A lane's pending entries from `from` on, in order, at most `limit`.
+    fn entries<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, LogResult<Vec<LaneEntry>>>;
+
+    /// Removes finished entries, each only if it is still the copy that was taken.
+    fn finish<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+        entries: &'a [LaneEntry],
+    ) -> BoxFuture<'a, LogResult<()>>;
+
+    /// Moves an entry to the lane's parked set, due at `due_unix_nanos` with
+    /// `attempts` made.
+    fn park<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+        seq: u64,
+        due_unix_nanos: u64,
+        attempts: u32,
+    ) -> BoxFuture<'a, LogResult<()>>;
+
+    /// Moves the parked entries due by `now_unix_nanos` back into the lane; returns how
+    /// many, and when the next one still parked is due.
+    fn unpark_due<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+        now_unix_nanos: u64,
+    ) -> BoxFuture<'a, LogResult<(usize, Option<u64>)>>;
+
+    /// What the lane holds now.
+    fn depth<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+    ) -> BoxFuture<'a, LogResult<LaneDepth>>;
+}
+
+/// What a lane holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LaneDepth {
+    pub pending: u64,
+    pub parked: u64,
+    /// The sequence of the oldest event the lane still holds: its first pending entry,
+    /// or the parked entry due first.
+    pub oldest: Option<u64>,
+}
+
+/// The dead letters of every broker (see the module documentation).
+pub trait DeadLetterBackend: Send + Sync + 'static {
+    /// Keeps a letter, durably; returns its id.
+    fn store<'a>(&'a self, letter: &'a DeadLetter) -> BoxFuture<'a, LogResult<u64>>;
+    /// Every letter, oldest first.
+    fn list(&self) -> BoxFuture<'_, LogResult<Vec<(u64, DeadLetter)>>>;
+    fn get(&self, id: u64) -> BoxFuture<'_, LogResult<Option<DeadLetter>>>;
+    /// Removes a letter; `false` when there was none with that id.
+    fn delete(&self, id: u64) -> BoxFuture<'_, LogResult<bool>>;
+    fn count(&self) -> BoxFuture<'_, LogResult<u64>>;
+}
+
+/// An event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: Event,
+    /// How many replies deep it is (0 from a producer).
+    pub hops: u32,
+    /// The dedupe key, when dedupe is on and the event has one.
+    pub dedupe_key: Option<Vec<u8>>,
+}
+
+/// The events handle; [`Log::lanes`] and [`Log::dead_letters`] give the other two.
+#[derive(Clone)]
+pub struct Log {
+    events: Arc<dyn EventBackend>,
+    clock: SharedClock,
+    lanes: Lanes,
+    dead_letters: DeadLetters,
+}
+
+impl Log {
+    /// The log of a backend that provides all three parts; `clock` stamps arrivals.
+    pub fn new<B: EventBackend + LaneBackend + DeadLetterBackend>(
+        backend: Arc<B>,
+        clock: SharedClock,
+    ) -> Log {
+        Log {
+            events: backend.clone(),
+            clock,
+            lanes: Lanes(backend.clone()),
+            dead_letters: DeadLetters(backend),
+        }
+    }
+
+    pub fn lanes(&self) -> &Lanes {
+        &self.lanes
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    /// The brokers this log has.
+    pub fn brokers(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.events.brokers().iter()
+    }
+
+    /// The broker's name as the log holds it, if the log has that broker.
+    pub fn broker(&self, name: &str) -> Option<Arc<str>> {
+        self.events
+            .brokers()
+            .iter()
+            .find(|b| &***b == name)
+            .cloned()
+    }
+
+    /// Appends events to one broker, arrived now, and waits until they are durable.
+    /// They are encoded here, on the caller's task, so that many requests encode at
+    /// once rather than one after another in the backend.
+    pub async fn append(
+        &self,
+        broker: Arc<str>,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<AppendOutcome>, Arc<LogError>> {
+        let now = self.clock.now_unix_nanos();
+        let appends = events
+            .into_iter()
+            .map(|e| Append {
+                record: Bytes::from(record::encode(&broker, now, e.hops, &e.event)),
+                dedupe_key: e.dedupe_key,
+                // Handed to the router once stored, which then need not decode it.
+                decoded: Some(Decoded {
+                    arrival_unix_nanos: now,
+                    hops: e.hops,
+                    event: e.event,
+                }),
+            })
+            .collect();
+        self.events.append(broker, appends).await
+    }
+
+    /// The highest stored sequence number of `broker`.
+    pub fn head(&self, broker: &str) -> Option<u64> {
+        self.events.head(broker)
+    }
+
+    /// A receiver that sees the head of `broker` move.
+    pub fn watch(&self, broker: &str) -> Option<watch::Receiver<u64>> {
+        self.events.watch(broker)
+    }
+
+    /// See [`EventBackend::take_fresh`].
+    pub fn take_fresh(&self, broker: &str, from: u64, limit: usize) -> Vec<Arc<LogRecord>> {
+        self.events.take_fresh(broker, from, limit)
+    }
+
+    /// Records from `from` on, at most `limit`.
+    pub async fn read(&self, broker: &str, from: u64, limit: usize) -> LogResult<Vec<LogRecord>> {
+        self.events.read(broker, from, limit).await
+    }
+
+    /// The record at `seq`, if the log holds it.
+    pub async fn get(&self, broker: &str, seq: u64) -> LogResult<Option<LogRecord>> {
+        let mut records = self.events.read(broker, seq, 1).await?;
+        Ok(records
+            .first()
+            .is_some_and(|r| r.seq == seq)
+            .then(|| records.swap_remove(0)))
+    }
+
+    /// The first sequence that arrived at or after `unix_nanos`.
+    pub async fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> LogResult<u64> {
+        self.events.seq_at_time(broker, unix_nanos).await
+    }
+
+    pub async fn stats(&self, broker: &str) -> LogResult<BrokerStats> {
+        self.events.stats(broker).await
+    }
+
+    pub async fn disk_bytes(&self) -> LogResult<u64> {
+        self.events.disk_bytes().await
+    }
+
+    /// Why appends fail or would be refused now.
+    pub async fn refusing_appends(&self) -> Option<String> {
+        self.events.refusing_appends().await
+    }
+}
+
+/// The lanes handle.
+#[derive(Clone)]
+pub struct Lanes(Arc<dyn LaneBackend>);
+
+impl Lanes {
+    pub async fn router_cursor(&self, broker: &str) -> LogResult<u64> {
+        self.0.router_cursor(broker).await
+    }
+
+    pub async fn record_routes(
         &self,
         broker: &str,
         entries: &[(LaneId, u64)],
         progress: &RouteProgress,
-    ) -> Result<(), LogError>;
+    ) -> LogResult<()> {
+        self.0.record_routes(broker, entries, progress).await
+    }
 
-    /// The routing state of every subscription the router has seen for `broker`.
-    fn subscription_states(
+    /// Puts `seq` back into a lane as pending, durably (a dead letter's redelivery).
+    pub async fn requeue(&self, broker: &str, lane: &LaneId, seq: u64) -> LogResult<()> {
+        self.0.requeue(broker, lane, seq).await
+    }
+
+    pub async fn subscription_states(
         &self,
         broker: &str,
-    ) -> Result<Vec<(String, SubscriptionState)>, LogError>;
+    ) -> LogResult<Vec<(String, SubscriptionState)>> {
+        self.0.subscription_states(broker).await
+    }
 
-    /// Removes a subscription's state and every pending entry of its lanes (all of them,
-    /// or only the lanes of `sinks`); returns how many entries were dropped.
-    fn drop_lanes(
+    pub async fn drop_lanes(
         &self,
         broker: &str,
         subscription: &str,
         sinks: Option<&[String]>,
-    ) -> Result<usize, LogError>;
+    ) -> LogResult<usize> {
+        self.0.drop_lanes(broker, subscription, sinks).await
+    }
 
-    /// A lane's pending sequence numbers from `from` on, in order, at most `limit`.
-    /// A lane's pending sequence numbers from `from` on, in order, at most `limit`.
-    fn lane_pending(
+    pub async fn entries(
         &self,
         broker: &str,
         lane: &LaneId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<u64>, LogError> {
+    ) -> LogResult<Vec<LaneEntry>> {
+        self.0.entries(broker, lane, from, limit).await
+    }
+
+    /// A lane's pending sequence numbers, at most `limit`.
+    pub async fn pending(&self, broker: &str, lane: &LaneId, limit: usize) -> LogResult<Vec<u64>> {
         Ok(self
-            .lane_entries(broker, lane, from, limit)?
+            .0
+            .entries(broker, lane, 0, limit)
+            .await?
             .into_iter()
             .map(|e| e.seq)
             .collect())
     }
 
-    /// A lane's pending entries from `from` on.
-    fn lane_entries(
+    pub async fn finish(
         &self,
         broker: &str,
         lane: &LaneId,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<LaneEntry>, LogError>;
+        entries: &[LaneEntry],
+    ) -> LogResult<()> {
+        self.0.finish(broker, lane, entries).await
+    }
 
-    /// Removes finished entries (delivered, dead-lettered, gone) from a lane: each only
-    /// if it is still the entry that was taken (a replay may have put it back since).
-    fn finish(&self, broker: &str, lane: &LaneId, entries: &[LaneEntry]) -> Result<(), LogError>;
-
-    /// Moves an entry from its lane to the lane's parked set, due at `due_unix_nanos`
-    /// with `attempts` made, in one step (a crash keeps it in one place or the other).
-    fn park(
+    pub async fn park(
         &self,
         broker: &str,
         lane: &LaneId,
         seq: u64,
         due_unix_nanos: u64,
         attempts: u32,
-    ) -> Result<(), LogError>;
+    ) -> LogResult<()> {
+        self.0
+            .park(broker, lane, seq, due_unix_nanos, attempts)
+            .await
+    }
 
-    /// Moves the lane's parked entries due by `now_unix_nanos` back into the lane;
-    /// returns how many, and when the next one still parked is due.
-    fn unpark_due(
+    pub async fn unpark_due(
         &self,
         broker: &str,
         lane: &LaneId,
         now_unix_nanos: u64,
-    ) -> Result<(usize, Option<u64>), LogError>;
-
-    /// How many entries of the lane are parked.
-    fn parked(&self, broker: &str, lane: &LaneId) -> Result<usize, LogError>;
-
-    /// The sequence of the lane's parked entry that is due first.
-    fn next_parked(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError>;
-
-    /// The arrival time of the oldest event the lane still holds: its first pending
-    /// entry, or the parked entry due first (parked entries are, almost always, older).
-    fn lane_oldest_arrival(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError> {
-        let pending = self.lane_pending(broker, lane, 0, 1)?.first().copied();
-        let parked = self.next_parked(broker, lane)?;
-        let Some(seq) = pending.into_iter().chain(parked).min() else {
-            return Ok(None);
-        };
-        Ok(self
-            .read(broker, seq, 1)?
-            .first()
-            .filter(|r| r.seq == seq)
-            .map(|r| r.arrival_unix_nanos))
+    ) -> LogResult<(usize, Option<u64>)> {
+        self.0.unpark_due(broker, lane, now_unix_nanos).await
     }
 
-    /// Keeps a dead letter; returns its id.
-    fn store_dead_letter(&self, letter: &DeadLetter) -> Result<u64, LogError>;
-
-    /// Every dead letter kept, oldest first.
-    fn dead_letters(&self) -> Result<Vec<(u64, DeadLetter)>, LogError>;
-
-    /// One dead letter.
-    fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>, LogError>;
-
-    /// Removes a dead letter; `false` when there was none with that id.
-    fn delete_dead_letter(&self, id: u64) -> Result<bool, LogError>;
-
-    /// Puts `seq` back into a lane as pending (a dead letter's redelivery).
-    fn requeue(&self, broker: &str, lane: &LaneId, seq: u64) -> Result<(), LogError> {
-        self.record_routes(broker, &[(lane.clone(), seq)], &RouteProgress::None)
+    pub async fn depth(&self, broker: &str, lane: &LaneId) -> LogResult<LaneDepth> {
+        self.0.depth(broker, lane).await
     }
-
-    /// Deletes the broker's oldest events, at most `limit`: those that arrived before
-    /// `cutoff_unix_nanos`, then more until `free_bytes` of records are gone.
-    fn expire_events(
-        &self,
-        broker: &str,
-        cutoff_unix_nanos: u64,
-        free_bytes: u64,
-        limit: usize,
-    ) -> Result<Expired, LogError>;
-
-    /// The events and record bytes the broker stores now.
-    fn stored(&self, broker: &str) -> Result<Stored, LogError>;
-
-    /// The arrival time of the broker's oldest stored event.
-    fn oldest_arrival(&self, broker: &str) -> Result<Option<u64>, LogError> {
-        Ok(self
-            .read(broker, 0, 1)?
-            .first()
-            .map(|r| r.arrival_unix_nanos))
-    }
-
-    /// Bytes the log takes on disk (every broker, and the backend's own overhead).
-    fn disk_bytes(&self) -> Result<u64, LogError>;
-
-    /// How many dead letters are kept.
-    /// Damage found in `broker`'s log since it was opened.
-    fn damage(&self, _broker: &str) -> Damage {
-        Damage::default()
-    }
-
-    fn dead_letter_count(&self) -> Result<usize, LogError> {
-        Ok(self.dead_letters()?.len())
-    }
-
-    /// Deletes the oldest dead letters while more than `max_count` are kept, and those
-    /// stored before `cutoff_unix_nanos`; returns how many.
-    fn expire_dead_letters(
-        &self,
-        max_count: u64,
-        cutoff_unix_nanos: u64,
-    ) -> Result<usize, LogError>;
-
-    /// Events waiting in a lane: pending and parked.
-    fn lane_depth(&self, broker: &str, lane: &LaneId) -> Result<u64, LogError> {
-        Ok(
-            (self.lane_pending(broker, lane, 0, usize::MAX)?.len() + self.parked(broker, lane)?)
-                as u64,
-        )
-    }
-
-    fn seq_at_time(&self, broker: &str, unix_nanos: u64) -> Result<u64, LogError>;
 }
 
-/// What the log keeps: zero turns a bound off.
-#[derive(Debug, Clone, Default)]
-pub struct Retention {
-    /// Events that arrived longer ago than this are deleted.
-    pub max_age: Duration,
-    /// While the stored records of all brokers take more bytes than this, the oldest
-    /// events are deleted.
-    pub max_bytes: u64,
-    /// The dead-letter store keeps at most this many letters.
-    pub dead_letters_max_count: u64,
-    /// Dead letters older than this are deleted.
-    pub dead_letters_max_age: Duration,
-}
-
-/// Settings of the writer in front of a backend.
+/// The dead-letters handle.
 #[derive(Clone)]
-pub struct WriterOptions {
-    /// Where the writer counts groups, syncs and appends; `None` counts nothing.
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
-    /// How long a dedupe key suppresses duplicates; zero turns dedupe off.
-    pub dedupe_window: Duration,
-    /// How many requests one group may take at most.
-    pub max_group_requests: usize,
-    /// How many requests may wait for the writer before producers wait too.
-    pub queue_depth: usize,
-    /// How much the log keeps, and the dead-letter store's bounds.
-    pub retention: Retention,
-    /// When appends are refused for want of space.
-    pub space: SpaceLimits,
-}
+pub struct DeadLetters(Arc<dyn DeadLetterBackend>);
 
-/// When the writer refuses appends (`503` with `Retry-After` at the ingress) instead of
-/// letting the disk fill: sled cannot recover from a failed write without a restart, so
-/// the broker stops short of one. Deliveries and retention go on, and appends resume by
-/// themselves once there is room again.
-#[derive(Debug, Clone, Default)]
-pub struct SpaceLimits {
-    /// The directory whose filesystem is watched.
-    pub path: Option<std::path::PathBuf>,
-    /// Appends stop while the filesystem has less free space than this; zero: never.
-    pub min_free_bytes: u64,
-    /// Appends stop while all brokers' stored records take at least this many bytes.
-    pub quota_bytes: Option<u64>,
-}
-
-impl Default for WriterOptions {
-    fn default() -> Self {
-        WriterOptions {
-            metrics: None,
-            dedupe_window: Duration::from_secs(600),
-            max_group_requests: 512,
-            queue_depth: 4096,
-            retention: Retention::default(),
-            space: SpaceLimits::default(),
-        }
-    }
-}
-
-struct AppendRequest {
-    entry: GroupEntry,
-    reply: oneshot::Sender<Result<Vec<AppendOutcome>, Arc<LogError>>>,
-}
-
-/// A cheap-to-clone handle on the log: appends go through the group-commit writer,
-/// reads go straight to the backend.
-#[derive(Clone)]
-pub struct Log {
-    backend: Arc<dyn LogBackend>,
-    tx: mpsc::Sender<AppendRequest>,
-    heads: Arc<HashMap<Arc<str>, watch::Sender<u64>>>,
-    /// Per broker, the records just stored, decoded, for its router.
-    fresh: Arc<HashMap<Arc<str>, fresh::Fresh>>,
-    /// The error of the last group write, cleared by the next one that succeeds.
-    failure: Arc<std::sync::Mutex<Option<String>>>,
-    /// What the writer refuses appends for, so readiness can say so before an append.
-    space: Arc<SpaceLimits>,
-}
-
-impl Log {
-    /// Starts the writer for `backend` on the current runtime. It stops, after
-    /// writing what it already took, when `shutdown` is cancelled.
-    pub fn start(
-        backend: Arc<dyn LogBackend>,
-        brokers: &[String],
-        clock: SharedClock,
-        options: WriterOptions,
-        shutdown: CancellationToken,
-        tracker: &TaskTracker,
-    ) -> Result<Log, LogError> {
-        let mut heads = HashMap::new();
-        for b in brokers {
-            let head = backend.head(b)?;
-            heads.insert(Arc::<str>::from(b.as_str()), watch::Sender::new(head));
-        }
-        let fresh: Arc<HashMap<Arc<str>, fresh::Fresh>> = Arc::new(
-            heads
-                .keys()
-                .map(|b| (b.clone(), fresh::Fresh::default()))
-                .collect(),
-        );
-        let heads = Arc::new(heads);
-        tracker.spawn(retention::run(
-            backend.clone(),
-            brokers
-                .iter()
-                .map(|b| Arc::<str>::from(b.as_str()))
-                .collect(),
-            clock.clone(),
-            options.retention.clone(),
-            options.metrics.clone(),
-            shutdown.clone(),
-        ));
-        let (tx, rx) = mpsc::channel(options.queue_depth);
-        let failure = Arc::default();
-        let space = Arc::new(options.space.clone());
-        crate::runtime::spawn_thread(
-            "log-writer",
-            tracker,
-            writer::run(
-                backend.clone(),
-                rx,
-                writer::Outputs {
-                    heads: heads.clone(),
-                    fresh: fresh.clone(),
-                    failure: Arc::clone(&failure),
-                },
-                clock,
-                options,
-                shutdown,
-            ),
-        );
-        Ok(Log {
-            backend,
-            tx,
-            heads,
-            fresh,
-            failure,
-            space,
-        })
+impl DeadLetters {
+    pub async fn store(&self, letter: &DeadLetter) -> LogResult<u64> {
+        self.0.store(letter).await
     }
 
-    /// Why appends are refused for want of disk space now, read from the filesystem:
-    /// less free than `storage.minFreeBytes`. A system call (statvfs) each time; call
-    /// it off the async runtime.
-    pub fn space_shortfall(&self) -> Option<String> {
-        let (Some(path), min @ 1..) = (&self.space.path, self.space.min_free_bytes) else {
-            return None;
-        };
-        match free_bytes(path) {
-            Ok(free) => writer::short_of_space(free, min),
-            // As in the writer: a filesystem that cannot be asked does not stop appends.
-            Err(_) => None,
-        }
+    pub async fn list(&self) -> LogResult<Vec<(u64, DeadLetter)>> {
+        self.0.list().await
     }
 
-    /// Why the last write failed, while writes fail.
-    pub fn write_failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub async fn get(&self, id: u64) -> LogResult<Option<DeadLetter>> {
+        self.0.get(id).await
     }
 
-    /// The records of `broker` from `from` on (at most `limit`) that were just stored,
-    /// decoded, taken out; empty when the record at `from` is not among them.
-    pub fn take_fresh(&self, broker: &str, from: u64, limit: usize) -> Vec<Arc<LogRecord>> {
-        self.fresh
-            .get(broker)
-            .map_or_else(Vec::new, |f| f.take(from, limit))
+    pub async fn delete(&self, id: u64) -> LogResult<bool> {
+        self.0.delete(id).await
     }
 
-    /// The broker's name as the log holds it, if the log has that broker.
-    pub fn broker(&self, name: &str) -> Option<Arc<str>> {
-        self.heads.get_key_value(name).map(|(k, _)| k.clone())
-    }
-
-    /// Appends events to one broker and waits until they are durable.
-    pub async fn append(
-        &self,
-        broker: Arc<str>,
-        appends: Vec<Append>,
-    ) -> Result<Vec<AppendOutcome>, Arc<LogError>> {
-        let (reply, rx) = oneshot::channel();
-        let request = AppendRequest {
-            entry: GroupEntry { broker, appends },
-            reply,
-        };
-        self.tx
-            .send(request)
-            .await
-            .map_err(|_| Arc::new(LogError::Closed))?;
-        rx.await.map_err(|_| Arc::new(LogError::Closed))?
-    }
-
-    /// The highest stored sequence number of `broker`.
-    pub fn head(&self, broker: &str) -> Option<u64> {
-        self.heads.get(broker).map(|h| *h.borrow())
-    }
-
-    /// A receiver that sees the head of `broker` move.
-    pub fn watch(&self, broker: &str) -> Option<watch::Receiver<u64>> {
-        self.heads.get(broker).map(watch::Sender::subscribe)
-    }
-
-    /// Reads records from `from` on, off the async runtime.
-    pub async fn read(
-        &self,
-        broker: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<LogRecord>, LogError> {
-        let backend = self.backend.clone();
-        let broker = broker.to_string();
-        tokio::task::spawn_blocking(move || backend.read(&broker, from, limit))
-            .await
-            .map_err(|_| LogError::Closed)?
-    }
-
-    /// A lane's pending sequence numbers, off the async runtime.
-    pub async fn lane_pending(
-        &self,
-        broker: &str,
-        lane: &LaneId,
-        limit: usize,
-    ) -> Result<Vec<u64>, LogError> {
-        let backend = self.backend.clone();
-        let (broker, lane) = (broker.to_string(), lane.clone());
-        tokio::task::spawn_blocking(move || backend.lane_pending(&broker, &lane, 0, limit))
-            .await
-            .map_err(|_| LogError::Closed)?
-    }
-
-    /// The brokers this log has.
-    pub fn brokers(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.heads.keys()
-    }
-
-    /// The backend, for callers that manage their own blocking.
-    pub fn backend(&self) -> &Arc<dyn LogBackend> {
-        &self.backend
+    pub async fn count(&self) -> LogResult<u64> {
+        self.0.count().await
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Expired, LogBackend, LogError, Retention};
+use super::embedded::{BlockingStore, Retention};
+use super::{Expired, LogError};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
@@ -19,7 +20,7 @@ const EVERY: Duration = Duration::from_secs(1);
 const CHUNK: usize = 1000;
 
 pub(super) async fn run(
-    backend: Arc<dyn LogBackend>,
+    backend: Arc<dyn BlockingStore>,
     brokers: Vec<Arc<str>>,
     clock: SharedClock,
     bounds: Retention,
@@ -100,7 +101,7 @@ fn cutoff(now: u64, max_age: Duration) -> u64 {
 
 /// One pass over the event bounds; returns what each broker lost.
 fn expire_events(
-    backend: &dyn LogBackend,
+    backend: &dyn BlockingStore,
     brokers: &[Arc<str>],
     now: u64,
     bounds: &Retention,

@@ -11,11 +11,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::embedded::{AppendRequest, BlockingStore, SpaceLimits, WriterOptions};
 use super::fresh::Fresh;
-use super::{
-    AppendOutcome, AppendRequest, GroupEntry, LogBackend, LogError, LogRecord, SpaceLimits,
-    WriterOptions,
-};
+use super::{AppendOutcome, GroupEntry, LogError, LogRecord};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
@@ -85,7 +83,7 @@ impl FreeSpace {
 
 /// Why appends must wait, if they must: too little free disk, or the quota reached.
 fn space_refusal(
-    backend: &dyn LogBackend,
+    backend: &dyn BlockingStore,
     limits: &SpaceLimits,
     free_space: &mut FreeSpace,
     brokers: impl Iterator<Item = Arc<str>>,
@@ -172,7 +170,7 @@ pub(super) struct Outputs {
 }
 
 pub(super) async fn run(
-    backend: Arc<dyn LogBackend>,
+    backend: Arc<dyn BlockingStore>,
     mut rx: mpsc::Receiver<AppendRequest>,
     outputs: Outputs,
     clock: SharedClock,
@@ -393,7 +391,7 @@ pub(super) async fn run(
 }
 
 /// Makes routing and lane progress and the log's index durable, on a blocking thread.
-fn spawn_progress_sync(backend: Arc<dyn LogBackend>) -> tokio::task::JoinHandle<()> {
+fn spawn_progress_sync(backend: Arc<dyn BlockingStore>) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_blocking(move || {
         if let Err(e) = backend.sync_progress() {
             tracing::warn!(error = %e, "syncing routing and delivery progress failed");

@@ -27,7 +27,7 @@ use crate::config::subscriptions::{StartFrom, Subscription};
 use crate::event::Event;
 use crate::expr::activation::{self, Needs};
 use crate::expr::filter::Decision;
-use crate::log::{LaneId, Log, LogBackend, LogError, RouteProgress, SubscriptionState};
+use crate::log::{LaneId, Lanes, Log, LogError, RouteProgress, SubscriptionState};
 use feed::Feeds;
 
 /// Decides every route for one event with one shared activation: `data` is parsed at
@@ -235,7 +235,7 @@ impl Routing {
         lane: &LaneId,
         limit: usize,
     ) -> Result<Vec<u64>, LogError> {
-        self.log.lane_pending(broker, lane, limit).await
+        self.log.lanes().pending(broker, lane, limit).await
     }
 }
 
@@ -252,7 +252,7 @@ struct BrokerRouter {
     backfills: Mutex<Vec<(String, SubscriptionState)>>,
 }
 
-/// What one blocking step did.
+/// What one step did.
 enum Step {
     /// Routed or backfilled something; go again.
     Progress,
@@ -266,9 +266,9 @@ impl BrokerRouter {
         let Some(mut head) = self.log.watch(&self.broker) else {
             return;
         };
-        // This loop has a thread of its own (`runtime::spawn_thread`): each step
-        // reads the log and writes the lane store in place.
-        let backend = self.log.backend().clone();
+        // This loop has a thread of its own (`runtime::spawn_thread`): the embedded
+        // backend answers each step's reads and lane writes in place, on it.
+        let lanes = self.log.lanes().clone();
         let mut set = set_rx.borrow_and_update().clone();
         let mut reconciled = false;
         loop {
@@ -281,10 +281,12 @@ impl BrokerRouter {
                 reconciled = false;
             }
             let step = if reconciled {
-                self.step(backend.as_ref(), &set)
+                self.step(&lanes, &set).await
             } else {
-                self.reconcile(backend.as_ref(), &set)
-                    .and_then(|()| self.step(backend.as_ref(), &set))
+                match self.reconcile(&lanes, &set).await {
+                    Ok(()) => self.step(&lanes, &set).await,
+                    Err(e) => Err(e),
+                }
             };
             match step {
                 Ok(Step::Progress) => {
@@ -319,22 +321,23 @@ impl BrokerRouter {
 
     /// Brings the stored routing state in line with `set`: drops removed subscriptions
     /// and sinks, registers new subscriptions with their backfill.
-    fn reconcile(&self, backend: &dyn LogBackend, set: &RouteSet) -> Result<(), LogError> {
+    async fn reconcile(&self, lanes: &Lanes, set: &RouteSet) -> Result<(), LogError> {
         let (routes, _) = set.broker(&self.broker);
-        let known: HashMap<String, SubscriptionState> = backend
-            .subscription_states(&self.broker)?
+        let known: HashMap<String, SubscriptionState> = lanes
+            .subscription_states(&self.broker)
+            .await?
             .into_iter()
             .collect();
         for name in known.keys() {
             if !routes.iter().any(|r| &r.subscription.name == name) {
-                let dropped = backend.drop_lanes(&self.broker, name, None)?;
+                let dropped = lanes.drop_lanes(&self.broker, name, None).await?;
                 stats_for(&self.stats, name)
                     .dropped
                     .fetch_add(dropped as u64, Ordering::Relaxed);
                 tracing::info!(broker = %self.broker, subscription = %name, dropped, "subscription removed; its pending lane entries were dropped");
             }
         }
-        let cursor = backend.router_cursor(&self.broker)?;
+        let cursor = lanes.router_cursor(&self.broker).await?;
         for route in routes {
             let sub = &route.subscription;
             let sinks: Vec<String> = route.lanes.iter().map(|l| l.sink.clone()).collect();
@@ -347,7 +350,9 @@ impl BrokerRouter {
                         .cloned()
                         .collect();
                     if !gone.is_empty() {
-                        let dropped = backend.drop_lanes(&self.broker, &sub.name, Some(&gone))?;
+                        let dropped = lanes
+                            .drop_lanes(&self.broker, &sub.name, Some(&gone))
+                            .await?;
                         stats_for(&self.stats, &sub.name)
                             .dropped
                             .fetch_add(dropped as u64, Ordering::Relaxed);
@@ -369,21 +374,24 @@ impl BrokerRouter {
                     let from = match sub.start_from {
                         StartFrom::Latest => cursor + 1,
                         StartFrom::Earliest => 1,
-                        StartFrom::Time(t) => backend.seq_at_time(&self.broker, t)?,
+                        StartFrom::Time(t) => self.log.seq_at_time(&self.broker, t).await?,
                     };
                     let backfill = (from <= cursor).then_some((from, cursor));
                     tracing::info!(broker = %self.broker, subscription = %sub.name, ?backfill, "subscription added");
                     SubscriptionState { sinks, backfill }
                 }
             };
-            backend.record_routes(
-                &self.broker,
-                &[],
-                &RouteProgress::Subscription(sub.name.clone(), state),
-            )?;
+            lanes
+                .record_routes(
+                    &self.broker,
+                    &[],
+                    &RouteProgress::Subscription(sub.name.clone(), state),
+                )
+                .await?;
         }
-        *self.backfills.lock().unwrap_or_else(|p| p.into_inner()) = backend
-            .subscription_states(&self.broker)?
+        *self.backfills.lock().unwrap_or_else(|p| p.into_inner()) = lanes
+            .subscription_states(&self.broker)
+            .await?
             .into_iter()
             .filter(|(_, state)| state.backfill.is_some())
             .collect();
@@ -391,9 +399,8 @@ impl BrokerRouter {
     }
 
     /// One step: a backfill chunk if any is pending, else the next batch of new events.
-    fn step(&self, backend: &dyn LogBackend, set: &RouteSet) -> Result<Step, LogError> {
+    async fn step(&self, lanes: &Lanes, set: &RouteSet) -> Result<Step, LogError> {
         let (routes, needs) = set.broker(&self.broker);
-        let base = activation::base();
         let backfills = self
             .backfills
             .lock()
@@ -406,23 +413,29 @@ impl BrokerRouter {
             let Some(route) = routes.iter().find(|r| r.subscription.name == name) else {
                 continue;
             };
-            let records = backend.read(&self.broker, next, BATCH.min((end - next + 1) as usize))?;
+            let records = self
+                .log
+                .read(&self.broker, next, BATCH.min((end - next + 1) as usize))
+                .await?;
             let mut sub_needs = Needs::default();
             if let Some(c) = &route.subscription.filter.cel {
                 sub_needs.add(c.variables());
             }
             let mut entries = Vec::new();
             let mut last = next.saturating_sub(1);
-            for r in records.iter().filter(|r| r.seq <= end) {
-                collect(
-                    &base,
-                    std::slice::from_ref(route),
-                    &sub_needs,
-                    &r.event,
-                    r.seq,
-                    &mut entries,
-                );
-                last = r.seq;
+            {
+                let base = activation::base();
+                for r in records.iter().filter(|r| r.seq <= end) {
+                    collect(
+                        &base,
+                        std::slice::from_ref(route),
+                        &sub_needs,
+                        &r.event,
+                        r.seq,
+                        &mut entries,
+                    );
+                    last = r.seq;
+                }
             }
             // Records may be gone (retention): the chunk still ends where it was asked to.
             if records.is_empty() || last < next {
@@ -433,11 +446,13 @@ impl BrokerRouter {
                 sinks: state.sinks,
                 backfill,
             };
-            backend.record_routes(
-                &self.broker,
-                &entries,
-                &RouteProgress::Subscription(name.clone(), new_state.clone()),
-            )?;
+            lanes
+                .record_routes(
+                    &self.broker,
+                    &entries,
+                    &RouteProgress::Subscription(name.clone(), new_state.clone()),
+                )
+                .await?;
             let mut cached = self.backfills.lock().unwrap_or_else(|p| p.into_inner());
             cached.retain(|(n, _)| *n != name);
             if new_state.backfill.is_some() {
@@ -449,8 +464,8 @@ impl BrokerRouter {
             }
             return Ok(Step::Progress);
         }
-        let cursor = backend.router_cursor(&self.broker)?;
-        let head = backend.head(&self.broker)?;
+        let cursor = lanes.router_cursor(&self.broker).await?;
+        let head = self.log.head(&self.broker).unwrap_or(0);
         if head <= cursor {
             return Ok(Step::Idle(cursor));
         }
@@ -458,22 +473,29 @@ impl BrokerRouter {
         // else read back from the log.
         let mut records = self.log.take_fresh(&self.broker, cursor + 1, BATCH);
         if records.is_empty() {
-            records = backend
-                .read(&self.broker, cursor + 1, BATCH)?
+            records = self
+                .log
+                .read(&self.broker, cursor + 1, BATCH)
+                .await?
                 .into_iter()
                 .map(Arc::new)
                 .collect();
         }
         let mut entries = Vec::new();
         let mut last = cursor;
-        for r in &records {
-            collect(&base, routes, &needs, &r.event, r.seq, &mut entries);
-            last = r.seq;
+        {
+            let base = activation::base();
+            for r in &records {
+                collect(&base, routes, &needs, &r.event, r.seq, &mut entries);
+                last = r.seq;
+            }
         }
         if records.is_empty() {
             last = head.min(cursor + BATCH as u64);
         }
-        backend.record_routes(&self.broker, &entries, &RouteProgress::Cursor(last))?;
+        lanes
+            .record_routes(&self.broker, &entries, &RouteProgress::Cursor(last))
+            .await?;
         // Wakes each lane that got entries (and only those).
         self.feeds.push(&entries, &records);
         Ok(Step::Progress)

@@ -540,11 +540,11 @@ impl Store {
             .sum())
     }
 
-    pub fn dedupe_entries(&self) -> usize {
-        self.brokers
-            .values()
-            .map(|t| t.keys.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+    /// The dedupe keys the broker's index holds.
+    pub fn dedupe_entries(&self, broker: &str) -> usize {
+        self.brokers.get(broker).map_or(0, |t| {
+            t.keys.lock().unwrap_or_else(|p| p.into_inner()).len()
+        })
     }
 
     pub fn router_cursor(&self, broker: &str) -> Result<u64, StoreError> {

@@ -219,10 +219,11 @@ impl TestServer {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             let head = log.head(broker).unwrap();
-            let cursor = log.backend().router_cursor(broker).unwrap();
+            let cursor = log.lanes().router_cursor(broker).await.unwrap();
             let backfilling = log
-                .backend()
+                .lanes()
                 .subscription_states(broker)
+                .await
                 .unwrap()
                 .iter()
                 .any(|(_, s)| s.backfill.is_some());
@@ -242,7 +243,8 @@ impl TestServer {
         let lane = switchyard::log::LaneId::new(subscription, sink);
         self.server()
             .log
-            .lane_pending(broker, &lane, usize::MAX)
+            .lanes()
+            .pending(broker, &lane, usize::MAX)
             .await
             .unwrap()
     }

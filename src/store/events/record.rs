@@ -24,6 +24,17 @@ pub struct LogRecord {
 /// Encodes an event and its metadata as a record: the bytes prost writes for
 /// `switchyard.v1.Record`, written straight from the event (no copy of its attributes
 /// into prost's structs first).
+/// A stored record as a dead letter keeps it: encoded, base64.
+pub fn to_base64(record: &LogRecord) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(encode(
+        &record.broker,
+        record.arrival_unix_nanos,
+        record.hops,
+        &record.event,
+    ))
+}
+
 pub fn encode(broker: &str, arrival_unix_nanos: u64, hops: u32, event: &Event) -> Vec<u8> {
     let attributes: Vec<usize> = event
         .attributes()
