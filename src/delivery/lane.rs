@@ -9,7 +9,6 @@
 //! went back below where it had read) it reads its lane in the lane store, from the start after a
 //! put-back, until it has caught up and can turn the feed on again.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -26,10 +25,11 @@ use tokio_util::sync::CancellationToken;
 use super::client::{Message, Response, Sender};
 use super::policy::{self, Attempt, Verdict};
 use super::reply::{self, Reply};
+use super::schedule::{Finished, Schedule, Take};
 use crate::clock::SharedClock;
 use crate::config::subscriptions::{Ordering, ReplyMode, Sink, Subscription};
 use crate::event::{AttrValue, Event};
-use crate::log::{record, DeadLetter, LaneEntry, LaneId, Log, LogRecord, NewEvent};
+use crate::log::{record, DeadLetter, LaneId, Log, LogRecord, NewEvent};
 use crate::router::feed::Feeds;
 
 /// A wait longer than this parks the event durably instead of holding an in-flight slot.
@@ -157,158 +157,93 @@ impl LaneContext {
             .unwrap_or_else(|p| p.into_inner()) = Some((error, now));
     }
 
-    /// Runs the lane until `stop`.
+    /// Runs the lane until `stop`. What to do next is the [`Schedule`]'s to decide; this
+    /// loop reads and writes the lane store, starts deliveries and waits.
     pub async fn run(self: Arc<Self>, mut routed: watch::Receiver<u64>, stop: CancellationToken) {
-        let ordered = self.sub().delivery.ordering == Ordering::Ordered;
-        let window = if ordered {
-            1
-        } else {
-            self.sub().delivery.max_in_flight.max(1) as usize
-        };
+        let delivery = &self.sub().delivery;
+        let mut plan = Schedule::new(
+            delivery.max_in_flight as usize,
+            delivery.ordering == Ordering::Ordered,
+            REREAD_EVERY,
+        );
         let mut in_flight: InFlight = FuturesUnordered::new();
-        // Entries in flight, and finished entries not yet committed, with their stamps.
-        let mut busy: HashMap<u64, LaneEntry> = HashMap::new();
-        let mut done: Vec<LaneEntry> = Vec::new();
         let mut commit = tokio::time::interval(COMMIT_EVERY);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The earliest due time still parked, and whether the parked set must be read
-        // (at start, and after an event was parked).
-        let mut next_parked: Option<u64> = None;
-        let mut check_parked = true;
-        // New entries come from the feed, or are read from the lane store from just past the last
-        // one taken (`scan_from`). The lane is read from its start again (`reread`) when
-        // it starts, after parked entries came back and after a put-back (a replay, a
-        // redelivery, a backfill: they can be below that point), and every
-        // `REREAD_EVERY` commits.
         let feed = self.feeds.attach(&self.lane);
-        let mut scan_from: u64 = 0;
-        let mut reread = true;
-        let mut full_scan = false;
-        let mut commits: u32 = 0;
         loop {
-            // Take parked entries that are due back into the lane.
             let now = self.clock.now_unix_nanos();
-            if check_parked || next_parked.is_some_and(|due| due <= now) {
+            if plan.must_unpark(now) {
                 match self
                     .log
                     .lanes()
                     .unpark_due(&self.broker, &self.lane, now)
                     .await
                 {
-                    Ok((back, next)) => {
-                        next_parked = next;
-                        check_parked = false;
-                        reread |= back > 0;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read parked entries")
-                    }
+                    Ok((back, next)) => plan.unparked(back, next),
+                    Err(e) => tracing::warn!(error = %e, "cannot read parked entries"),
                 }
             }
-            // An ordered lane waits for a parked head of line.
-            let blocked = ordered && next_parked.is_some();
-            if in_flight.len() < window && !blocked && !stop.is_cancelled() {
-                if std::mem::take(&mut reread) {
+            let read = match plan.take(stop.is_cancelled()) {
+                Take::Nothing => None,
+                Take::Reread { limit } => {
                     feed.turn_off();
-                    scan_from = 0;
-                    full_scan = true;
+                    Some((0, limit))
                 }
-                let fed = if full_scan {
-                    None
-                } else {
-                    feed.take(scan_from, window - in_flight.len())
-                };
-                match fed {
+                Take::Feed { from, limit } => match feed.take(from, limit) {
                     Some(records) => {
                         for record in records {
-                            let seq = record.seq;
-                            scan_from = scan_from.max(seq + 1);
-                            if busy.contains_key(&seq) {
-                                continue;
+                            if plan.admit_fed(record.seq) {
+                                self.start(&mut in_flight, record.seq, 0, Some(record), &stop);
                             }
-                            done.retain(|d| d.seq != seq);
-                            let entry = LaneEntry::routed(seq);
-                            busy.insert(seq, entry);
-                            self.start(&mut in_flight, seq, 0, Some(record), &stop);
+                        }
+                        None
+                    }
+                    // The feed is off: the lane store has them.
+                    None => Some((from, limit)),
+                },
+            };
+            if let Some((from, limit)) = read {
+                match self
+                    .log
+                    .lanes()
+                    .entries(&self.broker, &self.lane, from, limit)
+                    .await
+                {
+                    Ok(entries) => {
+                        let (start, caught_up) = plan.admit_read(entries, limit);
+                        for entry in start {
+                            self.start(&mut in_flight, entry.seq, entry.attempts, None, &stop);
+                        }
+                        if caught_up {
+                            feed.turn_on(plan.scan_from());
                         }
                     }
-                    None => {
-                        let want = if full_scan {
-                            window - in_flight.len() + busy.len() + done.len()
-                        } else {
-                            window - in_flight.len()
-                        };
-                        let from = if full_scan { 0 } else { scan_from };
-                        match self
-                            .log
-                            .lanes()
-                            .entries(&self.broker, &self.lane, from, want)
-                            .await
-                        {
-                            Ok(entries) => {
-                                full_scan = false;
-                                // Every entry from `from` on was read, and none left unread.
-                                let mut caught_up = entries.len() < want;
-                                for entry in entries {
-                                    if in_flight.len() >= window {
-                                        caught_up = false;
-                                        break;
-                                    }
-                                    let (seq, attempts) = (entry.seq, entry.attempts);
-                                    scan_from = scan_from.max(seq + 1);
-                                    // A finished entry whose stamp changed was put back: send it again.
-                                    let finished =
-                                        done.iter().any(|d| d.seq == seq && d.stamp == entry.stamp);
-                                    if busy.contains_key(&seq) || finished {
-                                        if ordered {
-                                            caught_up = false;
-                                            break;
-                                        }
-                                        continue;
-                                    }
-                                    done.retain(|d| d.seq != seq);
-                                    busy.insert(seq, entry);
-                                    self.start(&mut in_flight, seq, attempts, None, &stop);
-                                }
-                                if caught_up {
-                                    feed.turn_on(scan_from);
-                                }
-                            }
-                            Err(e) => tracing::warn!(error = %e, "cannot read the lane"),
-                        }
-                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the lane"),
                 }
             }
-            // Due times are wall-clock; look again at least every second so that a clock
-            // that jumps (NTP, or a test's) is noticed.
-            let park_wait = next_parked.map(|due| {
-                Duration::from_nanos(due.saturating_sub(self.clock.now_unix_nanos()))
-                    .min(Duration::from_secs(1))
-            });
+            let park_wait = plan.park_wait(self.clock.now_unix_nanos());
             tokio::select! {
                 Some((seq, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                    let entry = busy.remove(&seq);
                     self.stats.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
-                    match outcome {
-                        Outcome::Delivered | Outcome::DeadLettered | Outcome::Gone => done.extend(entry),
-                        Outcome::Parked => check_parked = true,
-                        Outcome::Stopped => {}
-                    }
+                    plan.finished(seq, match outcome {
+                        Outcome::Delivered | Outcome::DeadLettered | Outcome::Gone => Finished::Done,
+                        Outcome::Parked => Finished::Parked,
+                        Outcome::Stopped => Finished::Stopped,
+                    });
                 }
                 // New entries: the router wakes this lane through its feed; the broker's
-                // `routed` moves for put-backs and backfills, which may lie below
-                // `scan_from`.
+                // `routed` moves for put-backs and backfills, which may lie below where
+                // the lane has read.
                 _ = feed.pushed() => {}
                 r = routed.changed() => {
                     if r.is_err() {
                         break;
                     }
-                    reread = true;
+                    plan.put_back();
                 }
                 _ = commit.tick() => {
-                    self.commit(&mut done).await;
-                    commits += 1;
-                    reread |= commits % REREAD_EVERY == 0;
+                    self.commit(&mut plan).await;
+                    plan.ticked();
                 }
                 _ = tokio::time::sleep(park_wait.unwrap_or(Duration::from_secs(3600))), if park_wait.is_some() => {},
                 // With deliveries in flight, stopping waits for them: an attempt under
@@ -317,7 +252,7 @@ impl LaneContext {
                 _ = stop.cancelled(), if in_flight.is_empty() => break,
             }
         }
-        self.commit(&mut done).await;
+        self.commit(&mut plan).await;
         self.feeds.detach(&self.lane, &feed);
         // Deliveries still in the set were dropped with it; their entries stay pending.
         self.stats.in_flight.store(0, AtomicOrdering::Relaxed);
@@ -353,11 +288,11 @@ impl LaneContext {
         }));
     }
 
-    async fn commit(&self, done: &mut Vec<LaneEntry>) {
-        if done.is_empty() {
+    async fn commit(&self, plan: &mut Schedule) {
+        let seqs = plan.to_commit();
+        if seqs.is_empty() {
             return;
         }
-        let seqs = std::mem::take(done);
         if let Err(e) = self
             .log
             .lanes()
@@ -365,7 +300,7 @@ impl LaneContext {
             .await
         {
             tracing::warn!(error = %e, "cannot commit finished entries; they will be sent again");
-            *done = seqs;
+            plan.commit_failed(seqs);
         }
     }
 

@@ -7,6 +7,7 @@ pub mod lane;
 pub mod outbound;
 pub mod policy;
 pub mod reply;
+pub mod schedule;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

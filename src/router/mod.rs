@@ -12,6 +12,7 @@
 
 pub mod explain;
 pub mod feed;
+pub mod reconcile;
 pub mod reload;
 
 use std::collections::HashMap;
@@ -319,8 +320,8 @@ impl BrokerRouter {
         }
     }
 
-    /// Brings the stored routing state in line with `set`: drops removed subscriptions
-    /// and sinks, registers new subscriptions with their backfill.
+    /// Brings the stored routing state in line with `set` ([`reconcile::diff`]): drops
+    /// removed subscriptions and sinks, registers new subscriptions with their backfill.
     async fn reconcile(&self, lanes: &Lanes, set: &RouteSet) -> Result<(), LogError> {
         let (routes, _) = set.broker(&self.broker);
         let known: HashMap<String, SubscriptionState> = lanes
@@ -328,65 +329,63 @@ impl BrokerRouter {
             .await?
             .into_iter()
             .collect();
-        for name in known.keys() {
-            if !routes.iter().any(|r| &r.subscription.name == name) {
-                let dropped = lanes.drop_lanes(&self.broker, name, None).await?;
-                stats_for(&self.stats, name)
-                    .dropped
-                    .fetch_add(dropped as u64, Ordering::Relaxed);
-                tracing::info!(broker = %self.broker, subscription = %name, dropped, "subscription removed; its pending lane entries were dropped");
-            }
-        }
+        let wanted: Vec<reconcile::Wanted> = routes
+            .iter()
+            .map(|r| reconcile::Wanted {
+                name: r.subscription.name.clone(),
+                sinks: r.lanes.iter().map(|l| l.sink.clone()).collect(),
+                start_from: r.subscription.start_from,
+            })
+            .collect();
         let cursor = lanes.router_cursor(&self.broker).await?;
-        for route in routes {
-            let sub = &route.subscription;
-            let sinks: Vec<String> = route.lanes.iter().map(|l| l.sink.clone()).collect();
-            let state = match known.get(&sub.name) {
-                Some(state) => {
-                    let gone: Vec<String> = state
-                        .sinks
-                        .iter()
-                        .filter(|s| !sinks.contains(s))
-                        .cloned()
-                        .collect();
-                    if !gone.is_empty() {
-                        let dropped = lanes
-                            .drop_lanes(&self.broker, &sub.name, Some(&gone))
-                            .await?;
-                        stats_for(&self.stats, &sub.name)
-                            .dropped
-                            .fetch_add(dropped as u64, Ordering::Relaxed);
-                        let gone: Vec<_> = gone
-                            .iter()
-                            .map(|s| crate::http::redact::redact(s))
-                            .collect();
-                        tracing::info!(subscription = %sub.name, sinks = ?gone, dropped, "sinks removed; their pending lane entries were dropped");
-                    }
-                    if state.sinks == sinks {
-                        continue;
-                    }
-                    SubscriptionState {
-                        sinks,
-                        backfill: state.backfill,
-                    }
+        for change in reconcile::diff(&known, &wanted) {
+            let (name, state) = match change {
+                reconcile::Change::Remove { subscription } => {
+                    let dropped = lanes.drop_lanes(&self.broker, &subscription, None).await?;
+                    stats_for(&self.stats, &subscription)
+                        .dropped
+                        .fetch_add(dropped as u64, Ordering::Relaxed);
+                    tracing::info!(broker = %self.broker, subscription = %subscription, dropped, "subscription removed; its pending lane entries were dropped");
+                    continue;
                 }
-                None => {
-                    let from = match sub.start_from {
+                reconcile::Change::DropSinks {
+                    subscription,
+                    sinks,
+                } => {
+                    let dropped = lanes
+                        .drop_lanes(&self.broker, &subscription, Some(&sinks))
+                        .await?;
+                    stats_for(&self.stats, &subscription)
+                        .dropped
+                        .fetch_add(dropped as u64, Ordering::Relaxed);
+                    let gone: Vec<_> = sinks
+                        .iter()
+                        .map(|s| crate::http::redact::redact(s))
+                        .collect();
+                    tracing::info!(subscription = %subscription, sinks = ?gone, dropped, "sinks removed; their pending lane entries were dropped");
+                    continue;
+                }
+                reconcile::Change::Update {
+                    subscription,
+                    state,
+                } => (subscription, state),
+                reconcile::Change::Add {
+                    subscription,
+                    sinks,
+                    start_from,
+                } => {
+                    let from = match start_from {
                         StartFrom::Latest => cursor + 1,
                         StartFrom::Earliest => 1,
                         StartFrom::Time(t) => self.log.seq_at_time(&self.broker, t).await?,
                     };
-                    let backfill = (from <= cursor).then_some((from, cursor));
-                    tracing::info!(broker = %self.broker, subscription = %sub.name, ?backfill, "subscription added");
-                    SubscriptionState { sinks, backfill }
+                    let state = reconcile::added(sinks, from, cursor);
+                    tracing::info!(broker = %self.broker, subscription = %subscription, backfill = ?state.backfill, "subscription added");
+                    (subscription, state)
                 }
             };
             lanes
-                .record_routes(
-                    &self.broker,
-                    &[],
-                    &RouteProgress::Subscription(sub.name.clone(), state),
-                )
+                .record_routes(&self.broker, &[], &RouteProgress::Subscription(name, state))
                 .await?;
         }
         *self.backfills.lock().unwrap_or_else(|p| p.into_inner()) = lanes
