@@ -1,5 +1,6 @@
-//! The deployment files stay true: the Kubernetes config and subscriptions validate, and
-//! every metric the Grafana dashboard charts is one the broker exports.
+//! The deployment files and the docs stay true: the Kubernetes config and subscriptions
+//! validate, every metric the Grafana dashboard charts is one the broker exports, and
+//! README's key table and the shipped config name every config key the broker has.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,36 @@ fn get<'a>(node: &'a Node, key: &str) -> Option<&'a Node> {
     match &node.value {
         Value::Map(e) => e.iter().find(|(k, _, _)| k == key).map(|(_, _, n)| n),
         _ => None,
+    }
+}
+
+#[test]
+fn readme_lists_every_config_key_with_its_default() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let table = switchyard::config::key_table();
+    assert!(
+        readme.contains(&table),
+        "README's config table differs from the schema (src/config/mod.rs SCHEMA); it should read:\n{table}"
+    );
+}
+
+#[test]
+fn the_shipped_config_spells_out_every_key() {
+    let text = std::fs::read_to_string(root().join("config/switchyard.yaml")).unwrap();
+    let doc = yaml::parse(&text).unwrap().pop().unwrap();
+    for key in switchyard::config::SCHEMA {
+        let mut node = Some(&doc);
+        for part in key.path.split('.') {
+            node = node.and_then(|n| get(n, part));
+        }
+        // A key whose setting changes its meaning (a set `subscriptions` must exist) is
+        // shown commented out.
+        let leaf = key.path.rsplit('.').next().unwrap();
+        assert!(
+            node.is_some() || text.contains(&format!("# {leaf}: {}", key.default)),
+            "config/switchyard.yaml does not show {}",
+            key.path
+        );
     }
 }
 

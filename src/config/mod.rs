@@ -177,15 +177,35 @@ pub enum BackoffPolicy {
     Linear,
 }
 
-/// Default delivery settings for subscriptions that do not set their own.
-#[derive(Debug, Clone)]
-pub struct DeliveryConfig {
-    pub retry: u32,
+/// How deliveries are attempted and retried: the server's defaults (`delivery`) and a
+/// subscription's own (`spec.delivery`) alike, read by one parser ([`RETRY_KEYS`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub count: u32,
     pub backoff_policy: BackoffPolicy,
     pub backoff_delay: Duration,
     pub backoff_max: Duration,
+    /// The longest `Retry-After` honoured.
     pub retry_after_max: Duration,
+    /// How long one attempt may take.
     pub timeout: Duration,
+}
+
+/// The keys of [`Retry`], under `delivery` and `spec.delivery`.
+pub const RETRY_KEYS: &[&str] = &[
+    "retry",
+    "backoffPolicy",
+    "backoffDelay",
+    "backoffMax",
+    "retryAfterMax",
+    "timeout",
+];
+
+/// Default delivery settings for subscriptions that do not set their own.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub retry: Retry,
     /// Cloud metadata addresses that sinks may reach anyway.
     pub allow_addresses: Vec<std::net::IpAddr>,
 }
@@ -195,98 +215,126 @@ pub struct RepliesConfig {
     pub max_hops: u32,
 }
 
-/// The embedded defaults, as YAML: the same values `config/switchyard.yaml` documents.
-pub const DEFAULTS: &str = r#"
-ingress:
-  listen: 0.0.0.0:8080
-  maxEventBytes: 4MiB
-  maxBatchBytes: 32MiB
-  maxAttributes: 64
-  maxAttributeBytes: 32KiB
-  tokens: []
-  headerReadTimeout: 10s
-  bodyReadTimeout: 60s
-  minBodyRate: 1KiB
-  minBodyRateAfter: 5s
-  maxConnectionBodyBytes: 64MiB
-  maxBufferedBodyBytes: 512MiB
-  maxConnections: 4096
-  tls: { certFile: null, keyFile: null, clientCaFile: null }
-admin:
-  listen: 127.0.0.1:9090
-  token: null
-  public: [metrics, health]
-storage:
-  backend: sled
-  path: ./data
-  durability: fsync
-  cacheCapacity: 8MiB
-  retention: { maxAge: 7d, maxBytes: 10GiB, onMaxBytes: deleteOldest }
-  minFreeBytes: 64MiB
-  deadLetters: { maxCount: 100000, maxAge: 30d }
-brokers: [default]
-dedupe: { window: 10m, key: 'source + "\n" + id' }
-subscriptions: [./config/subscriptions]
-delivery: { retry: 10, backoffPolicy: exponential, backoffDelay: PT0.2S, backoffMax: PT5M, retryAfterMax: PT10M, timeout: PT30S, allowAddresses: [] }
-replies: { maxHops: 8 }
-shutdown: { gracePeriod: 20s }
-"#;
+/// One settable key of the server config: its dotted path, its default (YAML), whether
+/// it takes a list, and what it means (README's key table is rendered from these).
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    pub path: &'static str,
+    pub default: &'static str,
+    pub list: bool,
+    pub doc: &'static str,
+}
 
-/// Every settable key, as a dotted path: the schema that unknown keys and environment
-/// overrides are checked against.
-const KEYS: &[&str] = &[
-    "ingress.listen",
-    "ingress.maxEventBytes",
-    "ingress.maxBatchBytes",
-    "ingress.maxAttributes",
-    "ingress.maxAttributeBytes",
-    "ingress.tokens",
-    "ingress.headerReadTimeout",
-    "ingress.bodyReadTimeout",
-    "ingress.minBodyRate",
-    "ingress.minBodyRateAfter",
-    "ingress.maxConnectionBodyBytes",
-    "ingress.maxBufferedBodyBytes",
-    "ingress.maxConnections",
-    "ingress.tls.certFile",
-    "ingress.tls.keyFile",
-    "ingress.tls.clientCaFile",
-    "admin.listen",
-    "admin.token",
-    "admin.public",
-    "storage.backend",
-    "storage.path",
-    "storage.durability",
-    "storage.cacheCapacity",
-    "storage.retention.maxAge",
-    "storage.retention.maxBytes",
-    "storage.retention.onMaxBytes",
-    "storage.minFreeBytes",
-    "storage.deadLetters.maxCount",
-    "storage.deadLetters.maxAge",
-    "brokers",
-    "dedupe.window",
-    "dedupe.key",
-    "subscriptions",
-    "delivery.retry",
-    "delivery.backoffPolicy",
-    "delivery.backoffDelay",
-    "delivery.backoffMax",
-    "delivery.retryAfterMax",
-    "delivery.timeout",
-    "delivery.allowAddresses",
-    "replies.maxHops",
-    "shutdown.gracePeriod",
+const fn key(path: &'static str, default: &'static str, doc: &'static str) -> Key {
+    Key {
+        path,
+        default,
+        list: false,
+        doc,
+    }
+}
+
+const fn list(path: &'static str, default: &'static str, doc: &'static str) -> Key {
+    Key {
+        path,
+        default,
+        list: true,
+        doc,
+    }
+}
+
+/// Every key of the server config, in the order `config/switchyard.yaml` and README list
+/// them. The embedded defaults, the check of unknown keys, the environment overrides
+/// and README's table all come from here; a test holds the validator to it.
+pub const SCHEMA: &[Key] = &[
+    key("ingress.listen", "0.0.0.0:8080", "producer-facing address"),
+    key("ingress.maxEventBytes", "4MiB", "largest single-event body (413 above it, refused before it is read when `Content-Length` says so)"),
+    key("ingress.maxBatchBytes", "32MiB", "largest batch body"),
+    key("ingress.maxAttributes", "64", "most context attributes one event may have (400 above it)"),
+    key("ingress.maxAttributeBytes", "32KiB", "most bytes one event's attributes may take, names and values as binary mode sends them (413 above it)"),
+    list("ingress.tokens", "[]", "accepted bearer tokens (strings or `{valueFrom: {env: NAME}}` / `{valueFrom: {file: PATH}}`); empty = open"),
+    key("ingress.headerReadTimeout", "10s", "a client that has not sent its headers by then is cut off (also a silent new connection, and a kept-alive one idle between requests)"),
+    key("ingress.bodyReadTimeout", "60s", "a body not received by then is answered 408"),
+    key("ingress.minBodyRate", "1KiB", "after `minBodyRateAfter`, a body must average this many bytes/s or it is answered 408 (`0`: off)"),
+    key("ingress.minBodyRateAfter", "5s", "when the `minBodyRate` check starts"),
+    key("ingress.maxConnectionBodyBytes", "64MiB", "request body bytes one connection (all its HTTP/2 streams) may have buffered at once (503 past it)"),
+    key("ingress.maxBufferedBodyBytes", "512MiB", "request body bytes all connections together may have buffered at once (503 past it)"),
+    key("ingress.maxConnections", "4096", "connections served at once; at the limit the connection idle the longest is closed to make room"),
+    key("ingress.tls.certFile", "null", "serve HTTPS with this PEM chain (with `keyFile`: both or neither)"),
+    key("ingress.tls.keyFile", "null", "the PEM key of `certFile`"),
+    key("ingress.tls.clientCaFile", "null", "mutual TLS: clients must present a certificate from this CA"),
+    key("admin.listen", "127.0.0.1:9090", "`/metrics`, `/livez`, `/readyz`, the admin API under `/api/v1`"),
+    key("admin.token", "null", "bearer token for every `/api/v1` call (a string or a `valueFrom` reference)"),
+    list("admin.public", "[metrics, health]", "what answers without the token: `/metrics`, and `/livez` + `/readyz`"),
+    key("storage.backend", "embedded", "`embedded`: the log on this node's disk, in `storage.path`"),
+    key("storage.path", "./data", "data directory"),
+    key("storage.durability", "fsync", "`fsync`: 202 after the sync; `relaxed`: synced every 100 ms in the background (a crash can lose that much)"),
+    key("storage.cacheCapacity", "8MiB", "sled's page cache for the dead letters, counted in sled's serialized sizes: the heap it takes is several times this ([storage.md](docs/storage.md#memory))"),
+    key("storage.retention.maxAge", "7d", "events older than this are deleted in the background (`0`: kept); see [docs/storage.md](docs/storage.md#retention)"),
+    key("storage.retention.maxBytes", "10GiB", "while all brokers' records take more than this, the oldest are deleted (`0`: no bound)"),
+    key("storage.retention.onMaxBytes", "deleteOldest", "`refuseWrites` makes `maxBytes` a hard quota: `503` with `Retry-After` at the quota, nothing deleted for size"),
+    key("storage.minFreeBytes", "64MiB", "`503` with `Retry-After` while the log's filesystem has less free space, so the disk never fills (`0`: off)"),
+    key("storage.deadLetters.maxCount", "100000", "the dead-letter store keeps at most this many letters: the oldest go first"),
+    key("storage.deadLetters.maxAge", "30d", "dead letters older than this are deleted (`0`: kept)"),
+    list("brokers", "[default]", "broker names"),
+    key("dedupe.window", "10m", "`0` turns dedupe off"),
+    key("dedupe.key", r#"'source + "\n" + id'"#, "CEL over the attributes (and `data`)"),
+    list("subscriptions", "[./config/subscriptions]", "subscription files and folders of `*.yaml` (a set path must exist; the default folder may be absent)"),
+    key("delivery.retry", "10", "retries after the first attempt, for subscriptions that do not set their own (as the `delivery` keys below)"),
+    key("delivery.backoffPolicy", "exponential", "`exponential` or `linear`"),
+    key("delivery.backoffDelay", "PT0.2S", "the first retry's delay"),
+    key("delivery.backoffMax", "PT5M", "the longest delay between retries"),
+    key("delivery.retryAfterMax", "PT10M", "the longest `Retry-After` of a 429 or 503 that is honoured"),
+    key("delivery.timeout", "PT30S", "how long one attempt may take"),
+    list("delivery.allowAddresses", "[]", "cloud metadata addresses sinks may reach anyway (they are refused otherwise; see [docs/security.md](docs/security.md))"),
+    key("replies.maxHops", "8", "a reply deeper than this is dropped and counted"),
+    key("shutdown.gracePeriod", "20s", "on SIGTERM/SIGINT, how long requests and delivery attempts under way may take to finish"),
 ];
 
-/// The keys whose values are lists.
-const LIST_KEYS: &[&str] = &[
-    "ingress.tokens",
-    "admin.public",
-    "brokers",
-    "subscriptions",
-    "delivery.allowAddresses",
-];
+/// The embedded defaults as a YAML document, built from [`SCHEMA`].
+pub fn defaults_yaml() -> String {
+    let mut out = String::new();
+    let mut open: Vec<&str> = Vec::new();
+    for k in SCHEMA {
+        let parts: Vec<&str> = k.path.split('.').collect();
+        let (sections, leaf) = parts.split_at(parts.len() - 1);
+        let shared = open
+            .iter()
+            .zip(sections)
+            .take_while(|(a, b)| a == b)
+            .count();
+        open.truncate(shared);
+        for s in &sections[shared..] {
+            out.push_str(&format!("{}{s}:\n", "  ".repeat(open.len())));
+            open.push(s);
+        }
+        out.push_str(&format!(
+            "{}{}: {}\n",
+            "  ".repeat(open.len()),
+            leaf[0],
+            k.default
+        ));
+    }
+    out
+}
+
+/// README's table of the config keys, rendered from [`SCHEMA`].
+pub fn key_table() -> String {
+    let mut out = String::from("| key | default | meaning |\n|---|---|---|\n");
+    for k in SCHEMA {
+        let default = k.default.trim_matches('\'');
+        out.push_str(&format!("| `{}` | `{default}` | {} |\n", k.path, k.doc));
+    }
+    out
+}
+
+fn is_key(path: &str) -> bool {
+    SCHEMA.iter().any(|k| k.path == path)
+}
+
+fn is_list_key(path: &str) -> bool {
+    SCHEMA.iter().any(|k| k.path == path && k.list)
+}
 
 /// Which file to read: `-c`, else `SWITCHYARD_CONFIG`, else [`DEFAULT_PATH`] if it
 /// exists. `None` means the embedded defaults. A named file must exist.
@@ -332,7 +380,7 @@ pub fn from_yaml(
     let origin = file.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
     let mut v = Validator {
         origin: origin.clone(),
-        errors: Vec::new(),
+        ..Validator::default()
     };
     let user = match yaml::parse(text) {
         Ok(mut docs) if docs.len() <= 1 => docs.pop().unwrap_or(Node::new(0, Value::Null)),
@@ -359,7 +407,7 @@ pub fn from_yaml(
     };
     v.check_unknown(&root, "");
     apply_env(&mut root, env, &mut v);
-    let defaults = yaml::parse(DEFAULTS)
+    let defaults = yaml::parse(&defaults_yaml())
         .ok()
         .and_then(|mut d| d.pop())
         .unwrap_or(Node::new(0, Value::Null));
@@ -398,7 +446,11 @@ fn apply_env(root: &mut Node, env: &BTreeMap<String, String>, v: &mut Validator)
             continue;
         }
         let wanted = env_form(rest);
-        let Some(path) = KEYS.iter().find(|k| env_form(k) == wanted) else {
+        let Some(path) = SCHEMA
+            .iter()
+            .map(|k| k.path)
+            .find(|k| env_form(k) == wanted)
+        else {
             v.errors.push(ConfigError {
                 origin: format!("env {name}"),
                 line: 0,
@@ -418,7 +470,7 @@ fn apply_env(root: &mut Node, env: &BTreeMap<String, String>, v: &mut Validator)
             node = Node::new(0, Value::Null);
         }
         // A list key takes a plain comma-separated value too: SWITCHYARD_BROKERS=default,ci.
-        if LIST_KEYS.contains(path) {
+        if is_list_key(path) {
             if let Value::Str(text) = &node.value {
                 let items = text
                     .split(',')
@@ -483,9 +535,12 @@ fn lookup<'n>(node: &'n Node, path: &str) -> Option<&'n Node> {
     Some(node)
 }
 
+#[derive(Default)]
 struct Validator {
     origin: String,
     errors: Vec<ConfigError>,
+    /// The keys `build` looked up, in order (a test holds them to [`SCHEMA`]).
+    picked: std::cell::RefCell<Vec<String>>,
 }
 
 impl Validator {
@@ -522,8 +577,10 @@ impl Validator {
             } else {
                 format!("{prefix}.{key}")
             };
-            let leaf = KEYS.contains(&path.as_str());
-            let section = KEYS.iter().any(|k| k.starts_with(&format!("{path}.")));
+            let leaf = is_key(&path);
+            let section = SCHEMA
+                .iter()
+                .any(|k| k.path.starts_with(&format!("{path}.")));
             if leaf {
                 continue;
             }
@@ -539,11 +596,12 @@ impl Validator {
                 }
                 continue;
             }
-            let known: Vec<&str> = KEYS
+            let known: Vec<&str> = SCHEMA
                 .iter()
+                .map(|k| k.path)
                 .filter_map(|k| {
                     let rest = if prefix.is_empty() {
-                        Some(*k)
+                        Some(k)
                     } else {
                         k.strip_prefix(&format!("{prefix}."))
                     };
@@ -562,9 +620,37 @@ impl Validator {
 
     /// The user's node for `path`, else the default's.
     fn pick<'n>(&self, user: &'n Node, defaults: &'n Node, path: &str) -> &'n Node {
+        self.picked.borrow_mut().push(path.to_string());
         match lookup(user, path) {
             Some(n) if !(matches!(n.value, Value::Null) && path != "admin.token") => n,
             _ => lookup(defaults, path).unwrap_or(defaults),
+        }
+    }
+
+    /// Reads one of [`RETRY_KEYS`] into `retry`.
+    pub(crate) fn retry_field(&mut self, key: &str, n: &Node, path: &str, retry: &mut Retry) {
+        match key {
+            "retry" => retry.count = self.int(n, path, 0, 1000) as u32,
+            "backoffPolicy" => {
+                retry.backoff_policy = self.choice(
+                    n,
+                    path,
+                    &[
+                        ("exponential", BackoffPolicy::Exponential),
+                        ("linear", BackoffPolicy::Linear),
+                    ],
+                )
+            }
+            "backoffDelay" => retry.backoff_delay = self.duration(n, path),
+            "backoffMax" => retry.backoff_max = self.duration(n, path),
+            "retryAfterMax" => retry.retry_after_max = self.duration(n, path),
+            "timeout" => {
+                retry.timeout = self.duration(n, path);
+                if retry.timeout.is_zero() {
+                    self.error(n, path, "must be greater than zero");
+                }
+            }
+            _ => unreachable!("not a retry key: {key}"),
         }
     }
 
@@ -902,11 +988,11 @@ impl Validator {
         };
         let backend = node!("storage.backend");
         let text = backend.scalar_text().unwrap_or_default();
-        if text != "sled" {
+        if text != "embedded" {
             self.error(
                 backend,
                 "storage.backend",
-                format!("'{text}' is not supported; the backend is sled"),
+                format!("'{text}' is not a backend: the one there is is embedded"),
             );
         }
         let storage = StorageConfig {
@@ -999,21 +1085,21 @@ impl Validator {
             .iter()
             .filter_map(|n| self.string(n, "subscriptions").map(PathBuf::from))
             .collect();
+        let mut retry = Retry {
+            count: 0,
+            backoff_policy: BackoffPolicy::Exponential,
+            backoff_delay: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+            retry_after_max: Duration::ZERO,
+            timeout: Duration::ZERO,
+        };
+        for key in RETRY_KEYS {
+            let path = format!("delivery.{key}");
+            let n = self.pick(user, defaults, &path);
+            self.retry_field(key, n, &path, &mut retry);
+        }
         let delivery = DeliveryConfig {
-            retry: self.int(node!("delivery.retry"), "delivery.retry", 0, 1000) as u32,
-            backoff_policy: self.choice(
-                node!("delivery.backoffPolicy"),
-                "delivery.backoffPolicy",
-                &[
-                    ("exponential", BackoffPolicy::Exponential),
-                    ("linear", BackoffPolicy::Linear),
-                ],
-            ),
-            backoff_delay: self.duration(node!("delivery.backoffDelay"), "delivery.backoffDelay"),
-            backoff_max: self.duration(node!("delivery.backoffMax"), "delivery.backoffMax"),
-            retry_after_max: self
-                .duration(node!("delivery.retryAfterMax"), "delivery.retryAfterMax"),
-            timeout: self.duration(node!("delivery.timeout"), "delivery.timeout"),
+            retry,
             allow_addresses: {
                 let key = "delivery.allowAddresses";
                 let mut out = Vec::new();
@@ -1076,7 +1162,7 @@ mod tests {
         assert_eq!(c.storage.cache_capacity, 8 << 20);
         assert_eq!(c.brokers, vec!["default"]);
         assert_eq!(c.dedupe.window, Duration::from_secs(600));
-        assert_eq!(c.delivery.backoff_delay, Duration::from_millis(200));
+        assert_eq!(c.delivery.retry.backoff_delay, Duration::from_millis(200));
         assert_eq!(c.replies.max_hops, 8);
     }
 
@@ -1164,6 +1250,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.ingress.tokens, vec!["inline", "from-file"]);
+    }
+
+    #[test]
+    fn every_key_of_the_schema_is_read_once_and_no_other() {
+        let mut v = Validator::default();
+        let defaults = yaml::parse(&defaults_yaml()).unwrap().pop().unwrap();
+        let empty = Node::new(0, Value::Map(Vec::new()));
+        v.build(&empty, &defaults, None);
+        assert!(v.errors.is_empty(), "{:?}", v.errors);
+        let mut picked = v.picked.into_inner();
+        picked.sort();
+        let mut schema: Vec<String> = SCHEMA.iter().map(|k| k.path.to_string()).collect();
+        schema.sort();
+        assert_eq!(picked, schema);
+    }
+
+    #[test]
+    fn the_defaults_document_nests_every_key_under_its_sections() {
+        let text = defaults_yaml();
+        assert!(
+            text.starts_with("ingress:\n  listen: 0.0.0.0:8080\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  tls:\n    certFile: null\n    keyFile: null\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nbrokers: [default]\n"), "{text}");
+        let c = from_yaml(None, "", &env(&[])).unwrap();
+        assert_eq!(c.dedupe.window, Duration::from_secs(600));
+        assert_eq!(c.storage.retention_max_bytes, 10 << 30);
     }
 
     #[test]

@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use base64::Engine as _;
 use http::header::{HeaderName, HeaderValue};
 use http::Uri;
 
 use super::yaml::{self, Node, Value};
-use super::{BackoffPolicy, Config, ConfigError, ConfigErrors, DeliveryConfig, Validator};
+use super::{Config, ConfigError, ConfigErrors, DeliveryConfig, Retry, Validator, RETRY_KEYS};
 use crate::event::validate::{check_name, parse_rfc3339};
 use crate::expr::filter::{CelFilter, Dialect, Filter};
 
@@ -85,12 +84,7 @@ pub enum Ordering {
 /// Knative's DeliverySpec, with Switchyard's additions.
 #[derive(Debug, Clone)]
 pub struct DeliverySpec {
-    pub retry: u32,
-    pub backoff_policy: BackoffPolicy,
-    pub backoff_delay: Duration,
-    pub backoff_max: Duration,
-    pub retry_after_max: Duration,
-    pub timeout: Duration,
+    pub retry: Retry,
     pub dead_letter_sink: Option<Sink>,
     pub ordering: Ordering,
     pub max_in_flight: u32,
@@ -218,7 +212,7 @@ pub fn from_sources(
     for (file, text) in sources {
         let mut v = Validator {
             origin: file.display().to_string(),
-            errors: Vec::new(),
+            ..Validator::default()
         };
         match yaml::parse(text) {
             Err(e) => v.error_at(e.line, "", format!("YAML syntax error: {}", e.message)),
@@ -791,54 +785,24 @@ fn sink_tls(v: &mut Validator, node: &Node, path: &str) -> Option<SinkTls> {
 
 fn delivery(v: &mut Validator, node: Option<&Node>, d: &DeliveryConfig) -> DeliverySpec {
     let mut spec = DeliverySpec {
-        retry: d.retry,
-        backoff_policy: d.backoff_policy,
-        backoff_delay: d.backoff_delay,
-        backoff_max: d.backoff_max,
-        retry_after_max: d.retry_after_max,
-        timeout: d.timeout,
+        retry: d.retry.clone(),
         dead_letter_sink: None,
         ordering: Ordering::Unordered,
         max_in_flight: 32,
     };
     let Some(node) = node else { return spec };
-    let allowed = [
-        "retry",
-        "backoffPolicy",
-        "backoffDelay",
-        "backoffMax",
-        "retryAfterMax",
-        "timeout",
-        "deadLetterSink",
-        "ordering",
-        "maxInFlight",
-    ];
+    let allowed: Vec<&str> = RETRY_KEYS
+        .iter()
+        .copied()
+        .chain(["deadLetterSink", "ordering", "maxInFlight"])
+        .collect();
     let Some(f) = fields(v, node, "spec.delivery", &allowed) else {
         return spec;
     };
     for (key, _, n) in f {
         let path = format!("spec.delivery.{key}");
         match key {
-            "retry" => spec.retry = v.int(n, &path, 0, 1000) as u32,
-            "backoffPolicy" => {
-                spec.backoff_policy = v.choice(
-                    n,
-                    &path,
-                    &[
-                        ("exponential", BackoffPolicy::Exponential),
-                        ("linear", BackoffPolicy::Linear),
-                    ],
-                )
-            }
-            "backoffDelay" => spec.backoff_delay = v.duration(n, &path),
-            "backoffMax" => spec.backoff_max = v.duration(n, &path),
-            "retryAfterMax" => spec.retry_after_max = v.duration(n, &path),
-            "timeout" => {
-                spec.timeout = v.duration(n, &path);
-                if spec.timeout.is_zero() {
-                    v.error(n, &path, "must be greater than zero");
-                }
-            }
+            k if RETRY_KEYS.contains(&k) => v.retry_field(k, n, &path, &mut spec.retry),
             "deadLetterSink" => spec.dead_letter_sink = sink(v, n, &path, d),
             "ordering" => {
                 spec.ordering = v.choice(
@@ -914,8 +878,11 @@ spec:
         assert_eq!(s.sinks[1].format, SinkFormat::Structured);
         assert_eq!(s.filter.filters.len(), 2);
         assert!(s.filter.cel.is_some());
-        assert_eq!(s.delivery.retry, 3);
-        assert_eq!(s.delivery.backoff_delay, Duration::from_millis(200));
+        assert_eq!(s.delivery.retry.count, 3);
+        assert_eq!(
+            s.delivery.retry.backoff_delay,
+            std::time::Duration::from_millis(200)
+        );
         assert_eq!(s.delivery.ordering, Ordering::Ordered);
         assert!(s.delivery.dead_letter_sink.is_some());
         assert_eq!(s.reply, ReplyMode::Ignore);

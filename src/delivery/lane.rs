@@ -383,7 +383,7 @@ impl LaneContext {
             self.stats.attempts.fetch_add(1, AtomicOrdering::Relaxed);
             let message = self.message(seq, "");
             let result = tokio::select! {
-                r = self.sender.send(&self.sink, &record.event, &message, spec.timeout) => r,
+                r = self.sender.send(&self.sink, &record.event, &message, spec.retry.timeout) => r,
                 // At shutdown an attempt under way may finish (shutdown.gracePeriod).
                 _ = self.abort.cancelled() => return Outcome::Stopped,
             };
@@ -409,7 +409,7 @@ impl LaneContext {
                     self.stats.delivered.fetch_add(1, AtomicOrdering::Relaxed);
                     return Outcome::Delivered;
                 }
-                Verdict::Retry if attempts <= spec.retry => {
+                Verdict::Retry if attempts <= spec.retry.count => {
                     let (status, retry_after) = match &result {
                         Ok(r) => (
                             Some(r.status),
@@ -451,13 +451,13 @@ impl LaneContext {
     ) -> Option<Outcome> {
         let spec = &self.sub().delivery;
         let backoff = policy::backoff(
-            spec.backoff_policy,
-            spec.backoff_delay,
-            spec.backoff_max,
+            spec.retry.backoff_policy,
+            spec.retry.backoff_delay,
+            spec.retry.backoff_max,
             attempts,
             jitter_sample(seq),
         );
-        let wait = policy::next_wait(backoff, status, retry_after, spec.retry_after_max);
+        let wait = policy::next_wait(backoff, status, retry_after, spec.retry.retry_after_max);
         if wait > PARK_AFTER {
             let due = self
                 .clock
@@ -582,9 +582,13 @@ impl LaneContext {
 
     async fn send_dead_letter(&self, dls: &Sink, event: &Event, seq: u64) -> bool {
         let spec = &self.sub().delivery;
-        for attempt in 1..=spec.retry + 1 {
+        for attempt in 1..=spec.retry.count + 1 {
             let message = self.message(seq, "-dead-letter");
-            match self.sender.send(dls, event, &message, spec.timeout).await {
+            match self
+                .sender
+                .send(dls, event, &message, spec.retry.timeout)
+                .await
+            {
                 Ok(r) if policy::classify(Attempt::Status(r.status)) == Verdict::Success => {
                     return true
                 }
@@ -593,12 +597,12 @@ impl LaneContext {
                 }
                 _ => {}
             }
-            if attempt <= spec.retry {
+            if attempt <= spec.retry.count {
                 // The dead-letter path waits in place, each wait capped at the park threshold.
                 let wait = policy::backoff(
-                    spec.backoff_policy,
-                    spec.backoff_delay,
-                    spec.backoff_max,
+                    spec.retry.backoff_policy,
+                    spec.retry.backoff_delay,
+                    spec.retry.backoff_max,
                     attempt,
                     jitter_sample(seq),
                 );
