@@ -18,7 +18,7 @@ use switchyard::server::Server;
 
 /// The broker allocates and frees per event on every thread (decoded events, records,
 /// HTTP buffers); mimalloc's per-thread pages do that with less time in the allocator
-/// than glibc's arenas (docs/performance.md, item 25).
+/// than glibc's arenas, and return freed memory that glibc's arenas keep.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

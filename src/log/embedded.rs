@@ -454,8 +454,9 @@ pub struct WriterOptions {
 }
 
 /// When the writer refuses appends (`503` with `Retry-After` at the ingress) instead of
-/// letting the disk fill: sled cannot recover from a failed write without a restart, so
-/// the broker stops short of one. Deliveries and retention go on, and appends resume by
+/// letting the disk fill: a full disk fails every write at once, and sled (the dead
+/// letters) cannot recover from a failed write without a restart, so the broker stops
+/// short of one. Deliveries and retention go on, and appends resume by
 /// themselves once there is room again.
 #[derive(Debug, Clone, Default)]
 pub struct SpaceLimits {

@@ -191,7 +191,7 @@ pub(super) async fn run(
     // and the segments' index files are made durable here every 100 ms, in one sync
     // for all of them. The sync runs beside the writes, never in their way, and comes
     // first in the select: under a steady load the queue is never empty, and progress
-    // never flushed would hold sled's dirty pages in memory.
+    // never synced would grow the lane journal's buffer in memory.
     let mut progress = tokio::time::interval(PROGRESS_SYNC);
     let mut syncing: Option<tokio::task::JoinHandle<()>> = None;
     let mut sync_again = false;
@@ -244,7 +244,7 @@ pub(super) async fn run(
             }
             _ = sweep.tick(), if window > 0 && !closing => {
                 // Beside the writes, not in their way (a backend may keep its keys on
-                // disk; the sled backend's are in memory). One sweep at a time; a tick
+                // disk; the embedded store's are in memory). One sweep at a time; a tick
                 // during one is skipped.
                 if sweeping.as_ref().is_none_or(|h| h.is_finished()) {
                     let cutoff = clock.now_unix_nanos().saturating_sub(window);

@@ -87,7 +87,7 @@ struct Marks {
     written: std::time::Instant,
 }
 
-/// The file beside sled's own that holds each broker's head, rewritten at most every
+/// The file in the data directory that holds each broker's head, rewritten at most every
 /// second: if the log ever opens with a lower head (a segment lost its end or was
 /// deleted), the loss is reported instead of passing unseen.
 const MARKS_FILE: &str = "switchyard-heads";
@@ -274,7 +274,7 @@ impl Store {
 
     /// Writes the entries of one broker (all of a group's entries for it); returns each
     /// entry's outcomes. The records and their index entries go to the segment files,
-    /// and the records are synced; sled takes no write (docs/performance.md, item 14).
+    /// and the records are synced; nothing else takes a write.
     /// The counts and the dedupe index are in memory, the head is published last.
     fn write_broker(
         &self,

@@ -1,6 +1,6 @@
 //! The dedupe index: which dedupe key was stored at which sequence, for the keys first
-//! seen inside the window. It lives in memory, out of sled, so that a stored event costs
-//! no sled lookup or insert at a random place for its key (docs/performance.md, item 13).
+//! seen inside the window. It lives in memory, so that a stored event costs no lookup
+//! or insert at a random place on disk for its key.
 //!
 //! Entries are a 64-bit digest of the key and the sequence of the record that carries
 //! the key, in hash maps partitioned by arrival time (an eighth of the window each), so

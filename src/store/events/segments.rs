@@ -7,9 +7,9 @@
 //! record's length (two big-endian u32), written and synced in the
 //! background (every 100 ms, and when the segment closes). The index is held in memory
 //! too, 8 bytes a record, which is how a sequence number finds its record. No store
-//! beside the files takes a write per event: sled's write path costs several device
-//! round trips and a page copy per group and a tree insert per record, which kept
-//! ingest far from the disk's own rate (docs/performance.md, items 13 and 14).
+//! beside the files takes a write per event: a B-tree's write path (sled's) costs
+//! several device round trips and a page copy per group and an insert per record,
+//! far from the disk's own rate.
 //!
 //! At open each index file is checked (each frame must end after the one before it, and
 //! inside the segment) and the frames past what it covers (written since its last sync)

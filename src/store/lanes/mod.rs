@@ -195,8 +195,8 @@ impl LaneStore {
 
     /// [`LaneStore::sync`], running `first` between taking the changes and writing
     /// them: whatever another store holds that was written before any of these changes
-    /// is made durable by `first` before they are. (sled's flush goes there: a lane's
-    /// finish must never outlive the dead letter stored before it.)
+    /// is made durable by `first` before they are. (The dead letters' flush goes there:
+    /// a lane's finish must never outlive the dead letter stored before it.)
     pub fn sync_after<E: From<std::io::Error>>(
         &self,
         first: impl FnOnce() -> Result<(), E>,
