@@ -78,7 +78,7 @@ pub struct Append {
     pub record: Bytes,
     pub dedupe_key: Option<Vec<u8>>,
     /// What the record holds, decoded, when the caller has it: once stored, it is
-    /// handed to the router ([`fresh`]) so that the record need not be read back.
+    /// handed to the router (the log's fresh records) so that the record need not be read back.
     pub decoded: Option<Decoded>,
 }
 

@@ -1,9 +1,11 @@
-//! Each broker's events: append-only segment files with an index file each
-//! ([`segments`]), the dedupe index in memory with a sidecar per closed segment
+//! Each broker's events: append-only segment files ([`segments`]) of checksummed
+//! frames ([`frames`]) with an index file each ([`index`]), the dedupe index in memory with a sidecar per closed segment
 //! ([`dedupe_index`]), and the record encoding ([`record`]). Files of one segment are
 //! named after the first sequence it holds.
 
 pub mod dedupe_index;
+pub mod frames;
+pub mod index;
 pub mod record;
 pub mod segments;
 

@@ -18,16 +18,10 @@
 //!
 //! A segment is named after the first sequence it holds (`00000000000000000001`) and
 //! ends at about [`SEGMENT_BYTES`]; a closed one gets a dedupe sidecar beside it
-//! (`<name>.keys`, [`super::dedupe_index`]), which goes when the segment goes. A frame
-//! is
-//!
-//! ```text
-//! u32 frame length | u32 CRC-32 of what follows | u64 sequence | u16 key length | dedupe key | record
-//! ```
-//!
-//! all big-endian. A frame that does not check out is never returned: reads report it,
-//! and the scan at open stops there and cuts the segment to what came before (a frame
-//! torn by a crash was never acknowledged).
+//! (`<name>.keys`, [`super::dedupe_index`]), which goes when the segment goes. A
+//! segment is a run of [`super::frames`]; a frame that does not check out is never
+//! returned: reads report it, and the scan at open stops there and cuts the segment to
+//! what came before (a frame torn by a crash was never acknowledged).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -37,14 +31,15 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
+pub use super::frames::FrameContent;
+use super::frames::{parse_frame, put_frame, read_frame_at, HEADER};
+use super::index::{encode_slots_into, index_path, read_index, rewrite_index, Slot, SLOT};
 use super::segment_name;
 
 /// A segment is closed, and the next one started, once it holds this many bytes.
 /// Retention frees disk a whole segment at a time, so this is also how far the disk can
 /// trail the records retention keeps.
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
-
-const HEADER: usize = 18;
 
 /// Where a record is: its segment, offset and frame length, and the record's own length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,16 +49,6 @@ pub struct Location {
     pub frame_len: u32,
     pub record_len: u32,
 }
-
-/// One record's index entry: where its frame ends in the segment (it starts where the
-/// one before it ends, or at 0), and the record's length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Slot {
-    end: u32,
-    record_len: u32,
-}
-
-const SLOT: usize = 8;
 
 /// One segment: its file and its index.
 struct Segment {
@@ -113,12 +98,6 @@ pub struct Segments {
     syncing_index: Mutex<()>,
 }
 
-/// A segment's file name: its first sequence, 20 digits. Its index and its dedupe
-/// sidecar are named after it.
-fn index_path(dir: &Path, first: u64) -> PathBuf {
-    dir.join(format!("{}.idx", segment_name(first)))
-}
-
 fn open_rw(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
@@ -126,44 +105,6 @@ fn open_rw(path: &Path) -> std::io::Result<File> {
         .create(true)
         .truncate(false)
         .open(path)
-}
-
-/// The entries of an index file that check out: each frame ends after the one before
-/// it, holds at least a header and its record, and ends inside the segment (`len`).
-fn read_index(dir: &Path, first: u64, len: u64) -> Vec<Slot> {
-    let Ok(bytes) = std::fs::read(index_path(dir, first)) else {
-        return Vec::new();
-    };
-    let mut slots = Vec::with_capacity(bytes.len() / SLOT);
-    let mut start = 0u64;
-    for entry in bytes.chunks_exact(SLOT) {
-        let end = u32::from_be_bytes(entry[..4].try_into().unwrap_or_default());
-        let record_len = u32::from_be_bytes(entry[4..].try_into().unwrap_or_default());
-        let frame = u64::from(end).saturating_sub(start);
-        if u64::from(end) <= start
-            || u64::from(end) > len
-            || frame < HEADER as u64 + u64::from(record_len)
-        {
-            break;
-        }
-        slots.push(Slot { end, record_len });
-        start = u64::from(end);
-    }
-    slots
-}
-
-fn encode_slots(slots: &[Slot]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(slots.len() * SLOT);
-    encode_slots_into(slots, &mut buf);
-    buf
-}
-
-fn encode_slots_into(slots: &[Slot], buf: &mut Vec<u8>) {
-    buf.reserve(slots.len() * SLOT);
-    for s in slots {
-        buf.extend_from_slice(&s.end.to_be_bytes());
-        buf.extend_from_slice(&s.record_len.to_be_bytes());
-    }
 }
 
 impl Active {
@@ -177,13 +118,6 @@ impl Active {
         }
         Ok(())
     }
-}
-
-/// Writes a segment's whole index anew, synced.
-fn rewrite_index(dir: &Path, first: u64, slots: &[Slot]) -> std::io::Result<()> {
-    let f = File::create(index_path(dir, first))?;
-    f.write_all_at(&encode_slots(slots), 0)?;
-    f.sync_data()
 }
 
 impl Segments {
@@ -761,77 +695,6 @@ fn remove_if_there(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
-}
-
-fn put_frame(
-    buf: &mut Vec<u8>,
-    seq: u64,
-    key: Option<&[u8]>,
-    record: &[u8],
-) -> std::io::Result<u32> {
-    let key = key.unwrap_or_default();
-    let key_len = u16::try_from(key.len())
-        .map_err(|_| std::io::Error::other("a dedupe key longer than 64 KiB"))?;
-    let frame_len = u32::try_from(HEADER + key.len() + record.len())
-        .map_err(|_| std::io::Error::other("a record over 4 GiB"))?;
-    let start = buf.len();
-    buf.extend_from_slice(&frame_len.to_be_bytes());
-    buf.extend_from_slice(&[0; 4]);
-    buf.extend_from_slice(&seq.to_be_bytes());
-    buf.extend_from_slice(&key_len.to_be_bytes());
-    buf.extend_from_slice(key);
-    buf.extend_from_slice(record);
-    let crc = crc32fast::hash(&buf[start + 8..]);
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
-    Ok(frame_len)
-}
-
-type Frame = (u64, Option<Vec<u8>>, Bytes, u32);
-
-/// A frame's sequence, dedupe key and record.
-pub type FrameContent = (u64, Option<Vec<u8>>, Bytes);
-
-/// The sequence and the key length of a frame that starts with at least a header.
-fn seq_and_key_len(frame: &[u8]) -> (u64, usize) {
-    let seq = u64::from_be_bytes(frame[8..16].try_into().unwrap_or_default());
-    (seq, usize::from(u16::from_be_bytes([frame[16], frame[17]])))
-}
-
-/// The frame at `offset`, at most `room` bytes long; `None` when it is short, torn or
-/// fails its checksum.
-fn read_frame_at(file: &File, offset: u64, room: u64) -> std::io::Result<Option<Frame>> {
-    if room < HEADER as u64 {
-        return Ok(None);
-    }
-    let mut head = [0u8; 4];
-    file.read_exact_at(&mut head, offset)?;
-    let frame_len = u32::from_be_bytes(head);
-    if (frame_len as usize) < HEADER || u64::from(frame_len) > room {
-        return Ok(None);
-    }
-    let mut buf = vec![0u8; frame_len as usize];
-    file.read_exact_at(&mut buf, offset)?;
-    Ok(parse_frame(Bytes::from(buf)))
-}
-
-/// A whole frame read into `buf` (exactly its bytes); `None` when its length field
-/// disagrees, or it is torn or fails its checksum.
-fn parse_frame(buf: Bytes) -> Option<Frame> {
-    if buf.len() < HEADER {
-        return None;
-    }
-    let frame_len = u32::from_be_bytes(buf[..4].try_into().unwrap_or_default());
-    let crc = u32::from_be_bytes(buf[4..8].try_into().unwrap_or_default());
-    if frame_len as usize != buf.len() || crc32fast::hash(&buf[8..]) != crc {
-        return None;
-    }
-    let (seq, key_len) = seq_and_key_len(&buf);
-    if HEADER + key_len > buf.len() {
-        return None;
-    }
-    let key = (key_len > 0).then(|| buf[HEADER..HEADER + key_len].to_vec());
-    let record = buf.slice(HEADER + key_len..);
-    Some((seq, key, record, frame_len))
 }
 
 /// Frames read together are read in runs of at most this many bytes (a frame longer

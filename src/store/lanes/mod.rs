@@ -2,7 +2,7 @@
 //! subscriptions' routing states, held in memory and kept durable by an append-only
 //! journal (`lanes.journal` in the data directory).
 //!
-//! Every change is one [`Op`]: applied to the state and appended to a buffer under the
+//! Every change is one op (`ops.rs`): applied to the state and appended to a buffer under the
 //! same lock, so the journal holds the changes in the order they were made. `sync`
 //! writes the buffer to the file and syncs it (the log's writer calls it every 100 ms).
 //! A crash keeps a prefix of the journal: routing progress is
@@ -193,7 +193,7 @@ impl LaneStore {
         self.sync_after(|| Ok(()))
     }
 
-    /// [`LaneStore::sync`], running `first` between taking the changes and writing
+    /// `sync`, running `first` between taking the changes and writing
     /// them: whatever another store holds that was written before any of these changes
     /// is made durable by `first` before they are. (The dead letters' flush goes there:
     /// a lane's finish must never outlive the dead letter stored before it.)
