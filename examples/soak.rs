@@ -215,7 +215,7 @@ async fn load(
             let mut n = 0u64;
             while Instant::now() < stop {
                 let id = format!("k{cycle}-c{c}-{n}");
-                let even = n % 2 == 0;
+                let even = n.is_multiple_of(2);
                 n += 1;
                 let body = format!(
                     r#"{{"specversion":"1.0","id":"{id}","source":"/soak","type":"{}","data":{{"pad":"{}"}}}}"#,

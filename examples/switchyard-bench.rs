@@ -485,7 +485,7 @@ impl Sink {
         });
         let status = match self.mode {
             SinkMode::Ok => 200,
-            SinkMode::HalfFailing if n % 2 == 0 => 503,
+            SinkMode::HalfFailing if n.is_multiple_of(2) => 503,
             SinkMode::HalfFailing => 200,
             SinkMode::Hang => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;

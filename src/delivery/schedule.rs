@@ -191,7 +191,7 @@ impl Schedule {
     /// start.
     pub fn ticked(&mut self) {
         self.commits += 1;
-        self.reread |= self.commits % self.reread_every == 0;
+        self.reread |= self.commits.is_multiple_of(self.reread_every);
     }
 
     /// How long to wait at most before looking at the parked set again: until the next

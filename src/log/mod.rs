@@ -46,6 +46,7 @@
 
 mod embedded;
 pub mod fresh;
+pub mod jetstream;
 mod retention;
 mod writer;
 pub use embedded::{BlockingStore, Retention, SpaceLimits, WriterOptions};
@@ -78,6 +79,9 @@ pub enum LogError {
     /// Writes are refused before the disk fills up: the reason names the bound.
     #[error("{0}")]
     Full(String),
+    /// A backend a network away cannot be reached or did not answer.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<std::io::Error> for LogError {

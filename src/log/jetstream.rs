@@ -1,0 +1,513 @@
+//! The events of every broker on NATS JetStream: one stream per broker, shared by every
+//! Switchyard instance that names the same servers and prefix.
+//!
+//! - Stream `<prefix>-<broker>`, subject `<prefix>.<broker>.events`, file storage,
+//!   `replicas` copies, direct get allowed (reads are answered by any replica), the
+//!   retention bounds as its limits (`max_age`, `max_bytes`, the oldest discarded). It is
+//!   created, or updated to the config, when the backend starts.
+//! - An append publishes each record and resolves once JetStream acknowledged every one:
+//!   a `202` means JetStream holds the event (with `replicas: 3`, a quorum does; the
+//!   servers sync to disk on their own timer, see docs). The stream's sequence is the
+//!   event's.
+//! - Dedupe: a keyed event is published with `Nats-Msg-Id` = the SHA-256 of its key, and
+//!   the stream's duplicate window is `dedupe.window`, so a duplicate is refused by the
+//!   stream whichever instance took it; its acknowledgement names the original's
+//!   sequence.
+//! - The head moves with this instance's acknowledgements at once, and with every
+//!   instance's appends within [`HEAD_POLL`].
+//! - Reads are batched direct gets; the first sequence at or after a time is a binary
+//!   search over the records' own arrival times, as on the embedded backend.
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    record, Append, AppendOutcome, BoxFuture, BrokerStats, LogError, LogRecord, LogResult, Stored,
+};
+
+/// How often the head is read from the stream, to see other instances' appends.
+pub const HEAD_POLL: Duration = Duration::from_millis(200);
+
+/// At most this many records come back from one batched direct get.
+const READ_BATCH: usize = 256;
+
+/// How a client proves who it is to the NATS servers.
+#[derive(Clone, Default)]
+pub enum Credentials {
+    #[default]
+    None,
+    Token(String),
+    UserPassword(String, String),
+    /// A `.creds` file (a user JWT and its NKey seed).
+    CredsFile(PathBuf),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets never appear in logs.
+        match self {
+            Credentials::None => write!(f, "None"),
+            Credentials::Token(_) => write!(f, "Token(<secret>)"),
+            Credentials::UserPassword(user, _) => write!(f, "UserPassword({user}, <secret>)"),
+            Credentials::CredsFile(p) => write!(f, "CredsFile({})", p.display()),
+        }
+    }
+}
+
+/// TLS to the NATS servers.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key, for servers that verify clients.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// Settings of the JetStream backend.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// `nats://host:port` URLs.
+    pub servers: Vec<String>,
+    /// Copies of each stream (1-5, at most the cluster's size).
+    pub replicas: usize,
+    /// Streams are named `<prefix>-<broker>`, subjects `<prefix>.<broker>.…`.
+    pub stream_prefix: String,
+    pub credentials: Credentials,
+    pub tls: Option<Tls>,
+    /// Zero turns dedupe off.
+    pub dedupe_window: Duration,
+    /// Zero keeps events for ever.
+    pub max_age: Duration,
+    /// Zero sets no bound.
+    pub max_bytes: u64,
+}
+
+impl JetStreamOptions {
+    /// The stream that holds `broker`'s events.
+    pub fn stream_name(&self, broker: &str) -> String {
+        format!("{}-{broker}", self.stream_prefix)
+    }
+
+    /// The subject `broker`'s events are published to.
+    pub fn subject(&self, broker: &str) -> String {
+        format!("{}.{broker}.events", self.stream_prefix)
+    }
+
+    fn stream_config(&self, broker: &str) -> stream::Config {
+        // JetStream wants the duplicate window inside the age bound, and both at least
+        // 100 ms; a window of zero means its default (2 minutes), harmless without ids.
+        let mut window = self.dedupe_window;
+        if !self.max_age.is_zero() {
+            window = window.min(self.max_age);
+        }
+        stream::Config {
+            name: self.stream_name(broker),
+            subjects: vec![self.subject(broker)],
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas.max(1),
+            allow_direct: true,
+            discard: stream::DiscardPolicy::Old,
+            retention: stream::RetentionPolicy::Limits,
+            max_age: self.max_age,
+            max_bytes: if self.max_bytes == 0 {
+                -1
+            } else {
+                i64::try_from(self.max_bytes).unwrap_or(i64::MAX)
+            },
+            duplicate_window: window.max(Duration::from_millis(100)),
+            ..Default::default()
+        }
+    }
+}
+
+/// One broker's stream.
+struct BrokerStream {
+    name: String,
+    subject: String,
+    head: watch::Sender<u64>,
+}
+
+/// The events of every broker, on JetStream.
+pub struct JetStreamEvents {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    brokers: Vec<Arc<str>>,
+    streams: HashMap<Arc<str>, BrokerStream>,
+    dedupe: bool,
+    servers: String,
+}
+
+/// A JetStream or connection failure, as the log reports it.
+fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
+    LogError::Unavailable(format!("{what}: {e}"))
+}
+
+/// The `Nats-Msg-Id` of a dedupe key: its SHA-256, hex.
+pub fn message_id(key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl JetStreamEvents {
+    /// Connects to the servers, creates or updates each broker's stream, and starts
+    /// following the heads until `shutdown`.
+    pub async fn connect(
+        options: &JetStreamOptions,
+        brokers: &[String],
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> LogResult<Arc<JetStreamEvents>> {
+        let mut connect = async_nats::ConnectOptions::new()
+            .name("switchyard")
+            .request_timeout(Some(Duration::from_secs(5)));
+        connect = match &options.credentials {
+            Credentials::None => connect,
+            Credentials::Token(t) => connect.token(t.clone()),
+            Credentials::UserPassword(u, p) => connect.user_and_password(u.clone(), p.clone()),
+            Credentials::CredsFile(path) => connect
+                .credentials_file(path)
+                .await
+                .map_err(|e| unavailable(&format!("cannot read {}", path.display()), e))?,
+        };
+        if let Some(tls) = &options.tls {
+            connect = connect.require_tls(true);
+            if let Some(ca) = &tls.ca_file {
+                connect = connect.add_root_certificates(ca.clone());
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                connect = connect.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        let servers = options.servers.join(", ");
+        let client = connect
+            .connect(options.servers.clone())
+            .await
+            .map_err(|e| unavailable(&format!("cannot connect to {servers}"), e))?;
+        let js = jetstream::new(client.clone());
+        let mut streams = HashMap::new();
+        let mut names = Vec::new();
+        for b in brokers {
+            let config = options.stream_config(b);
+            let info = js.create_or_update_stream(config).await.map_err(|e| {
+                unavailable(
+                    &format!("cannot create or update stream {}", options.stream_name(b)),
+                    e,
+                )
+            })?;
+            wait_for_leader(&js, &options.stream_name(b)).await?;
+            let broker: Arc<str> = Arc::from(b.as_str());
+            names.push(broker.clone());
+            streams.insert(
+                broker,
+                BrokerStream {
+                    name: options.stream_name(b),
+                    subject: options.subject(b),
+                    head: watch::Sender::new(info.state.last_sequence),
+                },
+            );
+        }
+        let events = Arc::new(JetStreamEvents {
+            client,
+            js,
+            brokers: names,
+            streams,
+            dedupe: !options.dedupe_window.is_zero(),
+            servers,
+        });
+        tracker.spawn(follow_heads(events.clone(), shutdown));
+        Ok(events)
+    }
+
+    fn stream(&self, broker: &str) -> LogResult<&BrokerStream> {
+        self.streams
+            .get(broker)
+            .ok_or_else(|| LogError::Store(crate::store::StoreError::UnknownBroker(broker.into())))
+    }
+
+    /// The stream's last sequence, asked of the servers.
+    async fn last_sequence(&self, broker: &str) -> LogResult<u64> {
+        Ok(self.stream_info(broker).await?.state.last_sequence)
+    }
+
+    async fn stream_info(&self, broker: &str) -> LogResult<stream::Info> {
+        let s = self.stream(broker)?;
+        let stream = self
+            .js
+            .get_stream_no_info(&s.name)
+            .await
+            .map_err(|e| unavailable(&format!("stream {}", s.name), e))?;
+        stream
+            .get_info()
+            .await
+            .map_err(|e| unavailable(&format!("stream {}", s.name), e))
+    }
+
+    /// Publishes one broker's appends and waits for every acknowledgement.
+    async fn publish(&self, broker: &str, appends: Vec<Append>) -> LogResult<Vec<AppendOutcome>> {
+        let s = self.stream(broker)?;
+        let mut acks = Vec::with_capacity(appends.len());
+        for a in appends {
+            let mut message = jetstream::message::PublishMessage::build().payload(a.record);
+            if let (true, Some(key)) = (self.dedupe, &a.dedupe_key) {
+                message = message.message_id(message_id(key));
+            }
+            let ack = self
+                .js
+                .send_publish(s.subject.clone(), message)
+                .await
+                .map_err(|e| unavailable("cannot publish to JetStream", e))?;
+            acks.push(ack.into_future());
+        }
+        let mut outcomes = Vec::with_capacity(acks.len());
+        let mut top = 0;
+        for ack in futures_util::future::join_all(acks).await {
+            let ack = ack.map_err(|e| unavailable("JetStream did not acknowledge", e))?;
+            top = top.max(ack.sequence);
+            outcomes.push(if ack.duplicate {
+                AppendOutcome::Duplicate(ack.sequence)
+            } else {
+                AppendOutcome::Stored(ack.sequence)
+            });
+        }
+        s.head.send_if_modified(|h| {
+            let moved = top > *h;
+            *h = (*h).max(top);
+            moved
+        });
+        Ok(outcomes)
+    }
+
+    /// Up to `limit` records from `from` on, in one batched direct get.
+    async fn read_batch(&self, broker: &str, from: u64, limit: usize) -> LogResult<Vec<LogRecord>> {
+        let s = self.stream(broker)?;
+        let inbox = self.client.new_inbox();
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| unavailable("cannot read the stream", e))?;
+        let request = serde_json::json!({ "seq": from.max(1), "batch": limit });
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", s.name),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .map_err(|e| unavailable("cannot read the stream", e))?;
+        let mut out = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), replies.next()).await;
+            let Ok(Some(message)) = next else {
+                return Err(LogError::Unavailable(format!(
+                    "stream {}: a read got no answer",
+                    s.name
+                )));
+            };
+            match message.status.map(|c| c.as_u16()) {
+                // The end of the batch, or nothing at or after `from`.
+                Some(204) | Some(404) => break,
+                Some(code) => {
+                    return Err(LogError::Unavailable(format!(
+                        "stream {}: a read was answered {code}",
+                        s.name
+                    )))
+                }
+                None => {}
+            }
+            let seq = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Sequence"))
+                .and_then(|v| v.as_str().parse::<u64>().ok());
+            let Some(seq) = seq else { continue };
+            if let Some(r) = record::decode(seq, message.payload) {
+                out.push(r);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The arrival time of the first record at or after `seq`.
+    async fn arrival_at(&self, broker: &str, seq: u64) -> LogResult<Option<(u64, u64)>> {
+        Ok(self
+            .read_batch(broker, seq, 1)
+            .await?
+            .first()
+            .map(|r| (r.seq, r.arrival_unix_nanos)))
+    }
+}
+
+/// Waits (bounded) until a replicated stream has elected its leader: until then the
+/// cluster refuses its appends, and the broker is not ready.
+async fn wait_for_leader(js: &jetstream::Context, name: &str) -> LogResult<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = match js.get_stream_no_info(name).await {
+            Ok(stream) => stream.get_info().await.ok(),
+            Err(_) => None,
+        };
+        let led = info.is_some_and(|i| i.cluster.is_none_or(|c| c.leader.is_some()));
+        if led {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(LogError::Unavailable(format!(
+                "stream {name} has no leader after 30 s: are enough of the servers up for its replicas?"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads each broker's last sequence every [`HEAD_POLL`], so that the head moves with
+/// other instances' appends too.
+async fn follow_heads(events: Arc<JetStreamEvents>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(HEAD_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        for broker in &events.brokers {
+            if let (Ok(last), Ok(s)) = (events.last_sequence(broker).await, events.stream(broker)) {
+                s.head.send_if_modified(|h| {
+                    let moved = last > *h;
+                    *h = (*h).max(last);
+                    moved
+                });
+            }
+        }
+    }
+}
+
+impl super::EventBackend for JetStreamEvents {
+    fn brokers(&self) -> &[Arc<str>] {
+        &self.brokers
+    }
+
+    fn append(
+        &self,
+        broker: Arc<str>,
+        appends: Vec<Append>,
+    ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, Arc<LogError>>> {
+        Box::pin(async move { self.publish(&broker, appends).await.map_err(Arc::new) })
+    }
+
+    fn head(&self, broker: &str) -> Option<u64> {
+        self.streams.get(broker).map(|s| *s.head.borrow())
+    }
+
+    fn watch(&self, broker: &str) -> Option<watch::Receiver<u64>> {
+        self.streams.get(broker).map(|s| s.head.subscribe())
+    }
+
+    fn take_fresh(&self, _broker: &str, _from: u64, _limit: usize) -> Vec<Arc<LogRecord>> {
+        Vec::new()
+    }
+
+    fn read<'a>(
+        &'a self,
+        broker: &'a str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, LogResult<Vec<LogRecord>>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let mut next = from;
+            while out.len() < limit {
+                let want = (limit - out.len()).min(READ_BATCH);
+                let batch = self.read_batch(broker, next, want).await?;
+                let Some(last) = batch.last().map(|r| r.seq) else {
+                    break;
+                };
+                let short = batch.len() < want;
+                out.extend(batch);
+                next = last + 1;
+                if short {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn seq_at_time<'a>(
+        &'a self,
+        broker: &'a str,
+        unix_nanos: u64,
+    ) -> BoxFuture<'a, LogResult<u64>> {
+        Box::pin(async move {
+            let state = self.stream_info(broker).await?.state;
+            let (mut lo, mut hi) = (state.first_sequence.max(1), state.last_sequence + 1);
+            // Arrival times grow with sequence numbers: the first record at or after
+            // `mid` decides which half holds the answer.
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                match self.arrival_at(broker, mid).await? {
+                    Some((_, t)) if t >= unix_nanos => hi = mid,
+                    Some((seq, _)) => lo = seq.max(mid) + 1,
+                    None => hi = mid,
+                }
+            }
+            Ok(lo)
+        })
+    }
+
+    fn stats<'a>(&'a self, broker: &'a str) -> BoxFuture<'a, LogResult<BrokerStats>> {
+        Box::pin(async move {
+            let state = self.stream_info(broker).await?.state;
+            let oldest = if state.messages == 0 {
+                None
+            } else {
+                self.arrival_at(broker, state.first_sequence)
+                    .await?
+                    .map(|(_, t)| t)
+            };
+            Ok(BrokerStats {
+                stored: Stored {
+                    events: state.messages,
+                    bytes: state.bytes,
+                },
+                oldest_arrival: oldest,
+                ..BrokerStats::default()
+            })
+        })
+    }
+
+    fn disk_bytes(&self) -> BoxFuture<'_, LogResult<u64>> {
+        Box::pin(async move {
+            let mut total = 0;
+            for b in &self.brokers {
+                total += self.stream_info(b).await?.state.bytes;
+            }
+            Ok(total)
+        })
+    }
+
+    fn refusing_appends(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            match self.client.connection_state() {
+                async_nats::connection::State::Connected => None,
+                _ => Some(format!(
+                    "the NATS servers cannot be reached ({})",
+                    self.servers
+                )),
+            }
+        })
+    }
+}
