@@ -1,7 +1,7 @@
 //! The events of a broker on NATS JetStream, through the log's event seam, against real
 //! nats-server processes: appends acknowledged with their sequences, dedupe across two
 //! instances, reads by sequence and by time, stats, a three-node cluster with three
-//! replicas, and a server that goes away and comes back.
+//! replicas, a server that goes away and comes back, and the dead-letter store.
 
 #[path = "common/nats.rs"]
 mod nats;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use switchyard::event::{AttrValue, Event};
 use switchyard::log::jetstream::{Credentials, JetStreamEvents, JetStreamOptions};
-use switchyard::log::{record, Append, AppendOutcome, EventBackend};
+use switchyard::log::{record, Append, AppendOutcome, DeadLetter, DeadLetterBackend, EventBackend};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -219,5 +219,69 @@ async fn appends_fail_while_the_server_is_gone_and_work_again_when_it_is_back() 
         1,
         "{all:?}; {out:?}"
     );
+    stop.cancel();
+}
+
+fn dead_letter(seq: u64) -> DeadLetter {
+    DeadLetter {
+        broker: "default".into(),
+        subscription: "notify".into(),
+        sink: "http://sink.example/".into(),
+        seq,
+        attempts: 3,
+        last_status: Some(503),
+        last_error: "503 Service Unavailable".into(),
+        time_unix_nanos: T0 + seq,
+        record: String::new(),
+        dead_letter_sink_delivered: false,
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_are_kept_listed_and_deleted_within_their_bound() {
+    let Some(bin) = nats::available() else { return };
+    let server = nats::Nats::single(&bin);
+    let stop = CancellationToken::new();
+    let opts = options(server.urls(), 1);
+    let events = connect(&opts, &stop).await;
+    let letters = events
+        .dead_letters(&opts, 3, Duration::ZERO)
+        .await
+        .expect("the dead-letter stream");
+    let mut ids = Vec::new();
+    for seq in 1..=4 {
+        ids.push(letters.store(&dead_letter(seq)).await.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[1] > w[0]), "ids grow: {ids:?}");
+    // At most three are kept: the oldest went.
+    assert_eq!(letters.count().await.unwrap(), 3);
+    let listed = letters.list().await.unwrap();
+    let seqs: Vec<u64> = listed.iter().map(|(_, l)| l.seq).collect();
+    assert_eq!(seqs, [2, 3, 4]);
+    assert_eq!(listed[0].1, dead_letter(2));
+    assert_eq!(letters.get(ids[2]).await.unwrap(), Some(dead_letter(3)));
+    assert_eq!(
+        letters.get(ids[0]).await.unwrap(),
+        None,
+        "dropped by the bound"
+    );
+    assert!(letters.delete(ids[2]).await.unwrap());
+    assert!(!letters.delete(ids[2]).await.unwrap(), "deleted already");
+    assert_eq!(letters.get(ids[2]).await.unwrap(), None);
+    assert_eq!(letters.count().await.unwrap(), 2);
+    // Another instance sees the same store.
+    let other = connect(&opts, &stop)
+        .await
+        .dead_letters(&opts, 3, Duration::ZERO)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = other
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, l)| l.seq)
+        .collect();
+    assert_eq!(seqs, [2, 4]);
     stop.cancel();
 }

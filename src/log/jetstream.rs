@@ -1,5 +1,6 @@
-//! The events of every broker on NATS JetStream: one stream per broker, shared by every
-//! Switchyard instance that names the same servers and prefix.
+//! The events and the dead letters of every broker on NATS JetStream, shared by every
+//! Switchyard instance that names the same servers and prefix. (The lanes' side of the
+//! seam is not on JetStream yet, so `storage.backend` cannot name it.)
 //!
 //! - Stream `<prefix>-<broker>`, subject `<prefix>.<broker>.events`, file storage,
 //!   `replicas` copies, direct get allowed (reads are answered by any replica), the
@@ -290,55 +291,11 @@ impl JetStreamEvents {
     /// Up to `limit` records from `from` on, in one batched direct get.
     async fn read_batch(&self, broker: &str, from: u64, limit: usize) -> LogResult<Vec<LogRecord>> {
         let s = self.stream(broker)?;
-        let inbox = self.client.new_inbox();
-        let mut replies = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| unavailable("cannot read the stream", e))?;
-        let request = serde_json::json!({ "seq": from.max(1), "batch": limit });
-        self.client
-            .publish_with_reply(
-                format!("$JS.API.DIRECT.GET.{}", s.name),
-                inbox,
-                Bytes::from(request.to_string()),
-            )
-            .await
-            .map_err(|e| unavailable("cannot read the stream", e))?;
-        let mut out = Vec::new();
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(5), replies.next()).await;
-            let Ok(Some(message)) = next else {
-                return Err(LogError::Unavailable(format!(
-                    "stream {}: a read got no answer",
-                    s.name
-                )));
-            };
-            match message.status.map(|c| c.as_u16()) {
-                // The end of the batch, or nothing at or after `from`.
-                Some(204) | Some(404) => break,
-                Some(code) => {
-                    return Err(LogError::Unavailable(format!(
-                        "stream {}: a read was answered {code}",
-                        s.name
-                    )))
-                }
-                None => {}
-            }
-            let seq = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Sequence"))
-                .and_then(|v| v.as_str().parse::<u64>().ok());
-            let Some(seq) = seq else { continue };
-            if let Some(r) = record::decode(seq, message.payload) {
-                out.push(r);
-            }
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        Ok(raw_batch(&self.client, &s.name, from, limit)
+            .await?
+            .into_iter()
+            .filter_map(|(seq, payload)| record::decode(seq, payload))
+            .collect())
     }
 
     /// The arrival time of the first record at or after `seq`.
@@ -349,6 +306,61 @@ impl JetStreamEvents {
             .first()
             .map(|r| (r.seq, r.arrival_unix_nanos)))
     }
+}
+
+/// Up to `limit` messages of stream `name` from sequence `from` on, with their
+/// sequences, in one batched direct get (nats-server 2.11 or newer answers a batch).
+async fn raw_batch(
+    client: &async_nats::Client,
+    name: &str,
+    from: u64,
+    limit: usize,
+) -> LogResult<Vec<(u64, Bytes)>> {
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| unavailable("cannot read the stream", e))?;
+    let request = serde_json::json!({ "seq": from.max(1), "batch": limit });
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{name}"),
+            inbox,
+            Bytes::from(request.to_string()),
+        )
+        .await
+        .map_err(|e| unavailable("cannot read the stream", e))?;
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), replies.next()).await;
+        let Ok(Some(message)) = next else {
+            return Err(LogError::Unavailable(format!(
+                "stream {name}: a read got no answer"
+            )));
+        };
+        match message.status.map(|c| c.as_u16()) {
+            // The end of the batch, or nothing at or after `from`.
+            Some(204) | Some(404) => break,
+            Some(code) => {
+                return Err(LogError::Unavailable(format!(
+                    "stream {name}: a read was answered {code}"
+                )))
+            }
+            None => {}
+        }
+        let seq = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Sequence"))
+            .and_then(|v| v.as_str().parse::<u64>().ok());
+        if let Some(seq) = seq {
+            out.push((seq, message.payload));
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Waits (bounded) until a replicated stream has elected its leader: until then the
@@ -509,5 +521,152 @@ impl super::EventBackend for JetStreamEvents {
                 )),
             }
         })
+    }
+}
+
+/// The dead letters of every broker on JetStream: stream `<prefix>-deadletters`, one
+/// message (the letter as JSON) per letter, its sequence the letter's id. The stream's
+/// own limits keep the store's bounds (`maxCount` as its message limit, the oldest
+/// going first, and `maxAge`), and a letter is durable once JetStream acknowledged it.
+pub struct JetStreamDeadLetters {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    name: String,
+    subject: String,
+}
+
+impl JetStreamEvents {
+    /// The dead-letter store beside these events, on the same connection: its stream
+    /// is created, or updated to the bounds (zero: none).
+    pub async fn dead_letters(
+        &self,
+        options: &JetStreamOptions,
+        max_count: u64,
+        max_age: Duration,
+    ) -> LogResult<JetStreamDeadLetters> {
+        let name = format!("{}-deadletters", options.stream_prefix);
+        let subject = format!("{}.deadletters", options.stream_prefix);
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            num_replicas: options.replicas.max(1),
+            allow_direct: true,
+            discard: stream::DiscardPolicy::Old,
+            max_messages: if max_count == 0 {
+                -1
+            } else {
+                i64::try_from(max_count).unwrap_or(i64::MAX)
+            },
+            max_age,
+            ..Default::default()
+        };
+        self.js
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| unavailable(&format!("cannot create or update stream {name}"), e))?;
+        wait_for_leader(&self.js, &name).await?;
+        Ok(JetStreamDeadLetters {
+            client: self.client.clone(),
+            js: self.js.clone(),
+            name,
+            subject,
+        })
+    }
+}
+
+impl JetStreamDeadLetters {
+    async fn stream(&self) -> LogResult<stream::Stream<()>> {
+        self.js
+            .get_stream_no_info(&self.name)
+            .await
+            .map_err(|e| unavailable(&format!("stream {}", self.name), e))
+    }
+
+    async fn state(&self) -> LogResult<stream::State> {
+        Ok(self
+            .stream()
+            .await?
+            .get_info()
+            .await
+            .map_err(|e| unavailable(&format!("stream {}", self.name), e))?
+            .state)
+    }
+}
+
+fn letter(payload: &[u8]) -> Option<super::DeadLetter> {
+    serde_json::from_slice(payload).ok()
+}
+
+impl super::DeadLetterBackend for JetStreamDeadLetters {
+    fn store<'a>(&'a self, letter: &'a super::DeadLetter) -> BoxFuture<'a, LogResult<u64>> {
+        Box::pin(async move {
+            let json = serde_json::to_vec(letter).map_err(std::io::Error::other)?;
+            let ack = self
+                .js
+                .publish(self.subject.clone(), Bytes::from(json))
+                .await
+                .map_err(|e| unavailable("cannot publish the dead letter", e))?
+                .await
+                .map_err(|e| unavailable("JetStream did not acknowledge the dead letter", e))?;
+            Ok(ack.sequence)
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, LogResult<Vec<(u64, super::DeadLetter)>>> {
+        Box::pin(async move {
+            let state = self.state().await?;
+            let mut out = Vec::new();
+            let mut next = state.first_sequence.max(1);
+            while next <= state.last_sequence {
+                let batch = raw_batch(&self.client, &self.name, next, READ_BATCH).await?;
+                let Some(last) = batch.last().map(|(seq, _)| *seq) else {
+                    break;
+                };
+                out.extend(
+                    batch
+                        .into_iter()
+                        .filter_map(|(id, p)| Some((id, letter(&p)?))),
+                );
+                next = last + 1;
+            }
+            Ok(out)
+        })
+    }
+
+    fn get(&self, id: u64) -> BoxFuture<'_, LogResult<Option<super::DeadLetter>>> {
+        Box::pin(async move {
+            let found = raw_batch(&self.client, &self.name, id, 1).await?;
+            Ok(found
+                .first()
+                .filter(|(seq, _)| *seq == id)
+                .and_then(|(_, p)| letter(p)))
+        })
+    }
+
+    fn delete(&self, id: u64) -> BoxFuture<'_, LogResult<bool>> {
+        Box::pin(async move {
+            let stream = self.stream().await?;
+            match stream.delete_message(id).await {
+                Ok(deleted) => Ok(deleted),
+                Err(e) => match e.kind() {
+                    // No message with that sequence (never stored, or deleted already).
+                    stream::DeleteMessageErrorKind::JetStream(js)
+                        if [
+                            jetstream::ErrorCode::NO_MESSAGE_FOUND,
+                            jetstream::ErrorCode::SEQUENCE_NOT_FOUND,
+                        ]
+                        .contains(&js.error_code()) =>
+                    {
+                        Ok(false)
+                    }
+                    _ => Err(unavailable("cannot delete the dead letter", e)),
+                },
+            }
+        })
+    }
+
+    fn count(&self) -> BoxFuture<'_, LogResult<u64>> {
+        Box::pin(async move { Ok(self.state().await?.messages) })
     }
 }
