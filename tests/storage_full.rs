@@ -54,13 +54,13 @@ async fn stored_ids(t: &TestServer) -> Vec<String> {
 #[tokio::test]
 async fn at_the_hard_quota_appends_get_503_and_resume_when_retention_frees_room() {
     let mut t = TestServer::start("").await;
-    t.restart_with(|c| {
+    let quota = |c: &mut switchyard::config::Config| {
         c.storage.retention_max_bytes = 64 << 10;
         c.storage.refuse_at_max_bytes = true;
         c.storage.retention_max_age = Duration::from_secs(3600);
         c.dedupe.window = Duration::ZERO;
-    })
-    .await;
+    };
+    t.restart_with(quota).await;
     let data = "q".repeat(2048);
     let (acked, refused) = fill(&t, "quota", &data, 1000).await;
     assert_full(&refused, "storage.retention.maxBytes");
@@ -73,6 +73,13 @@ async fn at_the_hard_quota_appends_get_503_and_resume_when_retention_frees_room(
     assert_eq!(stored_ids(&t).await, acked);
     // Still refused while nothing changes.
     assert_eq!(t.post_json(&minimal("still-full")).await.status, 503);
+    // After a restart, readiness says why before any append is refused.
+    t.restart_with(quota).await;
+    let why = t.server().log.refusing_appends().await;
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("refuseWrites")),
+        "{why:?}"
+    );
 
     // An hour later retention deletes them all by age; appends resume.
     t.clock.advance(Duration::from_secs(2 * 3600));
@@ -81,6 +88,7 @@ async fn at_the_hard_quota_appends_get_503_and_resume_when_retention_frees_room(
     })
     .await;
     assert_eq!(stored_ids(&t).await, ["after-retention"]);
+    assert_eq!(t.server().log.refusing_appends().await, None);
 }
 
 /// A tmpfs mounted for the test, unmounted when dropped.

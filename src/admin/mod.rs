@@ -85,8 +85,9 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Cancellat
 }
 
 /// 200 `ready`, or 503 with the reason: the start-up step not yet done, shutting down,
-/// the log failing to write, or less free disk than `storage.minFreeBytes` (every append
-/// would be refused, so producers are better sent to another replica).
+/// the log failing to write, less free disk than `storage.minFreeBytes`, or the hard
+/// quota reached (every append would be refused, so producers are better sent to another
+/// replica).
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     let mut reason = admin.health.not_ready();
     if let (None, Some(api)) = (&reason, admin.api.get()) {

@@ -686,6 +686,13 @@ impl EventBackend for Embedded {
             if let Some(failing) = failing {
                 return Some(format!("the log cannot write: {failing}"));
             }
+            if let Some(full) = writer::quota_refusal(
+                self.store.as_ref(),
+                &self.space,
+                self.brokers.iter().cloned(),
+            ) {
+                return Some(full);
+            }
             // statvfs is a system call, and on a network filesystem a slow one.
             let space = self.space.clone();
             tokio::task::spawn_blocking(move || Embedded::space_shortfall(&space))

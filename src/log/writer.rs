@@ -98,6 +98,15 @@ fn space_refusal(
             Err(e) => tracing::debug!(error = %e, "cannot read the free space"),
         }
     }
+    quota_refusal(backend, limits, brokers)
+}
+
+/// Why appends must wait for the hard quota (`onMaxBytes: refuseWrites`), if they must.
+pub(super) fn quota_refusal(
+    backend: &dyn BlockingStore,
+    limits: &SpaceLimits,
+    brokers: impl Iterator<Item = Arc<str>>,
+) -> Option<String> {
     let quota = limits.quota_bytes?;
     let stored: u64 = brokers
         .filter_map(|b| backend.stored(&b).ok())
