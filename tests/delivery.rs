@@ -689,3 +689,28 @@ async fn an_ordered_lane_behind_its_feed_stays_in_log_order() {
     let expected: Vec<String> = (0..720).map(|i| format!("o{i:04}")).collect();
     assert_eq!(ids, expected);
 }
+
+#[tokio::test]
+async fn an_event_without_data_is_sent_with_content_length_zero() {
+    // A sink that requires a length (411 without one) takes it.
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let subs = one_sink("s", &sink.url("/"), "");
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let r = t
+        .post(
+            "/",
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "no-data"),
+                ("ce-source", "/tekton"),
+                ("ce-type", "dev.tekton.event.taskrun.started.v1"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got[0].header("ce-id"), Some("no-data"));
+    assert_eq!(got[0].header("content-length"), Some("0"));
+    assert!(got[0].body.is_empty());
+}

@@ -196,6 +196,15 @@ impl Sender {
                 .try_append(name.clone(), value.clone())
                 .map_err(|_| Unsendable)?;
         }
+        if body.is_empty() {
+            // An event without data: hyper would send neither Content-Length nor
+            // Transfer-Encoding, and a sink that requires a length answers 411
+            // (RFC 9110 §8.6: a POST without content should say 0).
+            headers.insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from_static("0"),
+            );
+        }
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = sink.uri.clone();
