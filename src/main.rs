@@ -360,8 +360,22 @@ async fn run_client(command: Command) -> Result<(), cli::CliError> {
     }
 }
 
+/// A command that prints ends quietly when its reader goes away (`| head -1`), as Unix
+/// tools do, instead of panicking on the broken pipe. `serve` keeps Rust's default
+/// (SIGPIPE ignored): a peer that closes its socket must not end the broker.
+fn end_quietly_on_a_closed_stdout() {
+    // SAFETY: signal(2) with a valid signal number and the default disposition, before
+    // any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        end_quietly_on_a_closed_stdout();
+    }
     let env: BTreeMap<String, String> = std::env::vars().collect();
     match cli.command {
         Command::Check { config } => match load_all(config.as_deref(), &env) {

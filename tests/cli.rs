@@ -529,3 +529,28 @@ fn check_reports_a_metadata_address_in_any_ipv4_notation_and_a_port_out_of_range
     assert!(err.contains("'99999' is not a port"), "{err}");
     assert!(err.contains("1 error(s)"), "{err}");
 }
+
+#[test]
+fn a_command_whose_reader_is_gone_ends_without_a_panic() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A pipe whose read end is closed before the command runs: every write to it fails.
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two descriptors; each is owned exactly once below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe {
+        libc::close(fds[0]);
+    }
+    let write_end = unsafe { std::process::Stdio::from_raw_fd(fds[1]) };
+    let out = bin()
+        .arg("check")
+        .current_dir(dir.path())
+        .stdout(write_end)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
