@@ -18,6 +18,12 @@ use prometheus::{
 /// cannot create label values).
 pub const UNKNOWN_BROKER: &str = "unknown";
 
+/// Every status code the ingress answers from its handler (431 and the like, for a
+/// request head that does not parse, come from the HTTP layer before it).
+pub const INGRESS_CODES: &[&str] = &[
+    "200", "202", "400", "401", "404", "405", "408", "413", "415", "503",
+];
+
 /// One broker's ingress series that every accepted request updates.
 pub struct IngressSeries {
     pub received_bytes: IntCounter,
@@ -111,6 +117,23 @@ impl Metrics {
             ));
         }
         Arc::new(m)
+    }
+
+    /// Creates, at zero, the series alerts watch that the ingress has not moved yet:
+    /// every status code it can answer for a broker, the unknown broker's 404, and
+    /// every event outcome. A series that appeared only at its first increment would
+    /// hide that increment from `rate()` and `increase()`.
+    pub fn ingress_series_at_zero(&self, brokers: &[&str]) {
+        for broker in brokers {
+            for code in INGRESS_CODES {
+                self.ingress_requests.with_label_values(&[broker, code]);
+            }
+            for outcome in ["accepted", "duplicate", "rejected"] {
+                self.ingress_events.with_label_values(&[broker, outcome]);
+            }
+        }
+        self.ingress_requests
+            .with_label_values(&[UNKNOWN_BROKER, "404"]);
     }
 
     /// The ingress series of one broker, looked up once. A labelled series is found by

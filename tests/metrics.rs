@@ -65,7 +65,7 @@ async fn counters_move_as_events_flow_and_the_doc_lists_every_metric() {
     .concat();
     let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     // Each broker's ingress series are there at zero before its first event, so that
-    // a rate over them starts with the broker (and never for a broker that is not).
+    // a rate over them starts with the broker.
     let (before, _) = scrape(&t).await;
     for series in [
         r#"switchyard_ingress_events_total{broker="default",outcome="accepted"}"#,
@@ -76,7 +76,15 @@ async fn counters_move_as_events_flow_and_the_doc_lists_every_metric() {
     ] {
         assert_eq!(before.get(series), Some(&0.0), "{series}");
     }
-    assert!(!before.keys().any(|k| k.contains(r#"broker="unknown""#)));
+    // The unknown broker has its 404s at zero, and nothing else.
+    let unknown: Vec<&String> = before
+        .keys()
+        .filter(|k| k.contains(r#"broker="unknown""#))
+        .collect();
+    assert_eq!(
+        unknown,
+        [r#"switchyard_ingress_requests_total{broker="unknown",code="404"}"#]
+    );
     let mut good = minimal("m1");
     good["type"] = "good".into();
     assert_eq!(t.post_json(&good).await.status, 202);
@@ -257,4 +265,50 @@ async fn lane_gauges_show_a_backlog_while_the_sink_is_down_and_clear_when_it_dra
     assert_eq!(v(&lane("switchyard_lane_parked_events")), 0.0);
     assert_eq!(v(&lane("switchyard_lane_oldest_pending_age_seconds")), 0.0);
     assert_eq!(v(&lane("switchyard_delivery_duration_seconds_count")), 3.0);
+}
+
+#[tokio::test]
+async fn the_series_alerts_watch_are_there_at_zero_before_anything_happens() {
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let subs = subscription("s", &format!("  sinks:\n    - uri: {}\n", sink.url("/")));
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let (samples, _) = scrape(&t).await;
+    let zero = |series: &str| {
+        assert_eq!(
+            samples.get(series),
+            Some(&0.0),
+            "{series} is not there at zero"
+        );
+    };
+    for code in [
+        "202", "400", "401", "404", "405", "408", "413", "415", "503",
+    ] {
+        zero(&format!(
+            r#"switchyard_ingress_requests_total{{broker="default",code="{code}"}}"#
+        ));
+    }
+    zero(r#"switchyard_ingress_requests_total{broker="unknown",code="404"}"#);
+    for outcome in ["accepted", "duplicate", "rejected"] {
+        zero(&format!(
+            r#"switchyard_ingress_events_total{{broker="default",outcome="{outcome}"}}"#
+        ));
+    }
+    let lane = |name: &str, label: &str| {
+        format!(
+            r#"{name}{{{label},sink="{}",subscription="s"}}"#,
+            sink.url("/")
+        )
+    };
+    for outcome in ["delivered", "dead_lettered", "gone"] {
+        zero(&lane(
+            "switchyard_deliveries_total",
+            &format!(r#"outcome="{outcome}""#),
+        ));
+    }
+    for class in ["2xx", "3xx", "4xx", "5xx", "error"] {
+        zero(&lane(
+            "switchyard_delivery_attempts_total",
+            &format!(r#"class="{class}""#),
+        ));
+    }
 }

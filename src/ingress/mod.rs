@@ -104,6 +104,7 @@ impl Ingress {
             .brokers()
             .map(|b| (b.clone(), metrics.ingress_series(b)))
             .collect();
+        metrics.ingress_series_at_zero(&log.brokers().map(|b| &**b).collect::<Vec<_>>());
         let body_budget = Arc::new(Semaphore::new(
             usize::try_from(config.max_buffered_body_bytes)
                 .unwrap_or(Semaphore::MAX_PERMITS)
