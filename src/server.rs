@@ -183,6 +183,7 @@ impl Server {
             crate::delivery::DeliveryOptions {
                 max_hops: config.replies.max_hops,
                 durations: Some(metrics.delivery_duration.clone()),
+                dedupe: (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
             },
             delivery_stop.clone(),
             delivery_abort.clone(),

@@ -714,3 +714,59 @@ async fn an_event_without_data_is_sent_with_content_length_zero() {
     assert_eq!(got[0].header("content-length"), Some("0"));
     assert!(got[0].body.is_empty());
 }
+
+#[tokio::test]
+async fn a_reply_repeated_inside_the_dedupe_window_is_stored_and_delivered_once() {
+    // A sink that answers every event with the same reply, as one replying to a
+    // redelivered event would.
+    let replier = TestSink::start(
+        vec![],
+        Answer::status(200)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "reply-1")
+            .header("ce-source", "/replier")
+            .header("ce-type", "dev.switchyard.reply"),
+    )
+    .await;
+    let downstream = TestSink::start(vec![], Answer::status(202)).await;
+    let subs = [
+        subscription("ask", &format!("  filter:\n    attributes: {{ type: dev.switchyard.test }}\n  sinks:\n    - uri: {}\n", replier.url("/"))),
+        subscription("replies", &format!("  filter:\n    attributes: {{ type: dev.switchyard.reply }}\n  sinks:\n    - uri: {}\n", downstream.url("/"))),
+    ]
+    .concat();
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    assert_eq!(t.post_json(&minimal("q1")).await.status, 202);
+    assert_eq!(t.post_json(&minimal("q2")).await.status, 202);
+    replier.wait_for(2, WAIT).await;
+    let stats = t
+        .server()
+        .delivery
+        .stats("default", &LaneId::new("ask", replier.url("/")));
+    common::wait_until("both replies counted", async || {
+        stats
+            .replies_appended
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + stats
+                .replies_duplicate
+                .load(std::sync::atomic::Ordering::Relaxed)
+            == 2
+    })
+    .await;
+    assert_eq!(
+        stats
+            .replies_duplicate
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    t.wait_routed("default").await;
+    let ids: Vec<String> = t
+        .records("default")
+        .await
+        .iter()
+        .map(|r| r.event.id().to_string())
+        .collect();
+    assert_eq!(ids, ["q1", "q2", "reply-1"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = downstream.received();
+    assert_eq!(got.len(), 1, "the reply reached downstream once");
+}

@@ -225,6 +225,7 @@ impl Collector for StateCollector {
                     ("appended", &l.replies_appended),
                     ("dropped", &l.replies_dropped),
                     ("invalid", &l.replies_invalid),
+                    ("duplicate", &l.replies_duplicate),
                 ] {
                     replies
                         .with_label_values(&[name, sink, outcome])

@@ -29,7 +29,7 @@ use super::schedule::{Finished, Schedule, Take};
 use crate::clock::SharedClock;
 use crate::config::subscriptions::{Ordering, ReplyMode, Sink, Subscription};
 use crate::event::{AttrValue, Event};
-use crate::log::{record, DeadLetter, LaneId, Log, LogRecord, NewEvent};
+use crate::log::{record, AppendOutcome, DeadLetter, LaneId, Log, LogRecord, NewEvent};
 use crate::router::feed::Feeds;
 
 /// A wait longer than this parks the event durably instead of holding an in-flight slot.
@@ -62,6 +62,8 @@ pub struct LaneStats {
     pub replies_appended: AtomicU64,
     pub replies_dropped: AtomicU64,
     pub replies_invalid: AtomicU64,
+    /// Replies the dedupe window found already stored.
+    pub replies_duplicate: AtomicU64,
     /// The last failure and when (ns since the epoch).
     pub last_error: Mutex<Option<(String, u64)>>,
     /// Time from the first attempt to delivered or dead-lettered, when measured.
@@ -105,6 +107,8 @@ pub struct LaneContext {
     pub sender: Arc<Sender>,
     pub clock: SharedClock,
     pub max_hops: u32,
+    /// The dedupe key replies are appended with (`None`: dedupe is off).
+    pub dedupe: Option<Arc<crate::expr::dedupe_key::DedupeKey>>,
     pub stats: Arc<LaneStats>,
     /// Cancels attempts under way: when the lane is replaced or removed, or when the
     /// shutdown grace period is over. (`stop` only ends what comes after them.)
@@ -520,16 +524,21 @@ impl LaneContext {
                     );
                     return true;
                 }
+                // Deduplicated as the ingress's events are: a sink that replies to a
+                // redelivered event makes no second reply downstream.
+                let dedupe_key = self.dedupe.as_ref().and_then(|k| k.key(&event).ok());
                 let append = NewEvent {
                     event,
                     hops,
-                    dedupe_key: None,
+                    dedupe_key,
                 };
                 match self.log.append(self.broker.clone(), vec![append]).await {
-                    Ok(_) => {
-                        self.stats
-                            .replies_appended
-                            .fetch_add(1, AtomicOrdering::Relaxed);
+                    Ok(outcomes) => {
+                        let counter = match outcomes.first() {
+                            Some(AppendOutcome::Duplicate(_)) => &self.stats.replies_duplicate,
+                            _ => &self.stats.replies_appended,
+                        };
+                        counter.fetch_add(1, AtomicOrdering::Relaxed);
                         true
                     }
                     Err(e) => {

@@ -46,6 +46,9 @@ pub struct DeliveryOptions {
     pub max_hops: u32,
     /// Where lanes observe their delivery durations; `None` observes nothing.
     pub durations: Option<prometheus::HistogramVec>,
+    /// The dedupe key replies are appended with, as the ingress's events are; `None`
+    /// when dedupe is off.
+    pub dedupe: Option<Arc<crate::expr::dedupe_key::DedupeKey>>,
 }
 
 /// The deliverers of every lane, kept in line with the running subscription set.
@@ -55,6 +58,7 @@ pub struct Delivery {
     sender: Arc<Sender>,
     clock: SharedClock,
     max_hops: u32,
+    dedupe: Option<Arc<crate::expr::dedupe_key::DedupeKey>>,
     running: Mutex<HashMap<LaneKey, Running>>,
     stats: Mutex<HashMap<LaneKey, Arc<LaneStats>>>,
     /// Where lanes observe their delivery durations (by subscription and sink).
@@ -82,6 +86,7 @@ impl Delivery {
             sender,
             clock,
             max_hops: options.max_hops,
+            dedupe: options.dedupe,
             running: Mutex::default(),
             stats: Mutex::default(),
             durations: options.durations,
@@ -186,6 +191,7 @@ impl Delivery {
                 sender: self.sender.clone(),
                 clock: self.clock.clone(),
                 max_hops: self.max_hops,
+                dedupe: self.dedupe.clone(),
                 stats: self.stats(&key.0, &key.1),
                 abort: self.abort.child_token(),
             });
