@@ -332,15 +332,7 @@ async fn an_ordered_lane_delivers_in_log_order_through_failures() {
 
 #[tokio::test]
 async fn a_reply_feeds_a_second_subscription_and_a_reply_loop_stops_at_the_hop_limit() {
-    let replier = TestSink::start(
-        vec![],
-        Answer::status(200)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "reply-1")
-            .header("ce-source", "/replier")
-            .header("ce-type", "dev.switchyard.reply"),
-    )
-    .await;
+    let replier = replying_sink().await;
     let downstream = TestSink::start(vec![], Answer::status(202)).await;
     let subs = [
         subscription("ask", &format!("  filter:\n    attributes: {{ type: dev.switchyard.test }}\n  sinks:\n    - uri: {}\n", replier.url("/"))),
@@ -719,15 +711,7 @@ async fn an_event_without_data_is_sent_with_content_length_zero() {
 async fn a_reply_repeated_inside_the_dedupe_window_is_stored_and_delivered_once() {
     // A sink that answers every event with the same reply, as one replying to a
     // redelivered event would.
-    let replier = TestSink::start(
-        vec![],
-        Answer::status(200)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "reply-1")
-            .header("ce-source", "/replier")
-            .header("ce-type", "dev.switchyard.reply"),
-    )
-    .await;
+    let replier = replying_sink().await;
     let downstream = TestSink::start(vec![], Answer::status(202)).await;
     let subs = [
         subscription("ask", &format!("  filter:\n    attributes: {{ type: dev.switchyard.test }}\n  sinks:\n    - uri: {}\n", replier.url("/"))),
@@ -769,4 +753,18 @@ async fn a_reply_repeated_inside_the_dedupe_window_is_stored_and_delivered_once(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = downstream.received();
     assert_eq!(got.len(), 1, "the reply reached downstream once");
+}
+
+/// A sink that answers every event with the same reply, `reply-1` of type
+/// `dev.switchyard.reply`.
+async fn replying_sink() -> TestSink {
+    TestSink::start(
+        vec![],
+        Answer::status(200)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "reply-1")
+            .header("ce-source", "/replier")
+            .header("ce-type", "dev.switchyard.reply"),
+    )
+    .await
 }
