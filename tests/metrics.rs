@@ -312,3 +312,38 @@ async fn the_series_alerts_watch_are_there_at_zero_before_anything_happens() {
         ));
     }
 }
+
+#[tokio::test]
+async fn no_series_outlives_its_lane() {
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let subs =
+        |name: &str| subscription(name, &format!("  sinks:\n    - uri: {}\n", sink.url("/")));
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs("gone"))]).await;
+    assert_eq!(t.post_json(&minimal("d1")).await.status, 202);
+    sink.wait_for(1, Duration::from_secs(10)).await;
+    let of_gone = |samples: &BTreeMap<String, f64>| -> Vec<String> {
+        samples
+            .keys()
+            .filter(|k| k.contains(r#"subscription="gone""#))
+            .cloned()
+            .collect()
+    };
+    let before = eventually("the delivery's duration in /metrics", async || {
+        let (samples, _) = scrape(&t).await;
+        let series = of_gone(&samples);
+        series
+            .iter()
+            .any(|k| k.starts_with("switchyard_delivery_duration_seconds_count"))
+            .then_some(series)
+    })
+    .await;
+    assert!(before.len() > 5, "{before:?}");
+    // The subscription goes: every series of its lane goes with it.
+    t.write_subscriptions("s.yaml", &subs("other"));
+    t.server().reloader.reload().unwrap();
+    eventually("the removed lane's series to go", async || {
+        let (samples, _) = scrape(&t).await;
+        of_gone(&samples).is_empty().then_some(())
+    })
+    .await;
+}

@@ -138,6 +138,19 @@ impl Delivery {
             .clone()
     }
 
+    /// Drops a removed lane's counters and its duration series, so that no series
+    /// outlives its lane (a lane added again starts from zero).
+    fn forget(&self, key: &LaneKey) {
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if let Some(h) = &self.durations {
+            let sink = crate::http::redact::redact(&key.1.sink);
+            let _ = h.remove_label_values(&[key.1.subscription.as_str(), sink.as_ref()]);
+        }
+    }
+
     /// Starts lanes that are new or whose subscription changed, stops lanes that are gone.
     fn reconcile(&self, set: &RouteSet) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -159,6 +172,7 @@ impl Delivery {
             if let Some(r) = running.remove(&key) {
                 r.cancel();
             }
+            self.forget(&key);
         }
         for (key, (route, sink_index)) in wanted {
             let previous = match running.remove(&key) {
