@@ -175,6 +175,7 @@ pub const STATE: &[(&str, &str, &[&str])] = &[
     ("switchyard_deliveries_total", "Events finished per lane, by outcome: delivered, dead_lettered, gone (no longer in the log).", &["subscription", "sink", "outcome"]),
     ("switchyard_lane_parked_total", "Times an event was parked for a long wait.", &["subscription", "sink"]),
     ("switchyard_lane_in_flight", "Deliveries in flight.", &["subscription", "sink"]),
+    ("switchyard_deadletter_sink_deliveries_total", "Dead letters sent to the subscription's dead-letter sink, by outcome: delivered, failed (its retries ran out; the letter is in the store only).", &["subscription", "sink", "outcome"]),
     ("switchyard_replies_total", "Replies, by outcome: appended, duplicate (inside the dedupe window), dropped (hop limit), invalid.", &["subscription", "sink", "outcome"]),
     ("switchyard_deadletter_store_entries", "Events in the dead-letter store.", &[]),
     ("switchyard_subscription_reloads_total", "Subscription reloads, by result: applied, rejected (the new set was invalid; the running set stayed).", &["result"]),

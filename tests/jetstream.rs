@@ -154,8 +154,21 @@ async fn three_replicas_on_a_cluster_take_appends_with_a_node_down() {
     let stop = CancellationToken::new();
     let log = connect(&options(cluster.urls(), 3), &stop).await;
     let broker: Arc<str> = Arc::from("default");
-    let first: Vec<Append> = (0..20).map(|i| append(&format!("a{i}"), T0)).collect();
-    assert_eq!(log.append(broker.clone(), first).await.unwrap().len(), 20);
+    // A new replicated stream may refuse the very first appends while its replicas
+    // catch up (a producer would get 503 and retry): retry them, with the same keys.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let batch: Vec<Append> = (0..20).map(|i| append(&format!("a{i}"), T0)).collect();
+        match log.append(broker.clone(), batch).await {
+            Ok(out) => break out,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("first appends refused, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the cluster took no append: {e}"),
+        }
+    };
+    assert_eq!(first.len(), 20);
     // One node of three dies: the other two are a quorum, and appends go on.
     cluster.nodes[2].kill();
     let mut stored = 0;
@@ -169,7 +182,14 @@ async fn three_replicas_on_a_cluster_take_appends_with_a_node_down() {
             .append(broker.clone(), vec![append(&format!("b{stored}"), T0)])
             .await
         {
-            assert!(matches!(out[0], AppendOutcome::Stored(_)), "{out:?}");
+            // A retry of an append stored but not acknowledged is its duplicate.
+            assert!(
+                matches!(
+                    out[0],
+                    AppendOutcome::Stored(_) | AppendOutcome::Duplicate(_)
+                ),
+                "{out:?}"
+            );
             stored += 1;
         } else {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -347,3 +347,38 @@ async fn no_series_outlives_its_lane() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_dead_letter_sinks_outcome_is_counted() {
+    let refuses = TestSink::start(vec![], Answer::status(400)).await;
+    let dls = TestSink::start(vec![], Answer::status(200)).await;
+    let broken_dls = TestSink::start(vec![], Answer::status(500)).await;
+    let sub = |name: &str, dls: &TestSink| {
+        subscription(
+            name,
+            &format!(
+                "  sinks:\n    - uri: {}\n  delivery:\n    retry: 0\n    deadLetterSink: {{ uri: '{}' }}\n",
+                refuses.url(&format!("/{name}")),
+                dls.url("/")
+            ),
+        )
+    };
+    let subs = [sub("kept", &dls), sub("lost", &broken_dls)].concat();
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    assert_eq!(t.post_json(&minimal("d1")).await.status, 202);
+    let series = |name: &str, outcome: &str| {
+        format!(
+            r#"switchyard_deadletter_sink_deliveries_total{{outcome="{outcome}",sink="{}",subscription="{name}"}}"#,
+            refuses.url(&format!("/{name}"))
+        )
+    };
+    let samples = eventually("both dead letters counted", async || {
+        let (samples, _) = scrape(&t).await;
+        (value(&samples, &series("kept", "delivered")) == 1.0
+            && value(&samples, &series("lost", "failed")) == 1.0)
+            .then_some(samples)
+    })
+    .await;
+    assert_eq!(samples.get(&series("kept", "failed")), Some(&0.0));
+    assert_eq!(samples.get(&series("lost", "delivered")), Some(&0.0));
+}

@@ -137,6 +137,7 @@ impl Collector for StateCollector {
         let parked = count("switchyard_lane_parked_total");
         let in_flight = gauge("switchyard_lane_in_flight");
         let replies = count("switchyard_replies_total");
+        let dls = count("switchyard_deadletter_sink_deliveries_total");
         let dead = gauge("switchyard_deadletter_store_entries");
         let reloads = count("switchyard_subscription_reloads_total");
         let stored_events = gauge("switchyard_log_stored_events");
@@ -231,6 +232,13 @@ impl Collector for StateCollector {
                         .with_label_values(&[name, sink, outcome])
                         .inc_by(n.load(Ordering::Relaxed));
                 }
+                for (outcome, n) in [
+                    ("delivered", &l.dead_letter_sink_delivered),
+                    ("failed", &l.dead_letter_sink_failed),
+                ] {
+                    dls.with_label_values(&[name, sink, outcome])
+                        .inc_by(n.load(Ordering::Relaxed));
+                }
                 let (depth, arrival) = snapshot
                     .lanes
                     .get(&(broker.to_string(), lane.clone()))
@@ -259,6 +267,7 @@ impl Collector for StateCollector {
             &parked,
             &in_flight,
             &replies,
+            &dls,
             &dead,
             &reloads,
             &stored_events,

@@ -64,6 +64,9 @@ pub struct LaneStats {
     pub replies_invalid: AtomicU64,
     /// Replies the dedupe window found already stored.
     pub replies_duplicate: AtomicU64,
+    /// Dead letters the dead-letter sink took, and those it did not (after its retries).
+    pub dead_letter_sink_delivered: AtomicU64,
+    pub dead_letter_sink_failed: AtomicU64,
     /// The last failure and when (ns since the epoch).
     pub last_error: Mutex<Option<(String, u64)>>,
     /// Time from the first attempt to delivered or dead-lettered, when measured.
@@ -582,6 +585,12 @@ impl LaneContext {
             let event = with_error_extensions(&record.event, &self.lane.sink, status, &body);
             letter.dead_letter_sink_delivered =
                 self.send_dead_letter(&dls, &event, record.seq).await;
+            let counter = if letter.dead_letter_sink_delivered {
+                &self.stats.dead_letter_sink_delivered
+            } else {
+                &self.stats.dead_letter_sink_failed
+            };
+            counter.fetch_add(1, AtomicOrdering::Relaxed);
         }
         tracing::warn!(seq = record.seq, event_id = record.event.id(), attempts, error = %letter.last_error, to_sink = letter.dead_letter_sink_delivered, "dead-lettered");
         if let Err(e) = self.log.dead_letters().store(&letter).await {
