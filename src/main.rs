@@ -144,7 +144,8 @@ struct AdminArgs {
     /// The admin listener's URL.
     #[arg(long, default_value = "http://127.0.0.1:9090", global = true)]
     admin: String,
-    /// The admin token (`admin.token`), needed for calls that change something.
+    /// The admin token (`admin.token`): with one set, every API call needs it, reads
+    /// included.
     #[arg(
         long,
         env = "SWITCHYARD_ADMIN_TOKEN",

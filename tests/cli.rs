@@ -554,3 +554,21 @@ fn a_command_whose_reader_is_gone_ends_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
+
+#[test]
+fn the_docs_and_the_help_name_the_admin_token_flag_the_cli_has() {
+    let out = bin().args(["events", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--token"), "{help}");
+    assert!(help.contains("every API call needs it, reads"), "{help}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let security = std::fs::read_to_string(root.join("docs/security.md")).unwrap();
+    assert!(security.contains("`--token` or `SWITCHYARD_ADMIN_TOKEN`"));
+    for doc in ["README.md", "docs/security.md", "docs/operations.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        assert!(
+            !text.contains("--admin-token"),
+            "{doc} names a flag the CLI lacks"
+        );
+    }
+}
