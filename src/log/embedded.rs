@@ -149,21 +149,6 @@ pub trait BlockingStore: Send + Sync + 'static {
     /// The sequence of the lane's parked entry that is due first.
     fn next_parked(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError>;
 
-    /// The arrival time of the oldest event the lane still holds: its first pending
-    /// entry, or the parked entry due first (parked entries are, almost always, older).
-    fn lane_oldest_arrival(&self, broker: &str, lane: &LaneId) -> Result<Option<u64>, LogError> {
-        let pending = self.lane_pending(broker, lane, 0, 1)?.first().copied();
-        let parked = self.next_parked(broker, lane)?;
-        let Some(seq) = pending.into_iter().chain(parked).min() else {
-            return Ok(None);
-        };
-        Ok(self
-            .read(broker, seq, 1)?
-            .first()
-            .filter(|r| r.seq == seq)
-            .map(|r| r.arrival_unix_nanos))
-    }
-
     /// Keeps a dead letter; returns its id.
     fn store_dead_letter(&self, letter: &DeadLetter) -> Result<u64, LogError>;
 

@@ -198,14 +198,7 @@ impl JetStreamEvents {
         let mut streams = HashMap::new();
         let mut names = Vec::new();
         for b in brokers {
-            let config = options.stream_config(b);
-            let info = js.create_or_update_stream(config).await.map_err(|e| {
-                unavailable(
-                    &format!("cannot create or update stream {}", options.stream_name(b)),
-                    e,
-                )
-            })?;
-            wait_for_leader(&js, &options.stream_name(b)).await?;
+            let info = ensure_stream(&js, options.stream_config(b)).await?;
             let broker: Arc<str> = Arc::from(b.as_str());
             names.push(broker.clone());
             streams.insert(
@@ -361,6 +354,17 @@ async fn raw_batch(
         }
     }
     Ok(out)
+}
+
+/// Creates the stream, or updates it to `config`, and waits until it can take appends.
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> LogResult<stream::Info> {
+    let name = config.name.clone();
+    let info = js
+        .create_or_update_stream(config)
+        .await
+        .map_err(|e| unavailable(&format!("cannot create or update stream {name}"), e))?;
+    wait_for_leader(js, &name).await?;
+    Ok(info)
 }
 
 /// Waits (bounded) until a replicated stream has elected its leader: until then the
@@ -561,11 +565,7 @@ impl JetStreamEvents {
             max_age,
             ..Default::default()
         };
-        self.js
-            .create_or_update_stream(config)
-            .await
-            .map_err(|e| unavailable(&format!("cannot create or update stream {name}"), e))?;
-        wait_for_leader(&self.js, &name).await?;
+        ensure_stream(&self.js, config).await?;
         Ok(JetStreamDeadLetters {
             client: self.client.clone(),
             js: self.js.clone(),
