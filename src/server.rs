@@ -53,6 +53,43 @@ fn warn_if_min_free_exceeds_disk(path: &std::path::Path, min_free_bytes: u64) {
     }
 }
 
+/// Opens the log on JetStream: the events, the lanes and the dead letters, streams
+/// and bucket created or updated to the config.
+async fn open_jetstream(
+    options: &crate::log::jetstream::JetStreamOptions,
+    config: &Config,
+    clock: SharedClock,
+    stop: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Log, LogError> {
+    use crate::log::jetstream::{lanes::JetStreamLanes, JetStreamEvents};
+    let named = |e: LogError| {
+        LogError::Unavailable(format!(
+            "{e} (storage.jetstream: servers, credentials, tls, replicas)"
+        ))
+    };
+    let events = JetStreamEvents::connect(options, &config.brokers, stop.clone(), tracker)
+        .await
+        .map_err(named)?;
+    let lanes = JetStreamLanes::start(&events, options, clock.clone(), stop, tracker)
+        .await
+        .map_err(named)?;
+    let dead_letters = events
+        .dead_letters(
+            options,
+            config.storage.dead_letters_max_count,
+            config.storage.dead_letters_max_age,
+        )
+        .await
+        .map_err(named)?;
+    Ok(Log::from_parts(
+        events,
+        lanes,
+        Arc::new(dead_letters),
+        clock,
+    ))
+}
+
 /// A running server.
 pub struct Server {
     pub ingress_addr: std::net::SocketAddr,
@@ -100,54 +137,70 @@ impl Server {
             shutdown.clone(),
         ));
 
-        let options = StoreOptions {
-            path: config.storage.path.clone(),
-            durability: config.storage.durability,
-            cache_capacity: config.storage.cache_capacity,
-            dedupe_window_nanos: u64::try_from(config.dedupe.window.as_nanos()).unwrap_or(u64::MAX),
-        };
-        let brokers = config.brokers.clone();
-        health.set_not_ready(format!(
-            "opening the log in {}",
-            config.storage.path.display()
-        ));
-        let backend = tokio::task::spawn_blocking(move || Store::open(&options, &brokers))
-            .await
-            .map_err(|_| LogError::Closed)?
-            .map_err(LogError::from)?;
-        warn_if_min_free_exceeds_disk(&config.storage.path, config.storage.min_free_bytes);
         let writer_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let log = Log::start(
-            Arc::new(backend),
-            &config.brokers,
-            clock.clone(),
-            WriterOptions {
-                dedupe_window: config.dedupe.window,
-                metrics: Some(metrics.clone()),
-                retention: crate::log::Retention {
-                    max_age: config.storage.retention_max_age,
-                    // As a hard quota, maxBytes refuses appends and deletes nothing.
-                    max_bytes: if config.storage.refuse_at_max_bytes {
-                        0
-                    } else {
-                        config.storage.retention_max_bytes
+        let log = if let Some(options) = &config.storage.jetstream {
+            health.set_not_ready(format!(
+                "connecting to the NATS servers ({})",
+                options.servers.join(", ")
+            ));
+            open_jetstream(
+                options,
+                &config,
+                clock.clone(),
+                writer_stop.clone(),
+                &tracker,
+            )
+            .await?
+        } else {
+            let options = StoreOptions {
+                path: config.storage.path.clone(),
+                durability: config.storage.durability,
+                cache_capacity: config.storage.cache_capacity,
+                dedupe_window_nanos: u64::try_from(config.dedupe.window.as_nanos())
+                    .unwrap_or(u64::MAX),
+            };
+            let brokers = config.brokers.clone();
+            health.set_not_ready(format!(
+                "opening the log in {}",
+                config.storage.path.display()
+            ));
+            let backend = tokio::task::spawn_blocking(move || Store::open(&options, &brokers))
+                .await
+                .map_err(|_| LogError::Closed)?
+                .map_err(LogError::from)?;
+            warn_if_min_free_exceeds_disk(&config.storage.path, config.storage.min_free_bytes);
+            Log::start(
+                Arc::new(backend),
+                &config.brokers,
+                clock.clone(),
+                WriterOptions {
+                    dedupe_window: config.dedupe.window,
+                    metrics: Some(metrics.clone()),
+                    retention: crate::log::Retention {
+                        max_age: config.storage.retention_max_age,
+                        // As a hard quota, maxBytes refuses appends and deletes nothing.
+                        max_bytes: if config.storage.refuse_at_max_bytes {
+                            0
+                        } else {
+                            config.storage.retention_max_bytes
+                        },
+                        dead_letters_max_count: config.storage.dead_letters_max_count,
+                        dead_letters_max_age: config.storage.dead_letters_max_age,
                     },
-                    dead_letters_max_count: config.storage.dead_letters_max_count,
-                    dead_letters_max_age: config.storage.dead_letters_max_age,
+                    space: crate::log::SpaceLimits {
+                        path: Some(config.storage.path.clone()),
+                        min_free_bytes: config.storage.min_free_bytes,
+                        quota_bytes: (config.storage.refuse_at_max_bytes
+                            && config.storage.retention_max_bytes > 0)
+                            .then_some(config.storage.retention_max_bytes),
+                    },
+                    ..WriterOptions::default()
                 },
-                space: crate::log::SpaceLimits {
-                    path: Some(config.storage.path.clone()),
-                    min_free_bytes: config.storage.min_free_bytes,
-                    quota_bytes: (config.storage.refuse_at_max_bytes
-                        && config.storage.retention_max_bytes > 0)
-                        .then_some(config.storage.retention_max_bytes),
-                },
-                ..WriterOptions::default()
-            },
-            writer_stop.clone(),
-            &tracker,
-        )?;
+                writer_stop.clone(),
+                &tracker,
+            )?
+        };
         for b in &config.brokers {
             tracing::info!(broker = %b, head = log.head(b).unwrap_or(0), "log opened");
             // Present from the start, so that a scrape shows it before the first deletion.

@@ -125,11 +125,18 @@ async fn subscription_json(api: &Api, route: &Arc<Route>) -> Result<Value, ApiEr
     for lane in &route.lanes {
         let stats = api.delivery.stats(&s.broker, lane);
         let store = api.log.lanes();
-        let first = store
-            .entries(&s.broker, lane, 0, 1)
-            .await
-            .map_err(unavailable)?;
         let depth = store.depth(&s.broker, lane).await.map_err(unavailable)?;
+        // A shared lane's entries are claimed when read: its depth names the oldest.
+        let cursor = if store.shared() {
+            depth.oldest
+        } else {
+            store
+                .entries(&s.broker, lane, 0, 1)
+                .await
+                .map_err(unavailable)?
+                .first()
+                .map(|e| e.seq)
+        };
         let last_error = stats
             .last_error
             .lock()
@@ -137,7 +144,7 @@ async fn subscription_json(api: &Api, route: &Arc<Route>) -> Result<Value, ApiEr
             .clone();
         lanes.push(json!({
             "sink": lane.sink,
-            "cursor": first.first().map(|e| e.seq),
+            "cursor": cursor,
             "lag": depth.pending,
             "inFlight": stats.in_flight.load(Ordering::Relaxed),
             "parked": depth.parked,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::expr::dedupe_key::DedupeKey;
+use crate::log::jetstream::{Credentials, JetStreamOptions, Tls};
 use crate::store::Durability;
 use yaml::{Node, Value};
 
@@ -147,8 +148,22 @@ pub struct AdminConfig {
     pub health_public: bool,
 }
 
+/// Where the events, the lanes and the dead letters are kept (`storage.backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The log on this node's disk, in `storage.path`.
+    #[default]
+    Embedded,
+    /// NATS JetStream streams, shared by every instance naming the same servers and prefix.
+    JetStream,
+}
+
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
+    pub backend: Backend,
+    /// The JetStream settings; `Some` exactly when `backend` is [`Backend::JetStream`].
+    pub jetstream: Option<JetStreamOptions>,
+    /// The data directory.
     pub path: PathBuf,
     pub durability: Durability,
     pub cache_capacity: u64,
@@ -266,13 +281,23 @@ pub const SCHEMA: &[Key] = &[
     key("admin.listen", "127.0.0.1:9090", "`/metrics`, `/livez`, `/readyz`, the admin API under `/api/v1`"),
     key("admin.token", "null", "bearer token for every `/api/v1` call (a string or a `valueFrom` reference)"),
     list("admin.public", "[metrics, health]", "what answers without the token: `/metrics`, and `/livez` + `/readyz`"),
-    key("storage.backend", "embedded", "`embedded`: the log on this node's disk, in `storage.path`"),
+    key("storage.backend", "embedded", "`embedded`: the log on this node's disk, in `storage.path`; `jetstream`: events, lanes and dead letters on the NATS JetStream servers of `storage.jetstream`, shared by every instance that names them"),
+    list("storage.jetstream.servers", "[]", "the NATS servers, `nats://HOST:PORT` or `tls://HOST:PORT` (port 4222 when left out); required with `backend: jetstream`"),
+    key("storage.jetstream.replicas", "1", "copies of each broker's stream, 1-5 (at most the cluster's size)"),
+    key("storage.jetstream.streamPrefix", "SWITCHYARD", "the streams, subjects and bucket are named from it (`<prefix>-<broker>`, `<prefix>.<broker>.events`, …): letters, digits, `-` and `_`"),
+    key("storage.jetstream.token", "null", "authenticate with this token (a string or a `valueFrom` reference); at most one of `token`, `user` + `password`, `credsFile`"),
+    key("storage.jetstream.user", "null", "authenticate as this user, with `password` (each a string or a `valueFrom` reference)"),
+    key("storage.jetstream.password", "null", "the password of `user`"),
+    key("storage.jetstream.credsFile", "null", "authenticate with this `.creds` file (a user JWT and its NKey seed)"),
+    key("storage.jetstream.tls.caFile", "null", "trust this PEM CA instead of the system's roots (TLS is on when any `tls` key is set or a server is `tls://`)"),
+    key("storage.jetstream.tls.certFile", "null", "client certificate (PEM) for servers that verify clients (with `keyFile`: both or neither)"),
+    key("storage.jetstream.tls.keyFile", "null", "the PEM key of `certFile`"),
     key("storage.path", "./data", "data directory"),
-    key("storage.durability", "fsync", "`fsync`: 202 after the sync; `relaxed`: synced every 100 ms in the background (a crash can lose that much)"),
+    key("storage.durability", "fsync", "`fsync`: 202 after the sync; `relaxed`: synced every 100 ms in the background (a crash can lose that much); embedded only (JetStream acknowledges once its replicas hold the event)"),
     key("storage.cacheCapacity", "8MiB", "sled's page cache for the dead letters, counted in sled's serialized sizes: the heap it takes is several times this ([storage.md](docs/storage.md#memory))"),
     key("storage.retention.maxAge", "7d", "events older than this are deleted in the background (`0`: kept); see [docs/storage.md](docs/storage.md#retention)"),
-    key("storage.retention.maxBytes", "10GiB", "while all brokers' records take more than this, the oldest are deleted (`0`: no bound)"),
-    key("storage.retention.onMaxBytes", "deleteOldest", "`refuseWrites` makes `maxBytes` a hard quota: `503` with `Retry-After` at the quota, nothing deleted for size"),
+    key("storage.retention.maxBytes", "10GiB", "while all brokers' records take more than this, the oldest are deleted (`0`: no bound; on jetstream, each broker's stream)"),
+    key("storage.retention.onMaxBytes", "deleteOldest", "`refuseWrites` makes `maxBytes` a hard quota: `503` with `Retry-After` at the quota, nothing deleted for size (embedded only)"),
     key("storage.minFreeBytes", "64MiB", "`503` with `Retry-After` while the log's filesystem has less free space, so the disk never fills (`0`: off)"),
     key("storage.deadLetters.maxCount", "100000", "the dead-letter store keeps at most this many letters: the oldest go first"),
     key("storage.deadLetters.maxAge", "30d", "dead letters older than this are deleted (`0`: kept)"),
@@ -326,6 +351,79 @@ pub fn key_table() -> String {
         out.push_str(&format!("| `{}` | `{default}` | {} |\n", k.path, k.doc));
     }
     out
+}
+
+/// Orders nodes as they are written: the file's by line, then the environment's.
+fn written_order(node: &Node) -> (bool, usize) {
+    (node.line == 0, node.line)
+}
+
+/// The section of the JetStream backend's keys.
+const JETSTREAM: &str = "storage.jetstream.";
+
+/// Checks a NATS server URL, `nats://HOST[:PORT]` or `tls://HOST[:PORT]`; `Ok(true)`
+/// when it asks for TLS.
+fn nats_url(url: &str) -> Result<bool, String> {
+    let bad = |why: &str| {
+        format!("'{url}' is not a NATS server URL: {why}; the form is nats://HOST:PORT or tls://HOST:PORT")
+    };
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("nats://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("tls://") {
+        (true, rest)
+    } else {
+        return Err(bad("the scheme must be nats:// or tls://"));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('@') {
+        // The URLs are logged; credentials have keys of their own.
+        return Err(bad(
+            "credentials do not go in the URL (use storage.jetstream.user and password, or token)",
+        ));
+    }
+    if authority.contains(['/', '?', '#']) {
+        return Err(bad("a server URL has no path"));
+    }
+    let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
+        let (host, after) = inner
+            .split_once(']')
+            .ok_or_else(|| bad("the IPv6 address has no closing ]"))?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad(&format!("'{host}' is not an IPv6 address")));
+        }
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("a port follows the host after ':'"))?,
+                ),
+            ),
+        }
+    } else {
+        let (host, port) = match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !host_ok {
+            return Err(bad(&format!("'{host}' is not a host name or address")));
+        }
+        (host, port)
+    };
+    if let Some(port) = port {
+        if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+            return Err(bad(&format!(
+                "'{port}' after {host} is not a port (1-65535)"
+            )));
+        }
+    }
+    Ok(tls)
 }
 
 fn is_key(path: &str) -> bool {
@@ -891,6 +989,257 @@ impl Validator {
         }
     }
 
+    /// `storage.jetstream` when the backend is embedded (or not one): its keys are read,
+    /// and when `report`, the first one set is an error, so that a forgotten or mistyped
+    /// `storage.backend` does not pass unnoticed.
+    fn jetstream_unused(&mut self, user: &Node, defaults: &Node, report: bool) {
+        let mut set = Vec::new();
+        for k in SCHEMA.iter().filter(|k| k.path.starts_with(JETSTREAM)) {
+            self.pick(user, defaults, k.path);
+            if let Some(n) = lookup(user, k.path).filter(|n| !matches!(n.value, Value::Null)) {
+                set.push((k.path, n));
+            }
+        }
+        // The first in the file (the environment's after it).
+        let first_set = set.into_iter().min_by_key(|(_, n)| written_order(n));
+        if let (true, Some((path, n))) = (report, first_set) {
+            self.error(
+                n,
+                path,
+                "storage.jetstream is set but storage.backend is embedded: \
+                 set storage.backend: jetstream, or remove storage.jetstream",
+            );
+        }
+    }
+
+    /// `storage.jetstream`, with the backend `jetstream` (set at `backend`): the servers,
+    /// the stream settings, one kind of credentials, TLS. The retention and dedupe
+    /// fields are the caller's to fill.
+    fn jetstream(&mut self, user: &Node, defaults: &Node, backend: &Node) -> JetStreamOptions {
+        macro_rules! node {
+            ($leaf:literal) => {
+                self.pick(user, defaults, concat!("storage.jetstream.", $leaf))
+            };
+        }
+        // Whether the user set a key (a defaulted one has no line of its own to blame).
+        let set = |n: &Node| !matches!(n.value, Value::Null);
+        let servers_key = "storage.jetstream.servers";
+        let servers_node = node!("servers");
+        let mut servers = Vec::new();
+        let mut any_tls_url = false;
+        let items = self.list(servers_node, servers_key);
+        for (i, n) in items.iter().enumerate() {
+            let key = format!("{servers_key}[{i}]");
+            let Some(url) = self.string(n, &key) else {
+                continue;
+            };
+            match nats_url(&url) {
+                Ok(tls) => {
+                    any_tls_url |= tls;
+                    servers.push(url);
+                }
+                Err(e) => self.error(n, &key, e),
+            }
+        }
+        if items.is_empty() && matches!(servers_node.value, Value::Seq(_) | Value::Null) {
+            let at = if lookup(user, servers_key).is_some_and(set) {
+                servers_node
+            } else {
+                backend
+            };
+            self.error(
+                at,
+                servers_key,
+                "the jetstream backend needs at least one server, e.g. [nats://nats:4222]",
+            );
+        }
+        let replicas = self.int(node!("replicas"), "storage.jetstream.replicas", 1, 5) as usize;
+        let prefix_key = "storage.jetstream.streamPrefix";
+        let prefix_node = node!("streamPrefix");
+        let stream_prefix = self.string(prefix_node, prefix_key).unwrap_or_default();
+        let prefix_ok = !stream_prefix.is_empty()
+            && stream_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if matches!(prefix_node.value, Value::Str(_)) && !prefix_ok {
+            self.error(
+                prefix_node,
+                prefix_key,
+                format!(
+                    "'{stream_prefix}' is not a stream prefix: one or more of A-Z, a-z, 0-9, '-' and '_'"
+                ),
+            );
+        }
+        let credentials = self.jetstream_credentials(
+            node!("token"),
+            node!("user"),
+            node!("password"),
+            node!("credsFile"),
+        );
+        let tls = self.jetstream_tls(
+            node!("tls.caFile"),
+            node!("tls.certFile"),
+            node!("tls.keyFile"),
+            any_tls_url,
+        );
+        JetStreamOptions {
+            servers,
+            replicas,
+            stream_prefix,
+            credentials,
+            tls,
+            dedupe_window: Duration::ZERO,
+            max_age: Duration::ZERO,
+            max_bytes: 0,
+        }
+    }
+
+    /// At most one kind of credentials: a token, a user and password, or a creds file.
+    fn jetstream_credentials(
+        &mut self,
+        token: &Node,
+        user: &Node,
+        password: &Node,
+        creds: &Node,
+    ) -> Credentials {
+        let set = |n: &Node| !matches!(n.value, Value::Null);
+        // Each kind set, by where it is written: user and password are one kind, the
+        // first of them written standing for both.
+        let mut kinds: Vec<(&str, &Node)> = [
+            ("storage.jetstream.token", token),
+            ("storage.jetstream.user", user),
+            ("storage.jetstream.password", password),
+            ("storage.jetstream.credsFile", creds),
+        ]
+        .into_iter()
+        .filter(|(_, n)| set(n))
+        .collect();
+        kinds.sort_by_key(|(_, n)| written_order(n));
+        let pair = |k: &str| k.ends_with(".user") || k.ends_with(".password");
+        if let Some(second) = kinds.iter().filter(|(k, _)| pair(k)).nth(1) {
+            let second = second.0;
+            kinds.retain(|(k, _)| *k != second);
+        }
+        if let [(first, _), rest @ ..] = kinds.as_slice() {
+            for (key, n) in rest {
+                self.error(
+                    n,
+                    key,
+                    format!(
+                        "{first} is set too: set one of storage.jetstream.token, \
+                         user and password, or credsFile"
+                    ),
+                );
+            }
+            if !rest.is_empty() {
+                return Credentials::None;
+            }
+        }
+        if set(token) {
+            return self
+                .secret(token, "storage.jetstream.token")
+                .map_or(Credentials::None, Credentials::Token);
+        }
+        if set(creds) {
+            let key = "storage.jetstream.credsFile";
+            let Some(path) = self.optional_path(creds, key) else {
+                return Credentials::None;
+            };
+            return match std::fs::read(&path) {
+                Ok(_) => Credentials::CredsFile(path),
+                Err(e) => {
+                    self.error(
+                        creds,
+                        key,
+                        format!("cannot read creds file {}: {e}", path.display()),
+                    );
+                    Credentials::None
+                }
+            };
+        }
+        match (set(user), set(password)) {
+            (false, false) => Credentials::None,
+            (true, false) => {
+                self.error(
+                    user,
+                    "storage.jetstream.password",
+                    "storage.jetstream.user needs a password: set both",
+                );
+                Credentials::None
+            }
+            (false, true) => {
+                self.error(
+                    password,
+                    "storage.jetstream.user",
+                    "storage.jetstream.password needs a user: set both",
+                );
+                Credentials::None
+            }
+            (true, true) => {
+                let u = self.secret(user, "storage.jetstream.user");
+                let p = self.secret(password, "storage.jetstream.password");
+                match (u, p) {
+                    (Some(u), Some(p)) => Credentials::UserPassword(u, p),
+                    _ => Credentials::None,
+                }
+            }
+        }
+    }
+
+    /// TLS to the NATS servers: on when any file is given or a server URL is `tls://`;
+    /// each file given is read now, so a bad one stops the start with its key.
+    fn jetstream_tls(
+        &mut self,
+        ca: &Node,
+        cert: &Node,
+        key: &Node,
+        any_tls_url: bool,
+    ) -> Option<Tls> {
+        use rustls::pki_types::pem::PemObject as _;
+        let (ca_key, cert_key, key_key) = (
+            "storage.jetstream.tls.caFile",
+            "storage.jetstream.tls.certFile",
+            "storage.jetstream.tls.keyFile",
+        );
+        let ca_file = self.optional_path(ca, ca_key);
+        let cert_file = self.optional_path(cert, cert_key);
+        let key_file = self.optional_path(key, key_key);
+        if let Some(p) = &ca_file {
+            if let Err(e) = crate::http::tls::read_certs(p, "CA file") {
+                self.error(ca, ca_key, e);
+            }
+        }
+        if let Some(p) = &cert_file {
+            if let Err(e) = crate::http::tls::read_certs(p, "certificate file") {
+                self.error(cert, cert_key, e);
+            }
+        }
+        if let Some(p) = &key_file {
+            if let Err(e) = rustls::pki_types::PrivateKeyDer::from_pem_file(p) {
+                self.error(
+                    key,
+                    key_key,
+                    format!("cannot read a PEM private key from {}: {e}", p.display()),
+                );
+            }
+        }
+        match (&cert_file, &key_file) {
+            (Some(_), None) => {
+                self.error(cert, key_key, "certFile and keyFile go together; set both")
+            }
+            (None, Some(_)) => {
+                self.error(key, cert_key, "certFile and keyFile go together; set both")
+            }
+            _ => {}
+        }
+        let any_file = ca_file.is_some() || cert_file.is_some() || key_file.is_some();
+        (any_file || any_tls_url).then_some(Tls {
+            ca_file,
+            cert_file,
+            key_file,
+        })
+    }
+
     fn build(&mut self, user: &Node, defaults: &Node, file: Option<&Path>) -> Config {
         macro_rules! node {
             ($path:literal) => {
@@ -986,22 +1335,33 @@ impl Validator {
             metrics_public,
             health_public,
         };
-        let backend = node!("storage.backend");
-        let text = backend.scalar_text().unwrap_or_default();
-        if text != "embedded" {
-            self.error(
-                backend,
-                "storage.backend",
-                format!("'{text}' is not a backend: the one there is is embedded"),
-            );
-        }
-        let storage = StorageConfig {
+        let backend_node = node!("storage.backend");
+        let backend = match backend_node.scalar_text().as_deref() {
+            Some("embedded") => Some(Backend::Embedded),
+            Some("jetstream") => Some(Backend::JetStream),
+            other => {
+                self.error(
+                    backend_node,
+                    "storage.backend",
+                    format!(
+                        "'{}' is not a backend: embedded or jetstream",
+                        other.unwrap_or_default()
+                    ),
+                );
+                None
+            }
+        };
+        let durability_node = node!("storage.durability");
+        let on_max_bytes_node = node!("storage.retention.onMaxBytes");
+        let mut storage = StorageConfig {
+            backend: backend.unwrap_or_default(),
+            jetstream: None,
             path: self
                 .string(node!("storage.path"), "storage.path")
                 .map(PathBuf::from)
                 .unwrap_or_default(),
             durability: self.choice(
-                node!("storage.durability"),
+                durability_node,
                 "storage.durability",
                 &[
                     ("fsync", Durability::Fsync),
@@ -1019,7 +1379,7 @@ impl Validator {
                 "storage.retention.maxBytes",
             ),
             refuse_at_max_bytes: self.choice(
-                node!("storage.retention.onMaxBytes"),
+                on_max_bytes_node,
                 "storage.retention.onMaxBytes",
                 &[("deleteOldest", false), ("refuseWrites", true)],
             ),
@@ -1077,6 +1437,36 @@ impl Validator {
             key: Arc::new(
                 key.unwrap_or_else(|| DedupeKey::compile("id").expect("a constant expression")),
             ),
+        };
+        storage.jetstream = match backend {
+            Some(Backend::JetStream) => {
+                if storage.durability == Durability::Relaxed {
+                    self.error(
+                        durability_node,
+                        "storage.durability",
+                        "relaxed is not a mode of the jetstream backend: JetStream acknowledges \
+                         an event once its replicas hold it; remove the key or use fsync",
+                    );
+                }
+                if storage.refuse_at_max_bytes {
+                    self.error(
+                        on_max_bytes_node,
+                        "storage.retention.onMaxBytes",
+                        "refuseWrites is not supported by the jetstream backend: a stream \
+                         discards its oldest events at maxBytes; use deleteOldest",
+                    );
+                }
+                let mut options = self.jetstream(user, defaults, backend_node);
+                options.dedupe_window = dedupe.window;
+                options.max_age = storage.retention_max_age;
+                options.max_bytes = storage.retention_max_bytes;
+                Some(options)
+            }
+            // A bad backend is its own error; keys beside it are not held against it.
+            other => {
+                self.jetstream_unused(user, defaults, other == Some(Backend::Embedded));
+                None
+            }
         };
         let subscriptions_set =
             lookup(user, "subscriptions").is_some_and(|n| !matches!(n.value, Value::Null));
@@ -1254,16 +1644,464 @@ mod tests {
 
     #[test]
     fn every_key_of_the_schema_is_read_once_and_no_other() {
-        let mut v = Validator::default();
         let defaults = yaml::parse(&defaults_yaml()).unwrap().pop().unwrap();
         let empty = Node::new(0, Value::Map(Vec::new()));
-        v.build(&empty, &defaults, None);
-        assert!(v.errors.is_empty(), "{:?}", v.errors);
-        let mut picked = v.picked.into_inner();
-        picked.sort();
-        let mut schema: Vec<String> = SCHEMA.iter().map(|k| k.path.to_string()).collect();
-        schema.sort();
-        assert_eq!(picked, schema);
+        // Both backends read every key (the JetStream keys on either).
+        let jetstream = yaml::parse(
+            "storage:\n  backend: jetstream\n  jetstream:\n    servers: [nats://n:4222]\n",
+        )
+        .unwrap()
+        .pop()
+        .unwrap();
+        for user in [&empty, &jetstream] {
+            let mut v = Validator::default();
+            v.build(user, &defaults, None);
+            assert!(v.errors.is_empty(), "{:?}", v.errors);
+            let mut picked = v.picked.into_inner();
+            picked.sort();
+            let mut schema: Vec<String> = SCHEMA.iter().map(|k| k.path.to_string()).collect();
+            schema.sort();
+            assert_eq!(picked, schema);
+        }
+    }
+
+    /// A self-signed certificate and its key, as PEM files in `dir`.
+    fn pem_files(dir: &Path) -> (PathBuf, PathBuf) {
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["nats".to_string()]).unwrap();
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key_pair.serialize_pem()).unwrap();
+        (cert_file, key_file)
+    }
+
+    /// The (line, key) of each error of a config with `storage.backend: jetstream` and
+    /// `body` under `storage.jetstream` (its first line is line 4).
+    fn jetstream_errors(body: &str) -> Vec<(usize, String)> {
+        let text = format!("storage:\n  backend: jetstream\n  jetstream:\n{body}");
+        match from_yaml(Some(Path::new("s.yaml")), &text, &env(&[])) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|e| (e.line, e.key)).collect(),
+        }
+    }
+
+    fn at(line: usize, key: &str) -> Vec<(usize, String)> {
+        vec![(line, key.to_string())]
+    }
+
+    const SERVERS: &str = "    servers: [nats://n1:4222]\n";
+
+    #[test]
+    fn the_embedded_backend_has_no_jetstream_options() {
+        let c = from_yaml(None, "storage:\n  backend: embedded\n", &env(&[])).unwrap();
+        assert_eq!(c.storage.backend, Backend::Embedded);
+        assert!(c.storage.jetstream.is_none());
+        let c = from_yaml(None, "", &env(&[])).unwrap();
+        assert_eq!(c.storage.backend, Backend::Embedded);
+        assert!(c.storage.jetstream.is_none());
+    }
+
+    #[test]
+    fn a_jetstream_config_becomes_its_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pem_files(dir.path());
+        let password = dir.path().join("password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let text = format!(
+            "storage:
+  backend: jetstream
+  jetstream:
+    servers:
+      - nats://n1:4222
+      - tls://n2.example.com
+      - nats://[::1]:4223/
+    replicas: 3
+    streamPrefix: CI_events-1
+    user: alice
+    password: {{ valueFrom: {{ file: {} }} }}
+    tls:
+      caFile: {}
+      certFile: {}
+      keyFile: {}
+  retention:
+    maxAge: 1d
+    maxBytes: 1GiB
+dedupe:
+  window: 5m
+",
+            password.display(),
+            cert.display(),
+            cert.display(),
+            key.display()
+        );
+        let c = from_yaml(Some(Path::new("s.yaml")), &text, &env(&[])).unwrap();
+        assert_eq!(c.storage.backend, Backend::JetStream);
+        let js = c.storage.jetstream.expect("jetstream options");
+        assert_eq!(
+            js.servers,
+            [
+                "nats://n1:4222",
+                "tls://n2.example.com",
+                "nats://[::1]:4223/"
+            ]
+        );
+        assert_eq!(js.replicas, 3);
+        assert_eq!(js.stream_prefix, "CI_events-1");
+        assert!(
+            matches!(&js.credentials, Credentials::UserPassword(u, p) if u == "alice" && p == "s3cret"),
+            "{:?}",
+            js.credentials
+        );
+        let tls = js.tls.expect("tls");
+        assert_eq!(tls.ca_file.as_deref(), Some(cert.as_path()));
+        assert_eq!(tls.cert_file.as_deref(), Some(cert.as_path()));
+        assert_eq!(tls.key_file.as_deref(), Some(key.as_path()));
+        assert_eq!(js.dedupe_window, Duration::from_secs(300));
+        assert_eq!(js.max_age, Duration::from_secs(86_400));
+        assert_eq!(js.max_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn jetstream_defaults_credentials_and_tls() {
+        let parse = |body: &str| {
+            let text = format!("storage:\n  backend: jetstream\n  jetstream:\n{body}");
+            from_yaml(None, &text, &env(&[]))
+                .unwrap()
+                .storage
+                .jetstream
+                .unwrap()
+        };
+        // The defaults: one replica, the prefix SWITCHYARD, no credentials, no TLS.
+        let js = parse(SERVERS);
+        assert_eq!(js.replicas, 1);
+        assert_eq!(js.stream_prefix, "SWITCHYARD");
+        assert!(matches!(js.credentials, Credentials::None));
+        assert!(js.tls.is_none());
+        assert_eq!(js.max_bytes, 10 << 30);
+        // A tls:// server turns TLS on, with the system's roots.
+        let js = parse("    servers: [nats://a, tls://b:4443]\n    token: t0k3n\n");
+        assert!(matches!(&js.credentials, Credentials::Token(t) if t == "t0k3n"));
+        let tls = js.tls.expect("tls:// asks for TLS");
+        assert!(tls.ca_file.is_none() && tls.cert_file.is_none());
+        // A creds file.
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("user.creds");
+        std::fs::write(&creds, "-----BEGIN NATS USER JWT-----\n").unwrap();
+        let js = parse(&format!("{SERVERS}    credsFile: {}\n", creds.display()));
+        assert!(matches!(&js.credentials, Credentials::CredsFile(p) if p == &creds));
+    }
+
+    #[test]
+    fn jetstream_needs_servers_with_good_urls() {
+        // No servers at all: blamed on the backend's line.
+        assert_eq!(jetstream_errors(""), at(2, "storage.jetstream.servers"));
+        assert_eq!(
+            jetstream_errors("    servers: []\n"),
+            at(4, "storage.jetstream.servers")
+        );
+        assert_eq!(
+            jetstream_errors(
+                "    servers:\n      - nats://n1:4222\n      - http://n2:4222\n      - nats://n3:99999\n"
+            ),
+            vec![
+                (6, "storage.jetstream.servers[1]".to_string()),
+                (7, "storage.jetstream.servers[2]".to_string())
+            ]
+        );
+        for good in [
+            "nats://n1",
+            "nats://n1:4222",
+            "tls://n1.example.com:4443",
+            "nats://10.0.0.1:4222/",
+            "nats://[::1]",
+            "nats://[fd00::1]:4222",
+        ] {
+            assert!(nats_url(good).is_ok(), "{good}");
+        }
+        assert_eq!(nats_url("tls://n1"), Ok(true));
+        assert_eq!(nats_url("nats://n1"), Ok(false));
+        for bad in [
+            "",
+            "n1:4222",
+            "http://n1:4222",
+            "nats://",
+            "nats://:4222",
+            "nats://n1:",
+            "nats://n1:0",
+            "nats://n1:65536",
+            "nats://n1:port",
+            "nats://n1:4222/path",
+            "nats://u:p@n1:4222",
+            "nats://[::1",
+            "nats://[nope]:4222",
+            "nats://[::1]4222",
+            "nats://n 1:4222",
+        ] {
+            let e = nats_url(bad).expect_err(bad);
+            assert!(e.contains("is not a NATS server URL"), "{e}");
+        }
+    }
+
+    #[test]
+    fn jetstream_replicas_and_prefix_are_checked() {
+        for replicas in ["0", "6", "three"] {
+            assert_eq!(
+                jetstream_errors(&format!("{SERVERS}    replicas: {replicas}\n")),
+                at(5, "storage.jetstream.replicas"),
+                "{replicas}"
+            );
+        }
+        for prefix in ["a.b", "''", "has space", "SW>", "ÄB"] {
+            assert_eq!(
+                jetstream_errors(&format!("{SERVERS}    streamPrefix: {prefix}\n")),
+                at(5, "storage.jetstream.streamPrefix"),
+                "{prefix}"
+            );
+        }
+        assert!(jetstream_errors(&format!(
+            "{SERVERS}    replicas: 5\n    streamPrefix: ok_Prefix-2\n"
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn jetstream_takes_one_kind_of_credentials() {
+        // token and user (and password): the second kind is the error.
+        assert_eq!(
+            jetstream_errors(&format!(
+                "{SERVERS}    token: t\n    user: u\n    password: p\n"
+            )),
+            at(6, "storage.jetstream.user")
+        );
+        assert_eq!(
+            jetstream_errors(&format!("{SERVERS}    password: p\n    token: t\n")),
+            at(6, "storage.jetstream.token")
+        );
+        // user and password go together.
+        assert_eq!(
+            jetstream_errors(&format!("{SERVERS}    user: u\n")),
+            at(5, "storage.jetstream.password")
+        );
+        assert_eq!(
+            jetstream_errors(&format!("{SERVERS}    password: p\n")),
+            at(5, "storage.jetstream.user")
+        );
+        // A creds file must be readable.
+        let errs = from_yaml(
+            Some(Path::new("s.yaml")),
+            &format!("storage:\n  backend: jetstream\n  jetstream:\n{SERVERS}    credsFile: /nonexistent/user.creds\n"),
+            &env(&[]),
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            (errs[0].line, errs[0].key.as_str()),
+            (5, "storage.jetstream.credsFile")
+        );
+        assert!(
+            errs[0].message.contains("/nonexistent/user.creds"),
+            "{errs:?}"
+        );
+        assert_eq!(
+            jetstream_errors(&format!("{SERVERS}    token: t\n    credsFile: /x.creds\n")),
+            at(6, "storage.jetstream.credsFile")
+        );
+        // A secret from an unset variable is named at its line.
+        assert_eq!(
+            jetstream_errors(&format!(
+                "{SERVERS}    token:\n      valueFrom:\n        env: SWITCHYARD_TEST_UNSET_NATS_TOKEN\n"
+            )),
+            at(7, "storage.jetstream.token")
+        );
+    }
+
+    #[test]
+    fn jetstream_tls_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pem_files(dir.path());
+        assert_eq!(
+            jetstream_errors(&format!(
+                "{SERVERS}    tls:\n      certFile: {}\n",
+                cert.display()
+            )),
+            at(6, "storage.jetstream.tls.keyFile")
+        );
+        assert_eq!(
+            jetstream_errors(&format!(
+                "{SERVERS}    tls:\n      keyFile: {}\n",
+                key.display()
+            )),
+            at(6, "storage.jetstream.tls.certFile")
+        );
+        assert_eq!(
+            jetstream_errors(&format!(
+                "{SERVERS}    tls:\n      caFile: /nonexistent/ca.pem\n"
+            )),
+            at(6, "storage.jetstream.tls.caFile")
+        );
+        // A key where a certificate belongs.
+        assert_eq!(
+            jetstream_errors(&format!(
+                "{SERVERS}    tls:\n      certFile: {}\n      keyFile: {}\n",
+                key.display(),
+                key.display()
+            )),
+            at(6, "storage.jetstream.tls.certFile")
+        );
+        assert!(jetstream_errors(&format!(
+            "{SERVERS}    tls:\n      caFile: {}\n",
+            cert.display()
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn jetstream_keys_need_the_jetstream_backend() {
+        for text in [
+            "storage:\n  jetstream:\n    replicas: 3\n",
+            "storage:\n  backend: embedded\n  jetstream:\n    replicas: 3\n    servers: [nats://n1]\n",
+        ] {
+            let errs = errors(text);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            let line = text.lines().position(|l| l.contains("replicas")).unwrap() + 1;
+            assert_eq!(
+                (errs[0].line, errs[0].key.as_str()),
+                (line, "storage.jetstream.replicas")
+            );
+            assert!(
+                errs[0]
+                    .message
+                    .contains("storage.jetstream is set but storage.backend is embedded"),
+                "{errs:?}"
+            );
+        }
+        // From the environment too.
+        let errs = from_yaml(
+            None,
+            "",
+            &env(&[("SWITCHYARD_STORAGE_JETSTREAM_SERVERS", "nats://n1")]),
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].origin, "env SWITCHYARD_STORAGE_JETSTREAM_SERVERS");
+        assert_eq!(errs[0].key, "storage.jetstream.servers");
+        // A mistyped backend is its own error, and the only one.
+        let errs = errors("storage:\n  backend: jetstrem\n  jetstream:\n    replicas: 3\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!((errs[0].line, errs[0].key.as_str()), (2, "storage.backend"));
+        assert!(
+            errs[0].message.contains("embedded or jetstream"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn jetstream_refuses_embedded_only_settings() {
+        let text =
+            |extra: &str| format!("storage:\n  backend: jetstream\n  jetstream:\n{SERVERS}{extra}");
+        let errs = errors(&text("  retention:\n    onMaxBytes: refuseWrites\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            (errs[0].line, errs[0].key.as_str()),
+            (6, "storage.retention.onMaxBytes")
+        );
+        let errs = errors(&text("  durability: relaxed\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            (errs[0].line, errs[0].key.as_str()),
+            (5, "storage.durability")
+        );
+        // Their defaults, spelled out, are fine; on embedded, so are the others.
+        let env = env(&[]);
+        assert!(from_yaml(
+            None,
+            &text("  durability: fsync\n  retention:\n    onMaxBytes: deleteOldest\n"),
+            &env
+        )
+        .is_ok());
+        assert!(from_yaml(
+            None,
+            "storage:\n  durability: relaxed\n  retention:\n    onMaxBytes: refuseWrites\n",
+            &env
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn every_jetstream_error_is_reported() {
+        let errs = errors(
+            "storage:
+  backend: jetstream
+  durability: relaxed
+  jetstream:
+    servers: [nats://ok, 'ftp://no']
+    replicas: 0
+    streamPrefix: a.b
+    token: t
+    user: u
+    tls:
+      keyFile: /nonexistent/key.pem
+",
+        );
+        let seen: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                (3, "storage.durability"),
+                (5, "storage.jetstream.servers[1]"),
+                (6, "storage.jetstream.replicas"),
+                (7, "storage.jetstream.streamPrefix"),
+                (9, "storage.jetstream.user"),
+                (11, "storage.jetstream.tls.keyFile"),
+                (11, "storage.jetstream.tls.certFile"),
+            ]
+        );
+        assert!(
+            errs[1]
+                .to_string()
+                .starts_with("s.yaml:5: storage.jetstream.servers[1]: 'ftp://no'"),
+            "{}",
+            errs[1]
+        );
+    }
+
+    #[test]
+    fn jetstream_settings_come_from_the_environment() {
+        let c = from_yaml(
+            None,
+            "",
+            &env(&[
+                ("SWITCHYARD_STORAGE_BACKEND", "jetstream"),
+                (
+                    "SWITCHYARD_STORAGE_JETSTREAM_SERVERS",
+                    "nats://n1:4222, tls://n2",
+                ),
+                ("SWITCHYARD_STORAGE_JETSTREAM_REPLICAS", "3"),
+                ("SWITCHYARD_STORAGE_JETSTREAM_STREAM_PREFIX", "FLEET"),
+                ("SWITCHYARD_STORAGE_JETSTREAM_TOKEN", "t0k3n"),
+            ]),
+        )
+        .unwrap();
+        let js = c.storage.jetstream.unwrap();
+        assert_eq!(js.servers, ["nats://n1:4222", "tls://n2"]);
+        assert_eq!((js.replicas, js.stream_prefix.as_str()), (3, "FLEET"));
+        assert!(matches!(&js.credentials, Credentials::Token(t) if t == "t0k3n"));
+        assert!(js.tls.is_some());
+        let errs = from_yaml(
+            None,
+            "",
+            &env(&[
+                ("SWITCHYARD_STORAGE_BACKEND", "jetstream"),
+                ("SWITCHYARD_STORAGE_JETSTREAM_SERVERS", "nats://n1,n2:4222"),
+            ]),
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].origin, "env SWITCHYARD_STORAGE_JETSTREAM_SERVERS");
+        assert_eq!(errs[0].key, "storage.jetstream.servers[1]");
     }
 
     #[test]

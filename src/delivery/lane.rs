@@ -29,11 +29,15 @@ use super::schedule::{Finished, Schedule, Take};
 use crate::clock::SharedClock;
 use crate::config::subscriptions::{Ordering, ReplyMode, Sink, Subscription};
 use crate::event::{AttrValue, Event};
-use crate::log::{record, AppendOutcome, DeadLetter, LaneId, Log, LogRecord, NewEvent};
+use crate::log::{record, AppendOutcome, DeadLetter, LaneId, LaneSpec, Log, LogRecord, NewEvent};
 use crate::router::feed::Feeds;
 
 /// A wait longer than this parks the event durably instead of holding an in-flight slot.
 pub const PARK_AFTER: Duration = Duration::from_secs(5);
+
+/// A shared lane's claim on an entry lasts one attempt's timeout and this much more
+/// without word from its instance (claims under way are renewed).
+pub const CLAIM_MARGIN: Duration = Duration::from_secs(5);
 
 /// How often finished entries are removed from the lane.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(100);
@@ -177,6 +181,17 @@ impl LaneContext {
         let mut commit = tokio::time::interval(COMMIT_EVERY);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let feed = self.feeds.attach(&self.lane);
+        // A shared lane (other instances take from it too) claims what it takes: it
+        // asks for what it can start now, when woken or once a second for entries
+        // handed back (a claim that timed out, a parked entry due).
+        let lanes = self.log.lanes().clone();
+        let shared = lanes.shared();
+        if shared && !self.open_shared(&lanes, &stop).await {
+            self.feeds.detach(&self.lane, &feed);
+            return;
+        }
+        let mut wake = lanes.wake(&self.broker, &self.lane);
+        let (mut poll, mut more, mut ticks) = (true, false, 0u32);
         loop {
             let now = self.clock.now_unix_nanos();
             if plan.must_unpark(now) {
@@ -190,24 +205,29 @@ impl LaneContext {
                     Err(e) => tracing::warn!(error = %e, "cannot read parked entries"),
                 }
             }
-            let read = match plan.take(stop.is_cancelled()) {
-                Take::Nothing => None,
-                Take::Reread { limit } => {
-                    feed.turn_off();
-                    Some((0, limit))
-                }
-                Take::Feed { from, limit } => match feed.take(from, limit) {
-                    Some(records) => {
-                        for record in records {
-                            if plan.admit_fed(record.seq) {
-                                self.start(&mut in_flight, record.seq, 0, Some(record), &stop);
-                            }
-                        }
-                        None
+            let read = if shared {
+                let room = plan.room(stop.is_cancelled());
+                (room > 0 && std::mem::take(&mut poll)).then_some((0, room))
+            } else {
+                match plan.take(stop.is_cancelled()) {
+                    Take::Nothing => None,
+                    Take::Reread { limit } => {
+                        feed.turn_off();
+                        Some((0, limit))
                     }
-                    // The feed is off: the lane store has them.
-                    None => Some((from, limit)),
-                },
+                    Take::Feed { from, limit } => match feed.take(from, limit) {
+                        Some(records) => {
+                            for record in records {
+                                if plan.admit_fed(record.seq) {
+                                    self.start(&mut in_flight, record.seq, 0, Some(record), &stop);
+                                }
+                            }
+                            None
+                        }
+                        // The feed is off: the lane store has them.
+                        None => Some((from, limit)),
+                    },
+                }
             };
             if let Some((from, limit)) = read {
                 match self
@@ -217,11 +237,12 @@ impl LaneContext {
                     .await
                 {
                     Ok(entries) => {
+                        more = entries.len() >= limit;
                         let (start, caught_up) = plan.admit_read(entries, limit);
                         for entry in start {
                             self.start(&mut in_flight, entry.seq, entry.attempts, None, &stop);
                         }
-                        if caught_up {
+                        if caught_up && !shared {
                             feed.turn_on(plan.scan_from());
                         }
                     }
@@ -237,20 +258,43 @@ impl LaneContext {
                         Outcome::Parked => Finished::Parked,
                         Outcome::Stopped => Finished::Stopped,
                     });
+                    if shared {
+                        // A claim released at once lets the next entry go (an ordered
+                        // lane's next one is held back until then, fleet-wide).
+                        self.commit(&mut plan).await;
+                        if outcome == Outcome::Stopped && !stop.is_cancelled() {
+                            // It could not be delivered now (its event could not be
+                            // read): handed back to the fleet rather than kept claimed.
+                            let now = self.clock.now_unix_nanos();
+                            if let Err(e) = lanes.park(&self.broker, &self.lane, seq, now, 0).await {
+                                tracing::warn!(seq, error = %e, "cannot hand an entry back; it returns when its claim times out");
+                            }
+                        }
+                        poll |= more || outcome != Outcome::Stopped;
+                    }
                 }
                 // New entries: the router wakes this lane through its feed; the broker's
                 // `routed` moves for put-backs and backfills, which may lie below where
                 // the lane has read.
-                _ = feed.pushed() => {}
+                _ = feed.pushed() => poll = true,
                 r = routed.changed() => {
                     if r.is_err() {
                         break;
                     }
                     plan.put_back();
+                    poll = true;
+                }
+                r = changed(&mut wake) => {
+                    if r.is_err() {
+                        wake = None;
+                    }
+                    poll = true;
                 }
                 _ = commit.tick() => {
                     self.commit(&mut plan).await;
                     plan.ticked();
+                    ticks = ticks.wrapping_add(1);
+                    poll |= ticks.is_multiple_of(10);
                 }
                 _ = tokio::time::sleep(park_wait.unwrap_or(Duration::from_secs(3600))), if park_wait.is_some() => {},
                 // With deliveries in flight, stopping waits for them: an attempt under
@@ -260,9 +304,38 @@ impl LaneContext {
             }
         }
         self.commit(&mut plan).await;
+        if shared {
+            // What this instance still holds goes back to the fleet now, not when its
+            // claims time out.
+            let now = self.clock.now_unix_nanos();
+            for seq in plan.busy().collect::<Vec<_>>() {
+                let _ = lanes.park(&self.broker, &self.lane, seq, now, 0).await;
+            }
+        }
         self.feeds.detach(&self.lane, &feed);
         // Deliveries still in the set were dropped with it; their entries stay pending.
         self.stats.in_flight.store(0, AtomicOrdering::Relaxed);
+    }
+
+    /// Prepares a shared lane in its backend, retrying until it can or the lane
+    /// stops (`false`).
+    async fn open_shared(&self, lanes: &crate::log::Lanes, stop: &CancellationToken) -> bool {
+        let retry = &self.sub().delivery.retry;
+        let spec = LaneSpec {
+            max_in_flight: self.sub().delivery.max_in_flight,
+            ordered: self.sub().delivery.ordering == Ordering::Ordered,
+            claim_timeout: retry.timeout + CLAIM_MARGIN,
+        };
+        loop {
+            match lanes.open(&self.broker, &self.lane, spec).await {
+                Ok(()) => return true,
+                Err(e) => tracing::warn!(error = %e, "cannot open the lane; retrying in a second"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.cancelled() => return false,
+            }
+        }
     }
 
     /// Starts the delivery of `seq` (its event when the feed had it).
@@ -628,6 +701,14 @@ impl LaneContext {
             }
         }
         false
+    }
+}
+
+/// Resolves when `wake` moves (never without one).
+async fn changed(wake: &mut Option<watch::Receiver<u64>>) -> Result<(), watch::error::RecvError> {
+    match wake {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
     }
 }
 

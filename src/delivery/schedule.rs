@@ -73,6 +73,11 @@ impl Schedule {
         }
     }
 
+    /// The sequences in flight.
+    pub fn busy(&self) -> impl Iterator<Item = u64> + '_ {
+        self.busy.keys().copied()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.busy.len()
     }
@@ -108,6 +113,17 @@ impl Schedule {
         Take::Feed {
             from: self.scan_from,
             limit: room,
+        }
+    }
+
+    /// How many entries the lane may start now (a shared lane takes exactly these
+    /// from its backend: what it takes, it claims).
+    pub fn room(&self, stopping: bool) -> usize {
+        let blocked = self.ordered && self.next_parked.is_some();
+        if blocked || stopping {
+            0
+        } else {
+            self.window.saturating_sub(self.busy.len())
         }
     }
 

@@ -242,6 +242,48 @@ pub trait LaneBackend: Send + Sync + 'static {
         broker: &'a str,
         lane: &'a LaneId,
     ) -> BoxFuture<'a, LogResult<LaneDepth>>;
+
+    /// Whether the lanes are shared with other instances. A shared lane's `entries`
+    /// hands each entry to one instance at a time (a claim, released by `finish`,
+    /// `park`, or the instance's death), so a deliverer asks only for what it starts
+    /// at once and takes nothing from the in-process feed.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Prepares a lane before its deliverer takes entries (a backend that keeps
+    /// per-lane state on the servers creates or updates it to `spec`).
+    fn open<'a>(
+        &'a self,
+        _broker: &'a str,
+        _lane: &'a LaneId,
+        _spec: LaneSpec,
+    ) -> BoxFuture<'a, LogResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// A receiver that moves when entries may have arrived in a shared lane (`None`:
+    /// the in-process feed and the router's `routed` say so).
+    fn wake(&self, _broker: &str, _lane: &LaneId) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
+    /// Whether this instance routes `broker` now, as it changes (`None`: always). Of
+    /// instances sharing lanes, one routes at a time.
+    fn leadership(&self, _broker: &str) -> Option<watch::Receiver<bool>> {
+        None
+    }
+}
+
+/// What a backend needs to know of a lane to hold its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaneSpec {
+    pub max_in_flight: u32,
+    /// One entry out at a time, fleet-wide, in log order.
+    pub ordered: bool,
+    /// How long an entry handed out may go without word from its deliverer before it
+    /// is handed to another instance.
+    pub claim_timeout: std::time::Duration,
 }
 
 /// What a lane holds now.
@@ -296,6 +338,22 @@ impl Log {
             clock,
             lanes: Lanes(backend.clone()),
             dead_letters: DeadLetters(backend),
+        }
+    }
+
+    /// The log of three separate parts (a backend whose events, lanes and dead
+    /// letters are different objects).
+    pub fn from_parts(
+        events: Arc<dyn EventBackend>,
+        lanes: Arc<dyn LaneBackend>,
+        dead_letters: Arc<dyn DeadLetterBackend>,
+        clock: SharedClock,
+    ) -> Log {
+        Log {
+            events,
+            clock,
+            lanes: Lanes(lanes),
+            dead_letters: DeadLetters(dead_letters),
         }
     }
 
@@ -487,6 +545,23 @@ impl Lanes {
 
     pub async fn depth(&self, broker: &str, lane: &LaneId) -> LogResult<LaneDepth> {
         self.0.depth(broker, lane).await
+    }
+
+    /// See [`LaneBackend::shared`].
+    pub fn shared(&self) -> bool {
+        self.0.shared()
+    }
+
+    pub async fn open(&self, broker: &str, lane: &LaneId, spec: LaneSpec) -> LogResult<()> {
+        self.0.open(broker, lane, spec).await
+    }
+
+    pub fn wake(&self, broker: &str, lane: &LaneId) -> Option<watch::Receiver<u64>> {
+        self.0.wake(broker, lane)
+    }
+
+    pub fn leadership(&self, broker: &str) -> Option<watch::Receiver<bool>> {
+        self.0.leadership(broker)
     }
 }
 

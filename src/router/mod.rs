@@ -272,9 +272,22 @@ impl BrokerRouter {
         let lanes = self.log.lanes().clone();
         let mut set = set_rx.borrow_and_update().clone();
         let mut reconciled = false;
+        // Of instances sharing the lanes, the one holding the lease routes.
+        let mut leading = lanes.leadership(&self.broker);
         loop {
             if shutdown.is_cancelled() {
                 break;
+            }
+            if let Some(rx) = &mut leading {
+                if !*rx.borrow_and_update() {
+                    // Whoever routed meanwhile may have changed the stored state.
+                    reconciled = false;
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { break },
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
             }
             // A set replaced before an event was appended must decide that event.
             if set_rx.has_changed().unwrap_or(false) {
@@ -315,6 +328,7 @@ impl BrokerRouter {
                     reconciled = false;
                 }
                 r = head.changed() => if r.is_err() { break },
+                r = lost(&mut leading) => if r.is_err() { break },
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -498,6 +512,14 @@ impl BrokerRouter {
         // Wakes each lane that got entries (and only those).
         self.feeds.push(&entries, &records);
         Ok(Step::Progress)
+    }
+}
+
+/// Resolves when the leadership changes (never where every instance leads).
+async fn lost(leading: &mut Option<watch::Receiver<bool>>) -> Result<(), watch::error::RecvError> {
+    match leading {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,6 @@
-//! The events and the dead letters of every broker on NATS JetStream, shared by every
-//! Switchyard instance that names the same servers and prefix. (The lanes' side of the
-//! seam is not on JetStream yet, so `storage.backend` cannot name it.)
+//! The events, the lanes ([`lanes`]) and the dead letters of every broker on NATS
+//! JetStream, shared by every Switchyard instance that names the same servers and
+//! prefix.
 //!
 //! - Stream `<prefix>-<broker>`, subject `<prefix>.<broker>.events`, file storage,
 //!   `replicas` copies, direct get allowed (reads are answered by any replica), the
@@ -18,6 +18,8 @@
 //!   instance's appends within [`HEAD_POLL`].
 //! - Reads are batched direct gets; the first sequence at or after a time is a binary
 //!   search over the records' own arrival times, as on the embedded backend.
+
+pub mod lanes;
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
@@ -456,6 +458,19 @@ impl super::EventBackend for JetStreamEvents {
                 next = last + 1;
                 if short {
                     break;
+                }
+            }
+            // A replica answers reads, and one that is catching up (after a leader
+            // change) has not got the newest records yet: nothing read where the
+            // acknowledged head says records are is not "gone", it is "not yet".
+            let head = self.head(broker).unwrap_or(0);
+            if out.is_empty() && from <= head {
+                let state = self.stream_info(broker).await?.state;
+                if state.messages > 0 && from <= state.last_sequence {
+                    return Err(LogError::Unavailable(format!(
+                        "stream {}: records from {from} are not readable yet (a replica is catching up)",
+                        self.stream(broker)?.name
+                    )));
                 }
             }
             Ok(out)

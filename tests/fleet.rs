@@ -1,0 +1,465 @@
+//! Several `switchyard serve` processes on one JetStream form one broker: real
+//! nats-server processes, real brokers (killed with SIGKILL where a test says so), real
+//! HTTP sinks. Skipped without nats-server unless NATS_REQUIRED is set.
+
+mod common;
+#[path = "common/nats.rs"]
+mod nats;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::process::{self, Broker};
+use common::sink::{Answer, TestSink};
+use nats::Nats;
+
+/// A fleet's shared config: JetStream on `servers`, the subscriptions in `subs`.
+fn config(dir: &Path, name: &str, servers: &[String], prefix: &str, subs: &Path) -> PathBuf {
+    config_replicated(dir, name, servers, prefix, subs, 1)
+}
+
+fn config_replicated(
+    dir: &Path,
+    name: &str,
+    servers: &[String],
+    prefix: &str,
+    subs: &Path,
+    replicas: usize,
+) -> PathBuf {
+    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "ingress:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
+             storage:\n  path: {}\n  backend: jetstream\n  jetstream:\n    servers: [{}]\n    streamPrefix: {prefix}\n    replicas: {replicas}\n\
+             subscriptions: [{}]\nshutdown:\n  gracePeriod: PT2S\n",
+            dir.join(format!("{name}-data")).display(),
+            servers.join(", "),
+            subs.display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn subscription(subs: &Path, spec: &str) {
+    std::fs::create_dir_all(subs).unwrap();
+    std::fs::write(
+        subs.join("routes.yaml"),
+        format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: fleet\nspec:\n{spec}"),
+    )
+    .unwrap();
+}
+
+fn exchange(addr: SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Posts one event in binary mode; returns the status line's code.
+fn post(addr: SocketAddr, id: &str) -> u16 {
+    let body = format!(r#"{{"n":"{id}"}}"#);
+    let reply = exchange(
+        addr,
+        &format!(
+            "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nce-specversion: 1.0\r\nce-id: {id}\r\nce-source: /fleet\r\nce-type: dev.switchyard.test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+    )
+}
+
+/// Posts, retrying while the fleet is not ready for it yet (a stream or consumer
+/// being created answers 503, as a producer would retry).
+fn post_accepted(addr: SocketAddr, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let code = post(addr, id);
+        if code == 202 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} was answered {code}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The ids the sink got, in order of arrival.
+fn ids(sink: &TestSink) -> Vec<String> {
+    sink.received()
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_string))
+        .collect()
+}
+
+fn counts(ids: &[String]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for id in ids {
+        *m.entry(id.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+async fn wait_for_ids(sink: &TestSink, want: &[String], within: Duration, brokers: &[&Broker]) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = counts(&ids(sink));
+        let missing: Vec<&String> = want.iter().filter(|id| !got.contains_key(*id)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            // What the brokers said, for the failure's reader.
+            for (i, b) in brokers.iter().enumerate() {
+                for line in b.lines.try_iter().filter(|l| !l.contains("IO error")) {
+                    eprintln!("broker {i}: {line}");
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink never got {} of {} events, e.g. {:?}",
+            missing.len(),
+            want.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn start(config: &Path, dir: &Path) -> Broker {
+    process::start(Some(config), dir, &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_deliver_every_event_once_whichever_took_it() {
+    let Some(bin) = nats::available() else { return };
+    let nats = Nats::single(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let subs = dir.path().join("subs");
+    subscription(
+        &subs,
+        &format!(
+            "  broker: default\n  sinks:\n    - uri: {}\n",
+            sink.url("/")
+        ),
+    );
+    let a = start(
+        &config(dir.path(), "a", &nats.urls(), "FLEET1", &subs),
+        dir.path(),
+    );
+    let b = start(
+        &config(dir.path(), "b", &nats.urls(), "FLEET1", &subs),
+        dir.path(),
+    );
+    let want: Vec<String> = (0..40).map(|i| format!("e-{i}")).collect();
+    for (i, id) in want.iter().enumerate() {
+        post_accepted(if i % 2 == 0 { a.ingress } else { b.ingress }, id);
+    }
+    // The same event again, at the other instance: a duplicate inside the window.
+    assert_eq!(post(b.ingress, "e-0"), 202);
+    wait_for_ids(&sink, &want, Duration::from_secs(30), &[&a, &b]).await;
+    // Time for a second delivery, were the lanes not shared.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = counts(&ids(&sink));
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    assert_eq!(got.len(), want.len());
+    // Both instances see the fleet's log and its lanes.
+    for broker in [&a, &b] {
+        let events = get(broker.admin, "/api/v1/brokers/default/events?limit=100");
+        assert!(events.starts_with("HTTP/1.1 200"), "{events}");
+        assert!(events.contains("e-39"), "{events}");
+    }
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_leaves_its_work_to_the_survivor() {
+    let Some(bin) = nats::available() else { return };
+    let nats = Nats::single(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    // Slow answers keep deliveries in flight at the instance that dies.
+    let sink = TestSink::start(
+        vec![],
+        Answer::status(200).after(Duration::from_millis(300)),
+    )
+    .await;
+    let subs = dir.path().join("subs");
+    subscription(
+        &subs,
+        &format!(
+            "  broker: default\n  delivery:\n    timeout: PT2S\n    maxInFlight: 4\n  sinks:\n    - uri: {}\n",
+            sink.url("/")
+        ),
+    );
+    let a = start(
+        &config(dir.path(), "a", &nats.urls(), "FLEET2", &subs),
+        dir.path(),
+    );
+    let b = start(
+        &config(dir.path(), "b", &nats.urls(), "FLEET2", &subs),
+        dir.path(),
+    );
+    let want: Vec<String> = (0..60).map(|i| format!("k-{i}")).collect();
+    for id in &want[..30] {
+        post_accepted(a.ingress, id);
+    }
+    let killed = Instant::now();
+    a.kill();
+    for id in &want[30..] {
+        post_accepted(b.ingress, id);
+    }
+    // The lease (5 s) and the claims (timeout + 5 s) run out; the survivor routes and
+    // delivers what the dead instance had taken.
+    wait_for_ids(&sink, &want, Duration::from_secs(45), &[&b]).await;
+    let took = killed.elapsed();
+    let got = counts(&ids(&sink));
+    let extra: usize = got.values().map(|n| n - 1).sum();
+    // Only what was in flight at the dead instance may come twice.
+    assert!(extra <= 8, "{extra} duplicates: {got:?}");
+    eprintln!("every event delivered {took:?} after the kill; {extra} duplicates");
+    assert!(b.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_lane_keeps_the_log_order_across_instances_and_a_kill() {
+    let Some(bin) = nats::available() else { return };
+    let nats = Nats::single(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::start(vec![], Answer::status(200).after(Duration::from_millis(50))).await;
+    let subs = dir.path().join("subs");
+    subscription(
+        &subs,
+        &format!(
+            "  broker: default\n  delivery:\n    ordering: ordered\n    timeout: PT2S\n  sinks:\n    - uri: {}\n",
+            sink.url("/")
+        ),
+    );
+    let a = start(
+        &config(dir.path(), "a", &nats.urls(), "FLEET3", &subs),
+        dir.path(),
+    );
+    let b = start(
+        &config(dir.path(), "b", &nats.urls(), "FLEET3", &subs),
+        dir.path(),
+    );
+    let want: Vec<String> = (0..30).map(|i| format!("o-{i:02}")).collect();
+    for id in &want {
+        post_accepted(b.ingress, id);
+    }
+    // Midway, one of the two delivering instances dies.
+    while ids(&sink).len() < 10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill();
+    wait_for_ids(&sink, &want, Duration::from_secs(45), &[&b]).await;
+    let got = ids(&sink);
+    // One in flight at a time: an event may come again right after itself (its
+    // instance died before the acknowledgement), never after a later one.
+    let mut collapsed = got.clone();
+    collapsed.dedup();
+    assert_eq!(collapsed, want, "arrivals: {got:?}");
+    assert!(b.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_parking_and_dead_letters_hold_across_the_fleet() {
+    let Some(bin) = nats::available() else { return };
+    let nats = Nats::single(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    // First a long Retry-After (parked, not held), then success.
+    let park = TestSink::start(
+        vec![Answer::status(503).header("retry-after", "7")],
+        Answer::status(200),
+    )
+    .await;
+    // Always failing: dead-lettered after its retries.
+    let broken = TestSink::start(vec![], Answer::status(500)).await;
+    let subs = dir.path().join("subs");
+    std::fs::create_dir_all(&subs).unwrap();
+    std::fs::write(
+        subs.join("routes.yaml"),
+        format!(
+            "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: parks\nspec:\n  broker: default\n  sinks:\n    - uri: {}\n---\n\
+             apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: fails\nspec:\n  broker: default\n  delivery:\n    retry: 2\n    backoffDelay: PT0.1S\n  sinks:\n    - uri: {}\n",
+            park.url("/"),
+            broken.url("/")
+        ),
+    )
+    .unwrap();
+    let a = start(
+        &config(dir.path(), "a", &nats.urls(), "FLEET4", &subs),
+        dir.path(),
+    );
+    let b = start(
+        &config(dir.path(), "b", &nats.urls(), "FLEET4", &subs),
+        dir.path(),
+    );
+    post_accepted(a.ingress, "p-1");
+    let sent = park.wait_for(2, Duration::from_secs(30)).await;
+    let waited = sent[1].at - sent[0].at;
+    assert!(
+        waited >= Duration::from_millis(6500),
+        "the parked retry came after {waited:?}, before its Retry-After"
+    );
+    // Three attempts (the first and two retries), then a dead letter both instances list.
+    broken.wait_for(3, Duration::from_secs(30)).await;
+    for broker in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let letters = get(broker.admin, "/api/v1/deadletters");
+            if letters.contains("\"p-1\"") || letters.contains("fails") {
+                assert!(letters.contains("\"attempts\":3"), "{letters}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no dead letter listed: {letters}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(broken.received().len(), 3, "attempts after the dead letter");
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cluster_gone_ingress_refuses_and_recovers_without_a_restart() {
+    let Some(bin) = nats::available() else { return };
+    let mut nats = Nats::single(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let subs = dir.path().join("subs");
+    subscription(
+        &subs,
+        &format!(
+            "  broker: default\n  sinks:\n    - uri: {}\n",
+            sink.url("/")
+        ),
+    );
+    let a = start(
+        &config(dir.path(), "a", &nats.urls(), "FLEET5", &subs),
+        dir.path(),
+    );
+    post_accepted(a.ingress, "before");
+    nats.nodes[0].kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let body = r#"{"n":1}"#;
+        let reply = exchange(
+            a.ingress,
+            &format!(
+                "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nce-specversion: 1.0\r\nce-id: during\r\nce-source: /fleet\r\nce-type: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        if reply.starts_with("HTTP/1.1 503") {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "still accepting: {reply}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after:"),
+        "{refused}"
+    );
+    let ready = get(a.admin, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("NATS"), "{ready}");
+    nats.nodes[0].restart();
+    nats.nodes[0].wait_ready(false);
+    post_accepted(a.ingress, "after");
+    wait_for_ids(
+        &sink,
+        &["before".to_string(), "after".to_string()],
+        Duration::from_secs(45),
+        &[&a],
+    )
+    .await;
+    assert!(a.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_three_dies_under_load_and_nothing_acknowledged_is_lost() {
+    let Some(bin) = nats::available() else { return };
+    let mut nats = Nats::cluster(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let subs = dir.path().join("subs");
+    subscription(
+        &subs,
+        &format!(
+            "  broker: default\n  sinks:\n    - uri: {}\n",
+            sink.url("/")
+        ),
+    );
+    let a = start(
+        &config_replicated(dir.path(), "a", &nats.urls(), "FLEET6", &subs, 3),
+        dir.path(),
+    );
+    let ingress = a.ingress;
+    // A producer at about 40 events/s, as Tekton's controller would retry on a 503.
+    let producer = std::thread::spawn(move || {
+        let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+        let started = Instant::now();
+        for i in 0..600 {
+            let id = format!("r-{i}");
+            match post(ingress, &id) {
+                202 => accepted.push(id),
+                _ => refused.push((i, started.elapsed())),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (accepted, refused)
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    nats.nodes[0].kill();
+    let (accepted, refused) = producer.join().unwrap();
+    // The node may have led the stream: until a new leader is elected, appends are
+    // refused (503, Retry-After). The window is measured, then ingest goes on.
+    let window = match (refused.first(), refused.last()) {
+        (Some((_, first)), Some((_, last))) => *last - *first,
+        _ => Duration::ZERO,
+    };
+    eprintln!(
+        "{} accepted, {} refused with a node of three down; 503s for {window:?}",
+        accepted.len(),
+        refused.len()
+    );
+    assert!(
+        window < Duration::from_secs(10),
+        "503s for {window:?} with two nodes of three up"
+    );
+    assert!(
+        refused.last().is_none_or(|(i, _)| *i < 560),
+        "ingest did not resume: {refused:?}"
+    );
+    // Everything acknowledged reaches the sink; the node rejoins.
+    wait_for_ids(&sink, &accepted, Duration::from_secs(45), &[&a]).await;
+    nats.nodes[0].restart();
+    nats.nodes[0].wait_ready(true);
+    assert!(a.terminate().success());
+}
