@@ -8,50 +8,81 @@ mod nats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::process::{self, Broker};
 use common::sink::{Answer, TestSink};
 use nats::Nats;
 
-/// A fleet's shared config: JetStream on `servers`, the subscriptions in `subs`.
-fn config(dir: &Path, name: &str, servers: &[String], prefix: &str, subs: &Path) -> PathBuf {
-    config_replicated(dir, name, servers, prefix, subs, 1)
-}
-
-fn config_replicated(
-    dir: &Path,
-    name: &str,
-    servers: &[String],
-    prefix: &str,
-    subs: &Path,
+/// A fleet: its NATS servers, and a directory with the subscription files and the
+/// config every instance starts from (each with its own data directory).
+struct Fleet {
+    nats: Nats,
+    dir: tempfile::TempDir,
+    prefix: &'static str,
     replicas: usize,
-) -> PathBuf {
-    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &path,
-        format!(
-            "ingress:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
-             storage:\n  path: {}\n  backend: jetstream\n  jetstream:\n    servers: [{}]\n    streamPrefix: {prefix}\n    replicas: {replicas}\n\
-             subscriptions: [{}]\nshutdown:\n  gracePeriod: PT2S\n",
-            dir.join(format!("{name}-data")).display(),
-            servers.join(", "),
-            subs.display(),
-        ),
-    )
-    .unwrap();
-    path
 }
 
-fn subscription(subs: &Path, spec: &str) {
-    std::fs::create_dir_all(subs).unwrap();
-    std::fs::write(
-        subs.join("routes.yaml"),
-        format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: fleet\nspec:\n{spec}"),
+/// A subscription file's document: `name` with `spec` (YAML indented under `spec:`).
+fn subscription(name: &str, spec: &str) -> String {
+    format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+/// The spec of a subscription of broker `default` with one sink and `delivery` keys.
+fn to_sink(sink: &TestSink, delivery: &str) -> String {
+    let delivery = if delivery.is_empty() {
+        String::new()
+    } else {
+        format!("  delivery:\n{delivery}")
+    };
+    format!(
+        "  broker: default\n{delivery}  sinks:\n    - uri: {}\n",
+        sink.url("/")
     )
-    .unwrap();
+}
+
+impl Fleet {
+    /// A fleet on `nats`, streams named from `prefix` with `replicas` copies, whose
+    /// subscriptions are `documents`.
+    fn new(nats: Nats, prefix: &'static str, replicas: usize, documents: &[String]) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let subs = dir.path().join("subs");
+        std::fs::create_dir_all(&subs).unwrap();
+        std::fs::write(subs.join("routes.yaml"), documents.join("---\n")).unwrap();
+        Fleet {
+            nats,
+            dir,
+            prefix,
+            replicas,
+        }
+    }
+
+    /// Starts instance `name` and waits until it is ready.
+    fn start(&self, name: &str) -> Broker {
+        let dir = self.dir.path();
+        let servers: Vec<String> = self
+            .nats
+            .urls()
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect();
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "ingress:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
+                 storage:\n  path: {}\n  backend: jetstream\n  jetstream:\n    servers: [{}]\n    streamPrefix: {}\n    replicas: {}\n\
+                 subscriptions: [{}]\nshutdown:\n  gracePeriod: PT2S\n",
+                dir.join(format!("{name}-data")).display(),
+                servers.join(", "),
+                self.prefix,
+                self.replicas,
+                dir.join("subs").display(),
+            ),
+        )
+        .unwrap();
+        process::start(Some(&path), dir, &[])
+    }
 }
 
 fn exchange(addr: SocketAddr, request: &str) -> String {
@@ -64,17 +95,21 @@ fn exchange(addr: SocketAddr, request: &str) -> String {
     out
 }
 
-/// Posts one event in binary mode; returns the status line's code.
-fn post(addr: SocketAddr, id: &str) -> u16 {
+/// Posts one event in binary mode; returns the whole answer.
+fn post_reply(addr: SocketAddr, id: &str) -> String {
     let body = format!(r#"{{"n":"{id}"}}"#);
-    let reply = exchange(
+    exchange(
         addr,
         &format!(
             "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nce-specversion: 1.0\r\nce-id: {id}\r\nce-source: /fleet\r\nce-type: dev.switchyard.test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         ),
-    );
-    reply
+    )
+}
+
+/// Posts one event; returns the status code.
+fn post(addr: SocketAddr, id: &str) -> u16 {
+    post_reply(addr, id)
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
@@ -145,32 +180,17 @@ async fn wait_for_ids(sink: &TestSink, want: &[String], within: Duration, broker
     }
 }
 
-fn start(config: &Path, dir: &Path) -> Broker {
-    process::start(Some(config), dir, &[])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_deliver_every_event_once_whichever_took_it() {
     let Some(bin) = nats::available() else { return };
-    let nats = Nats::single(&bin);
-    let dir = tempfile::tempdir().unwrap();
     let sink = TestSink::start(vec![], Answer::status(200)).await;
-    let subs = dir.path().join("subs");
-    subscription(
-        &subs,
-        &format!(
-            "  broker: default\n  sinks:\n    - uri: {}\n",
-            sink.url("/")
-        ),
+    let fleet = Fleet::new(
+        Nats::single(&bin),
+        "FLEET1",
+        1,
+        &[subscription("fleet", &to_sink(&sink, ""))],
     );
-    let a = start(
-        &config(dir.path(), "a", &nats.urls(), "FLEET1", &subs),
-        dir.path(),
-    );
-    let b = start(
-        &config(dir.path(), "b", &nats.urls(), "FLEET1", &subs),
-        dir.path(),
-    );
+    let (a, b) = (fleet.start("a"), fleet.start("b"));
     let want: Vec<String> = (0..40).map(|i| format!("e-{i}")).collect();
     for (i, id) in want.iter().enumerate() {
         post_accepted(if i % 2 == 0 { a.ingress } else { b.ingress }, id);
@@ -197,30 +217,20 @@ async fn two_instances_deliver_every_event_once_whichever_took_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instance_leaves_its_work_to_the_survivor() {
     let Some(bin) = nats::available() else { return };
-    let nats = Nats::single(&bin);
-    let dir = tempfile::tempdir().unwrap();
     // Slow answers keep deliveries in flight at the instance that dies.
     let sink = TestSink::start(
         vec![],
         Answer::status(200).after(Duration::from_millis(300)),
     )
     .await;
-    let subs = dir.path().join("subs");
-    subscription(
-        &subs,
-        &format!(
-            "  broker: default\n  delivery:\n    timeout: PT2S\n    maxInFlight: 4\n  sinks:\n    - uri: {}\n",
-            sink.url("/")
-        ),
+    let delivery = "    timeout: PT2S\n    maxInFlight: 4\n";
+    let fleet = Fleet::new(
+        Nats::single(&bin),
+        "FLEET2",
+        1,
+        &[subscription("fleet", &to_sink(&sink, delivery))],
     );
-    let a = start(
-        &config(dir.path(), "a", &nats.urls(), "FLEET2", &subs),
-        dir.path(),
-    );
-    let b = start(
-        &config(dir.path(), "b", &nats.urls(), "FLEET2", &subs),
-        dir.path(),
-    );
+    let (a, b) = (fleet.start("a"), fleet.start("b"));
     let want: Vec<String> = (0..60).map(|i| format!("k-{i}")).collect();
     for id in &want[..30] {
         post_accepted(a.ingress, id);
@@ -245,25 +255,15 @@ async fn a_killed_instance_leaves_its_work_to_the_survivor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ordered_lane_keeps_the_log_order_across_instances_and_a_kill() {
     let Some(bin) = nats::available() else { return };
-    let nats = Nats::single(&bin);
-    let dir = tempfile::tempdir().unwrap();
     let sink = TestSink::start(vec![], Answer::status(200).after(Duration::from_millis(50))).await;
-    let subs = dir.path().join("subs");
-    subscription(
-        &subs,
-        &format!(
-            "  broker: default\n  delivery:\n    ordering: ordered\n    timeout: PT2S\n  sinks:\n    - uri: {}\n",
-            sink.url("/")
-        ),
+    let delivery = "    ordering: ordered\n    timeout: PT2S\n";
+    let fleet = Fleet::new(
+        Nats::single(&bin),
+        "FLEET3",
+        1,
+        &[subscription("fleet", &to_sink(&sink, delivery))],
     );
-    let a = start(
-        &config(dir.path(), "a", &nats.urls(), "FLEET3", &subs),
-        dir.path(),
-    );
-    let b = start(
-        &config(dir.path(), "b", &nats.urls(), "FLEET3", &subs),
-        dir.path(),
-    );
+    let (a, b) = (fleet.start("a"), fleet.start("b"));
     let want: Vec<String> = (0..30).map(|i| format!("o-{i:02}")).collect();
     for id in &want {
         post_accepted(b.ingress, id);
@@ -286,8 +286,6 @@ async fn an_ordered_lane_keeps_the_log_order_across_instances_and_a_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_parking_and_dead_letters_hold_across_the_fleet() {
     let Some(bin) = nats::available() else { return };
-    let nats = Nats::single(&bin);
-    let dir = tempfile::tempdir().unwrap();
     // First a long Retry-After (parked, not held), then success.
     let park = TestSink::start(
         vec![Answer::status(503).header("retry-after", "7")],
@@ -296,26 +294,36 @@ async fn retries_parking_and_dead_letters_hold_across_the_fleet() {
     .await;
     // Always failing: dead-lettered after its retries.
     let broken = TestSink::start(vec![], Answer::status(500)).await;
-    let subs = dir.path().join("subs");
-    std::fs::create_dir_all(&subs).unwrap();
-    std::fs::write(
-        subs.join("routes.yaml"),
-        format!(
-            "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: parks\nspec:\n  broker: default\n  sinks:\n    - uri: {}\n---\n\
-             apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata:\n  name: fails\nspec:\n  broker: default\n  delivery:\n    retry: 2\n    backoffDelay: PT0.1S\n  sinks:\n    - uri: {}\n",
-            park.url("/"),
-            broken.url("/")
-        ),
-    )
-    .unwrap();
-    let a = start(
-        &config(dir.path(), "a", &nats.urls(), "FLEET4", &subs),
-        dir.path(),
+    // Parked after the first attempt, then out of retries: the attempts made before the
+    // park come back with the entry, whichever instance takes it.
+    let parked_out = TestSink::start(vec![], Answer::status(503).header("retry-after", "6")).await;
+    // Waits of 5 s held in place: the delivery outlasts its claim (timeout 1 s + 5 s)
+    // and must renew it, or another instance would start it again.
+    let held = TestSink::start(vec![], Answer::status(503).header("retry-after", "5")).await;
+    let fleet = Fleet::new(
+        Nats::single(&bin),
+        "FLEET4",
+        1,
+        &[
+            subscription("parks", &to_sink(&park, "")),
+            subscription(
+                "fails",
+                &to_sink(&broken, "    retry: 2\n    backoffDelay: PT0.1S\n"),
+            ),
+            subscription(
+                "parked-out",
+                &to_sink(&parked_out, "    retry: 1\n    backoffDelay: PT0.1S\n"),
+            ),
+            subscription(
+                "held",
+                &to_sink(
+                    &held,
+                    "    retry: 3\n    backoffDelay: PT0.1S\n    timeout: PT1S\n",
+                ),
+            ),
+        ],
     );
-    let b = start(
-        &config(dir.path(), "b", &nats.urls(), "FLEET4", &subs),
-        dir.path(),
-    );
+    let (a, b) = (fleet.start("a"), fleet.start("b"));
     post_accepted(a.ingress, "p-1");
     let sent = park.wait_for(2, Duration::from_secs(30)).await;
     let waited = sent[1].at - sent[0].at;
@@ -323,59 +331,72 @@ async fn retries_parking_and_dead_letters_hold_across_the_fleet() {
         waited >= Duration::from_millis(6500),
         "the parked retry came after {waited:?}, before its Retry-After"
     );
-    // Three attempts (the first and two retries), then a dead letter both instances list.
-    broken.wait_for(3, Duration::from_secs(30)).await;
-    for broker in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let letters = get(broker.admin, "/api/v1/deadletters");
-            if letters.contains("\"p-1\"") || letters.contains("fails") {
-                assert!(letters.contains("\"attempts\":3"), "{letters}");
-                break;
-            }
+    // Each dead letter, with the attempts the sink saw, listed by both instances.
+    for (name, sink, attempts) in [
+        ("fails", &broken, 3),
+        ("parked-out", &parked_out, 2),
+        ("held", &held, 4),
+    ] {
+        sink.wait_for(attempts, Duration::from_secs(30)).await;
+        for broker in [&a, &b] {
+            let letter = dead_letter(broker, name);
             assert!(
-                Instant::now() < deadline,
-                "no dead letter listed: {letters}"
+                letter.contains(&format!("\"attempts\":{attempts}")),
+                "{name}: {letter}"
             );
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(broken.received().len(), 3, "attempts after the dead letter");
+    assert_eq!(
+        parked_out.received().len(),
+        2,
+        "attempts after the dead letter"
+    );
+    let held_at: Vec<Instant> = held.received().iter().map(|r| r.at).collect();
+    // Over 15 s its claim would have run out twice; whichever instance took it again
+    // would have started over.
+    assert_eq!(held_at.len(), 4, "a held delivery started again elsewhere");
+    assert!(held_at[3] - held_at[0] >= Duration::from_secs(14));
     assert!(a.terminate().success());
     assert!(b.terminate().success());
+}
+
+/// The listing of `subscription`'s dead letters at `broker`, once it has one.
+fn dead_letter(broker: &Broker, subscription: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let letters = get(
+            broker.admin,
+            &format!("/api/v1/deadletters?subscription={subscription}"),
+        );
+        if letters.contains("\"seq\"") {
+            return letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dead letter listed: {letters}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_cluster_gone_ingress_refuses_and_recovers_without_a_restart() {
     let Some(bin) = nats::available() else { return };
-    let mut nats = Nats::single(&bin);
-    let dir = tempfile::tempdir().unwrap();
     let sink = TestSink::start(vec![], Answer::status(200)).await;
-    let subs = dir.path().join("subs");
-    subscription(
-        &subs,
-        &format!(
-            "  broker: default\n  sinks:\n    - uri: {}\n",
-            sink.url("/")
-        ),
+    let mut fleet = Fleet::new(
+        Nats::single(&bin),
+        "FLEET5",
+        1,
+        &[subscription("fleet", &to_sink(&sink, ""))],
     );
-    let a = start(
-        &config(dir.path(), "a", &nats.urls(), "FLEET5", &subs),
-        dir.path(),
-    );
+    let a = fleet.start("a");
     post_accepted(a.ingress, "before");
-    nats.nodes[0].kill();
+    fleet.nats.nodes[0].kill();
     let deadline = Instant::now() + Duration::from_secs(20);
     let refused = loop {
-        let body = r#"{"n":1}"#;
-        let reply = exchange(
-            a.ingress,
-            &format!(
-                "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nce-specversion: 1.0\r\nce-id: during\r\nce-source: /fleet\r\nce-type: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            ),
-        );
+        let reply = post_reply(a.ingress, "during");
         if reply.starts_with("HTTP/1.1 503") {
             break reply;
         }
@@ -389,8 +410,8 @@ async fn with_the_cluster_gone_ingress_refuses_and_recovers_without_a_restart() 
     let ready = get(a.admin, "/readyz");
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
     assert!(ready.contains("NATS"), "{ready}");
-    nats.nodes[0].restart();
-    nats.nodes[0].wait_ready(false);
+    fleet.nats.nodes[0].restart();
+    fleet.nats.nodes[0].wait_ready(false);
     post_accepted(a.ingress, "after");
     wait_for_ids(
         &sink,
@@ -405,21 +426,14 @@ async fn with_the_cluster_gone_ingress_refuses_and_recovers_without_a_restart() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_three_dies_under_load_and_nothing_acknowledged_is_lost() {
     let Some(bin) = nats::available() else { return };
-    let mut nats = Nats::cluster(&bin);
-    let dir = tempfile::tempdir().unwrap();
     let sink = TestSink::start(vec![], Answer::status(200)).await;
-    let subs = dir.path().join("subs");
-    subscription(
-        &subs,
-        &format!(
-            "  broker: default\n  sinks:\n    - uri: {}\n",
-            sink.url("/")
-        ),
+    let mut fleet = Fleet::new(
+        Nats::cluster(&bin),
+        "FLEET6",
+        3,
+        &[subscription("fleet", &to_sink(&sink, ""))],
     );
-    let a = start(
-        &config_replicated(dir.path(), "a", &nats.urls(), "FLEET6", &subs, 3),
-        dir.path(),
-    );
+    let a = fleet.start("a");
     let ingress = a.ingress;
     // A producer at about 40 events/s, as Tekton's controller would retry on a 503.
     let producer = std::thread::spawn(move || {
@@ -436,7 +450,7 @@ async fn a_node_of_three_dies_under_load_and_nothing_acknowledged_is_lost() {
         (accepted, refused)
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
-    nats.nodes[0].kill();
+    fleet.nats.nodes[0].kill();
     let (accepted, refused) = producer.join().unwrap();
     // The node may have led the stream: until a new leader is elected, appends are
     // refused (503, Retry-After). The window is measured, then ingest goes on.
@@ -459,7 +473,7 @@ async fn a_node_of_three_dies_under_load_and_nothing_acknowledged_is_lost() {
     );
     // Everything acknowledged reaches the sink; the node rejoins.
     wait_for_ids(&sink, &accepted, Duration::from_secs(45), &[&a]).await;
-    nats.nodes[0].restart();
-    nats.nodes[0].wait_ready(true);
+    fleet.nats.nodes[0].restart();
+    fleet.nats.nodes[0].wait_ready(true);
     assert!(a.terminate().success());
 }
