@@ -946,34 +946,31 @@ impl Validator {
     /// `ingress.tls`: certFile and keyFile together, and an optional clientCaFile; the
     /// files are read and checked now, so a bad one stops the start with its key.
     fn ingress_tls(&mut self, user: &Node, defaults: &Node) -> Option<IngressTls> {
-        let mut path = |key: &str| {
-            let node = self.pick(user, defaults, key);
-            (self.optional_path(node, key), node.line)
-        };
-        let (cert, cert_line) = path("ingress.tls.certFile");
-        let (key, key_line) = path("ingress.tls.keyFile");
-        let (client_ca, ca_line) = path("ingress.tls.clientCaFile");
-        let (cert_file, key_file) = match (cert, key) {
-            (Some(c), Some(k)) => (c, k),
-            (None, None) => {
-                if client_ca.is_some() {
-                    self.error_at(
-                        ca_line,
-                        "ingress.tls.clientCaFile",
-                        "client certificates need TLS: set ingress.tls.certFile and keyFile too",
-                    );
-                }
-                return None;
+        let (cert_node, key_node) = (
+            self.pick(user, defaults, "ingress.tls.certFile"),
+            self.pick(user, defaults, "ingress.tls.keyFile"),
+        );
+        let cert = self.optional_path(cert_node, "ingress.tls.certFile");
+        let key = self.optional_path(key_node, "ingress.tls.keyFile");
+        let ca_node = self.pick(user, defaults, "ingress.tls.clientCaFile");
+        let client_ca = self.optional_path(ca_node, "ingress.tls.clientCaFile");
+        let cert_line = cert_node.line;
+        if !self.cert_and_key_together(
+            "ingress.tls",
+            cert.is_some().then_some(cert_node),
+            key.is_some().then_some(key_node),
+        ) {
+            return None;
+        }
+        let (Some(cert_file), Some(key_file)) = (cert, key) else {
+            if client_ca.is_some() {
+                self.error(
+                    ca_node,
+                    "ingress.tls.clientCaFile",
+                    "client certificates need TLS: set ingress.tls.certFile and keyFile too",
+                );
             }
-            (c, _) => {
-                let (line, key) = if c.is_some() {
-                    (cert_line, "ingress.tls.keyFile")
-                } else {
-                    (key_line, "ingress.tls.certFile")
-                };
-                self.error_at(line, key, "certFile and keyFile go together; set both");
-                return None;
-            }
+            return None;
         };
         match crate::http::tls::server_config(&cert_file, &key_file, client_ca.as_deref()) {
             Ok(config) => Some(IngressTls {
@@ -987,6 +984,27 @@ impl Validator {
                 None
             }
         }
+    }
+
+    /// A section's `certFile` and `keyFile` (each given: its node) go together: one
+    /// alone is an error at its line, naming the one missing. `false` then.
+    fn cert_and_key_together(
+        &mut self,
+        section: &str,
+        cert: Option<&Node>,
+        key: Option<&Node>,
+    ) -> bool {
+        let (at, missing) = match (cert, key) {
+            (Some(n), None) => (n, "keyFile"),
+            (None, Some(n)) => (n, "certFile"),
+            _ => return true,
+        };
+        self.error(
+            at,
+            &format!("{section}.{missing}"),
+            "certFile and keyFile go together; set both",
+        );
+        false
     }
 
     /// `storage.jetstream` when the backend is embedded (or not one): its keys are read,
@@ -1223,15 +1241,11 @@ impl Validator {
                 );
             }
         }
-        match (&cert_file, &key_file) {
-            (Some(_), None) => {
-                self.error(cert, key_key, "certFile and keyFile go together; set both")
-            }
-            (None, Some(_)) => {
-                self.error(key, cert_key, "certFile and keyFile go together; set both")
-            }
-            _ => {}
-        }
+        self.cert_and_key_together(
+            "storage.jetstream.tls",
+            cert_file.is_some().then_some(cert),
+            key_file.is_some().then_some(key),
+        );
         let any_file = ca_file.is_some() || cert_file.is_some() || key_file.is_some();
         (any_file || any_tls_url).then_some(Tls {
             ca_file,

@@ -39,10 +39,12 @@
 //! The embedded backend (`embedded.rs`) runs [`crate::store::Store`]: a group-commit
 //! writer thread in front of its segments, retention beside it, lane operations in
 //! memory answered in place, disk reads in place when short and on the blocking pool
-//! otherwise. A backend on a distributed log maps the same contract onto its own
-//! primitives: a stream per broker for the events (publish acknowledged = durable), and
-//! a consumer per lane for its entries (fetch = `entries`, ack = `finish`, a delayed
-//! negative ack = `park`).
+//! otherwise. The JetStream backend (`jetstream/`) maps the same contract onto a
+//! distributed log shared by several instances: a stream per broker for the events
+//! (publish acknowledged = durable), and a consumer per lane for its entries. Its lanes
+//! are [`LaneBackend::shared`]: `entries` claims what it returns (a fetch), `finish` is
+//! an ack, `park` a delayed negative ack, and one instance routes each broker
+//! ([`LaneBackend::leadership`]).
 
 mod embedded;
 pub mod fresh;

@@ -60,11 +60,7 @@ pub fn lane_token(lane: &LaneId) -> String {
     let mut bytes = lane.subscription.as_bytes().to_vec();
     bytes.push(0);
     bytes.extend_from_slice(lane.sink.as_bytes());
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-    digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    super::hex(&ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()[..8])
 }
 
 /// The router's progress for one broker, as the bucket holds it.

@@ -157,8 +157,18 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
 
 /// The `Nats-Msg-Id` of a dedupe key: its SHA-256, hex.
 pub fn message_id(key: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, key);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, key).as_ref())
+}
+
+/// Lower-case hex of `bytes`, in one allocation (it runs per event and per task).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 impl JetStreamEvents {
@@ -683,5 +693,18 @@ impl super::DeadLetterBackend for JetStreamDeadLetters {
 
     fn count(&self) -> BoxFuture<'_, LogResult<u64>> {
         Box::pin(async move { Ok(self.state().await?.messages) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_message_id_is_the_hex_sha256_of_the_key() {
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        // SHA-256("abc"), FIPS 180-2's example.
+        assert_eq!(
+            super::message_id(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }
