@@ -21,6 +21,10 @@ struct Fleet {
     dir: tempfile::TempDir,
     prefix: &'static str,
     replicas: usize,
+    /// More YAML under `storage.jetstream` (credentials, TLS), indented.
+    extra: String,
+    /// The servers' URLs are given with `tls://` instead of `nats://`.
+    tls_urls: bool,
 }
 
 /// A subscription file's document: `name` with `spec` (YAML indented under `spec:`).
@@ -54,34 +58,45 @@ impl Fleet {
             dir,
             prefix,
             replicas,
+            extra: String::new(),
+            tls_urls: false,
         }
     }
 
-    /// Starts instance `name` and waits until it is ready.
-    fn start(&self, name: &str) -> Broker {
+    /// Writes instance `name`'s config; returns its path.
+    fn config(&self, name: &str) -> std::path::PathBuf {
         let dir = self.dir.path();
         let servers: Vec<String> = self
             .nats
             .urls()
             .iter()
-            .map(|s| format!("\"{s}\""))
+            .map(|s| match (self.tls_urls, s.strip_prefix("nats://")) {
+                (true, Some(rest)) => format!("\"tls://{rest}\""),
+                _ => format!("\"{s}\""),
+            })
             .collect();
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(
             &path,
             format!(
                 "ingress:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n\
-                 storage:\n  path: {}\n  backend: jetstream\n  jetstream:\n    servers: [{}]\n    streamPrefix: {}\n    replicas: {}\n\
+                 storage:\n  path: {}\n  backend: jetstream\n  jetstream:\n    servers: [{}]\n    streamPrefix: {}\n    replicas: {}\n{}\
                  subscriptions: [{}]\nshutdown:\n  gracePeriod: PT2S\n",
                 dir.join(format!("{name}-data")).display(),
                 servers.join(", "),
                 self.prefix,
                 self.replicas,
+                self.extra,
                 dir.join("subs").display(),
             ),
         )
         .unwrap();
-        process::start(Some(&path), dir, &[])
+        path
+    }
+
+    /// Starts instance `name` and waits until it is ready.
+    fn start(&self, name: &str) -> Broker {
+        process::start(Some(&self.config(name)), self.dir.path(), &[])
     }
 }
 
@@ -476,4 +491,94 @@ async fn a_node_of_three_dies_under_load_and_nothing_acknowledged_is_lost() {
     fleet.nats.nodes[0].restart();
     fleet.nats.nodes[0].wait_ready(true);
     assert!(a.terminate().success());
+}
+
+/// Runs `serve` on a fleet's config expected to fail at start; returns what it said.
+fn refused_start(fleet: &Fleet, name: &str) -> String {
+    let config = fleet.config(name);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("serve")
+        .arg("-c")
+        .arg(&config)
+        .env_remove("SWITCHYARD_CONFIG")
+        .current_dir(fleet.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A start that should have been refused and was not is killed, not waited on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{name} started and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!status.success(), "{name} exited 0: {said}");
+    said
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_only_the_servers_can_refuse_stops_the_start_naming_the_key() {
+    let Some(bin) = nats::available() else { return };
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let documents = [subscription("fleet", &to_sink(&sink, ""))];
+    // Three copies asked of one server.
+    let mut fleet = Fleet::new(Nats::single(&bin), "BAD", 3, &documents);
+    let said = refused_start(&fleet, "replicas");
+    assert!(said.contains("storage.jetstream"), "{said}");
+    assert!(said.contains("cannot create or update stream"), "{said}");
+    // A server that requires a token, and a wrong one.
+    fleet.replicas = 1;
+    fleet.extra = "    token: wrong\n".into();
+    let url = fleet.nats.nodes[0].url();
+    let port = fleet.nats.nodes[0].port;
+    fleet.nats.nodes[0].kill();
+    let mut guarded = std::process::Command::new(&bin)
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--auth",
+            "right",
+        ])
+        .arg("-sd")
+        .arg(fleet.dir.path().join("guarded"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server on {url} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = refused_start(&fleet, "token");
+    assert!(said.contains("storage.jetstream"), "{said}");
+    assert!(said.to_lowercase().contains("authorization"), "{said}");
+    // TLS asked of a server that has none.
+    fleet.extra = "    token: right\n".into();
+    fleet.tls_urls = true;
+    let said = refused_start(&fleet, "tls");
+    assert!(said.contains("cannot connect to"), "{said}");
+    assert!(said.contains("storage.jetstream"), "{said}");
+    fleet.tls_urls = false;
+    // Nothing listening there at all.
+    let _ = guarded.kill();
+    let _ = guarded.wait();
+    fleet.extra = String::new();
+    let said = refused_start(&fleet, "unreachable");
+    assert!(said.contains("cannot connect to"), "{said}");
+    assert!(said.contains("storage.jetstream"), "{said}");
 }
