@@ -397,18 +397,33 @@ fn dead_letter(broker: &Broker, subscription: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_cluster_gone_ingress_refuses_and_recovers_without_a_restart() {
+async fn with_the_server_gone_ingress_refuses_and_recovers_without_a_restart() {
     let Some(bin) = nats::available() else { return };
+    gone_and_back(Nats::single(&bin), "FLEET5", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_whole_cluster_stopped_and_started_nothing_acknowledged_is_lost() {
+    let Some(bin) = nats::available() else { return };
+    gone_and_back(Nats::cluster(&bin), "FLEET7", 3).await;
+}
+
+/// Every server of `nats` stopped, then started again on the same data: `503` with
+/// `Retry-After` meanwhile, `/readyz` says why, then ingest and delivery go on without
+/// a restart, and what was acknowledged before is delivered.
+async fn gone_and_back(nats: Nats, prefix: &'static str, replicas: usize) {
     let sink = TestSink::start(vec![], Answer::status(200)).await;
     let mut fleet = Fleet::new(
-        Nats::single(&bin),
-        "FLEET5",
-        1,
+        nats,
+        prefix,
+        replicas,
         &[subscription("fleet", &to_sink(&sink, ""))],
     );
     let a = fleet.start("a");
     post_accepted(a.ingress, "before");
-    fleet.nats.nodes[0].kill();
+    for node in &mut fleet.nats.nodes {
+        node.kill();
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     let refused = loop {
         let reply = post_reply(a.ingress, "during");
@@ -425,8 +440,13 @@ async fn with_the_cluster_gone_ingress_refuses_and_recovers_without_a_restart() 
     let ready = get(a.admin, "/readyz");
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
     assert!(ready.contains("NATS"), "{ready}");
-    fleet.nats.nodes[0].restart();
-    fleet.nats.nodes[0].wait_ready(false);
+    let clustered = fleet.nats.nodes.len() > 1;
+    for node in &mut fleet.nats.nodes {
+        node.restart();
+    }
+    for node in &fleet.nats.nodes {
+        node.wait_ready(clustered);
+    }
     post_accepted(a.ingress, "after");
     wait_for_ids(
         &sink,
