@@ -41,6 +41,10 @@ use super::{
 /// How often the head is read from the stream, to see other instances' appends.
 pub const HEAD_POLL: Duration = Duration::from_millis(200);
 
+/// How many times a read short of the acknowledged head asks again (20 ms apart)
+/// before it returns what it has: a replica catching up, or records deleted.
+const CATCH_UP_TRIES: u32 = 10;
+
 /// At most this many records come back from one batched direct get.
 const READ_BATCH: usize = 256;
 
@@ -471,9 +475,21 @@ impl super::EventBackend for JetStreamEvents {
                 }
             }
             // A replica answers reads, and one that is catching up (after a leader
-            // change) has not got the newest records yet: nothing read where the
-            // acknowledged head says records are is not "gone", it is "not yet".
+            // change, or just after an append) has not got the newest records yet:
+            // what is missing below the acknowledged head is "not yet", not "gone".
+            // Asked again for a while, then nothing read at all is an error.
             let head = self.head(broker).unwrap_or(0);
+            let mut tries = 0;
+            while out.len() < limit && next <= head && tries < CATCH_UP_TRIES {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let want = (limit - out.len()).min(READ_BATCH);
+                let batch = self.read_batch(broker, next, want).await?;
+                if let Some(last) = batch.last().map(|r| r.seq) {
+                    next = last + 1;
+                    out.extend(batch);
+                }
+            }
             if out.is_empty() && from <= head {
                 let state = self.stream_info(broker).await?.state;
                 if state.messages > 0 && from <= state.last_sequence {
