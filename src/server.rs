@@ -61,7 +61,7 @@ async fn open_jetstream(
     clock: SharedClock,
     stop: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<Log, LogError> {
+) -> Result<(Log, usize), LogError> {
     use crate::log::jetstream::{lanes::JetStreamLanes, JetStreamEvents};
     let named = |e: LogError| {
         LogError::Unavailable(format!(
@@ -71,6 +71,7 @@ async fn open_jetstream(
     let events = JetStreamEvents::connect(options, &config.brokers, stop.clone(), tracker)
         .await
         .map_err(named)?;
+    let max_payload = events.max_payload();
     let lanes = JetStreamLanes::start(&events, options, clock.clone(), stop, tracker)
         .await
         .map_err(named)?;
@@ -82,12 +83,28 @@ async fn open_jetstream(
         )
         .await
         .map_err(named)?;
-    Ok(Log::from_parts(
-        events,
-        lanes,
-        Arc::new(dead_letters),
-        clock,
+    Ok((
+        Log::from_parts(events, lanes, Arc::new(dead_letters), clock),
+        max_payload,
     ))
+}
+
+/// Lowers `ingress.maxEventBytes` to what one JetStream message of `max_payload` bytes
+/// holds (the event's record, and its dead letter), saying so: an event the servers
+/// would refuse gets `413` at the ingress rather than `503` from the log.
+fn fit_events_to(config: &mut Config, max_payload: usize) {
+    let largest = crate::log::jetstream::JetStreamEvents::largest_event(max_payload);
+    if config.ingress.max_event_bytes > largest {
+        tracing::warn!(
+            configured = config.ingress.max_event_bytes,
+            limit = largest,
+            max_payload,
+            "ingress.maxEventBytes is lowered to what the NATS servers' max_payload holds \
+             with its dead letter; raise max_payload in the servers' config (8MB holds \
+             the 4 MiB default) to keep it"
+        );
+        config.ingress.max_event_bytes = largest;
+    }
 }
 
 /// A running server.
@@ -108,7 +125,7 @@ impl Server {
     /// Starts on listeners the caller bound (tests bind port 0).
     /// Routes for the already validated `subscriptions`.
     pub async fn start(
-        config: Config,
+        mut config: Config,
         subscriptions: Vec<Subscription>,
         ingress_listener: TcpListener,
         admin_listener: TcpListener,
@@ -139,19 +156,21 @@ impl Server {
 
         let writer_stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let log = if let Some(options) = &config.storage.jetstream {
+        let log = if let Some(options) = config.storage.jetstream.clone() {
             health.set_not_ready(format!(
                 "connecting to the NATS servers ({})",
                 options.servers.join(", ")
             ));
-            open_jetstream(
-                options,
+            let (log, max_payload) = open_jetstream(
+                &options,
                 &config,
                 clock.clone(),
                 writer_stop.clone(),
                 &tracker,
             )
-            .await?
+            .await?;
+            fit_events_to(&mut config, max_payload);
+            log
         } else {
             let options = StoreOptions {
                 path: config.storage.path.clone(),

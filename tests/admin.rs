@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::sink::{Answer, TestSink};
-use common::{minimal, subscription, wait_until, TestServer};
+use common::{minimal, subscription, wait_until, Backend, TestServer};
 use http::Method;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
@@ -51,8 +51,7 @@ async fn call(
 
 const TOKEN: &str = "admin-secret";
 
-#[tokio::test]
-async fn every_admin_endpoint_works_through_http() {
+async fn every_admin_endpoint_works_through_http(b: Backend) {
     let sink = TestSink::start(vec![], Answer::status(200)).await;
     let bad = TestSink::start(vec![], Answer::status(400)).await;
     let subs = [
@@ -60,7 +59,7 @@ async fn every_admin_endpoint_works_through_http() {
         subscription("refuse", &format!("  filter:\n    filters: [{{ prefix: {{ subject: bad }} }}]\n  sinks:\n    - uri: {}\n  delivery: {{ retry: 0 }}\n", bad.url("/b"))),
     ]
     .concat();
-    let mut t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let mut t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     t.restart_with(|c| c.admin.token = Some(TOKEN.into())).await;
     // Five events a minute apart (the broker's clock is the test's).
     for i in 1..=5 {
@@ -493,4 +492,8 @@ async fn the_admin_token_is_accepted_whatever_the_case_of_the_bearer_scheme() {
     ] {
         assert_eq!(status(refused.clone()).await, 401, "{refused:?}");
     }
+}
+
+common::backends! {
+    every_admin_endpoint_works_through_http,
 }

@@ -1,14 +1,14 @@
 //! The CloudEvents format conformance suites (cloudevents/conformance, format-tests
 //! branch; see tests/fixtures/cloudevents/PROVENANCE.md), run through the real
 //! ingress: every valid case is accepted and stored with the golden sample's attributes
-//! and data; every invalid case is answered 400 and stores nothing.
+//! and data; every invalid case is answered 400 and stores nothing. Both backends.
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use common::{read_conformance, TestServer};
+use common::{read_conformance, Backend, TestServer};
 use prost::Message;
 use serde_json::{json, Value};
 use switchyard::event::proto::cloudevents::cloud_event::cloud_event_attribute_value::Attr;
@@ -121,8 +121,8 @@ fn golden_batch(sample: &str) -> Vec<Normal> {
 }
 
 /// A broker with dedupe off: the suites reuse ids on purpose.
-async fn broker() -> TestServer {
-    TestServer::start("dedupe:\n  window: 0\n").await
+async fn broker(b: Backend) -> TestServer {
+    b.start("dedupe:\n  window: 0\n").await
 }
 
 async fn stored_since(t: &TestServer, before: usize) -> Vec<Normal> {
@@ -140,9 +140,9 @@ struct Case {
     body: Vec<u8>,
 }
 
-async fn run_cases(content_type: &str, batch_content_type: &str, cases: Vec<Case>) {
+async fn run_cases(b: Backend, content_type: &str, batch_content_type: &str, cases: Vec<Case>) {
     assert!(!cases.is_empty());
-    let t = broker().await;
+    let t = broker(b).await;
     for case in cases {
         let before = t.records("default").await.len();
         let ct = if case.batch {
@@ -195,11 +195,11 @@ fn json_cases(file: &str) -> Vec<Case> {
         .collect()
 }
 
-#[tokio::test]
-async fn json_format_valid_events_are_stored_as_the_golden_samples() {
+async fn json_format_valid_events_are_stored_as_the_golden_samples(b: Backend) {
     let cases = json_cases("cloudevents/format/json/valid-events.json");
     assert_eq!(cases.len(), 10);
     run_cases(
+        b,
         "application/cloudevents+json",
         "application/cloudevents-batch+json",
         cases,
@@ -207,11 +207,11 @@ async fn json_format_valid_events_are_stored_as_the_golden_samples() {
     .await;
 }
 
-#[tokio::test]
-async fn json_format_invalid_events_are_rejected() {
+async fn json_format_invalid_events_are_rejected(b: Backend) {
     let cases = json_cases("cloudevents/format/json/invalid-events.json");
     assert_eq!(cases.len(), 25);
     run_cases(
+        b,
         "application/cloudevents+json",
         "application/cloudevents-batch+json",
         cases,
@@ -219,12 +219,12 @@ async fn json_format_invalid_events_are_rejected() {
     .await;
 }
 
-#[tokio::test]
-async fn json_format_batches() {
+async fn json_format_batches(b: Backend) {
     let mut cases = json_cases("cloudevents/format/json/valid-batches.json");
     cases.extend(json_cases("cloudevents/format/json/invalid-batches.json"));
     assert_eq!(cases.len(), 8);
     run_cases(
+        b,
         "application/cloudevents+json",
         "application/cloudevents-batch+json",
         cases,
@@ -322,14 +322,14 @@ fn proto_cases(file: &str) -> Vec<Case> {
         .collect()
 }
 
-#[tokio::test]
-async fn protobuf_format_valid_and_invalid_events() {
+async fn protobuf_format_valid_and_invalid_events(b: Backend) {
     let mut cases = proto_cases("cloudevents/format/protobuf/valid-events.json");
     assert_eq!(cases.len(), 6);
     let invalid = proto_cases("cloudevents/format/protobuf/invalid-events.json");
     assert_eq!(invalid.len(), 20);
     cases.extend(invalid);
     run_cases(
+        b,
         "application/cloudevents+protobuf",
         "application/cloudevents-batch+protobuf",
         cases,
@@ -337,14 +337,14 @@ async fn protobuf_format_valid_and_invalid_events() {
     .await;
 }
 
-#[tokio::test]
-async fn protobuf_format_batches() {
+async fn protobuf_format_batches(b: Backend) {
     let mut cases = proto_cases("cloudevents/format/protobuf/valid-batches.json");
     cases.extend(proto_cases(
         "cloudevents/format/protobuf/invalid-batches.json",
     ));
     assert_eq!(cases.len(), 7);
     run_cases(
+        b,
         "application/cloudevents+protobuf",
         "application/cloudevents-batch+protobuf",
         cases,
@@ -352,8 +352,7 @@ async fn protobuf_format_batches() {
     .await;
 }
 
-#[tokio::test]
-async fn an_event_built_by_the_cloudevents_sdk_is_stored_as_the_sdk_sees_it() {
+async fn an_event_built_by_the_cloudevents_sdk_is_stored_as_the_sdk_sees_it(b: Backend) {
     use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
     let sdk = EventBuilderV10::new()
         .id("sdk-1")
@@ -368,7 +367,7 @@ async fn an_event_built_by_the_cloudevents_sdk_is_stored_as_the_sdk_sees_it() {
         )
         .build()
         .unwrap();
-    let t = broker().await;
+    let t = broker(b).await;
     let reply = t
         .post(
             "/",
@@ -388,4 +387,13 @@ async fn an_event_built_by_the_cloudevents_sdk_is_stored_as_the_sdk_sees_it() {
         serde_json::from_slice(&switchyard::event::json::encode_event(stored)).unwrap();
     assert_eq!(back.time(), sdk.time());
     assert_eq!(back.data(), sdk.data());
+}
+
+common::backends! {
+    json_format_valid_events_are_stored_as_the_golden_samples,
+    json_format_invalid_events_are_rejected,
+    json_format_batches,
+    protobuf_format_valid_and_invalid_events,
+    protobuf_format_batches,
+    an_event_built_by_the_cloudevents_sdk_is_stored_as_the_sdk_sees_it,
 }

@@ -1,5 +1,6 @@
 //! Delivery to real HTTP sinks that follow a script: fan-out, encodings, retries and
-//! backoff, Retry-After, dead letters, parking, ordering, replies, large events.
+//! backoff, Retry-After, dead letters, parking, ordering, replies, large events. Each
+//! runs on the embedded backend and on JetStream (`embedded::` and `jetstream::`).
 
 mod common;
 
@@ -8,14 +9,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::sink::{Answer, TestSink};
-use common::{minimal, subscription, wait_until, TestServer};
+use common::{minimal, subscription, wait_until, Backend, TestServer};
 use serde_json::Value;
 use switchyard::log::LaneId;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-#[tokio::test]
-async fn one_tekton_event_fans_out_to_five_sinks_across_three_subscriptions() {
+async fn one_tekton_event_fans_out_to_five_sinks_across_three_subscriptions(b: Backend) {
     let sinks: Vec<TestSink> = futures_join(5).await;
     let u = |i: usize, p: &str| sinks[i].url(p);
     let subs = [
@@ -24,7 +24,7 @@ async fn one_tekton_event_fans_out_to_five_sinks_across_three_subscriptions() {
         subscription("everything", &format!("  sinks:\n    - uri: {}\n", u(4, "/all"))),
     ]
     .concat();
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     let request = common::tekton_requests()
         .into_iter()
         .find(|r| r.file == "10-pipelinerun-failed.json")
@@ -81,8 +81,7 @@ fn one_sink(name: &str, uri: &str, delivery: &str) -> String {
     subscription(name, &format!("  sinks:\n    - uri: {uri}\n{delivery}"))
 }
 
-#[tokio::test]
-async fn retries_on_503_then_delivers_waiting_as_the_backoff_says() {
+async fn retries_on_503_then_delivers_waiting_as_the_backoff_says(b: Backend) {
     let sink = TestSink::start(
         vec![Answer::status(503), Answer::status(503)],
         Answer::status(200),
@@ -93,7 +92,7 @@ async fn retries_on_503_then_delivers_waiting_as_the_backoff_says() {
         &sink.url("/"),
         "  delivery:\n    retry: 5\n    backoffPolicy: exponential\n    backoffDelay: 200ms\n",
     );
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("r1")).await.status, 202);
     let got = sink.wait_for(3, WAIT).await;
     // Exponential from 200 ms with jitter in [½, 1]: at least 100 ms, then 200 ms.
@@ -120,15 +119,14 @@ async fn retries_on_503_then_delivers_waiting_as_the_backoff_says() {
     assert_eq!(sink.received().len(), 3, "no attempt after the success");
 }
 
-#[tokio::test]
-async fn retry_after_on_429_is_honoured() {
+async fn retry_after_on_429_is_honoured(b: Backend) {
     let sink = TestSink::start(
         vec![Answer::status(429).header("retry-after", "2")],
         Answer::status(200),
     )
     .await;
     let subs = one_sink("s", &sink.url("/"), "  delivery:\n    backoffDelay: 10ms\n");
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("ra")).await.status, 202);
     let got = sink.wait_for(2, WAIT).await;
     assert!(
@@ -138,8 +136,9 @@ async fn retry_after_on_429_is_honoured() {
     );
 }
 
-#[tokio::test]
-async fn a_400_is_not_retried_and_goes_to_the_dead_letter_sink_once_with_the_error_extensions() {
+async fn a_400_is_not_retried_and_goes_to_the_dead_letter_sink_once_with_the_error_extensions(
+    b: Backend,
+) {
     let sink = TestSink::start(vec![], Answer::status(400).body("bad field: x")).await;
     let dls = TestSink::start(vec![], Answer::status(200)).await;
     let subs = one_sink(
@@ -150,7 +149,7 @@ async fn a_400_is_not_retried_and_goes_to_the_dead_letter_sink_once_with_the_err
             dls.url("/dlq")
         ),
     );
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("dl")).await.status, 202);
     let got = dls.wait_for(1, WAIT).await;
     let r = &got[0];
@@ -188,8 +187,7 @@ async fn a_400_is_not_retried_and_goes_to_the_dead_letter_sink_once_with_the_err
     }
 }
 
-#[tokio::test]
-async fn timeouts_and_refused_connections_are_retried() {
+async fn timeouts_and_refused_connections_are_retried(b: Backend) {
     // First a sink that answers too late, then one that is not listening yet.
     let slow = TestSink::start(
         vec![Answer::status(200).after(Duration::from_secs(3))],
@@ -215,7 +213,7 @@ async fn timeouts_and_refused_connections_are_retried() {
         ),
     ]
     .concat();
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("tr")).await.status, 202);
     let got = slow.wait_for(2, WAIT).await;
     assert!(got[1].at - got[0].at >= Duration::from_millis(500));
@@ -239,8 +237,7 @@ async fn timeouts_and_refused_connections_are_retried() {
     );
 }
 
-#[tokio::test]
-async fn a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_restart() {
+async fn a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_restart(b: Backend) {
     // The down sink asks to come back in 6 s: longer than the park threshold.
     let down = TestSink::start(
         vec![Answer::status(503).header("retry-after", "6")],
@@ -257,7 +254,7 @@ async fn a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_resta
         one_sink("up", &up.url("/"), ""),
     ]
     .concat();
-    let mut t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let mut t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("p1")).await.status, 202);
     let lane = LaneId::new("down", down.url("/"));
     down.wait_for(1, WAIT).await;
@@ -270,7 +267,8 @@ async fn a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_resta
     assert_eq!(t.post_json(&minimal("p2")).await.status, 202);
     up.wait_for(2, WAIT).await;
     // Restart while parked: the parked entry survives and is delivered when due (the
-    // broker's wall clock is the test's; move it past the due time).
+    // embedded backend's wall clock is the test's: move it past the due time; JetStream
+    // hands the entry out again once its delay has passed).
     drop(log);
     t.restart().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -301,8 +299,7 @@ async fn a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_resta
     assert_eq!(depth.parked, 0);
 }
 
-#[tokio::test]
-async fn an_ordered_lane_delivers_in_log_order_through_failures() {
+async fn an_ordered_lane_delivers_in_log_order_through_failures(b: Backend) {
     let script: Vec<Answer> = (0..5)
         .flat_map(|_| {
             [
@@ -318,7 +315,7 @@ async fn an_ordered_lane_delivers_in_log_order_through_failures() {
         &sink.url("/"),
         "  delivery:\n    ordering: ordered\n    backoffDelay: 20ms\n",
     );
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     for i in 0..5 {
         assert_eq!(t.post_json(&minimal(&format!("o{i}"))).await.status, 202);
     }
@@ -330,8 +327,7 @@ async fn an_ordered_lane_delivers_in_log_order_through_failures() {
     assert_eq!(ids, expected);
 }
 
-#[tokio::test]
-async fn a_reply_feeds_a_second_subscription_and_a_reply_loop_stops_at_the_hop_limit() {
+async fn a_reply_feeds_a_second_subscription_and_a_reply_loop_stops_at_the_hop_limit(b: Backend) {
     let replier = replying_sink().await;
     let downstream = TestSink::start(vec![], Answer::status(202)).await;
     let subs = [
@@ -339,8 +335,9 @@ async fn a_reply_feeds_a_second_subscription_and_a_reply_loop_stops_at_the_hop_l
         subscription("replies", &format!("  filter:\n    attributes: {{ type: dev.switchyard.reply }}\n  sinks:\n    - uri: {}\n", downstream.url("/"))),
     ]
     .concat();
-    let t =
-        TestServer::start_with_subscriptions("dedupe:\n  window: 0\n", &[("s.yaml", &subs)]).await;
+    let t = b
+        .start_with_subscriptions("dedupe:\n  window: 0\n", &[("s.yaml", &subs)])
+        .await;
     assert_eq!(t.post_json(&minimal("q")).await.status, 202);
     let got = downstream.wait_for(1, WAIT).await;
     assert_eq!(got[0].header("ce-id"), Some("reply-1"));
@@ -359,11 +356,12 @@ async fn a_reply_feeds_a_second_subscription_and_a_reply_loop_stops_at_the_hop_l
     )
     .await;
     let subs = subscription("loop", &format!("  filter:\n    filters: [{{ prefix: {{ type: dev.switchyard.e }} }}]\n  sinks:\n    - uri: {}\n", echo.url("/")));
-    let t = TestServer::start_with_subscriptions(
-        "dedupe:\n  window: 0\nreplies:\n  maxHops: 3\n",
-        &[("s.yaml", &subs)],
-    )
-    .await;
+    let t = b
+        .start_with_subscriptions(
+            "dedupe:\n  window: 0\nreplies:\n  maxHops: 3\n",
+            &[("s.yaml", &subs)],
+        )
+        .await;
     let mut first = minimal("start");
     first["type"] = "dev.switchyard.echo".into();
     assert_eq!(t.post_json(&first).await.status, 202);
@@ -381,11 +379,10 @@ async fn a_reply_feeds_a_second_subscription_and_a_reply_loop_stops_at_the_hop_l
     assert_eq!(hops, [0, 1, 2, 3]);
 }
 
-#[tokio::test]
-async fn a_4_mib_event_is_delivered_byte_identical() {
+async fn a_4_mib_event_is_delivered_byte_identical(b: Backend) {
     let sink = TestSink::start(vec![], Answer::status(200)).await;
     let subs = one_sink("big", &sink.url("/"), "");
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     let body: Vec<u8> = (0..4 * 1024 * 1024 - 64)
         .map(|i| (i * 31 % 251) as u8)
         .collect();
@@ -408,8 +405,7 @@ async fn a_4_mib_event_is_delivered_byte_identical() {
     assert!(got[0].body.as_ref() == body.as_slice(), "the body differs");
 }
 
-#[tokio::test]
-async fn redirects_are_not_followed_and_count_as_final() {
+async fn redirects_are_not_followed_and_count_as_final(b: Backend) {
     let target = TestSink::start(vec![], Answer::status(200)).await;
     let sink = TestSink::start(
         vec![],
@@ -417,7 +413,7 @@ async fn redirects_are_not_followed_and_count_as_final() {
     )
     .await;
     let subs = one_sink("r", &sink.url("/"), "  delivery:\n    backoffDelay: 10ms\n");
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("moved")).await.status, 202);
     let stats = t
         .server()
@@ -431,8 +427,7 @@ async fn redirects_are_not_followed_and_count_as_final() {
     assert!(target.received().is_empty(), "the redirect was followed");
 }
 
-#[tokio::test]
-async fn reply_ignore_turns_replies_off() {
+async fn reply_ignore_turns_replies_off(b: Backend) {
     let replier = TestSink::start(
         vec![],
         Answer::status(200)
@@ -443,7 +438,7 @@ async fn reply_ignore_turns_replies_off() {
     )
     .await;
     let subs = one_sink("quiet", &replier.url("/"), "  reply: ignore\n");
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("q")).await.status, 202);
     let stats = t
         .server()
@@ -457,12 +452,11 @@ async fn reply_ignore_turns_replies_off() {
     assert_eq!(t.records("default").await.len(), 1, "no reply was appended");
 }
 
-#[tokio::test]
-async fn a_failing_dead_letter_sink_leaves_the_event_in_the_store() {
+async fn a_failing_dead_letter_sink_leaves_the_event_in_the_store(b: Backend) {
     let sink = TestSink::start(vec![], Answer::status(422)).await;
     let dls = TestSink::start(vec![], Answer::status(500)).await;
     let subs = one_sink("s", &sink.url("/"), &format!("  delivery:\n    retry: 2\n    backoffDelay: 10ms\n    deadLetterSink: {{ uri: '{}' }}\n", dls.url("/")));
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("lost?")).await.status, 202);
     dls.wait_for(3, WAIT).await;
     let log = t.server().log.clone();
@@ -482,15 +476,14 @@ async fn a_failing_dead_letter_sink_leaves_the_event_in_the_store() {
     assert_eq!(decoded.event.id(), "lost?");
 }
 
-#[tokio::test]
-async fn a_lane_keeps_at_most_max_in_flight_requests_open() {
+async fn a_lane_keeps_at_most_max_in_flight_requests_open(b: Backend) {
     let hole = TestSink::black_hole().await;
     let subs = one_sink(
         "narrow",
         &hole.url("/"),
         "  delivery:\n    maxInFlight: 3\n",
     );
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     for i in 0..10 {
         assert_eq!(t.post_json(&minimal(&format!("w{i}"))).await.status, 202);
     }
@@ -503,8 +496,7 @@ async fn a_lane_keeps_at_most_max_in_flight_requests_open() {
     );
 }
 
-#[tokio::test]
-async fn an_answer_body_is_read_up_to_the_limit_and_no_further() {
+async fn an_answer_body_is_read_up_to_the_limit_and_no_further(b: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A sink that announces 100 MiB, sends 2 MiB, then stalls.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -523,7 +515,7 @@ async fn an_answer_body_is_read_up_to_the_limit_and_no_further() {
         }
     });
     let subs = one_sink("big-answer", &url, "  delivery:\n    timeout: 15s\n");
-    let mut t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let mut t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     t.restart_with(|c| c.ingress.max_event_bytes = 1 << 20)
         .await;
     assert_eq!(t.post_json(&minimal("a")).await.status, 202);
@@ -545,11 +537,10 @@ async fn an_answer_body_is_read_up_to_the_limit_and_no_further() {
     assert_eq!(stats.attempts.load(Ordering::Relaxed), 1);
 }
 
-#[tokio::test]
-async fn shutdown_waits_for_a_hung_delivery_only_as_long_as_the_grace_period() {
+async fn shutdown_waits_for_a_hung_delivery_only_as_long_as_the_grace_period(b: Backend) {
     let hole = TestSink::black_hole().await;
     let subs = one_sink("hung", &hole.url("/"), "");
-    let mut t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let mut t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     t.restart_with(|c| c.shutdown_grace_period = Duration::from_millis(700))
         .await;
     assert_eq!(t.post_json(&minimal("h1")).await.status, 202);
@@ -567,15 +558,14 @@ async fn shutdown_waits_for_a_hung_delivery_only_as_long_as_the_grace_period() {
     assert_eq!(t.lane("default", "hung", &hole.url("/")).await, [1]);
 }
 
-#[tokio::test]
-async fn shutdown_lets_an_attempt_under_way_finish_and_commits_it() {
+async fn shutdown_lets_an_attempt_under_way_finish_and_commits_it(b: Backend) {
     let slow = TestSink::start(
         vec![Answer::status(200).after(Duration::from_millis(600))],
         Answer::status(200),
     )
     .await;
     let subs = one_sink("slow", &slow.url("/"), "");
-    let mut t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let mut t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("f1")).await.status, 202);
     slow.wait_for(1, WAIT).await;
     // Stop while the sink is still answering: the answer is awaited and committed.
@@ -619,8 +609,7 @@ fn ids_once(sink: &TestSink) -> (Vec<String>, Vec<String>) {
     (ids, twice)
 }
 
-#[tokio::test]
-async fn a_lane_far_behind_its_feed_catches_up_with_every_event_once() {
+async fn a_lane_far_behind_its_feed_catches_up_with_every_event_once(b: Backend) {
     // The first requests are held for two seconds, so the lane stops taking entries
     // while more than its in-memory feed holds (512) arrive; it then has to find them
     // in the log, catch up, and go back to its feed for what comes after.
@@ -634,7 +623,7 @@ async fn a_lane_far_behind_its_feed_catches_up_with_every_event_once() {
         &sink.url("/"),
         "  delivery:\n    maxInFlight: 4\n",
     );
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     post_batch(&t, (0..4).map(|i| format!("a{i:04}"))).await;
     sink.wait_for(4, WAIT).await;
     post_batch(&t, (4..1300).map(|i| format!("a{i:04}"))).await;
@@ -653,8 +642,7 @@ async fn a_lane_far_behind_its_feed_catches_up_with_every_event_once() {
     assert_eq!(sink.received().len(), 1340);
 }
 
-#[tokio::test]
-async fn an_ordered_lane_behind_its_feed_stays_in_log_order() {
+async fn an_ordered_lane_behind_its_feed_stays_in_log_order(b: Backend) {
     let sink = TestSink::start(
         Vec::new(),
         Answer::status(202).after(Duration::from_secs(1)),
@@ -665,7 +653,7 @@ async fn an_ordered_lane_behind_its_feed_stays_in_log_order() {
         &sink.url("/"),
         "  delivery:\n    ordering: ordered\n",
     );
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     post_batch(&t, std::iter::once("o0000".to_string())).await;
     sink.wait_for(1, WAIT).await;
     post_batch(&t, (1..700).map(|i| format!("o{i:04}"))).await;
@@ -682,12 +670,11 @@ async fn an_ordered_lane_behind_its_feed_stays_in_log_order() {
     assert_eq!(ids, expected);
 }
 
-#[tokio::test]
-async fn an_event_without_data_is_sent_with_content_length_zero() {
+async fn an_event_without_data_is_sent_with_content_length_zero(b: Backend) {
     // A sink that requires a length (411 without one) takes it.
     let sink = TestSink::start(vec![], Answer::status(200)).await;
     let subs = one_sink("s", &sink.url("/"), "");
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     let r = t
         .post(
             "/",
@@ -707,8 +694,7 @@ async fn an_event_without_data_is_sent_with_content_length_zero() {
     assert!(got[0].body.is_empty());
 }
 
-#[tokio::test]
-async fn a_reply_repeated_inside_the_dedupe_window_is_stored_and_delivered_once() {
+async fn a_reply_repeated_inside_the_dedupe_window_is_stored_and_delivered_once(b: Backend) {
     // A sink that answers every event with the same reply, as one replying to a
     // redelivered event would.
     let replier = replying_sink().await;
@@ -718,7 +704,7 @@ async fn a_reply_repeated_inside_the_dedupe_window_is_stored_and_delivered_once(
         subscription("replies", &format!("  filter:\n    attributes: {{ type: dev.switchyard.reply }}\n  sinks:\n    - uri: {}\n", downstream.url("/"))),
     ]
     .concat();
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("q1")).await.status, 202);
     assert_eq!(t.post_json(&minimal("q2")).await.status, 202);
     replier.wait_for(2, WAIT).await;
@@ -767,4 +753,27 @@ async fn replying_sink() -> TestSink {
             .header("ce-type", "dev.switchyard.reply"),
     )
     .await
+}
+
+common::backends! {
+    one_tekton_event_fans_out_to_five_sinks_across_three_subscriptions,
+    retries_on_503_then_delivers_waiting_as_the_backoff_says,
+    retry_after_on_429_is_honoured,
+    a_400_is_not_retried_and_goes_to_the_dead_letter_sink_once_with_the_error_extensions,
+    timeouts_and_refused_connections_are_retried,
+    a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_restart,
+    an_ordered_lane_delivers_in_log_order_through_failures,
+    a_reply_feeds_a_second_subscription_and_a_reply_loop_stops_at_the_hop_limit,
+    a_4_mib_event_is_delivered_byte_identical,
+    redirects_are_not_followed_and_count_as_final,
+    reply_ignore_turns_replies_off,
+    a_failing_dead_letter_sink_leaves_the_event_in_the_store,
+    a_lane_keeps_at_most_max_in_flight_requests_open,
+    an_answer_body_is_read_up_to_the_limit_and_no_further,
+    shutdown_waits_for_a_hung_delivery_only_as_long_as_the_grace_period,
+    shutdown_lets_an_attempt_under_way_finish_and_commits_it,
+    a_lane_far_behind_its_feed_catches_up_with_every_event_once,
+    an_ordered_lane_behind_its_feed_stays_in_log_order,
+    an_event_without_data_is_sent_with_content_length_zero,
+    a_reply_repeated_inside_the_dedupe_window_is_stored_and_delivered_once,
 }

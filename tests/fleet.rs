@@ -3,16 +3,14 @@
 //! HTTP sinks. Skipped without nats-server unless NATS_REQUIRED is set.
 
 mod common;
-#[path = "common/nats.rs"]
-mod nats;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::nats::{self, Nats};
 use common::process::{self, Broker};
 use common::sink::{Answer, TestSink};
-use nats::Nats;
 
 /// A fleet: its NATS servers, and a directory with the subscription files and the
 /// config every instance starts from (each with its own data directory).
@@ -601,4 +599,54 @@ async fn what_only_the_servers_can_refuse_stops_the_start_naming_the_key() {
     let said = refused_start(&fleet, "unreachable");
     assert!(said.contains("cannot connect to"), "{said}");
     assert!(said.contains("storage.jetstream"), "{said}");
+}
+
+/// Posts `size` bytes of binary-mode data as event `id`; returns the whole answer.
+fn post_sized(addr: SocketAddr, id: &str, size: usize) -> String {
+    let body = "x".repeat(size);
+    exchange(
+        addr,
+        &format!(
+            "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\nce-specversion: 1.0\r\nce-id: {id}\r\nce-source: /fleet\r\nce-type: dev.switchyard.test\r\ncontent-type: text/plain\r\ncontent-length: {size}\r\n\r\n{body}"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_servers_max_payload_cannot_hold_is_refused_as_too_large() {
+    let Some(bin) = nats::available() else { return };
+    let sink = TestSink::start(vec![], Answer::status(400)).await;
+    let dls = TestSink::start(vec![], Answer::status(200)).await;
+    // The servers' default max_payload is 1 MiB; the broker's ingress default is 4 MiB.
+    let fleet = Fleet::new(
+        Nats::single(&bin),
+        "FLEETSIZE",
+        1,
+        &[subscription(
+            "big",
+            &to_sink(
+                &sink,
+                &format!("    deadLetterSink: {{ uri: '{}' }}\n", dls.url("/")),
+            ),
+        )],
+    );
+    let a = fleet.start("a");
+    let largest = switchyard::log::jetstream::JetStreamEvents::largest_event(1 << 20) as usize;
+    let refused = post_sized(a.ingress, "too-big", largest + 1);
+    assert!(refused.starts_with("HTTP/1.1 413"), "{refused}");
+    assert!(refused.contains(&format!("{largest} bytes")), "{refused}");
+    // The largest that fits is stored, delivered and, refused by its sink, dead-lettered
+    // whole: the letter fits in a message too.
+    let fits = post_sized(a.ingress, "fits", largest);
+    assert!(fits.starts_with("HTTP/1.1 202"), "{fits}");
+    let letters = dls.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(letters[0].header("ce-id"), Some("fits"));
+    assert_eq!(letters[0].body.len(), largest);
+    let listed = common::eventually("the dead letter in the store", async || {
+        let r = get(a.admin, "/api/v1/deadletters");
+        r.contains("\"fits\"").then_some(r)
+    })
+    .await;
+    assert!(listed.starts_with("HTTP/1.1 200"), "{listed}");
+    assert!(a.terminate().success());
 }

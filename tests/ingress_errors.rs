@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::TestServer;
+use common::{Backend, TestServer};
 use http::Method;
 use prost::Message;
 use serde_json::json;
@@ -413,8 +413,8 @@ fn table() -> Vec<Bad> {
     rows
 }
 
-async fn tokened_broker() -> TestServer {
-    TestServer::start_with(|c| {
+async fn tokened_broker(b: Backend) -> TestServer {
+    b.start_with(|c| {
         c.ingress.tokens = vec!["old-token".into(), TOKEN.into()];
         c.ingress.max_event_bytes = 64 * 1024;
     })
@@ -439,9 +439,8 @@ fn raw_status(addr: std::net::SocketAddr, request: &[u8], half_close: bool) -> u
         .unwrap_or(0)
 }
 
-#[tokio::test]
-async fn bad_requests_get_exact_statuses_and_lose_nothing_else() {
-    let t = tokened_broker().await;
+async fn bad_requests_get_exact_statuses_and_lose_nothing_else(b: Backend) {
+    let t = tokened_broker(b).await;
     let rows = table();
     assert!(rows.len() >= 30, "the table has {} rows", rows.len());
     let mut good = Vec::new();
@@ -514,7 +513,7 @@ async fn bad_requests_get_exact_statuses_and_lose_nothing_else() {
 
 #[tokio::test]
 async fn a_declared_oversize_body_is_refused_before_it_is_sent() {
-    let t = tokened_broker().await;
+    let t = tokened_broker(Backend::Embedded).await;
     let addr = t.server().ingress_addr;
     let status = tokio::task::spawn_blocking(move || {
         let req = format!("POST / HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\nce-specversion: 1.0\r\nce-id: 1\r\nce-source: /s\r\nce-type: t\r\ncontent-length: 100000000\r\n\r\n");
@@ -525,9 +524,8 @@ async fn a_declared_oversize_body_is_refused_before_it_is_sent() {
     assert_eq!(status, 413);
 }
 
-#[tokio::test]
-async fn a_truncated_body_is_a_client_error_and_stores_nothing() {
-    let t = tokened_broker().await;
+async fn a_truncated_body_is_a_client_error_and_stores_nothing(b: Backend) {
+    let t = tokened_broker(b).await;
     let addr = t.server().ingress_addr;
     let status = tokio::task::spawn_blocking(move || {
         let req = format!("POST / HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/cloudevents+json\r\ncontent-length: 500\r\n\r\n{{\"specversion\":\"1.0\",");
@@ -558,9 +556,8 @@ async fn options_answers_the_webhook_handshake() {
     assert_eq!(reply.headers["allow"], "POST, OPTIONS");
 }
 
-#[tokio::test]
-async fn named_brokers_have_their_own_logs() {
-    let t = TestServer::start("brokers: [default, ci]\n").await;
+async fn named_brokers_have_their_own_logs(b: Backend) {
+    let t = b.start("brokers: [default, ci]\n").await;
     let ok = |id: &str| json!({"specversion": "1.0", "id": id, "source": "/s", "type": "t"});
     let ct = [("content-type", "application/cloudevents+json")];
     assert_eq!(
@@ -653,4 +650,10 @@ async fn connections_over_the_limit_wait_while_every_one_is_busy() {
     .await
     .unwrap();
     assert_eq!(reply.status, 202);
+}
+
+common::backends! {
+    bad_requests_get_exact_statuses_and_lose_nothing_else,
+    a_truncated_body_is_a_client_error_and_stores_nothing,
+    named_brokers_have_their_own_logs,
 }

@@ -1,5 +1,6 @@
 //! The log behind the ingress: dedupe inside and after the window, restarts, group
-//! commit, and 503 when storage cannot take writes.
+//! commit, and 503 when storage cannot take writes. What the ingress sees of dedupe runs
+//! on both backends (`embedded::` and `jetstream::`).
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{minimal, TestServer};
+use common::{minimal, Backend, TestServer};
 use serde_json::json;
 use switchyard::clock::ManualClock;
 use switchyard::ingress::{self, Ingress};
@@ -22,11 +23,10 @@ use switchyard::store::{Durability, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-#[tokio::test]
-async fn a_duplicate_inside_the_window_is_acknowledged_but_stored_once() {
-    let t = TestServer::start("").await;
+async fn a_duplicate_inside_the_window_is_acknowledged_but_stored_once(b: Backend) {
+    let t = b.start("dedupe:\n  window: 4s\n").await;
     assert_eq!(t.post_json(&minimal("same")).await.status, 202);
-    t.clock.advance(Duration::from_secs(9 * 60));
+    t.pass(Duration::from_secs(2)).await;
     assert_eq!(t.post_json(&minimal("same")).await.status, 202);
     assert_eq!(t.records("default").await.len(), 1);
     // Same id from another source is another event.
@@ -36,20 +36,18 @@ async fn a_duplicate_inside_the_window_is_acknowledged_but_stored_once() {
     assert_eq!(t.records("default").await.len(), 2);
 }
 
-#[tokio::test]
-async fn after_the_window_the_same_event_is_stored_again() {
-    let t = TestServer::start("").await;
+async fn after_the_window_the_same_event_is_stored_again(b: Backend) {
+    let t = b.start("dedupe:\n  window: 2s\n").await;
     assert_eq!(t.post_json(&minimal("again")).await.status, 202);
-    t.clock.advance(Duration::from_secs(10 * 60 + 1));
+    t.pass(Duration::from_secs(3)).await;
     assert_eq!(t.post_json(&minimal("again")).await.status, 202);
     let records = t.records("default").await;
     assert_eq!(records.len(), 2);
     assert_eq!(records[1].seq, 2);
 }
 
-#[tokio::test]
-async fn duplicates_inside_one_batch_are_stored_once() {
-    let t = TestServer::start("").await;
+async fn duplicates_inside_one_batch_are_stored_once(b: Backend) {
+    let t = b.start("").await;
     let batch = json!([minimal("a"), minimal("b"), minimal("a")]);
     let reply = t
         .post(
@@ -68,10 +66,9 @@ async fn duplicates_inside_one_batch_are_stored_once() {
     assert_eq!(ids, ["a", "b"]);
 }
 
-#[tokio::test]
-async fn the_dedupe_key_is_a_cel_expression() {
+async fn the_dedupe_key_is_a_cel_expression(b: Backend) {
     // Tekton can send the same state twice with different ids: key on what it is about.
-    let t = TestServer::start("dedupe:\n  key: 'type + \"/\" + subject'\n").await;
+    let t = b.start("dedupe:\n  key: 'type + \"/\" + subject'\n").await;
     for id in ["1", "2"] {
         let mut e = minimal(id);
         e["subject"] = json!("taskrun-x");
@@ -83,17 +80,15 @@ async fn the_dedupe_key_is_a_cel_expression() {
     assert_eq!(t.records("default").await.len(), 3);
 }
 
-#[tokio::test]
-async fn a_zero_window_turns_dedupe_off() {
-    let t = TestServer::start("dedupe:\n  window: 0\n").await;
+async fn a_zero_window_turns_dedupe_off(b: Backend) {
+    let t = b.start("dedupe:\n  window: 0\n").await;
     assert_eq!(t.post_json(&minimal("x")).await.status, 202);
     assert_eq!(t.post_json(&minimal("x")).await.status, 202);
     assert_eq!(t.records("default").await.len(), 2);
 }
 
-#[tokio::test]
-async fn a_restart_keeps_every_acknowledged_event_and_the_dedupe_index() {
-    let mut t = TestServer::start("").await;
+async fn a_restart_keeps_every_acknowledged_event_and_the_dedupe_index(b: Backend) {
+    let mut t = b.start("").await;
     for i in 0..50 {
         assert_eq!(t.post_json(&minimal(&format!("e{i}"))).await.status, 202);
     }
@@ -758,4 +753,13 @@ fn a_segment_missing_from_the_middle_of_the_log_is_reported_lost() {
         .collect();
     let expected: Vec<u64> = (1..firsts[1]).chain(firsts[2]..=40).collect();
     assert_eq!(seqs, expected);
+}
+
+common::backends! {
+    a_duplicate_inside_the_window_is_acknowledged_but_stored_once,
+    after_the_window_the_same_event_is_stored_again,
+    duplicates_inside_one_batch_are_stored_once,
+    the_dedupe_key_is_a_cel_expression,
+    a_zero_window_turns_dedupe_off,
+    a_restart_keeps_every_acknowledged_event_and_the_dedupe_index,
 }

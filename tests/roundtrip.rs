@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::sink::{Answer, TestSink};
-use common::{subscription, testdata, TestServer};
+use common::{subscription, testdata, Backend, TestServer};
 use serde_json::Value;
 use switchyard::config::yaml::{self, Node, Value as Y};
 use switchyard::event::binary::{percent_decode, percent_encode};
@@ -123,8 +123,7 @@ fn expected_body(c: &Case) -> Vec<u8> {
     }
 }
 
-#[tokio::test]
-async fn every_conformance_http_case_round_trips_to_binary_and_structured_sinks() {
+async fn every_conformance_http_case_round_trips_to_binary_and_structured_sinks(b: Backend) {
     let binary = TestSink::start(vec![], Answer::status(202)).await;
     let structured = TestSink::start(vec![], Answer::status(202)).await;
     let subs = subscription(
@@ -135,8 +134,9 @@ async fn every_conformance_http_case_round_trips_to_binary_and_structured_sinks(
             structured.url("/s")
         ),
     );
-    let t =
-        TestServer::start_with_subscriptions("dedupe:\n  window: 0\n", &[("s.yaml", &subs)]).await;
+    let t = b
+        .start_with_subscriptions("dedupe:\n  window: 0\n", &[("s.yaml", &subs)])
+        .await;
     let dir = testdata().join("cloudevents/http-yaml");
     let mut all = cases(&dir.join("v1.yaml"));
     all.extend(cases(&dir.join("v1.0/v1_minimum.yaml")));
@@ -216,4 +216,8 @@ async fn every_conformance_http_case_round_trips_to_binary_and_structured_sinks(
             }
         }
     }
+}
+
+common::backends! {
+    every_conformance_http_case_round_trips_to_binary_and_structured_sinks,
 }

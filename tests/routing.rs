@@ -1,6 +1,7 @@
 //! Routing: subscriptions typical of Tekton and CDEvents users, against every fixture
 //! of tests/fixtures/tekton and tests/fixtures/cdevents/as-cloudevent; exactly
-//! which lanes get which events. Then startFrom backfills, hot reload, and removal.
+//! which lanes get which events. Then startFrom backfills, hot reload, and removal. Each
+//! runs on the embedded backend and on JetStream (`embedded::` and `jetstream::`).
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::sink::TestSink;
-use common::{minimal, subscription, testdata, wait_until, TestServer};
+use common::{minimal, subscription, testdata, wait_until, Backend, TestServer};
 
 /// Sinks that accept and never answer: what the router puts in a lane stays pending
 /// there (in flight) for the whole test, so lanes can be compared exactly.
@@ -108,8 +109,7 @@ async fn post_fixtures(t: &TestServer) {
     }
 }
 
-#[tokio::test]
-async fn the_routing_table_sends_each_fixture_to_exactly_the_lanes_it_matches() {
+async fn the_routing_table_sends_each_fixture_to_exactly_the_lanes_it_matches(b: Backend) {
     let Sinks {
         notifier,
         pager,
@@ -118,11 +118,12 @@ async fn the_routing_table_sends_each_fixture_to_exactly_the_lanes_it_matches() 
     } = sinks().await;
     let _ = (&notifier, &pager, &audit);
     // The CDEvents fixtures all share one source and id: dedupe would keep only one.
-    let t = TestServer::start_with_subscriptions(
-        "dedupe:\n  window: 0\n",
-        &[("tekton.yaml", &subs(&notifier, &pager, &audit))],
-    )
-    .await;
+    let t = b
+        .start_with_subscriptions(
+            "dedupe:\n  window: 0\n",
+            &[("tekton.yaml", &subs(&notifier, &pager, &audit))],
+        )
+        .await;
     post_fixtures(&t).await;
     t.wait_routed("default").await;
     let expected: &[(&str, &str, &[u64])] = &[
@@ -170,8 +171,7 @@ async fn the_routing_table_sends_each_fixture_to_exactly_the_lanes_it_matches() 
     assert_eq!(stats.not_matched.load(Ordering::Relaxed), 2);
 }
 
-#[tokio::test]
-async fn new_subscriptions_start_from_latest_earliest_or_a_time() {
+async fn new_subscriptions_start_from_latest_earliest_or_a_time(b: Backend) {
     let Sinks {
         notifier,
         pager,
@@ -179,7 +179,7 @@ async fn new_subscriptions_start_from_latest_earliest_or_a_time() {
         _hole,
     } = sinks().await;
     let _ = (&notifier, &pager, &audit);
-    let t = TestServer::start("").await;
+    let t = b.start("").await;
     for i in 1..=3 {
         assert_eq!(t.post_json(&minimal(&format!("old-{i}"))).await.status, 202);
     }
@@ -230,8 +230,9 @@ async fn new_subscriptions_start_from_latest_earliest_or_a_time() {
     );
 }
 
-#[tokio::test]
-async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_invalid_set() {
+async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_invalid_set(
+    b: Backend,
+) {
     let Sinks {
         notifier,
         pager,
@@ -244,7 +245,7 @@ async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_in
         "a",
         &format!("  filter:\n    attributes: {{ type: t1 }}\n{sinks}"),
     );
-    let t = TestServer::start_with_subscriptions("", &[("a.yaml", &a)]).await;
+    let t = b.start_with_subscriptions("", &[("a.yaml", &a)]).await;
     let post = |id: &str, ty: &str| {
         let mut e = minimal(id);
         e["type"] = ty.into();
@@ -317,8 +318,7 @@ async fn hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_in
     );
 }
 
-#[tokio::test]
-async fn removing_a_sink_drops_its_lane_and_adding_one_starts_it_at_the_next_event() {
+async fn removing_a_sink_drops_its_lane_and_adding_one_starts_it_at_the_next_event(b: Backend) {
     let Sinks {
         notifier,
         pager,
@@ -327,7 +327,7 @@ async fn removing_a_sink_drops_its_lane_and_adding_one_starts_it_at_the_next_eve
     } = sinks().await;
     let _ = (&notifier, &pager, &audit);
     let one = subscription("s", &format!("  sinks: [{{uri: '{notifier}'}}]\n"));
-    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &one)]).await;
+    let t = b.start_with_subscriptions("", &[("s.yaml", &one)]).await;
     assert_eq!(t.post_json(&minimal("1")).await.status, 202);
     t.wait_routed("default").await;
     t.write_subscriptions(
@@ -341,8 +341,7 @@ async fn removing_a_sink_drops_its_lane_and_adding_one_starts_it_at_the_next_eve
     assert_eq!(t.lane("default", "s", pager.as_str()).await, [2]);
 }
 
-#[tokio::test]
-async fn routing_state_survives_a_restart_without_doubling() {
+async fn routing_state_survives_a_restart_without_doubling(b: Backend) {
     let Sinks {
         notifier,
         pager,
@@ -351,7 +350,7 @@ async fn routing_state_survives_a_restart_without_doubling() {
     } = sinks().await;
     let _ = (&notifier, &pager, &audit);
     let every = subscription("every", &format!("  sinks: [{{uri: '{notifier}'}}]\n"));
-    let mut t = TestServer::start_with_subscriptions("", &[("e.yaml", &every)]).await;
+    let mut t = b.start_with_subscriptions("", &[("e.yaml", &every)]).await;
     for i in 0..300 {
         assert_eq!(t.post_json(&minimal(&format!("r{i}"))).await.status, 202);
     }
@@ -362,4 +361,12 @@ async fn routing_state_survives_a_restart_without_doubling() {
         t.lane("default", "every", notifier.as_str()).await,
         (1..=301).collect::<Vec<u64>>()
     );
+}
+
+common::backends! {
+    the_routing_table_sends_each_fixture_to_exactly_the_lanes_it_matches,
+    new_subscriptions_start_from_latest_earliest_or_a_time,
+    hot_reload_adds_changes_and_removes_while_events_flow_and_rejects_an_invalid_set,
+    removing_a_sink_drops_its_lane_and_adding_one_starts_it_at_the_next_event,
+    routing_state_survives_a_restart_without_doubling,
 }

@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::{tekton_requests, TestServer};
+use common::{tekton_requests, Backend};
 use switchyard::event::Data;
 
-#[tokio::test]
-async fn the_ten_tekton_requests_are_stored_byte_identical() {
-    let t = TestServer::start("").await;
+async fn the_ten_tekton_requests_are_stored_byte_identical(b: Backend) {
+    let t = b.start("").await;
     let requests = tekton_requests();
     assert_eq!(requests.len(), 10);
     for r in &requests {
@@ -56,4 +55,8 @@ async fn the_ten_tekton_requests_are_stored_byte_identical() {
         records[1].event.get_str("time"),
         Some("2023-12-07T06:20:01.518567259Z")
     );
+}
+
+common::backends! {
+    the_ten_tekton_requests_are_stored_byte_identical,
 }

@@ -210,6 +210,24 @@ pub trait LaneBackend: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'a, LogResult<Vec<LaneEntry>>>;
 
+    /// The events of a lane's unfinished entries (waiting, taken or parked), in log order,
+    /// at most `limit`, without taking any: what the lane still owes its sink.
+    fn unfinished<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+        limit: usize,
+    ) -> BoxFuture<'a, LogResult<Vec<u64>>> {
+        Box::pin(async move {
+            Ok(self
+                .entries(broker, lane, 0, limit)
+                .await?
+                .into_iter()
+                .map(|e| e.seq)
+                .collect())
+        })
+    }
+
     /// Removes finished entries, each only if it is still the copy that was taken.
     fn finish<'a>(
         &'a self,
@@ -503,15 +521,10 @@ impl Lanes {
         self.0.entries(broker, lane, from, limit).await
     }
 
-    /// A lane's pending sequence numbers, at most `limit`.
+    /// The events a lane still owes its sink, in log order, at most `limit`; takes nothing
+    /// (see [`LaneBackend::unfinished`]).
     pub async fn pending(&self, broker: &str, lane: &LaneId, limit: usize) -> LogResult<Vec<u64>> {
-        Ok(self
-            .0
-            .entries(broker, lane, 0, limit)
-            .await?
-            .into_iter()
-            .map(|e| e.seq)
-            .collect())
+        self.0.unfinished(broker, lane, limit).await
     }
 
     pub async fn finish(

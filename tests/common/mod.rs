@@ -52,8 +52,71 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub clock: ManualClock,
     pub yaml: String,
+    /// What the broker stores its events and lanes in.
+    pub backend: Backend,
+    /// The nats-server a JetStream broker runs on (its own, one node).
+    pub nats: Option<nats::Nats>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
+
+/// The storage a test's broker runs on: the suites that hold for both run against both
+/// (see [`backends`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded store in the test's temporary directory.
+    Embedded,
+    /// A single-node nats-server of the test's own (`max_payload: 8MB`), started with the
+    /// broker.
+    JetStream,
+}
+
+impl Backend {
+    /// [`TestServer::start`] on this backend.
+    pub async fn start(self, extra: &str) -> TestServer {
+        TestServer::start_on(self, extra, &[]).await
+    }
+
+    /// [`TestServer::start_with_subscriptions`] on this backend.
+    pub async fn start_with_subscriptions(self, extra: &str, files: &[(&str, &str)]) -> TestServer {
+        TestServer::start_on(self, extra, files).await
+    }
+
+    /// [`TestServer::start_with`] on this backend.
+    pub async fn start_with(self, config: impl FnOnce(&mut config::Config)) -> TestServer {
+        let mut t = self.start("").await;
+        t.restart_with(config).await;
+        t
+    }
+}
+
+/// Runs each named `async fn(Backend)` of the calling test file as two tests,
+/// `embedded::NAME` and `jetstream::NAME` (the latter on a nats-server of its own; without
+/// one it says so and passes, unless `NATS_REQUIRED` is set).
+#[allow(unused_macros)]
+macro_rules! backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Embedded).await
+                }
+            )*
+        }
+        mod jetstream {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if $crate::common::nats::available().is_some() {
+                        super::$name($crate::common::Backend::JetStream).await
+                    }
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use backends;
 
 pub struct Reply {
     pub status: StatusCode,
@@ -67,12 +130,18 @@ impl Reply {
     }
 }
 
-/// The config every test starts from: loopback ports, the temp dir, plus `extra` YAML.
-fn config_for(dir: &Path, extra: &str) -> config::Config {
-    let yaml = format!(
-        "ingress:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nstorage:\n  path: {}\n{extra}",
-        dir.join("data").display()
-    );
+/// The config every test starts from: loopback ports, the temp dir (and the test's
+/// nats-server on JetStream), plus `extra` YAML.
+fn config_for(dir: &Path, nats: Option<&nats::Nats>, extra: &str) -> config::Config {
+    let mut storage = format!("storage:\n  path: {}\n", dir.join("data").display());
+    if let Some(n) = nats {
+        storage.push_str(&format!(
+            "  backend: jetstream\n  jetstream:\n    servers: [{}]\n",
+            n.urls().join(", ")
+        ));
+    }
+    let yaml =
+        format!("ingress:\n  listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n{storage}{extra}");
     config::from_yaml(None, &yaml, &BTreeMap::new()).expect("test config is valid")
 }
 
@@ -86,6 +155,18 @@ impl TestServer {
     /// Starts a broker with subscription files `(name, text)` in its folder (hot
     /// reloaded from there).
     pub async fn start_with_subscriptions(extra: &str, files: &[(&str, &str)]) -> TestServer {
+        TestServer::start_on(Backend::Embedded, extra, files).await
+    }
+
+    async fn start_on(backend: Backend, extra: &str, files: &[(&str, &str)]) -> TestServer {
+        let nats = match backend {
+            Backend::Embedded => None,
+            Backend::JetStream => {
+                let bin = nats::binary().expect("a nats-server for the JetStream backend");
+                // Room for the suites' 4 MiB events (the servers' default is 1 MiB).
+                Some(nats::Nats::single_with(&bin, "max_payload: 8MB\n"))
+            }
+        };
         let dir = tempfile::tempdir().unwrap();
         let subs = dir.path().join("subscriptions");
         std::fs::create_dir_all(&subs).unwrap();
@@ -99,6 +180,8 @@ impl TestServer {
             dir,
             clock,
             yaml: extra,
+            backend,
+            nats,
             client: Client::builder(TokioExecutor::new()).build_http(),
         };
         t.restart().await;
@@ -117,7 +200,7 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.stop().await;
         }
-        let mut c = config_for(self.dir.path(), &self.yaml);
+        let mut c = config_for(self.dir.path(), self.nats.as_ref(), &self.yaml);
         tweak(&mut c);
         self.server = Some(Self::launch(c, &self.clock).await);
     }
@@ -137,8 +220,18 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.stop().await;
         }
-        let c = config_for(self.dir.path(), &self.yaml);
+        let c = config_for(self.dir.path(), self.nats.as_ref(), &self.yaml);
         self.server = Some(Self::launch(c, &self.clock).await);
+    }
+
+    /// Lets `d` pass for the broker: the embedded backend reads the test's clock, which
+    /// moves on; JetStream's dedupe window and redelivery delays run on the servers' own
+    /// clocks, so there the test waits it out as well.
+    pub async fn pass(&self, d: std::time::Duration) {
+        self.clock.advance(d);
+        if self.backend == Backend::JetStream {
+            tokio::time::sleep(d).await;
+        }
     }
 
     pub fn server(&self) -> &Server {
@@ -298,6 +391,7 @@ pub fn subscription_errors(spec: &str) -> Vec<config::ConfigError> {
     .0
 }
 
+pub mod nats;
 pub mod sink;
 
 /// One request of the Tekton corpus (tests/fixtures/tekton), as a client sends it.

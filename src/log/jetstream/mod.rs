@@ -154,6 +154,24 @@ pub struct JetStreamEvents {
     servers: String,
 }
 
+impl JetStreamEvents {
+    /// The largest message the connected server takes (its `max_payload`).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// The largest event body whose record and dead letter both fit in one message of
+    /// `max_payload` bytes: a dead letter carries the record in base64 (4 bytes for 3)
+    /// beside the sink's answer and its own fields, given [`LETTER_HEADROOM`].
+    pub fn largest_event(max_payload: usize) -> u64 {
+        (max_payload.saturating_sub(LETTER_HEADROOM) / 4 * 3) as u64
+    }
+}
+
+/// What a dead letter adds to its event's record, at most: the attributes' envelope,
+/// the sink's answer (1 KiB of it, in base64), the error and the letter's own fields.
+pub const LETTER_HEADROOM: usize = 64 << 10;
+
 /// A JetStream or connection failure, as the log reports it.
 fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(format!("{what}: {e}"))
@@ -700,6 +718,17 @@ impl super::DeadLetterBackend for JetStreamDeadLetters {
                         .contains(&js.error_code()) =>
                     {
                         Ok(false)
+                    }
+                    // The servers' answer for one deleted already, and for other
+                    // failures: which it was, the stream tells.
+                    stream::DeleteMessageErrorKind::JetStream(js)
+                        if js.error_code()
+                            == jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED =>
+                    {
+                        match self.get(id).await? {
+                            None => Ok(false),
+                            Some(_) => Err(unavailable("cannot delete the dead letter", e)),
+                        }
                     }
                     _ => Err(unavailable("cannot delete the dead letter", e)),
                 },
