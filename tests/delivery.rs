@@ -1,6 +1,6 @@
 //! Delivery to real HTTP sinks that follow a script: fan-out, encodings, retries and
 //! backoff, Retry-After, dead letters, parking, ordering, replies, large events. Each
-//! runs on the embedded backend and on JetStream (`embedded::` and `jetstream::`).
+//! runs on the embedded backend and on JetStream (`embedded::`, `jetstream::`, `jetstream_cluster::`).
 
 mod common;
 

@@ -650,3 +650,33 @@ async fn an_event_the_servers_max_payload_cannot_hold_is_refused_as_too_large() 
     assert!(listed.starts_with("HTTP/1.1 200"), "{listed}");
     assert!(a.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_started_together_on_a_fresh_cluster_all_become_ready() {
+    let Some(bin) = nats::available() else { return };
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    // A Deployment's replicas start at once: their creates of the same streams, bucket
+    // and consumers queue at the cluster's meta leader.
+    let fleet = Fleet::new(
+        Nats::cluster(&bin),
+        "FLEETTOGETHER",
+        3,
+        &[subscription("together", &to_sink(&sink, ""))],
+    );
+    let (a, b, c) = std::thread::scope(|s| {
+        let (a, b, c) = (
+            s.spawn(|| fleet.start("a")),
+            s.spawn(|| fleet.start("b")),
+            s.spawn(|| fleet.start("c")),
+        );
+        (a.join().unwrap(), b.join().unwrap(), c.join().unwrap())
+    });
+    for (i, broker) in [&a, &b, &c].into_iter().enumerate() {
+        post_accepted(broker.ingress, &format!("t-{i}"));
+    }
+    let want: Vec<String> = (0..3).map(|i| format!("t-{i}")).collect();
+    wait_for_ids(&sink, &want, Duration::from_secs(30), &[&a, &b, &c]).await;
+    for broker in [a, b, c] {
+        assert!(broker.terminate().success());
+    }
+}

@@ -1,6 +1,6 @@
 //! The log behind the ingress: dedupe inside and after the window, restarts, group
 //! commit, and 503 when storage cannot take writes. What the ingress sees of dedupe runs
-//! on both backends (`embedded::` and `jetstream::`).
+//! on both backends (`embedded::`, `jetstream::`, `jetstream_cluster::`).
 
 mod common;
 
@@ -56,7 +56,7 @@ async fn duplicates_inside_one_batch_are_stored_once(b: Backend) {
             serde_json::to_vec(&batch).unwrap(),
         )
         .await;
-    assert_eq!(reply.status, 202);
+    assert_eq!(reply.status, 202, "{:?}", reply.json());
     let ids: Vec<String> = t
         .records("default")
         .await

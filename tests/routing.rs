@@ -1,7 +1,7 @@
 //! Routing: subscriptions typical of Tekton and CDEvents users, against every fixture
 //! of tests/fixtures/tekton and tests/fixtures/cdevents/as-cloudevent; exactly
 //! which lanes get which events. Then startFrom backfills, hot reload, and removal. Each
-//! runs on the embedded backend and on JetStream (`embedded::` and `jetstream::`).
+//! runs on the embedded backend and on JetStream (`embedded::`, `jetstream::`, `jetstream_cluster::`).
 
 mod common;
 

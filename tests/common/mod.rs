@@ -68,6 +68,9 @@ pub enum Backend {
     /// A single-node nats-server of the test's own (`max_payload: 8MB`), started with the
     /// broker.
     JetStream,
+    /// A cluster of three nats-servers of the test's own, the streams with three replicas
+    /// (reads are answered by any of them).
+    JetStreamCluster,
 }
 
 impl Backend {
@@ -89,9 +92,10 @@ impl Backend {
     }
 }
 
-/// Runs each named `async fn(Backend)` of the calling test file as two tests,
-/// `embedded::NAME` and `jetstream::NAME` (the latter on a nats-server of its own; without
-/// one it says so and passes, unless `NATS_REQUIRED` is set).
+/// Runs each named `async fn(Backend)` of the calling test file as three tests,
+/// `embedded::NAME`, `jetstream::NAME` and `jetstream_cluster::NAME` (the latter two on
+/// nats-servers of their own; without the program they say so and pass, unless
+/// `NATS_REQUIRED` is set).
 #[allow(unused_macros)]
 macro_rules! backends {
     ($($name:ident),* $(,)?) => {
@@ -109,6 +113,16 @@ macro_rules! backends {
                 async fn $name() {
                     if $crate::common::nats::available().is_some() {
                         super::$name($crate::common::Backend::JetStream).await
+                    }
+                }
+            )*
+        }
+        mod jetstream_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if $crate::common::nats::available().is_some() {
+                        super::$name($crate::common::Backend::JetStreamCluster).await
                     }
                 }
             )*
@@ -136,8 +150,9 @@ fn config_for(dir: &Path, nats: Option<&nats::Nats>, extra: &str) -> config::Con
     let mut storage = format!("storage:\n  path: {}\n", dir.join("data").display());
     if let Some(n) = nats {
         storage.push_str(&format!(
-            "  backend: jetstream\n  jetstream:\n    servers: [{}]\n",
-            n.urls().join(", ")
+            "  backend: jetstream\n  jetstream:\n    servers: [{}]\n    replicas: {}\n",
+            n.urls().join(", "),
+            n.nodes.len()
         ));
     }
     let yaml =
@@ -165,6 +180,10 @@ impl TestServer {
                 let bin = nats::binary().expect("a nats-server for the JetStream backend");
                 // Room for the suites' 4 MiB events (the servers' default is 1 MiB).
                 Some(nats::Nats::single_with(&bin, "max_payload: 8MB\n"))
+            }
+            Backend::JetStreamCluster => {
+                let bin = nats::binary().expect("a nats-server for the JetStream backend");
+                Some(nats::Nats::cluster_with(&bin, "max_payload: 8MB\n"))
             }
         };
         let dir = tempfile::tempdir().unwrap();
@@ -229,7 +248,7 @@ impl TestServer {
     /// clocks, so there the test waits it out as well.
     pub async fn pass(&self, d: std::time::Duration) {
         self.clock.advance(d);
-        if self.backend == Backend::JetStream {
+        if self.backend != Backend::Embedded {
             tokio::time::sleep(d).await;
         }
     }

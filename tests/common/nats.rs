@@ -178,6 +178,11 @@ impl Nats {
         Nats::start(bin, 3, "")
     }
 
+    /// [`Nats::cluster`] with `conf` as each node's configuration file.
+    pub fn cluster_with(bin: &Path, conf: &str) -> Nats {
+        Nats::start(bin, 3, conf)
+    }
+
     fn start(bin: &Path, n: usize, conf: &str) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let conf_file = dir.path().join("nats.conf");

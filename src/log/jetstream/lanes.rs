@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, kv, stream, AckKind};
+
+use super::Outgoing;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
@@ -147,16 +149,20 @@ impl JetStreamLanes {
     ) -> LogResult<Arc<JetStreamLanes>> {
         let js = events.js.clone();
         let bucket = format!("{}-state", options.stream_prefix);
-        let kv = js
-            .create_or_update_key_value(kv::Config {
-                bucket: bucket.clone(),
-                history: 1,
-                num_replicas: options.replicas.max(1),
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable(&format!("cannot create or update bucket {bucket}"), e))?;
+        let kv = super::patiently(
+            &format!("cannot create or update bucket {bucket}"),
+            super::timed_out,
+            || {
+                js.create_or_update_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    history: 1,
+                    num_replicas: options.replicas.max(1),
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+            },
+        )
+        .await?;
         super::wait_for_leader(&js, &format!("KV_{bucket}")).await?;
         let mut brokers = HashMap::new();
         for broker in &events.brokers {
@@ -417,23 +423,26 @@ impl JetStreamLanes {
         with_ids: bool,
     ) -> LogResult<()> {
         let b = self.broker(broker)?;
-        let mut acks = Vec::with_capacity(entries.len());
-        for (lane, seq) in entries {
-            let token = lane_token(lane);
-            let mut message =
-                jetstream::message::PublishMessage::build().payload(Bytes::from(seq.to_string()));
-            if with_ids {
-                message = message.message_id(format!("{seq}:{token}"));
-            }
-            let ack = self
-                .js
-                .send_publish(format!("{}.{token}", b.subjects), message)
-                .await
-                .map_err(|e| unavailable("cannot publish a delivery task", e))?;
-            acks.push(std::future::IntoFuture::into_future(ack));
+        let tasks: Vec<Outgoing> = entries
+            .iter()
+            .map(|(lane, seq)| {
+                let token = lane_token(lane);
+                Outgoing {
+                    subject: format!("{}.{token}", b.subjects),
+                    payload: Bytes::from(seq.to_string()),
+                    id: with_ids.then(|| format!("{seq}:{token}")),
+                }
+            })
+            .collect();
+        let mut acks = Vec::with_capacity(tasks.len());
+        for t in &tasks {
+            acks.push(std::future::IntoFuture::into_future(
+                t.send(&self.js).await?,
+            ));
         }
-        for ack in futures_util::future::join_all(acks).await {
-            ack.map_err(|e| unavailable("JetStream did not acknowledge a delivery task", e))?;
+        let answers = futures_util::future::join_all(acks).await;
+        for (t, first) in tasks.iter().zip(answers) {
+            t.settle(&self.js, first).await?;
         }
         Ok(())
     }

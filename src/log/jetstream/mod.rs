@@ -41,6 +41,65 @@ use super::{
 /// How often the head is read from the stream, to see other instances' appends.
 pub const HEAD_POLL: Duration = Duration::from_millis(200);
 
+/// How many times a publish the servers could not place yet is sent again (20 ms
+/// apart) before it fails: two seconds.
+const REPUBLISH_TRIES: u32 = 100;
+
+/// The servers' error code for a message whose id a message not yet decided holds.
+const DUPLICATE_IN_PROCESS: u64 = 10158;
+
+/// Whether a failed publish is worth sending again at once: a clustered stream answers
+/// a message whose id another one (of the same batch, or of another instance) holds in
+/// its replicas' consensus with "in process", and a duplicate once that one is decided;
+/// and a server that has not yet heard of a stream just created (or moved) has no
+/// responder for its subject.
+fn republish(e: &jetstream::context::PublishError) -> bool {
+    e.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+        || std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(|js| js.error_code() == jetstream::ErrorCode(DUPLICATE_IN_PROCESS))
+}
+
+/// One message to publish: its subject, payload and, for dedupe, its message id.
+pub(crate) struct Outgoing {
+    pub subject: String,
+    pub payload: Bytes,
+    pub id: Option<String>,
+}
+
+impl Outgoing {
+    /// Sends the message; the acknowledgement is awaited with [`Outgoing::settle`].
+    pub async fn send(
+        &self,
+        js: &jetstream::Context,
+    ) -> LogResult<jetstream::context::PublishAckFuture> {
+        let mut message = jetstream::message::PublishMessage::build().payload(self.payload.clone());
+        if let Some(id) = &self.id {
+            message = message.message_id(id.as_str());
+        }
+        js.send_publish(self.subject.clone(), message)
+            .await
+            .map_err(|e| unavailable("cannot publish to JetStream", e))
+    }
+
+    /// The message's acknowledgement, from `first` (the first send's answer) or, where
+    /// that is worth asking again (see `republish`), a later send's.
+    pub async fn settle(
+        &self,
+        js: &jetstream::Context,
+        first: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    ) -> LogResult<jetstream::publish::PublishAck> {
+        let mut ack = first;
+        let mut tries = 0;
+        while ack.as_ref().is_err_and(republish) && tries < REPUBLISH_TRIES {
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            ack = self.send(js).await?.await;
+        }
+        ack.map_err(|e| unavailable("JetStream did not acknowledge", e))
+    }
+}
+
 /// How many times a read short of the acknowledged head asks again (20 ms apart)
 /// before it returns what it has: a replica catching up, or records deleted.
 const CATCH_UP_TRIES: u32 = 10;
@@ -283,23 +342,26 @@ impl JetStreamEvents {
     /// Publishes one broker's appends and waits for every acknowledgement.
     async fn publish(&self, broker: &str, appends: Vec<Append>) -> LogResult<Vec<AppendOutcome>> {
         let s = self.stream(broker)?;
-        let mut acks = Vec::with_capacity(appends.len());
-        for a in appends {
-            let mut message = jetstream::message::PublishMessage::build().payload(a.record);
-            if let (true, Some(key)) = (self.dedupe, &a.dedupe_key) {
-                message = message.message_id(message_id(key));
-            }
-            let ack = self
-                .js
-                .send_publish(s.subject.clone(), message)
-                .await
-                .map_err(|e| unavailable("cannot publish to JetStream", e))?;
-            acks.push(ack.into_future());
+        let messages: Vec<Outgoing> = appends
+            .into_iter()
+            .map(|a| Outgoing {
+                subject: s.subject.clone(),
+                id: match (self.dedupe, &a.dedupe_key) {
+                    (true, Some(key)) => Some(message_id(key)),
+                    _ => None,
+                },
+                payload: a.record,
+            })
+            .collect();
+        let mut acks = Vec::with_capacity(messages.len());
+        for m in &messages {
+            acks.push(m.send(&self.js).await?.into_future());
         }
         let mut outcomes = Vec::with_capacity(acks.len());
         let mut top = 0;
-        for ack in futures_util::future::join_all(acks).await {
-            let ack = ack.map_err(|e| unavailable("JetStream did not acknowledge", e))?;
+        let answers = futures_util::future::join_all(acks).await;
+        for (m, first) in messages.iter().zip(answers) {
+            let ack = m.settle(&self.js, first).await?;
             top = top.max(ack.sequence);
             outcomes.push(if ack.duplicate {
                 AppendOutcome::Duplicate(ack.sequence)
@@ -393,12 +455,50 @@ async fn raw_batch(
 /// Creates the stream, or updates it to `config`, and waits until it can take appends.
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> LogResult<stream::Info> {
     let name = config.name.clone();
-    let info = js
-        .create_or_update_stream(config)
-        .await
-        .map_err(|e| unavailable(&format!("cannot create or update stream {name}"), e))?;
+    let info = patiently(
+        &format!("cannot create or update stream {name}"),
+        timed_out,
+        || js.create_or_update_stream(config.clone()),
+    )
+    .await?;
     wait_for_leader(js, &name).await?;
     Ok(info)
+}
+
+/// Whether a request to the JetStream API timed out. The client reports it in several
+/// shapes (its own kind, or a JetStream error around the request's), all saying so.
+pub(crate) fn timed_out(e: &impl std::fmt::Display) -> bool {
+    e.to_string().contains("timed out")
+}
+
+/// How long a request to the servers' JetStream API at start is asked again while it
+/// times out.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
+/// `request`'s answer, asked again (half a second apart, for up to [`START_PATIENCE`])
+/// while it `timed_out`: a cluster's meta leader answers the creates of instances that
+/// start together one after the other, and a request may time out in the queue. Other
+/// errors (a refusal) end it at once, described as `what`.
+pub(crate) async fn patiently<T, E, F>(
+    what: &str,
+    timed_out: impl Fn(&E) -> bool,
+    mut request: impl FnMut() -> F,
+) -> LogResult<T>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + START_PATIENCE;
+    loop {
+        match request().await {
+            Ok(v) => return Ok(v),
+            Err(e) if timed_out(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "{what}; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(unavailable(what, e)),
+        }
+    }
 }
 
 /// Waits (bounded) until a replicated stream has elected its leader: until then the
@@ -661,14 +761,13 @@ impl super::DeadLetterBackend for JetStreamDeadLetters {
     fn store<'a>(&'a self, letter: &'a super::DeadLetter) -> BoxFuture<'a, LogResult<u64>> {
         Box::pin(async move {
             let json = serde_json::to_vec(letter).map_err(std::io::Error::other)?;
-            let ack = self
-                .js
-                .publish(self.subject.clone(), Bytes::from(json))
-                .await
-                .map_err(|e| unavailable("cannot publish the dead letter", e))?
-                .await
-                .map_err(|e| unavailable("JetStream did not acknowledge the dead letter", e))?;
-            Ok(ack.sequence)
+            let m = Outgoing {
+                subject: self.subject.clone(),
+                payload: Bytes::from(json),
+                id: None,
+            };
+            let first = m.send(&self.js).await?.await;
+            Ok(m.settle(&self.js, first).await?.sequence)
         })
     }
 
