@@ -68,6 +68,13 @@ async fn open_jetstream(
             "{e} (storage.jetstream: servers, credentials, tls, replicas)"
         ))
     };
+    // The streams' limits are the rest of the config's: dedupe and retention.
+    let options = &crate::log::jetstream::JetStreamOptions {
+        dedupe_window: config.dedupe.window,
+        max_age: config.storage.retention_max_age,
+        max_bytes: config.storage.retention_max_bytes,
+        ..options.clone()
+    };
     let events = JetStreamEvents::connect(options, &config.brokers, stop.clone(), tracker)
         .await
         .map_err(named)?;
