@@ -283,6 +283,18 @@ fn table() -> Vec<Bad> {
             Some(2),
         ),
         typed(
+            "batch: a member larger than maxEventBytes",
+            "application/cloudevents-batch+json",
+            serde_json::to_vec(&json!([ok, {
+                "specversion": "1.0", "id": "big", "source": "/s", "type": "t",
+                "data": "x".repeat(64 * 1024 + 1)
+            }]))
+            .unwrap(),
+            413,
+            None,
+            Some(1),
+        ),
+        typed(
             "batch: not an array",
             "application/cloudevents-batch+json",
             serde_json::to_vec(&ok).unwrap(),

@@ -263,7 +263,7 @@ const fn list(path: &'static str, default: &'static str, doc: &'static str) -> K
 /// and README's table all come from here; a test holds the validator to it.
 pub const SCHEMA: &[Key] = &[
     key("ingress.listen", "0.0.0.0:8080", "producer-facing address"),
-    key("ingress.maxEventBytes", "4MiB", "largest single-event body (413 above it, refused before it is read when `Content-Length` says so)"),
+    key("ingress.maxEventBytes", "4MiB", "largest single-event body, and largest data of an event in a batch (413 above it; a body refused before it is read when `Content-Length` says so; on JetStream at most what the servers' `max_payload` holds)"),
     key("ingress.maxBatchBytes", "32MiB", "largest batch body"),
     key("ingress.maxAttributes", "64", "most context attributes one event may have (400 above it)"),
     key("ingress.maxAttributeBytes", "32KiB", "most bytes one event's attributes may take, names and values as binary mode sends them (413 above it)"),

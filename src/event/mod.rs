@@ -114,6 +114,15 @@ impl Data {
             Data::Proto { value, .. } => value.clone(),
         }
     }
+
+    /// How many bytes [`Data::body_bytes`] holds, without a copy.
+    pub fn body_len(&self) -> usize {
+        match self {
+            Data::Binary(b) | Data::Json(b) => b.len(),
+            Data::Text(s) => s.len(),
+            Data::Proto { value, .. } => value.len(),
+        }
+    }
 }
 
 /// A validated CloudEvent: its context attributes in arrival order and its data.

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngressConfig;
-use crate::event::{binary, json, protobuf, Event, EventError};
+use crate::event::{binary, json, protobuf, Data, Event, EventError};
 use crate::expr::dedupe_key::DedupeKey;
 use crate::http::auth;
 use crate::http::problem::Problem;
@@ -570,6 +570,7 @@ async fn handle_inner(
     let limits = AttributeLimits {
         count: ingress.config.max_attributes,
         bytes: ingress.config.max_attribute_bytes,
+        event_bytes: ingress.config.max_event_bytes,
     };
     let events = if body.len() > DECODE_INLINE_MAX {
         // Decoding a large body takes milliseconds of CPU: on a blocking thread, so
@@ -801,6 +802,9 @@ const DECODE_INLINE_MAX: usize = 64 * 1024;
 struct AttributeLimits {
     count: usize,
     bytes: u64,
+    /// The largest event's data, held to each event of a batch (a single event's body is
+    /// held to it as it is read).
+    event_bytes: u64,
 }
 
 /// Decodes a body and holds every event to the attribute limits.
@@ -813,12 +817,36 @@ fn decode_within(
     let events = decode(mode, headers, body).map_err(Problem::from)?;
     let batch = mode.is_batch();
     for (i, event) in events.iter().enumerate() {
-        check_attribute_limits(event, limits).map_err(|mut p| {
+        let checked = check_attribute_limits(event, limits).and_then(|()| {
+            if batch {
+                check_data_limit(event, limits.event_bytes)
+            } else {
+                Ok(())
+            }
+        });
+        checked.map_err(|mut p| {
             p.index = batch.then(|| u32::try_from(i).unwrap_or(u32::MAX));
             p
         })?;
     }
     Ok(events)
+}
+
+/// Whether an event of a batch keeps within `ingress.maxEventBytes`, as it would have to
+/// when sent alone (and as it must to be delivered alone).
+fn check_data_limit(event: &Event, limit: u64) -> Result<(), Problem> {
+    let bytes = event.data().map_or(0, Data::body_len) as u64;
+    if bytes > limit {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Event Too Large",
+            format!(
+                "the event's data takes {bytes} bytes; the limit is {limit} (ingress.maxEventBytes)"
+            ),
+        )
+        .with_limit("ingress.maxEventBytes"));
+    }
+    Ok(())
 }
 
 /// Whether an event keeps within the attribute limits: each attribute is a header when

@@ -233,7 +233,15 @@ pub const LETTER_HEADROOM: usize = 64 << 10;
 
 /// A JetStream or connection failure, as the log reports it.
 fn unavailable(what: &str, e: impl std::fmt::Display) -> LogError {
-    LogError::Unavailable(format!("{what}: {e}"))
+    LogError::Unavailable(format!("{what}: {}", without_repeats(&e.to_string())))
+}
+
+/// The client's error text with a part said twice in a row said once: its errors often
+/// end with their source's text, which is their own ("timed out: timed out").
+fn without_repeats(text: &str) -> String {
+    let mut parts: Vec<&str> = text.split(": ").collect();
+    parts.dedup();
+    parts.join(": ")
 }
 
 /// The `Nats-Msg-Id` of a dedupe key: its SHA-256, hex.
@@ -842,6 +850,16 @@ impl super::DeadLetterBackend for JetStreamDeadLetters {
 
 #[cfg(test)]
 mod tests {
+    use super::without_repeats;
+
+    #[test]
+    fn an_error_said_twice_in_a_row_is_said_once() {
+        assert_eq!(
+            without_repeats("JetStream error: request timed out: request timed out"),
+            "JetStream error: request timed out"
+        );
+        assert_eq!(without_repeats("a: b: a"), "a: b: a");
+    }
     #[test]
     fn a_message_id_is_the_hex_sha256_of_the_key() {
         assert_eq!(super::hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
