@@ -289,14 +289,13 @@ async fn a_long_wait_parks_the_event_and_other_lanes_keep_flowing_across_a_resta
         .count();
     assert_eq!(p1, 2, "p1 was sent twice: refused, then once due");
     assert!(got.iter().any(|r| r.header("ce-id") == Some("p2")));
-    let depth = t
-        .server()
-        .log
-        .lanes()
-        .depth("default", &lane)
-        .await
-        .unwrap();
-    assert_eq!(depth.parked, 0);
+    // Once the delivery is committed (just after the sink answered), nothing is parked.
+    let log = t.server().log.clone();
+    wait_until("the parked entry to be finished", async || {
+        let depth = log.lanes().depth("default", &lane).await.unwrap();
+        depth.parked == 0 && depth.pending == 0
+    })
+    .await;
 }
 
 async fn an_ordered_lane_delivers_in_log_order_through_failures(b: Backend) {
@@ -741,6 +740,59 @@ async fn a_reply_repeated_inside_the_dedupe_window_is_stored_and_delivered_once(
     assert_eq!(got.len(), 1, "the reply reached downstream once");
 }
 
+async fn text_sent_in_binary_mode_reaches_a_structured_sink_as_a_string(b: Backend) {
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let subs = subscription(
+        "s",
+        &format!(
+            "  sinks:\n    - uri: {}\n      format: structured\n",
+            sink.url("/")
+        ),
+    );
+    let t = b
+        .start_with_subscriptions("dedupe:\n  window: 0\n", &[("s.yaml", &subs)])
+        .await;
+    let cases: [(&str, &[u8]); 6] = [
+        ("text/plain", b"plain text"),
+        ("text/plain; charset=utf-8", "caf\u{e9}".as_bytes()),
+        ("text/csv", b"a,b\n1,2\n"),
+        ("application/xml", b"<a>1</a>"),
+        // Not text, or not UTF-8: bytes, in base64.
+        ("application/octet-stream", b"bytes"),
+        ("text/plain", b"\xff\xfe"),
+    ];
+    for (i, (content_type, body)) in cases.iter().enumerate() {
+        let id = i.to_string();
+        let headers = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", id.as_str()),
+            ("ce-source", "/text"),
+            ("ce-type", "dev.switchyard.text"),
+            ("content-type", content_type),
+        ];
+        assert_eq!(t.post("/", &headers, body.to_vec()).await.status, 202);
+    }
+    let got = sink.wait_for(cases.len(), WAIT).await;
+    for r in &got {
+        let doc: Value = serde_json::from_slice(&r.body).unwrap();
+        let i: usize = doc["id"].as_str().unwrap().parse().unwrap();
+        let (content_type, body) = cases[i];
+        assert_eq!(doc["datacontenttype"], content_type);
+        if i < 4 {
+            assert_eq!(
+                doc["data"],
+                std::str::from_utf8(body).unwrap(),
+                "{content_type}"
+            );
+            assert!(doc.get("data_base64").is_none(), "{doc}");
+        } else {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(body);
+            assert_eq!(doc["data_base64"], b64, "{content_type}");
+            assert!(doc.get("data").is_none(), "{doc}");
+        }
+    }
+}
+
 /// A sink that answers every event with the same reply, `reply-1` of type
 /// `dev.switchyard.reply`.
 async fn replying_sink() -> TestSink {
@@ -756,6 +808,7 @@ async fn replying_sink() -> TestSink {
 }
 
 common::backends! {
+    text_sent_in_binary_mode_reaches_a_structured_sink_as_a_string,
     one_tekton_event_fans_out_to_five_sinks_across_three_subscriptions,
     retries_on_503_then_delivers_waiting_as_the_backoff_says,
     retry_after_on_429_is_honoured,

@@ -13,7 +13,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::validate::{coerce_known, EventError};
-use super::{is_json_media_type, AttrValue, Data, Event};
+use super::{is_json_media_type, is_textual_media_type, AttrValue, Data, Event};
 
 /// The members of one JSON object, in order, values left unparsed, and the first
 /// member name that came twice (the object is then not an event).
@@ -296,6 +296,24 @@ fn write_event(event: &Event, out: &mut Vec<u8>) {
             out.extend_from_slice(b",\"data\":");
             out.extend_from_slice(b);
         }
+        // Text is text (json-format.md, 3.1): bytes of a textual type that are UTF-8
+        // go in as a string. JSON that does not parse stays bytes, exactly.
+        Some(Data::Binary(b))
+            if event
+                .datacontenttype()
+                .is_some_and(|t| is_textual_media_type(t) && !is_json_media_type(t)) =>
+        {
+            match std::str::from_utf8(b) {
+                Ok(text) => {
+                    out.extend_from_slice(b",\"data\":");
+                    write_str(out, text);
+                }
+                Err(_) => {
+                    out.extend_from_slice(b",\"data_base64\":");
+                    write_str(out, &b64(b));
+                }
+            }
+        }
         Some(Data::Binary(b)) | Some(Data::Proto { value: b, .. }) => {
             out.extend_from_slice(b",\"data_base64\":");
             write_str(out, &b64(b));
@@ -341,6 +359,30 @@ mod tests {
     fn duplicate_members_are_rejected_naming_the_member() {
         let err = decode(&format!(r#"{{{MIN},"id":"2"}}"#)).unwrap_err();
         assert_eq!(err.attribute.as_deref(), Some("id"));
+    }
+
+    #[test]
+    fn text_bytes_are_written_as_a_string_and_other_bytes_in_base64() {
+        let with = |ct: &str, data: &'static [u8]| {
+            let e = Event::new(
+                vec![
+                    ("specversion".into(), AttrValue::String("1.0".into())),
+                    ("id".into(), AttrValue::String("1".into())),
+                    ("source".into(), AttrValue::UriRef("/s".into())),
+                    ("type".into(), AttrValue::String("t".into())),
+                    ("datacontenttype".into(), AttrValue::String(ct.into())),
+                ],
+                Some(Data::Binary(Bytes::from_static(data))),
+            )
+            .unwrap();
+            let doc: serde_json::Value = serde_json::from_slice(&encode_event(&e)).unwrap();
+            (doc["data"].clone(), doc["data_base64"].clone())
+        };
+        assert_eq!(with("text/csv", b"a,b").0, "a,b");
+        assert_eq!(with("text/plain; charset=utf-8", b"x").0, "x");
+        assert_eq!(with("text/plain", b"\xff").1, "/w==");
+        assert_eq!(with("application/octet-stream", b"x").1, "eA==");
+        assert_eq!(with("application/json", b"{not json").1, "e25vdCBqc29u");
     }
 
     #[test]

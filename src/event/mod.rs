@@ -248,9 +248,58 @@ pub fn is_json_media_type(media_type: &str) -> bool {
         || suffix.is_some_and(|s| s.eq_ignore_ascii_case("+json"))
 }
 
+/// Whether a media type is text that the JSON format can carry as a string: `text/*`,
+/// XML (`application/xml`, `*/*+xml`) and JSON, in UTF-8 (a `charset` other than UTF-8
+/// or US-ASCII is not).
+pub fn is_textual_media_type(media_type: &str) -> bool {
+    let mut parts = media_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    let utf8 = parts.all(|p| match p.split_once('=') {
+        Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+            let v = v.trim().trim_matches('"');
+            ["utf-8", "utf8", "us-ascii"]
+                .iter()
+                .any(|c| v.eq_ignore_ascii_case(c))
+        }
+        _ => true,
+    });
+    let Some((ty, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    let suffix = sub.len().checked_sub(4).and_then(|at| sub.get(at..));
+    utf8 && (ty.eq_ignore_ascii_case("text")
+        || ty.eq_ignore_ascii_case("application") && sub.eq_ignore_ascii_case("xml")
+        || suffix.is_some_and(|s| s.eq_ignore_ascii_case("+xml"))
+        || is_json_media_type(essence))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn textual_media_types_are_recognised() {
+        for yes in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "Text/CSV; charset=\"UTF-8\"",
+            "application/xml",
+            "application/atom+xml",
+            "application/json",
+            "application/vnd.api+json; charset=us-ascii",
+        ] {
+            assert!(is_textual_media_type(yes), "{yes}");
+        }
+        for no in [
+            "application/octet-stream",
+            "image/png",
+            "text/plain; charset=iso-8859-1",
+            "application/protobuf",
+            "xml",
+        ] {
+            assert!(!is_textual_media_type(no), "{no}");
+        }
+    }
 
     #[test]
     fn json_media_types_are_recognised() {
