@@ -1,5 +1,6 @@
-//! The `switchyard` command: `serve` and `check`. Exit codes: 0 success, 1 failure,
-//! 64 (EX_USAGE) for a bad config, reported before any port is bound.
+//! The `switchyard` command: `serve`, `check`, `explain` and the client commands. Exit
+//! codes: 0 success, 1 failure, 64 (EX_USAGE) for a config that does not validate, from
+//! every command that reads one (`serve` reports it before any port is bound).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -53,7 +54,8 @@ enum Command {
         )]
         log_format: LogFormat,
     },
-    /// Validate the config and the subscription files; print every error, exit 1 if any.
+    /// Validate the config and the subscription files; print every error, exit 64 if any
+    /// (as serve and explain do on a config that does not validate).
     Check {
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -391,7 +393,7 @@ fn main() -> ExitCode {
             Err(errors) => {
                 eprintln!("{errors}");
                 eprintln!("{} error(s)", errors.0.len());
-                ExitCode::FAILURE
+                ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
         Command::Explain { event, config } => explain(&event, config.as_deref(), &env),
@@ -423,14 +425,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// The server config and the subscriptions it names, every error of both.
+/// The server config and the subscriptions it names, every error of both: the
+/// subscription files are read even when keys of the config are at fault (those keep
+/// their defaults), so one run shows everything to fix.
 fn load_all(
     flag: Option<&std::path::Path>,
     env: &BTreeMap<String, String>,
 ) -> Result<(config::Config, Vec<Subscription>), ConfigErrors> {
-    let config = config::load(flag, env)?;
-    let subs = subscriptions::load(&config)?;
-    Ok((config, subs))
+    let (config, mut errors) = config::load_partial(flag, env);
+    let Some(config) = config else {
+        return Err(ConfigErrors(errors));
+    };
+    match subscriptions::load(&config) {
+        Ok(subs) if errors.is_empty() => Ok((config, subs)),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(ConfigErrors(more)) => {
+            errors.extend(more);
+            Err(ConfigErrors(errors))
+        }
+    }
 }
 
 fn explain(

@@ -54,7 +54,7 @@ fn check_prints_every_error_with_file_and_line() {
     )
     .unwrap();
     let out = bin().arg("check").arg("-c").arg(&file).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     let f = file.display();
     assert!(
@@ -197,6 +197,66 @@ fn config_with_subscriptions(dir: &Path, subs: &str) -> std::path::PathBuf {
 }
 
 #[test]
+fn check_reports_key_errors_and_a_missing_subscriptions_folder_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    let missing = dir.path().join("no-such-folder");
+    std::fs::write(
+        &file,
+        format!(
+            "ingress:\n  maxEventBytes: huge\nstorage:\n  durability: sometimes\ncolour: blue\nsubscriptions: [{}]\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let out = bin().arg("check").arg("-c").arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    for key in ["ingress.maxEventBytes", "storage.durability", "colour"] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("4 error(s)"), "{err}");
+}
+
+#[test]
+fn a_config_that_does_not_validate_exits_64_from_check_explain_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    // A secret from an environment variable that is not set.
+    std::fs::write(
+        &file,
+        "admin:\n  token: {valueFrom: {env: UNSET_ADMIN_TOKEN_FOR_TEST}}\n",
+    )
+    .unwrap();
+    let event = dir.path().join("e.json");
+    std::fs::write(
+        &event,
+        r#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#,
+    )
+    .unwrap();
+    for args in [
+        vec!["check"],
+        vec!["explain", "--event", event.to_str().unwrap()],
+        vec!["serve"],
+    ] {
+        let out = bin()
+            .args(&args)
+            .arg("-c")
+            .arg(&file)
+            .env_remove("UNSET_ADMIN_TOKEN_FOR_TEST")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(
+            err.contains("UNSET_ADMIN_TOKEN_FOR_TEST is not set"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn check_reports_subscription_errors_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_with_subscriptions(
@@ -204,7 +264,7 @@ fn check_reports_subscription_errors_with_file_and_line() {
         "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: { name: bad }\nspec:\n  filter:\n    cel: 'type =='\n  sinks: []\n",
     );
     let out = bin().arg("check").arg("-c").arg(&config).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = dir.path().join("subs/routes.yaml");
     assert!(
@@ -498,7 +558,7 @@ fn check_reports_a_metadata_address_in_any_ipv4_notation_and_a_port_out_of_range
     let dir = tempfile::tempdir().unwrap();
     let config = config_with_subscriptions(dir.path(), &subs);
     let out = bin().arg("check").arg("-c").arg(&config).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     let file = dir.path().join("subs/routes.yaml").display().to_string();
     for (i, host) in notations.iter().enumerate() {

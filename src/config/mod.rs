@@ -453,19 +453,33 @@ pub fn resolve_path(
 /// Loads the config: the file named by `flag` / `SWITCHYARD_CONFIG` / the default path,
 /// over the embedded defaults, with `SWITCHYARD_*` overrides from `env`.
 pub fn load(flag: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigErrors> {
+    match load_partial(flag, env) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// As [`load`], and beside the errors the config as far as it validates (see
+/// [`from_yaml_partial`]), so that what depends on it (the subscription files it names)
+/// can be checked in the same run.
+pub fn load_partial(
+    flag: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> (Option<Config>, Vec<ConfigError>) {
     match resolve_path(flag, env) {
-        None => from_yaml(None, "", env),
-        Some((path, _)) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigErrors(vec![ConfigError {
+        None => from_yaml_partial(None, "", env),
+        Some((path, _)) => match std::fs::read_to_string(&path) {
+            Ok(text) => from_yaml_partial(Some(&path), &text, env),
+            Err(e) => (
+                None,
+                vec![ConfigError {
                     origin: path.display().to_string(),
                     line: 0,
                     key: String::new(),
                     message: format!("cannot read the config file: {e}"),
-                }])
-            })?;
-            from_yaml(Some(&path), &text, env)
-        }
+                }],
+            ),
+        },
     }
 }
 
@@ -475,6 +489,19 @@ pub fn from_yaml(
     text: &str,
     env: &BTreeMap<String, String>,
 ) -> Result<Config, ConfigErrors> {
+    match from_yaml_partial(file, text, env) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// As [`from_yaml`], returning every error beside the config as far as it validates: a
+/// key at fault keeps its default. `None` when the text is not one YAML mapping.
+pub fn from_yaml_partial(
+    file: Option<&Path>,
+    text: &str,
+    env: &BTreeMap<String, String>,
+) -> (Option<Config>, Vec<ConfigError>) {
     let origin = file.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
     let mut v = Validator {
         origin: origin.clone(),
@@ -484,11 +511,11 @@ pub fn from_yaml(
         Ok(mut docs) if docs.len() <= 1 => docs.pop().unwrap_or(Node::new(0, Value::Null)),
         Ok(_) => {
             v.error_at(0, "", "the server config must be a single YAML document");
-            return Err(ConfigErrors(v.errors));
+            return (None, v.errors);
         }
         Err(e) => {
             v.error_at(e.line, "", format!("YAML syntax error: {}", e.message));
-            return Err(ConfigErrors(v.errors));
+            return (None, v.errors);
         }
     };
     let mut root = match user.value {
@@ -500,7 +527,7 @@ pub fn from_yaml(
                 "",
                 format!("the config must be a mapping, not {}", user.kind()),
             );
-            return Err(ConfigErrors(v.errors));
+            return (None, v.errors);
         }
     };
     v.check_unknown(&root, "");
@@ -510,13 +537,9 @@ pub fn from_yaml(
         .and_then(|mut d| d.pop())
         .unwrap_or(Node::new(0, Value::Null));
     let config = v.build(&root, &defaults, file);
-    if v.errors.is_empty() {
-        Ok(config)
-    } else {
-        v.errors
-            .sort_by(|a, b| (&a.origin, a.line).cmp(&(&b.origin, b.line)));
-        Err(ConfigErrors(v.errors))
-    }
+    v.errors
+        .sort_by(|a, b| (&a.origin, a.line).cmp(&(&b.origin, b.line)));
+    (Some(config), v.errors)
 }
 
 /// Normalises a key path for matching environment names: lower case, no separators.
