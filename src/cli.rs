@@ -78,14 +78,37 @@ pub async fn call(
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     if status >= 400 {
-        let detail = json
-            .get("detail")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| json.to_string());
-        return Err(CliError::Refused { status, detail });
+        return Err(CliError::Refused {
+            status,
+            detail: refusal(status, &json),
+        });
     }
     Ok(json)
+}
+
+/// What a refusal says: a problem's `detail`, else the answer's text (its start), else
+/// the status's reason phrase.
+fn refusal(status: u16, answer: &Value) -> String {
+    const SHOWN: usize = 200;
+    let text = match answer {
+        Value::Null => String::new(),
+        Value::String(s) => s.trim().to_string(),
+        other => other
+            .get("detail")
+            .and_then(Value::as_str)
+            .map_or_else(|| other.to_string(), str::to_string),
+    };
+    if text.is_empty() {
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("refused");
+        return format!("{reason} (the answer says no more)");
+    }
+    match text.char_indices().nth(SHOWN) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
 }
 
 /// Prints rows as an aligned table.
@@ -113,7 +136,27 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
-fn cell(v: &Value) -> String {
+/// What `events --follow` prints for one poll's `events`: in a table, the header (when
+/// `header`, the first time there is anything) and a row each; in JSON, one compact
+/// object per line.
+pub fn follow_lines(output: Output, events: &[Value], header: bool) -> Vec<String> {
+    if events.is_empty() {
+        return Vec::new();
+    }
+    match output {
+        Output::Json => events.iter().map(Value::to_string).collect(),
+        Output::Table => {
+            let text = events_table(&Value::Array(events.to_vec()));
+            text.lines()
+                .skip(usize::from(!header))
+                .map(str::to_string)
+                .collect()
+        }
+    }
+}
+
+/// A JSON value as a table cell: strings bare, nothing as `-`.
+pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),

@@ -94,6 +94,10 @@ enum Command {
         /// A bearer token for `ingress.tokens`.
         #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// How to print the result: `accepted ID`, or the event's id, source and type in
+        /// JSON.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: cli::Output,
     },
     /// List stored events (the admin API).
     Events {
@@ -220,11 +224,13 @@ async fn run_client(command: Command) -> Result<(), cli::CliError> {
             content_type,
             extensions,
             token,
+            output,
         } => {
             let enc = |s: &str| switchyard::event::binary::percent_encode(s).into_owned();
+            let id = id.unwrap_or_else(cli::new_id);
             let mut headers = vec![
                 ("ce-specversion".to_string(), "1.0".to_string()),
-                ("ce-id".to_string(), enc(&id.unwrap_or_else(cli::new_id))),
+                ("ce-id".to_string(), enc(&id)),
                 ("ce-source".to_string(), enc(&source)),
                 ("ce-type".to_string(), enc(&ty)),
             ];
@@ -252,7 +258,11 @@ async fn run_client(command: Command) -> Result<(), cli::CliError> {
                 };
             let body = body.map(|b| (content_type.as_str(), b));
             cli::call(Method::POST, &to, token.as_deref(), body, &headers).await?;
-            println!("accepted");
+            // The id is printed whether it was given or made up, to find the event by.
+            let sent = serde_json::json!({ "id": id, "source": source, "type": ty });
+            print(output, &sent, |s| {
+                format!("accepted {}", cli::cell(&s["id"]))
+            });
             Ok(())
         }
         Command::Events {
@@ -263,6 +273,7 @@ async fn run_client(command: Command) -> Result<(), cli::CliError> {
             follow,
         } => {
             let mut after = after;
+            let mut header = true;
             loop {
                 let url = format!(
                     "{}/api/v1/brokers/{broker}/events?after={after}&limit={limit}",
@@ -271,14 +282,18 @@ async fn run_client(command: Command) -> Result<(), cli::CliError> {
                 let events =
                     cli::call(Method::GET, &url, admin.token.as_deref(), None, &[]).await?;
                 let list = events.as_array().cloned().unwrap_or_default();
-                if !follow || !list.is_empty() {
+                if !follow {
                     print(admin.output, &events, cli::events_table);
+                    return Ok(());
                 }
+                // Following: the table's header once, then its rows as they come; in JSON
+                // one event per line (JSON Lines), for a pipe to read as they come.
+                for line in cli::follow_lines(admin.output, &list, header) {
+                    println!("{line}");
+                }
+                header &= list.is_empty();
                 if let Some(last) = list.last().and_then(|e| e["seq"].as_u64()) {
                     after = last;
-                }
-                if !follow {
-                    return Ok(());
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }

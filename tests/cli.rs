@@ -632,3 +632,56 @@ fn the_docs_and_the_help_name_the_admin_token_flag_the_cli_has() {
         );
     }
 }
+
+#[test]
+fn the_readme_explain_example_prints_what_the_readme_shows() {
+    // The README's steps, in a copy of the repository's folders they touch.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for folder in ["config/subscriptions", "tests/fixtures/tekton"] {
+        std::fs::create_dir_all(d.join(folder)).unwrap();
+    }
+    for (from, to) in [
+        ("config/switchyard.yaml", "config/switchyard.yaml"),
+        (
+            "config/examples/tekton.yaml",
+            "config/subscriptions/tekton.yaml",
+        ),
+        (
+            "tests/fixtures/tekton/10-pipelinerun-failed.json",
+            "tests/fixtures/tekton/10-pipelinerun-failed.json",
+        ),
+    ] {
+        std::fs::copy(root.join(from), d.join(to)).unwrap();
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let run = |args: &[&str]| {
+        let out = bin()
+            .args(args)
+            .current_dir(d)
+            .env("AUDIT_TOKEN", "change-me")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let checked = run(&["check"]);
+    assert!(
+        readme.contains(&format!("`check` prints `{}`", checked.trim())),
+        "README does not show: {checked}"
+    );
+    let explained = run(&[
+        "explain",
+        "--event",
+        "tests/fixtures/tekton/10-pipelinerun-failed.json",
+    ]);
+    let lines: Vec<&str> = explained.lines().collect();
+    let shown = [&lines[..3], &lines[lines.len() - 2..]].concat();
+    for line in shown {
+        assert!(
+            readme.contains(line),
+            "README does not show {line:?}:\n{explained}"
+        );
+    }
+}
