@@ -548,6 +548,9 @@ async fn serve_on(config: config::Config, subscriptions: Vec<Subscription>) -> a
         Some(f) => tracing::info!(file = %f.display(), "config loaded"),
         None => tracing::info!("no config file; running on the embedded defaults"),
     }
+    for (key, variable) in &config.from_env {
+        tracing::info!(%key, %variable, "set by the environment, over the config file");
+    }
     let signal = shutdown_signal();
     let ingress = tokio::net::TcpListener::bind(config.ingress.listen)
         .await

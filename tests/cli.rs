@@ -152,6 +152,22 @@ fn serve_without_a_config_file_runs_on_the_embedded_defaults() {
         "{:#?}",
         broker.startup
     );
+    // Each key the environment set is named at start, with its variable.
+    for (key, variable) in [
+        ("ingress.listen", "SWITCHYARD_INGRESS_LISTEN"),
+        ("admin.listen", "SWITCHYARD_ADMIN_LISTEN"),
+    ] {
+        assert!(
+            broker
+                .startup
+                .iter()
+                .any(|l| l.contains("set by the environment")
+                    && l.contains(&format!("key={key}"))
+                    && l.contains(&format!("variable={variable}"))),
+            "{key}: {:#?}",
+            broker.startup
+        );
+    }
     let ready = http_get(broker.admin, "/readyz");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     let status = http_post_event(broker.ingress);

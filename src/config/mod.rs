@@ -82,6 +82,9 @@ pub struct Config {
     pub replies: RepliesConfig,
     /// How long in-flight requests and deliveries may take to finish at shutdown.
     pub shutdown_grace_period: Duration,
+    /// The keys the environment set, over the file, with the variable that set each
+    /// (`serve` says so at start: an edit of such a key in the file does nothing).
+    pub from_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -531,12 +534,13 @@ pub fn from_yaml_partial(
         }
     };
     v.check_unknown(&root, "");
-    apply_env(&mut root, env, &mut v);
+    let from_env = apply_env(&mut root, env, &mut v);
     let defaults = yaml::parse(&defaults_yaml())
         .ok()
         .and_then(|mut d| d.pop())
         .unwrap_or(Node::new(0, Value::Null));
-    let config = v.build(&root, &defaults, file);
+    let mut config = v.build(&root, &defaults, file);
+    config.from_env = from_env;
     v.errors
         .sort_by(|a, b| (&a.origin, a.line).cmp(&(&b.origin, b.line)));
     (Some(config), v.errors)
@@ -550,7 +554,13 @@ fn env_form(path: &str) -> String {
         .to_ascii_lowercase()
 }
 
-fn apply_env(root: &mut Node, env: &BTreeMap<String, String>, v: &mut Validator) {
+/// Sets the keys `SWITCHYARD_*` variables name; returns each key set with its variable.
+fn apply_env(
+    root: &mut Node,
+    env: &BTreeMap<String, String>,
+    v: &mut Validator,
+) -> Vec<(String, String)> {
+    let mut set = Vec::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix("SWITCHYARD_") else {
             continue;
@@ -604,7 +614,9 @@ fn apply_env(root: &mut Node, env: &BTreeMap<String, String>, v: &mut Validator)
         }
         mark_env(&mut node, &origin);
         set_path(root, path, node);
+        set.push((path.to_string(), name.clone()));
     }
+    set
 }
 
 fn mark_env(node: &mut Node, origin: &Arc<str>) {
@@ -1557,6 +1569,7 @@ impl Validator {
             delivery,
             replies,
             shutdown_grace_period,
+            from_env: Vec::new(),
         }
     }
 }
