@@ -273,13 +273,24 @@ impl Server {
             (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
             metrics.clone(),
         ));
-        let view = Arc::new(admin::scrape::StateCollector::new(
-            log.clone(),
-            routing.clone(),
-            delivery.clone(),
-            reloader.clone(),
-            clock.clone(),
-        ));
+        let view = Arc::new(
+            admin::scrape::StateCollector::new(
+                log.clone(),
+                routing.clone(),
+                delivery.clone(),
+                reloader.clone(),
+                clock.clone(),
+            )
+            .with_storage(admin::scrape::Storage {
+                path: config
+                    .storage
+                    .jetstream
+                    .is_none()
+                    .then(|| config.storage.path.clone()),
+                min_free_bytes: config.storage.min_free_bytes,
+                max_bytes: config.storage.retention_max_bytes,
+            }),
+        );
         metrics.register(Box::new(admin::scrape::Registered(view.clone())));
         let _ = admin.scrape.set(view);
         let _ = admin.api.set(admin::api::Api {

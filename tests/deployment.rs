@@ -1,9 +1,12 @@
-//! The deployment files and the docs stay true: the Kubernetes config and subscriptions
-//! validate, every metric the Grafana dashboard charts is one the broker exports, and
-//! README's key table and the shipped config name every config key the broker has. The
-//! JetStream fleets (docker/compose.jetstream.yaml, config/kubernetes/jetstream/) validate
-//! with the image's environment, keep two instances up, probe paths the broker answers
-//! and publish no admin API beyond loopback.
+//! The deployment files and the docs stay true: every metric the Grafana dashboard charts
+//! is one the broker exports, and README's key table and the shipped config name every
+//! config key the broker has. The image keeps its defaults in the config file it ships,
+//! not in its environment, and its build context leaves `target/` out. The compose file
+//! and config/kubernetes/ (a kustomization of built-in kinds, optional parts apart)
+//! validate as their containers see them, require an admin token and route the
+//! subscriptions they mount. The JetStream fleets (docker/compose.jetstream.yaml,
+//! config/kubernetes/jetstream/) validate with the image's environment, keep two
+//! instances up, probe paths the broker answers and publish no admin API beyond loopback.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -56,52 +59,6 @@ fn the_shipped_config_spells_out_every_key() {
 }
 
 #[test]
-fn the_kubernetes_config_and_subscriptions_validate() {
-    let text = std::fs::read_to_string(root().join("config/kubernetes/switchyard.yaml")).unwrap();
-    let docs = yaml::parse(&text).unwrap();
-    let config_map = |name: &str| {
-        docs.iter()
-            .find(|d| {
-                get(d, "kind").and_then(Node::scalar_text).as_deref() == Some("ConfigMap")
-                    && get(get(d, "metadata").unwrap(), "name")
-                        .and_then(Node::scalar_text)
-                        .as_deref()
-                        == Some(name)
-            })
-            .and_then(|d| get(d, "data"))
-            .unwrap_or_else(|| panic!("no ConfigMap {name}"))
-    };
-    let server = get(config_map("switchyard-config"), "switchyard.yaml")
-        .unwrap()
-        .scalar_text()
-        .unwrap();
-    let config = switchyard::config::from_yaml(
-        Some(Path::new("switchyard.yaml")),
-        &server,
-        &Default::default(),
-    )
-    .expect("the server config validates");
-    assert_eq!(
-        config.subscriptions,
-        vec![PathBuf::from("/etc/switchyard/subscriptions")]
-    );
-    let Value::Map(files) = &config_map("switchyard-subscriptions").value else {
-        panic!()
-    };
-    let sources: Vec<(PathBuf, String)> = files
-        .iter()
-        .map(|(k, _, v)| (PathBuf::from(k), v.scalar_text().unwrap()))
-        .collect();
-    let subs = switchyard::config::subscriptions::from_sources(
-        &sources,
-        &config.brokers,
-        &config.delivery,
-    )
-    .expect("the subscriptions validate");
-    assert_eq!(subs.len(), 2);
-}
-
-#[test]
 fn the_dashboard_charts_only_exported_metrics() {
     let doc = std::fs::read_to_string(root().join("docs/metrics.md")).unwrap();
     let exported: BTreeSet<String> = doc
@@ -133,7 +90,7 @@ fn the_dashboard_charts_only_exported_metrics() {
     }
 }
 
-// The JetStream deployments: docker/compose.jetstream.yaml and config/kubernetes/jetstream/.
+// The deployments: docker/ (the image and its compose files) and config/kubernetes/.
 
 fn parse_file(rel: &str) -> Vec<Node> {
     let text = std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
@@ -182,20 +139,109 @@ fn entries(node: Option<&Node>) -> BTreeMap<String, String> {
     }
 }
 
-/// The environment docker/Dockerfile gives the image (`ENV` with `\` continuations):
-/// overrides of the config file in every container that runs it.
+/// What docker/Dockerfile gives a container: the last stage's environment, command,
+/// volumes, exposed ports and the files it copies from the build context.
+struct Image {
+    env: BTreeMap<String, String>,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    volumes: Vec<String>,
+    expose: Vec<u16>,
+    /// The last stage's RUN commands, joined.
+    run: String,
+    /// (path in the build context, path in the image) of the last stage's COPY.
+    files: Vec<(String, String)>,
+    /// Every path any stage copies from the build context.
+    context: Vec<String>,
+}
+
+impl Image {
+    fn load() -> Image {
+        let text = std::fs::read_to_string(root().join("docker/Dockerfile")).unwrap();
+        let joined = text.replace("\\\n", " ");
+        let mut image = Image::stage(Vec::new());
+        let json = |args: &str| -> Vec<String> {
+            serde_json::from_str(args)
+                .unwrap_or_else(|_| panic!("{args}: use the JSON (exec) form"))
+        };
+        for line in joined.lines().map(str::trim) {
+            let Some((instruction, args)) = line.split_once(' ') else {
+                continue;
+            };
+            match instruction {
+                "FROM" => image = Image::stage(std::mem::take(&mut image.context)),
+                "ENV" => {
+                    for pair in args.split_whitespace() {
+                        let (k, v) = pair
+                            .split_once('=')
+                            .unwrap_or_else(|| panic!("ENV {args}: use the KEY=VALUE form"));
+                        image.env.insert(k.to_string(), v.to_string());
+                    }
+                }
+                "ENTRYPOINT" => image.entrypoint = json(args),
+                "CMD" => image.cmd = json(args),
+                "VOLUME" => image.volumes.extend(json(args)),
+                "EXPOSE" => image
+                    .expose
+                    .extend(args.split_whitespace().map(|p| p.parse::<u16>().unwrap())),
+                "RUN" => image.run.push_str(args),
+                "COPY" => {
+                    let words: Vec<&str> = args.split_whitespace().collect();
+                    let from_stage = words.iter().any(|w| w.starts_with("--from"));
+                    let paths: Vec<&str> = words
+                        .iter()
+                        .copied()
+                        .filter(|w| !w.starts_with("--"))
+                        .collect();
+                    let (dest, sources) = paths.split_last().unwrap();
+                    for source in sources.iter().filter(|_| !from_stage) {
+                        image.context.push(source.to_string());
+                        let target = match dest.strip_suffix('/') {
+                            Some(dir) => format!("{dir}/{}", source.rsplit('/').next().unwrap()),
+                            None => dest.to_string(),
+                        };
+                        image.files.push((source.to_string(), target));
+                    }
+                }
+                _ => {}
+            }
+        }
+        image
+    }
+
+    /// A new stage: of the stages before it, only what they copy from the build
+    /// context counts (the context must still hold it).
+    fn stage(context: Vec<String>) -> Image {
+        Image {
+            env: BTreeMap::new(),
+            entrypoint: Vec::new(),
+            cmd: Vec::new(),
+            volumes: Vec::new(),
+            expose: Vec::new(),
+            run: String::new(),
+            files: Vec::new(),
+            context,
+        }
+    }
+
+    /// The repository file the image holds at `path`.
+    fn source_of(&self, path: &Path) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|(_, target)| Path::new(target) == path)
+            .map(|(source, _)| source.as_str())
+    }
+}
+
+/// The value of `-c`/`--config` in a command line.
+fn config_flag(argv: &[String]) -> Option<PathBuf> {
+    let at = argv.iter().position(|a| a == "-c" || a == "--config")?;
+    argv.get(at + 1).map(PathBuf::from)
+}
+
+/// The environment docker/Dockerfile gives the image: in every container that runs it.
 fn image_env() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(root().join("docker/Dockerfile")).unwrap();
-    let joined = text.replace("\\\n", " ");
-    let env: BTreeMap<String, String> = joined
-        .lines()
-        .filter_map(|l| l.strip_prefix("ENV "))
-        .flat_map(str::split_whitespace)
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    assert!(env.contains_key("SWITCHYARD_ADMIN_LISTEN"), "{env:?}");
-    env
+    Image::load().env
 }
 
 /// A server config as a container sees it: the file under the image's and the
@@ -203,8 +249,12 @@ fn image_env() -> BTreeMap<String, String> {
 fn server_config(origin: &Path, text: &str, env: BTreeMap<String, String>) -> Config {
     let mut all = image_env();
     all.extend(env);
-    let config = switchyard::config::from_yaml(Some(origin), text, &all)
-        .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", origin.display()));
+    switchyard::config::from_yaml(Some(origin), text, &all)
+        .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", origin.display()))
+}
+
+/// A JetStream variant's config: three copies on the servers.
+fn assert_jetstream(config: &Config, origin: &Path) {
     assert_eq!(
         config.storage.backend,
         Backend::JetStream,
@@ -213,7 +263,6 @@ fn server_config(origin: &Path, text: &str, env: BTreeMap<String, String>) -> Co
     );
     let jetstream = config.storage.jetstream.as_ref().unwrap();
     assert_eq!(jetstream.replicas, 3, "{}", origin.display());
-    config
 }
 
 fn subscriptions(config: &Config, sources: &[(PathBuf, String)]) {
@@ -246,33 +295,34 @@ fn selects(selector: Option<&Node>, labels: &BTreeMap<String, String>) -> bool {
     !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// The Kubernetes JetStream variant: its Deployment, the one container, the config that
+/// A Kubernetes variant (a kustomization): its one workload (the StatefulSet of
+/// config/kubernetes/, the Deployment of jetstream/), the one container, the config that
 /// container reads, and its pod's labels.
 struct Kubernetes {
     docs: Vec<Node>,
-    deployment: Node,
+    workload: Node,
     container: Node,
     config: Config,
     labels: BTreeMap<String, String>,
 }
 
 impl Kubernetes {
-    fn load() -> Kubernetes {
-        let docs = kustomized("config/kubernetes/jetstream");
-        let deployments = of_kind(&docs, "Deployment");
-        assert_eq!(deployments.len(), 1);
-        let deployment = deployments[0].clone();
-        let labels = entries(at(&deployment, "spec.template.metadata.labels"));
+    fn load(dir: &str, kind: &str) -> Kubernetes {
+        let docs = kustomized(dir);
+        let workloads = of_kind(&docs, kind);
+        assert_eq!(workloads.len(), 1, "{dir}: one {kind}");
+        let workload = workloads[0].clone();
+        let labels = entries(at(&workload, "spec.template.metadata.labels"));
         assert!(
-            selects(at(&deployment, "spec.selector.matchLabels"), &labels),
-            "the Deployment's selector does not select its pods"
+            selects(at(&workload, "spec.selector.matchLabels"), &labels),
+            "the {kind}'s selector does not select its pods"
         );
-        let containers = items(&deployment, "spec.template.spec.containers");
+        let containers = items(&workload, "spec.template.spec.containers");
         assert_eq!(containers.len(), 1);
         let container = containers[0].clone();
         let mut k = Kubernetes {
             docs,
-            deployment,
+            workload,
             container,
             config: switchyard::config::from_yaml(None, "", &Default::default()).unwrap(),
             labels,
@@ -305,7 +355,7 @@ impl Kubernetes {
             .iter()
             .find(|m| Path::new(&text(m, "mountPath")) == dir)
             .unwrap_or_else(|| panic!("nothing is mounted at {}", dir.display()));
-        let volume = items(&self.deployment, "spec.template.spec.volumes")
+        let volume = items(&self.workload, "spec.template.spec.volumes")
             .iter()
             .find(|v| text(v, "name") == text(mount, "name"))
             .unwrap_or_else(|| panic!("no volume for {}", dir.display()));
@@ -344,7 +394,8 @@ impl Kubernetes {
 
 #[test]
 fn the_kubernetes_jetstream_variant_validates_and_stays_up_through_a_drain() {
-    let k = Kubernetes::load();
+    let k = Kubernetes::load("config/kubernetes/jetstream", "Deployment");
+    assert_jetstream(&k.config, Path::new("config/kubernetes/jetstream"));
     let jetstream = k.config.storage.jetstream.as_ref().unwrap();
     assert!(!jetstream.servers.is_empty());
 
@@ -354,7 +405,7 @@ fn the_kubernetes_jetstream_variant_validates_and_stays_up_through_a_drain() {
         "the admin API takes no token"
     );
 
-    let replicas = int(&k.deployment, "spec.replicas").unwrap_or(1);
+    let replicas = int(&k.workload, "spec.replicas").unwrap_or(1);
     assert!(
         replicas >= 2,
         "{replicas} replica: nothing answers while it restarts"
@@ -412,7 +463,7 @@ fn the_kubernetes_jetstream_variant_validates_and_stays_up_through_a_drain() {
 
 #[tokio::test]
 async fn the_kubernetes_jetstream_probes_ask_what_the_broker_answers() {
-    let k = Kubernetes::load();
+    let k = Kubernetes::load("config/kubernetes/jetstream", "Deployment");
     let readiness = k.probe_path("readinessProbe");
     let liveness = k.probe_path("livenessProbe");
 
@@ -479,12 +530,28 @@ fn published(entry: &str) -> (Option<&str>, &str, u16) {
 
 /// A compose bind mount `HOST:CONTAINER[:MODE]`, the host path relative to docker/.
 fn bind<'a>(volumes: &'a [String], target: &Path) -> &'a str {
+    mounted_at(volumes, target)
+        .unwrap_or_else(|| panic!("nothing is mounted at {}", target.display()))
+}
+
+/// The host side (a path relative to docker/, or a named volume) of the compose volume
+/// mounted at `target`, if any.
+fn mounted_at<'a>(volumes: &'a [String], target: &Path) -> Option<&'a str> {
     volumes
         .iter()
         .filter_map(|v| v.split(':').collect::<Vec<_>>().get(..2).map(<[_]>::to_vec))
         .find(|p| Path::new(p[1]) == target)
         .map(|p| p[0])
-        .unwrap_or_else(|| panic!("nothing is mounted at {}", target.display()))
+}
+
+/// The subscription files of a folder, with their text.
+fn folder_sources(folder: &Path) -> Vec<(PathBuf, String)> {
+    std::fs::read_dir(folder)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+        .collect()
 }
 
 #[test]
@@ -561,7 +628,17 @@ fn the_compose_jetstream_fleet_validates_and_keeps_the_admin_api_on_loopback() {
         let host_file = bind(&volumes, &file);
         let origin = Path::new("docker").join(host_file.trim_start_matches("./"));
         let text = std::fs::read_to_string(root().join(&origin)).unwrap();
-        let config = server_config(&origin, &text, entries(at(s, "environment")));
+        let env = entries(at(s, "environment"))
+            .into_iter()
+            .map(|(k, v)| (k, interpolate(&v, "the-operators-own-token")))
+            .collect();
+        let config = server_config(&origin, &text, env);
+        assert_jetstream(&config, &origin);
+        assert_eq!(
+            config.admin.token.as_deref(),
+            Some("the-operators-own-token"),
+            "{name}: the admin API takes the operator's token"
+        );
         let servers = &config.storage.jetstream.as_ref().unwrap().servers;
         let wanted: Vec<String> = nats
             .iter()
@@ -573,14 +650,10 @@ fn the_compose_jetstream_fleet_validates_and_keeps_the_admin_api_on_loopback() {
             panic!("{name}: one subscriptions folder")
         };
         let host_subs = bind(&volumes, subs);
-        let folder = root().join("docker").join(host_subs);
-        let sources: Vec<(PathBuf, String)> = std::fs::read_dir(&folder)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-            .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
-            .collect();
-        subscriptions(&config, &sources);
+        subscriptions(
+            &config,
+            &folder_sources(&root().join("docker").join(host_subs)),
+        );
         shared.insert((host_file.to_string(), host_subs.to_string()));
 
         for entry in strings(s, "ports") {
@@ -610,4 +683,391 @@ fn the_compose_jetstream_fleet_validates_and_keeps_the_admin_api_on_loopback() {
         instances.len(),
         "each ingress on a port of its own"
     );
+}
+
+#[test]
+fn the_image_keeps_its_defaults_in_the_config_file_it_ships_not_in_its_environment() {
+    let image = Image::load();
+    // Variables of the command line, not config keys (src/config/mod.rs, apply_env).
+    let not_keys = [
+        "SWITCHYARD_CONFIG",
+        "SWITCHYARD_LOG",
+        "SWITCHYARD_LOG_FORMAT",
+    ];
+    let overrides: Vec<&String> = image
+        .env
+        .keys()
+        .filter(|k| k.starts_with("SWITCHYARD_") && !not_keys.contains(&k.as_str()))
+        .collect();
+    assert!(
+        overrides.is_empty(),
+        "the image's ENV sets {overrides:?}, which override every config file a deployment \
+         mounts: set them in the file the image ships"
+    );
+
+    // The file the image's own command reads, found as the binary finds it.
+    let argv: Vec<String> = image.entrypoint.iter().chain(&image.cmd).cloned().collect();
+    let (file, _) = switchyard::config::resolve_path(config_flag(&argv).as_deref(), &image.env)
+        .expect("the image names its config file (`-c` or SWITCHYARD_CONFIG)");
+    let source = image
+        .source_of(&file)
+        .unwrap_or_else(|| panic!("the image does not ship {}", file.display()));
+    let text = std::fs::read_to_string(root().join(source)).unwrap();
+    let config = switchyard::config::from_yaml(Some(&file), &text, &image.env)
+        .unwrap_or_else(|e| panic!("{source} does not validate:\n{e}"));
+
+    assert_eq!(config.ingress.listen, "0.0.0.0:8080".parse().unwrap());
+    // Where the kubelet's probes, Prometheus and a published port reach it.
+    assert!(
+        config.admin.listen.ip().is_unspecified(),
+        "admin on {}: nothing outside the container reaches it",
+        config.admin.listen
+    );
+    for port in [config.ingress.listen.port(), config.admin.listen.port()] {
+        assert!(
+            image.expose.contains(&port),
+            "the image does not expose {port}"
+        );
+    }
+    assert_eq!(config.storage.path, Path::new("/var/lib/switchyard"));
+    assert!(
+        image
+            .volumes
+            .iter()
+            .any(|v| Path::new(v) == config.storage.path),
+        "the data directory is not the image's volume: {:?}",
+        image.volumes
+    );
+    assert_eq!(
+        config.subscriptions,
+        [PathBuf::from("/etc/switchyard/subscriptions")]
+    );
+    for dir in [&config.storage.path, &config.subscriptions[0]] {
+        assert!(
+            image.run.contains(dir.to_str().unwrap()),
+            "the image does not create {}",
+            dir.display()
+        );
+    }
+}
+
+/// Whether a .dockerignore pattern leaves `path` (relative to the context) out: it
+/// matches the path or a folder above it, `*` within one part, `**` any parts.
+fn ignores(pattern: &str, path: &str) -> bool {
+    fn part(pattern: &str, name: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == name,
+            Some((head, tail)) => name.strip_prefix(head).is_some_and(|rest| {
+                (0..=rest.len()).any(|i| rest.is_char_boundary(i) && part(tail, &rest[i..]))
+            }),
+        }
+    }
+    fn parts(pattern: &[&str], path: &[&str]) -> bool {
+        match (pattern.split_first(), path.split_first()) {
+            (None, _) => true,
+            (Some((&"**", rest)), _) => (0..=path.len()).any(|i| parts(rest, &path[i..])),
+            (Some((p, rest)), Some((name, names))) => part(p, name) && parts(rest, names),
+            (Some(_), None) => false,
+        }
+    }
+    let pattern: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+    let path: Vec<&str> = path.trim_matches('/').split('/').collect();
+    parts(&pattern, &path)
+}
+
+#[test]
+fn the_build_context_leaves_out_build_output_and_keeps_what_the_dockerfile_copies() {
+    let text = std::fs::read_to_string(root().join(".dockerignore"))
+        .expect("no .dockerignore: `docker build` sends the whole target/ as its context");
+    let patterns: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(
+        patterns.iter().all(|p| !p.starts_with('!')),
+        "an exception: {patterns:?}"
+    );
+    let excluded = |path: &str| patterns.iter().any(|p| ignores(p, path));
+    for out in [
+        "target/release/switchyard",
+        ".git/HEAD",
+        "fuzz/target/debug/x",
+        "fuzz/corpus/x",
+    ] {
+        assert!(excluded(out), ".dockerignore sends {out}");
+    }
+    for source in Image::load().context {
+        assert!(
+            !excluded(&source),
+            ".dockerignore leaves out {source}, which docker/Dockerfile copies"
+        );
+    }
+}
+
+/// A compose value after interpolation, with each `${NAME:?message}` (a variable
+/// `docker compose up` refuses to run without) as `required`. Any other form is refused:
+/// `${NAME:-x}` ships a known value, `${NAME}` an empty one when it is unset.
+fn interpolate(value: &str, required: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(after) = after.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        let (expr, tail) = after
+            .strip_prefix('{')
+            .and_then(|a| a.split_once('}'))
+            .unwrap_or_else(|| panic!("{value}: write ${{NAME:?message}}"));
+        assert!(
+            expr.split_once(":?")
+                .is_some_and(|(name, _)| !name.is_empty()),
+            "{value}: ${{{expr}}} has a default or none; write ${{NAME:?message}}"
+        );
+        out.push_str(required);
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn compose_requires_an_admin_token_keeps_admin_on_loopback_and_routes_example_subscriptions() {
+    let compose = parse_file("docker/compose.yaml").remove(0);
+    let s = at(&compose, "services.switchyard").expect("a switchyard service");
+    assert_eq!(text(s, "build.dockerfile"), "docker/Dockerfile");
+    let image = Image::load();
+
+    // The container's environment: the image's, then the service's, interpolated.
+    let required = "the-operators-own-token";
+    let mut env = image.env.clone();
+    env.extend(
+        entries(at(s, "environment"))
+            .into_iter()
+            .map(|(k, v)| (k, interpolate(&v, required))),
+    );
+    // `command` replaces the image's CMD.
+    let command = strings(s, "command");
+    let cmd = if command.is_empty() {
+        &image.cmd
+    } else {
+        &command
+    };
+    let (file, _) = switchyard::config::resolve_path(config_flag(cmd).as_deref(), &env)
+        .expect("the container names its config file");
+    let volumes = strings(s, "volumes");
+    let origin = match mounted_at(&volumes, &file) {
+        Some(host) => Path::new("docker").join(host),
+        None => PathBuf::from(image.source_of(&file).expect("the image ships the file")),
+    };
+    let config_text = std::fs::read_to_string(root().join(&origin)).unwrap();
+    let config = switchyard::config::from_yaml(Some(&file), &config_text, &env)
+        .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", origin.display()));
+
+    assert_eq!(
+        config.admin.token.as_deref(),
+        Some(required),
+        "the admin API takes no token, or one the compose file ships"
+    );
+    for entry in strings(s, "ports") {
+        let (ip, _, container) = published(&entry);
+        if container == config.admin.listen.port() {
+            assert_eq!(
+                ip,
+                Some("127.0.0.1"),
+                "the admin API is published on every host interface: {entry}"
+            );
+        }
+    }
+    let data = mounted_at(&volumes, &config.storage.path).expect("the log is on no volume");
+    assert!(
+        entries(at(&compose, "volumes")).contains_key(data),
+        "{data} is not a named volume"
+    );
+
+    // The image's subscriptions folder is empty: compose mounts one that routes.
+    assert!(!config.subscriptions.is_empty(), "no subscriptions folder");
+    for dir in &config.subscriptions {
+        let host = mounted_at(&volumes, dir).unwrap_or_else(|| {
+            panic!(
+                "nothing is mounted at {}: the broker starts with no subscriptions",
+                dir.display()
+            )
+        });
+        subscriptions(&config, &folder_sources(&root().join("docker").join(host)));
+    }
+}
+
+/// Documents whose kind Kubernetes has without a CustomResourceDefinition.
+fn assert_built_in(docs: &[Node], dir: &str) {
+    const BUILT_IN: &[&str] = &[
+        "v1",
+        "apps/v1",
+        "policy/v1",
+        "networking.k8s.io/v1",
+        "batch/v1",
+        "autoscaling/v2",
+        "rbac.authorization.k8s.io/v1",
+    ];
+    for d in docs {
+        let api = at(d, "apiVersion").and_then(Node::scalar_text);
+        let kind = at(d, "kind").and_then(Node::scalar_text);
+        assert!(
+            kind.is_some() && api.as_deref().is_some_and(|a| BUILT_IN.contains(&a)),
+            "{dir}: {api:?} {kind:?} is not a built-in kind (an optional part goes in a folder \
+             of its own)"
+        );
+    }
+}
+
+#[test]
+fn config_kubernetes_is_a_kustomization_of_built_in_kinds_with_a_headless_governing_service() {
+    let dir = "config/kubernetes";
+    let kustomization = parse_file(&format!("{dir}/kustomization.yaml")).remove(0);
+    let resources = strings(&kustomization, "resources");
+    let tekton = std::fs::read_to_string(root().join("docs/tekton.md")).unwrap();
+    // Every file beside the kustomization is one of its resources or, not being a
+    // manifest, input that docs/tekton.md gives to `kubectl patch`.
+    for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if path.is_dir() || !name.ends_with(".yaml") || name == "kustomization.yaml" {
+            continue;
+        }
+        if !resources.iter().any(|r| r == name) {
+            assert!(
+                tekton.contains(&format!("--patch-file {dir}/{name}")),
+                "{dir}/{name} is neither a resource of the kustomization nor patch input"
+            );
+            for doc in parse_file(&format!("{dir}/{name}")) {
+                assert!(at(&doc, "kind").is_none(), "{name} is a manifest");
+            }
+        }
+    }
+    let docs = kustomized(dir);
+    assert_built_in(&docs, dir);
+
+    let sets = of_kind(&docs, "StatefulSet");
+    assert_eq!(sets.len(), 1);
+    let labels = entries(at(sets[0], "spec.template.metadata.labels"));
+    let governing = text(sets[0], "spec.serviceName");
+    let services = of_kind(&docs, "Service");
+    let service = services
+        .iter()
+        .find(|s| text(s, "metadata.name") == governing)
+        .unwrap_or_else(|| panic!("the StatefulSet's serviceName {governing} names no Service"));
+    assert_eq!(
+        at(service, "spec.clusterIP").and_then(Node::scalar_text),
+        Some("None".to_string()),
+        "the StatefulSet's Service {governing} is not headless"
+    );
+    assert!(selects(at(service, "spec.selector"), &labels));
+
+    // The ServiceMonitor (it needs the Prometheus Operator's CRDs), a folder of its own.
+    let monitoring = kustomized(&format!("{dir}/monitoring"));
+    let monitors = of_kind(&monitoring, "ServiceMonitor");
+    assert_eq!(monitors.len(), 1);
+    let scraped = services
+        .iter()
+        .copied()
+        .chain(of_kind(&monitoring, "Service"))
+        .find(|s| {
+            selects(
+                at(monitors[0], "spec.selector.matchLabels"),
+                &entries(at(s, "metadata.labels")),
+            )
+        })
+        .expect("the ServiceMonitor selects no Service");
+    assert!(selects(at(scraped, "spec.selector"), &labels));
+    for endpoint in items(monitors[0], "spec.endpoints") {
+        let port = text(endpoint, "port");
+        assert!(
+            items(scraped, "spec.ports")
+                .iter()
+                .any(|p| text(p, "name") == port),
+            "the scraped Service has no port {port}"
+        );
+    }
+
+    // kubectl renders each folder, where it is installed (it needs no cluster for this).
+    for folder in [
+        dir,
+        "config/kubernetes/monitoring",
+        "config/kubernetes/jetstream",
+    ] {
+        let Ok(out) = std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(root().join(folder))
+            .output()
+        else {
+            continue;
+        };
+        assert!(
+            out.status.success(),
+            "kubectl kustomize {folder}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_kubernetes_statefulset_validates_and_takes_its_admin_token_from_a_secret() {
+    let k = Kubernetes::load("config/kubernetes", "StatefulSet");
+    assert!(
+        k.config.admin.token.is_some(),
+        "the admin API on {} takes no token",
+        k.config.admin.listen
+    );
+    let secret = items(&k.container, "env")
+        .iter()
+        .find_map(|e| at(e, "valueFrom.secretKeyRef.name").and_then(Node::scalar_text))
+        .expect("no variable of the container comes from a Secret");
+    let tekton = std::fs::read_to_string(root().join("docs/tekton.md")).unwrap();
+    assert!(
+        tekton.contains(&format!("create secret generic {secret}")),
+        "docs/tekton.md does not say how to create the Secret {secret}"
+    );
+
+    assert!(!k.config.subscriptions.is_empty());
+    for dir in &k.config.subscriptions {
+        let sources: Vec<(PathBuf, String)> = k
+            .mounted(dir)
+            .into_iter()
+            .map(|(file, text)| (dir.join(file), text))
+            .collect();
+        subscriptions(&k.config, &sources);
+    }
+    assert_eq!(k.probe_path("readinessProbe"), "/readyz");
+    assert_eq!(k.probe_path("livenessProbe"), "/livez");
+
+    // The log on the volume claim, where the ConfigMap puts it.
+    let data = items(&k.container, "volumeMounts")
+        .iter()
+        .find(|m| Path::new(&text(m, "mountPath")) == k.config.storage.path)
+        .map(|m| text(m, "name"))
+        .unwrap_or_else(|| panic!("nothing is mounted at {}", k.config.storage.path.display()));
+    assert!(
+        items(&k.workload, "spec.volumeClaimTemplates")
+            .iter()
+            .any(|c| text(c, "metadata.name") == data),
+        "{data} is not a volume claim"
+    );
+
+    // The admin API stays inside the pod: no Service of the base reaches it.
+    for s in of_kind(&k.docs, "Service") {
+        for p in items(s, "spec.ports") {
+            if let Some(target) = get(p, "targetPort") {
+                assert_ne!(
+                    k.container_port(target),
+                    k.config.admin.listen.port(),
+                    "{} exposes the admin API",
+                    text(s, "metadata.name")
+                );
+            }
+        }
+    }
 }

@@ -29,6 +29,19 @@ pub struct StateCollector {
     clock: SharedClock,
     descs: Vec<Desc>,
     snapshot: Mutex<LogSnapshot>,
+    storage: Storage,
+}
+
+/// The storage bounds the alerts compare the log with.
+#[derive(Debug, Clone, Default)]
+pub struct Storage {
+    /// The folder whose filesystem the log writes to (the embedded backend's
+    /// `storage.path`); `None` on a backend a network away.
+    pub path: Option<std::path::PathBuf>,
+    /// `storage.minFreeBytes` (0: off).
+    pub min_free_bytes: u64,
+    /// `storage.retention.maxBytes` (0: no bound).
+    pub max_bytes: u64,
 }
 
 /// What the log said at the last refresh.
@@ -37,6 +50,8 @@ struct LogSnapshot {
     /// Per broker: head, router cursor, stats.
     brokers: Vec<(Arc<str>, u64, u64, BrokerStats)>,
     disk_bytes: u64,
+    /// The log's filesystem: free bytes and size, where it has one.
+    filesystem: Option<(u64, u64)>,
     /// Per (broker, lane): what it holds, and the arrival of its oldest event.
     lanes: HashMap<(String, LaneId), (LaneDepth, Option<u64>)>,
     dead_letters: u64,
@@ -58,7 +73,14 @@ impl StateCollector {
             clock,
             descs: state_descs(),
             snapshot: Mutex::default(),
+            storage: Storage::default(),
         }
+    }
+
+    /// Reports `storage`'s bounds, and the free space of its filesystem at each refresh.
+    pub fn with_storage(mut self, storage: Storage) -> StateCollector {
+        self.storage = storage;
+        self
     }
 
     /// Asks the log for its part of the next scrape. A part the log cannot answer
@@ -72,6 +94,18 @@ impl StateCollector {
             next.brokers.push((broker.clone(), head, cursor, stats));
         }
         next.disk_bytes = self.log.disk_bytes().await.unwrap_or(0);
+        if let Some(path) = self.storage.path.clone() {
+            // statvfs is a system call, and on a network filesystem a slow one.
+            next.filesystem = tokio::task::spawn_blocking(move || {
+                Some((
+                    crate::log::free_bytes(&path).ok()?,
+                    crate::log::total_bytes(&path).ok()?,
+                ))
+            })
+            .await
+            .ok()
+            .flatten();
+        }
         let set = self.routing.current();
         for route in set.routes() {
             let broker = &route.subscription.broker;
@@ -143,6 +177,10 @@ impl Collector for StateCollector {
         let stored_events = gauge("switchyard_log_stored_events");
         let stored_bytes = gauge("switchyard_log_stored_bytes");
         let disk = gauge("switchyard_log_disk_bytes");
+        let fs_free = gauge("switchyard_log_filesystem_free_bytes");
+        let fs_size = gauge("switchyard_log_filesystem_size_bytes");
+        let min_free = gauge("switchyard_log_min_free_bytes");
+        let max_bytes = gauge("switchyard_log_retention_max_bytes");
         let lane_lag = gauge("switchyard_lane_lag_events");
         let oldest = {
             let (n, d, l) = state("switchyard_lane_oldest_pending_age_seconds");
@@ -182,6 +220,18 @@ impl Collector for StateCollector {
         }
         disk.with_label_values::<&str>(&[])
             .set(snapshot.disk_bytes as i64);
+        if let Some((free, size)) = snapshot.filesystem {
+            fs_free.with_label_values::<&str>(&[]).set(free as i64);
+            fs_size.with_label_values::<&str>(&[]).set(size as i64);
+        }
+        if self.storage.path.is_some() {
+            min_free
+                .with_label_values::<&str>(&[])
+                .set(self.storage.min_free_bytes as i64);
+        }
+        max_bytes
+            .with_label_values::<&str>(&[])
+            .set(self.storage.max_bytes as i64);
         let now = self.clock.now_unix_nanos();
         let set = self.routing.current();
         for route in set.routes() {
@@ -273,6 +323,10 @@ impl Collector for StateCollector {
             &stored_events,
             &stored_bytes,
             &disk,
+            &fs_free,
+            &fs_size,
+            &min_free,
+            &max_bytes,
             &lane_lag,
             &oldest,
             &parked_now,
