@@ -1,6 +1,7 @@
-//! The `switchyard` command: `serve`, `check`, `explain` and the client commands. Exit
-//! codes: 0 success, 1 failure, 64 (EX_USAGE) for a config that does not validate, from
-//! every command that reads one (`serve` reports it before any port is bound).
+//! The `switchyard` command: `serve`, `check`, `explain`, the client commands and
+//! `completions`. Exit codes: 0 success, 1 failure, 64 (EX_USAGE) for a config that does
+//! not validate, from every command that reads one (`serve` reports it before any port
+//! is bound).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 use switchyard::cli;
 use switchyard::clock::SystemClock;
@@ -60,21 +61,32 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Run every subscription's filter on one event, offline, and say what matched.
+    /// Run every subscription's filter on one event and say what matched: the config's
+    /// subscriptions, or with `--admin` the running broker's.
     Explain {
         /// A structured-mode JSON event, or a request in the shape of the Tekton test
-        /// corpus (`{"headers": {...}, "body": ...}`).
+        /// corpus (`{"headers": {...}, "body": ...}`); `-` reads it from stdin.
         #[arg(long)]
         event: PathBuf,
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "admin")]
         config: Option<PathBuf>,
+        /// Explain against the subscriptions of the broker whose admin listener this is.
+        #[arg(long)]
+        admin: Option<String>,
+        /// The admin token, with `--admin`.
+        #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// How to print the verdicts: as text, or in the admin API's shape.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: cli::Output,
     },
-    /// Build one event and post it to the ingress in binary mode, as `kn event send` does.
+    /// Build one event and post it to the ingress, in binary mode (as `kn event send`
+    /// does) or structured.
     Send {
         /// The ingress URL.
         #[arg(long, default_value = "http://127.0.0.1:8080/")]
         to: String,
-        #[arg(long = "type")]
+        #[arg(long = "type", value_name = "TYPE")]
         ty: String,
         #[arg(long)]
         source: String,
@@ -83,6 +95,12 @@ enum Command {
         id: Option<String>,
         #[arg(long)]
         subject: Option<String>,
+        /// The event's time: RFC 3339, or `now`.
+        #[arg(long)]
+        time: Option<String>,
+        /// The URI of the data's schema.
+        #[arg(long)]
+        dataschema: Option<String>,
         /// The data: a string, or @FILE.
         #[arg(long)]
         data: Option<String>,
@@ -91,6 +109,9 @@ enum Command {
         /// An extension attribute, NAME=VALUE; repeat for more.
         #[arg(short = 'e', long = "extension")]
         extensions: Vec<String>,
+        /// Post one `application/cloudevents+json` request instead of binary mode.
+        #[arg(long)]
+        structured: bool,
         /// A bearer token for `ingress.tokens`.
         #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -99,17 +120,38 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: cli::Output,
     },
-    /// List stored events (the admin API).
+    /// Subscriptions and their lanes: lag, in flight, parked, delivered, dead-lettered,
+    /// the last error (the admin API).
+    Subscriptions {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// One subscription, with its filter and how many events it matched.
+        name: Option<String>,
+    },
+    /// List stored events, or show one (the admin API).
     Events {
         #[command(flatten)]
         admin: AdminArgs,
-        #[arg(long, default_value = "default")]
+        #[command(subcommand)]
+        action: Option<EventsAction>,
+        /// The broker whose log to read.
+        #[arg(long, default_value = "default", global = true)]
         broker: String,
         /// Only events after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: u64,
+        /// At most this many events that pass the filters (without `--follow`).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Only events of this type; a prefix when it ends in `*`.
+        #[arg(long = "type", value_name = "TYPE")]
+        ty: Option<String>,
+        /// Only events from this source; a prefix when it ends in `*`.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only events that arrived at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
         /// Keep printing new events as they arrive.
         #[arg(long)]
         follow: bool,
@@ -136,6 +178,24 @@ enum Command {
         admin: AdminArgs,
         #[command(subcommand)]
         action: Option<DeadLetterAction>,
+    },
+    /// Print a shell's completion script.
+    ///
+    /// `switchyard completions bash > /etc/bash_completion.d/switchyard`; for zsh, into a
+    /// folder of `$fpath` as `_switchyard`; for fish, into
+    /// `~/.config/fish/completions/switchyard.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// One stored event: its attributes and its data.
+    Get {
+        /// The event's sequence number.
+        seq: u64,
     },
 }
 
@@ -202,13 +262,55 @@ fn print(
     value: &serde_json::Value,
     table: impl FnOnce(&serde_json::Value) -> String,
 ) {
-    match output {
-        cli::Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
-        cli::Output::Table => println!("{}", table(value)),
-    }
+    println!("{}", cli::render(output, value, table));
+}
+
+/// The admin API's largest page of events (`limit` above it is cut to it, see
+/// src/admin/api.rs).
+const API_MAX_PAGE: usize = 1000;
+
+/// The smallest page a filtered listing asks for: a filter that passes few events would
+/// otherwise page through the log a few records per request.
+const FILTERED_PAGE: usize = 100;
+
+/// One page of a broker's stored events after `after`; empty at the log's head.
+async fn events_page(
+    admin: &AdminArgs,
+    broker: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<serde_json::Value>, cli::CliError> {
+    let url = format!(
+        "{}/api/v1/brokers/{broker}/events?after={after}&limit={limit}",
+        admin.admin.trim_end_matches('/')
+    );
+    let page = cli::call(http::Method::GET, &url, admin.token.as_deref(), None, &[]).await?;
+    Ok(page.as_array().cloned().unwrap_or_default())
+}
+
+/// The sequence number of the last record of a page: where the next page starts. Taken
+/// from the page, not from the records a filter kept, so that a page with no match still
+/// moves the listing on.
+fn last_seq(page: &[serde_json::Value]) -> Option<u64> {
+    page.last().and_then(|r| r["seq"].as_u64())
+}
+
+/// Reads the event of `explain --event PATH` (`-`: stdin).
+fn read_event(path: &std::path::Path) -> Result<switchyard::event::Event, String> {
+    let bytes = if path.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+            .map(|_| b)
+            .map_err(|e| format!("stdin: {e}"))?
+    } else {
+        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?
+    };
+    let name = if path.as_os_str() == "-" {
+        "stdin".to_string()
+    } else {
+        path.display().to_string()
+    };
+    switchyard::event::from_file(&bytes).map_err(|e| format!("{name}: {e}"))
 }
 
 async fn run_client(command: Command) -> Result<(), cli::CliError> {
@@ -220,22 +322,30 @@ async fn run_client(command: Command) -> Result<(), cli::CliError> {
             source,
             id,
             subject,
+            time,
+            dataschema,
             data,
             content_type,
             extensions,
+            structured,
             token,
             output,
         } => {
-            let enc = |s: &str| switchyard::event::binary::percent_encode(s).into_owned();
             let id = id.unwrap_or_else(cli::new_id);
-            let mut headers = vec![
-                ("ce-specversion".to_string(), "1.0".to_string()),
-                ("ce-id".to_string(), enc(&id)),
-                ("ce-source".to_string(), enc(&source)),
-                ("ce-type".to_string(), enc(&ty)),
+            let mut attributes = vec![
+                ("specversion".to_string(), "1.0".to_string()),
+                ("id".to_string(), id.clone()),
+                ("source".to_string(), source.clone()),
+                ("type".to_string(), ty.clone()),
             ];
-            if let Some(s) = subject {
-                headers.push(("ce-subject".into(), enc(&s)));
+            for (name, value) in [
+                ("subject", subject),
+                ("time", time.as_deref().map(cli::event_time)),
+                ("dataschema", dataschema),
+            ] {
+                if let Some(v) = value {
+                    attributes.push((name.to_string(), v));
+                }
             }
             for e in extensions {
                 let (k, v) = e.split_once('=').ok_or_else(|| {
@@ -244,7 +354,7 @@ async fn run_client(command: Command) -> Result<(), cli::CliError> {
                 // Header names lose their case on the wire: check the name here.
                 switchyard::event::validate::check_name(k)
                     .map_err(|e| cli::CliError::Usage(format!("--extension {k}: {}", e.detail)))?;
-                headers.push((format!("ce-{k}"), enc(v)));
+                attributes.push((k.to_string(), v.to_string()));
             }
             let body =
                 match data {
@@ -256,8 +366,37 @@ async fn run_client(command: Command) -> Result<(), cli::CliError> {
                         None => bytes::Bytes::from(d),
                     }),
                 };
-            let body = body.map(|b| (content_type.as_str(), b));
-            cli::call(Method::POST, &to, token.as_deref(), body, &headers).await?;
+            if structured {
+                // The JSON format's own encoder: data as JSON for a JSON type (when it
+                // parses), as a string for text, as data_base64 otherwise.
+                use switchyard::event::{validate::coerce_known, AttrValue, Data, Event};
+                let mut attrs: Vec<(String, AttrValue)> = attributes
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let value = coerce_known(&k, AttrValue::String(v));
+                        (k, value)
+                    })
+                    .collect();
+                if body.is_some() {
+                    attrs.push((
+                        "datacontenttype".into(),
+                        AttrValue::String(content_type.clone()),
+                    ));
+                }
+                let event = Event::new(attrs, body.map(Data::Binary))
+                    .map_err(|e| cli::CliError::Usage(format!("the event is not valid: {e}")))?;
+                let json = switchyard::event::json::encode_event(&event);
+                let body = ("application/cloudevents+json", bytes::Bytes::from(json));
+                cli::call(Method::POST, &to, token.as_deref(), Some(body), &[]).await?;
+            } else {
+                let enc = |s: &str| switchyard::event::binary::percent_encode(s).into_owned();
+                let headers: Vec<(String, String)> = attributes
+                    .iter()
+                    .map(|(k, v)| (format!("ce-{k}"), enc(v)))
+                    .collect();
+                let body = body.map(|b| (content_type.as_str(), b));
+                cli::call(Method::POST, &to, token.as_deref(), body, &headers).await?;
+            }
             // The id is printed whether it was given or made up, to find the event by.
             let sent = serde_json::json!({ "id": id, "source": source, "type": ty });
             print(output, &sent, |s| {
@@ -265,38 +404,128 @@ async fn run_client(command: Command) -> Result<(), cli::CliError> {
             });
             Ok(())
         }
+        Command::Subscriptions { admin, name } => {
+            let base = admin.admin.trim_end_matches('/');
+            let url = match &name {
+                Some(n) => format!("{base}/api/v1/subscriptions/{n}"),
+                None => format!("{base}/api/v1/subscriptions"),
+            };
+            let answer = cli::call(Method::GET, &url, admin.token.as_deref(), None, &[]).await?;
+            match name {
+                Some(_) => print(admin.output, &answer, cli::subscription_detail),
+                None => print(admin.output, &answer, cli::subscriptions_table),
+            }
+            Ok(())
+        }
         Command::Events {
             admin,
+            action: Some(EventsAction::Get { seq }),
+            broker,
+            ty,
+            source,
+            since,
+            follow,
+            ..
+        } => {
+            // (clap's args_conflicts_with_subcommands would refuse `--admin` before `get`
+            // too: the listing's own flags are refused here instead.)
+            if ty.is_some() || source.is_some() || since.is_some() || follow {
+                return Err(cli::CliError::Usage(
+                    "events get SEQ takes no --type, --source, --since or --follow".into(),
+                ));
+            }
+            let url = format!(
+                "{}/api/v1/brokers/{broker}/events/{seq}",
+                admin.admin.trim_end_matches('/')
+            );
+            let record = cli::call(Method::GET, &url, admin.token.as_deref(), None, &[]).await?;
+            print(admin.output, &record, cli::event_detail);
+            Ok(())
+        }
+        Command::Events {
+            admin,
+            action: None,
             broker,
             after,
             limit,
+            ty,
+            source,
+            since,
             follow,
         } => {
+            let filter = cli::EventFilter::new(ty.as_deref(), source.as_deref(), since.as_deref())?;
+            let page_for = |wanted: usize| {
+                if filter.is_empty() {
+                    wanted.clamp(1, API_MAX_PAGE)
+                } else {
+                    wanted.clamp(FILTERED_PAGE, API_MAX_PAGE)
+                }
+            };
             let mut after = after;
+            if !follow {
+                let mut found = Vec::new();
+                while found.len() < limit {
+                    let page =
+                        events_page(&admin, &broker, after, page_for(limit - found.len())).await?;
+                    let Some(last) = last_seq(&page) else {
+                        break;
+                    };
+                    after = last;
+                    let room = limit - found.len();
+                    found.extend(page.into_iter().filter(|r| filter.matches(r)).take(room));
+                }
+                print(
+                    admin.output,
+                    &serde_json::Value::Array(found),
+                    cli::events_table,
+                );
+                return Ok(());
+            }
+            // Following: the table's header once, then its rows as they come; in JSON
+            // one event per line (JSON Lines), for a pipe to read as they come.
             let mut header = true;
             loop {
-                let url = format!(
-                    "{}/api/v1/brokers/{broker}/events?after={after}&limit={limit}",
-                    admin.admin.trim_end_matches('/')
-                );
-                let events =
-                    cli::call(Method::GET, &url, admin.token.as_deref(), None, &[]).await?;
-                let list = events.as_array().cloned().unwrap_or_default();
-                if !follow {
-                    print(admin.output, &events, cli::events_table);
-                    return Ok(());
-                }
-                // Following: the table's header once, then its rows as they come; in JSON
-                // one event per line (JSON Lines), for a pipe to read as they come.
-                for line in cli::follow_lines(admin.output, &list, header) {
-                    println!("{line}");
-                }
-                header &= list.is_empty();
-                if let Some(last) = list.last().and_then(|e| e["seq"].as_u64()) {
+                loop {
+                    let page = events_page(&admin, &broker, after, page_for(limit)).await?;
+                    let Some(last) = last_seq(&page) else {
+                        break;
+                    };
                     after = last;
+                    let kept: Vec<serde_json::Value> =
+                        page.into_iter().filter(|r| filter.matches(r)).collect();
+                    for line in cli::follow_lines(admin.output, &kept, header) {
+                        println!("{line}");
+                    }
+                    header &= kept.is_empty();
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
+        }
+        Command::Explain {
+            event,
+            admin: Some(admin),
+            token,
+            output,
+            ..
+        } => {
+            let event = read_event(&event).map_err(cli::CliError::Usage)?;
+            let body = bytes::Bytes::from(switchyard::event::json::encode_event(&event));
+            let url = format!("{}/api/v1/explain", admin.trim_end_matches('/'));
+            let answer = cli::call(
+                Method::POST,
+                &url,
+                token.as_deref(),
+                Some(("application/cloudevents+json", body)),
+                &[],
+            )
+            .await?;
+            if output == cli::Output::Table {
+                let verdicts = cli::verdicts_from_json(&answer)?;
+                println!("{}", cli::explain_text(&verdicts));
+            } else {
+                print(output, &answer, |_| String::new());
+            }
+            Ok(())
         }
         Command::Replay {
             admin,
@@ -411,9 +640,26 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
         },
-        Command::Explain { event, config } => explain(&event, config.as_deref(), &env),
+        Command::Explain {
+            event,
+            config,
+            admin: None,
+            output,
+            ..
+        } => explain(&event, config.as_deref(), output, &env),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "switchyard",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         command @ (Command::Send { .. }
+        | Command::Subscriptions { .. }
         | Command::Events { .. }
+        | Command::Explain { .. }
         | Command::Replay { .. }
         | Command::Deadletters { .. }) => client(command),
         Command::Serve { config, log_format } => {
@@ -464,6 +710,7 @@ fn load_all(
 fn explain(
     event: &std::path::Path,
     flag: Option<&std::path::Path>,
+    output: cli::Output,
     env: &BTreeMap<String, String>,
 ) -> ExitCode {
     let (_, subs) = match load_all(flag, env) {
@@ -473,22 +720,17 @@ fn explain(
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let event = match std::fs::read(event)
-        .map_err(|e| e.to_string())
-        .and_then(|b| switchyard::event::from_file(&b))
-    {
+    let event = match read_event(event) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("{}: {e}", event.display());
+            eprintln!("switchyard: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if subs.is_empty() {
-        println!("no subscriptions are configured");
-    }
-    for verdict in switchyard::router::explain::explain(&subs, &event) {
-        println!("{verdict}");
-    }
+    let verdicts = switchyard::router::explain::explain(&subs, &event);
+    print(output, &cli::verdicts_json(&verdicts), |_| {
+        cli::explain_text(&verdicts)
+    });
     ExitCode::SUCCESS
 }
 

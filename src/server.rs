@@ -139,6 +139,7 @@ impl Server {
         clock: SharedClock,
     ) -> Result<Server, ServerError> {
         let started = Instant::now();
+        crate::http::tls::install_default_provider();
         // One budget for the whole shutdown: requests, then deliveries, share it.
         let grace = config.shutdown_grace_period;
         let health = Arc::new(Health::default());

@@ -701,3 +701,57 @@ fn the_readme_explain_example_prints_what_the_readme_shows() {
         );
     }
 }
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        // Subcommands, and a flag of one (fish names it without its dashes).
+        for word in ["deadletters", "subscriptions", "structured"] {
+            assert!(script.contains(word), "the {shell} script lacks {word}");
+        }
+    }
+    let out = bin().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+}
+
+#[test]
+fn explain_reads_the_event_from_stdin_and_prints_the_api_shape_in_json() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_subscriptions(
+        dir.path(),
+        "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: { name: pings }\nspec:\n  filter:\n    attributes: { type: ping }\n  sinks: [{ uri: 'http://127.0.0.1:9/' }]\n",
+    );
+    let explain = |output: &str| {
+        let mut child = bin()
+            .args(["explain", "--event", "-", "-o", output, "-c"])
+            .arg(&config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(br#"{"specversion":"1.0","id":"1","source":"/s","type":"pong"}"#)
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        explain("table"),
+        "no match pings (broker default)\n    attributes: no match\n"
+    );
+    let json: serde_json::Value = serde_json::from_str(&explain("json")).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([{"subscription": "pings", "broker": "default", "matched": false,
+            "parts": [{"part": "attributes", "result": "no_match"}]}])
+    );
+}

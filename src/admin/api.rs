@@ -37,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/subscriptions"),
     ("GET", "/api/v1/subscriptions/{name}"),
     ("POST", "/api/v1/subscriptions/{name}/replay"),
+    ("GET", "/api/v1/brokers"),
     ("GET", "/api/v1/brokers/{broker}/events"),
     ("GET", "/api/v1/brokers/{broker}/events/{seq}"),
     ("GET", "/api/v1/deadletters"),
@@ -50,6 +51,7 @@ pub fn routes() -> Router<Arc<Admin>> {
         .route("/api/v1/subscriptions", get(list_subscriptions))
         .route("/api/v1/subscriptions/{name}", get(get_subscription))
         .route("/api/v1/subscriptions/{name}/replay", post(replay))
+        .route("/api/v1/brokers", get(list_brokers))
         .route("/api/v1/brokers/{broker}/events", get(list_events))
         .route("/api/v1/brokers/{broker}/events/{seq}", get(get_event))
         .route("/api/v1/deadletters", get(list_dead_letters))
@@ -422,6 +424,22 @@ async fn list_events(
         Ok(out)
     }?;
     Ok(json_response(v))
+}
+
+/// Every broker with its log's head and what the log holds.
+async fn list_brokers(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    let api = api(&admin)?;
+    let mut out = Vec::new();
+    for broker in api.log.brokers() {
+        let stats = api.log.stats(broker).await.map_err(unavailable)?;
+        out.push(json!({
+            "name": broker.as_ref(),
+            "head": api.log.head(broker).unwrap_or(0),
+            "storedEvents": stats.stored.events,
+            "storedBytes": stats.stored.bytes,
+        }));
+    }
+    Ok(Json(out).into_response())
 }
 
 async fn get_event(

@@ -1,10 +1,12 @@
-//! The admin listener: `/metrics` (Prometheus text format), `/livez`, `/readyz`, and
-//! the admin API under `/api/v1` (see `api.rs` and docs/admin-api.yaml). When
+//! The admin listener: `/metrics` (Prometheus text format), `/livez`, `/readyz`, the
+//! admin API under `/api/v1` (see `api.rs` and docs/admin-api.yaml), and the web console
+//! under `/ui/` (`ui.rs`). When
 //! `admin.token` is set, every API call needs it as a bearer token, and so do
 //! `/metrics` and the health probes unless `admin.public` lists them.
 
 pub mod api;
 pub mod scrape;
+pub mod ui;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -77,6 +79,7 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: Cancellat
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api::routes())
+        .merge(ui::routes())
         .layer(middleware::from_fn_with_state(admin.clone(), authorize))
         .with_state(admin);
     let _ = axum::serve(listener, app)
@@ -127,7 +130,8 @@ async fn authorize(State(admin): State<Arc<Admin>>, request: Request, next: Next
     let public = match request.uri().path() {
         "/metrics" => admin.metrics_public,
         "/livez" | "/readyz" => admin.health_public,
-        _ => false,
+        // The console's own files hold no data: what it shows, it asks the API for.
+        path => ui::is_console_file(path),
     };
     if let (Some(token), false) = (&admin.token, public) {
         let presented = request

@@ -281,7 +281,7 @@ pub const SCHEMA: &[Key] = &[
     key("ingress.tls.certFile", "null", "serve HTTPS with this PEM chain (with `keyFile`: both or neither)"),
     key("ingress.tls.keyFile", "null", "the PEM key of `certFile`"),
     key("ingress.tls.clientCaFile", "null", "mutual TLS: clients must present a certificate from this CA"),
-    key("admin.listen", "127.0.0.1:9090", "`/metrics`, `/livez`, `/readyz`, the admin API under `/api/v1`"),
+    key("admin.listen", "127.0.0.1:9090", "`/metrics`, `/livez`, `/readyz`, the admin API under `/api/v1`, the web console under `/ui/`"),
     key("admin.token", "null", "bearer token for every `/api/v1` call (a string or a `valueFrom` reference)"),
     list("admin.public", "[metrics, health]", "what answers without the token: `/metrics`, and `/livez` + `/readyz`"),
     key("storage.backend", "embedded", "`embedded`: the log on this node's disk, in `storage.path`; `jetstream`: events, lanes and dead letters on the NATS JetStream servers of `storage.jetstream`, shared by every instance that names them"),

@@ -25,6 +25,14 @@ pub fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>
 }
 
 /// Builds the server config, offering HTTP/2 and HTTP/1.1 by ALPN.
+/// Makes ring the process's default TLS provider, as every config this module builds
+/// names it, for the libraries that take the default (the NATS client): with two
+/// providers compiled in, as a test build's dev-dependencies bring, rustls would not
+/// choose and would panic.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn server_config(
     cert_file: &Path,
     key_file: &Path,
