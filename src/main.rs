@@ -727,6 +727,9 @@ fn explain(
             return ExitCode::FAILURE;
         }
     };
+    // In the order the running broker lists them: by broker, then as in the files.
+    let mut subs = subs;
+    subs.sort_by(|a, b| a.broker.cmp(&b.broker));
     let verdicts = switchyard::router::explain::explain(&subs, &event);
     print(output, &cli::verdicts_json(&verdicts), |_| {
         cli::explain_text(&verdicts)

@@ -102,9 +102,12 @@ impl RouteSet {
         }
     }
 
-    /// Every route, all brokers.
+    /// Every route: by broker name, each broker's in the files' order (so that what
+    /// lists them, `explain` and the admin API, lists them the same way every time).
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.by_broker.values().flat_map(|(r, _)| r.iter())
+        let mut brokers: Vec<_> = self.by_broker.iter().collect();
+        brokers.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        brokers.into_iter().flat_map(|(_, (r, _))| r.iter())
     }
 
     pub fn len(&self) -> usize {
