@@ -1,6 +1,7 @@
 //! Routing micro-benchmarks: the cost of one (event, subscription) decision with 100
-//! subscriptions sharing one activation, for attribute filters, CEL on attributes and
-//! CEL on `data`. The event is the 19 KiB Tekton `pipelinerun.successful` request.
+//! subscriptions sharing one activation, for attribute filters, CESQL (`sql`) filters,
+//! CEL on attributes and CEL on `data`. The event is the 19 KiB Tekton
+//! `pipelinerun.successful` request.
 //! Criterion reports elements per second; one element is one (event, subscription).
 //!
 //! `cargo bench --bench routing`; see docs/performance.md.
@@ -47,11 +48,17 @@ fn set(filter: impl Fn(usize) -> String) -> RouteSet {
 
 fn routing(c: &mut Criterion) {
     let e = event();
-    let kinds: [(&str, RouteSet); 3] = [
+    let kinds: [(&str, RouteSet); 4] = [
         (
             "attributes",
             set(|i| {
                 format!("    attributes:\n      type: dev.tekton.event.pipelinerun.successful.v1\n      subject: run-{i}\n")
+            }),
+        ),
+        (
+            "sql",
+            set(|i| {
+                format!("    filters:\n      - sql: \"type LIKE 'dev.tekton.event.pipelinerun.%' AND subject = 'run-{i}'\"\n")
             }),
         ),
         (

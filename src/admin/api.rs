@@ -117,6 +117,7 @@ fn dialect_json(d: &Dialect) -> Value {
         Dialect::All(list) => json!({ "all": list.iter().map(dialect_json).collect::<Vec<_>>() }),
         Dialect::Any(list) => json!({ "any": list.iter().map(dialect_json).collect::<Vec<_>>() }),
         Dialect::Not(inner) => json!({ "not": dialect_json(inner) }),
+        Dialect::Sql(expr) => json!({ "sql": expr.source() }),
     }
 }
 

@@ -14,6 +14,7 @@ use http::Uri;
 use super::yaml::{self, Node, Value};
 use super::{Config, ConfigError, ConfigErrors, DeliveryConfig, Retry, Validator, RETRY_KEYS};
 use crate::event::validate::{check_name, parse_rfc3339};
+use crate::expr::cesql::Expression;
 use crate::expr::filter::{CelFilter, Dialect, Filter};
 
 pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
@@ -530,7 +531,7 @@ fn pairs(v: &mut Validator, node: &Node, path: &str) -> Vec<(String, String)> {
 /// One Subscriptions API filter expression: a mapping with exactly one dialect.
 fn dialect(v: &mut Validator, node: &Node, path: &str) -> Option<Dialect> {
     let Value::Map(entries) = &node.value else {
-        v.error(node, path, format!("a filter is a mapping with one dialect (exact, prefix, suffix, all, any, not), not {}", node.kind()));
+        v.error(node, path, format!("a filter is a mapping with one dialect (exact, prefix, suffix, all, any, not, sql), not {}", node.kind()));
         return None;
     };
     let [(name, line, body)] = entries.as_slice() else {
@@ -581,11 +582,24 @@ fn dialect(v: &mut Validator, node: &Node, path: &str) -> Option<Dialect> {
         "any" => nested(v, body).map(Dialect::Any),
         "not" => dialect(v, body, &here).map(|d| Dialect::Not(Box::new(d))),
         "sql" => {
-            v.error_at(*line, &here, "the CESQL (sql) dialect is not supported yet; use exact, prefix, suffix, all, any, not, or spec.filter.cel");
-            None
+            let src = v.string(body, &here)?;
+            match Expression::compile(&src) {
+                Ok(e) => Some(Dialect::Sql(e)),
+                Err(e) => {
+                    v.error(
+                        body,
+                        &here,
+                        format!(
+                            "CESQL does not compile at column {}: {}",
+                            e.column, e.message
+                        ),
+                    );
+                    None
+                }
+            }
         }
         other => {
-            v.error_at(*line, &here, format!("unknown filter dialect '{other}'; expected exact, prefix, suffix, all, any or not"));
+            v.error_at(*line, &here, format!("unknown filter dialect '{other}'; expected exact, prefix, suffix, all, any, not or sql"));
             None
         }
     }
@@ -922,7 +936,8 @@ spec:
             (doc(&format!("{sinks}  filter:\n    filters:\n      - exact: {{type: ''}}\n")), 9, "spec.filter.filters[0].exact.type", "empty"),
             (doc(&format!("{sinks}  filter:\n    filters:\n      - prefix: {{}}\n")), 9, "spec.filter.filters[0].prefix", "empty"),
             (doc(&format!("{sinks}  filter:\n    filters:\n      - regex: {{type: a}}\n")), 9, "spec.filter.filters[0].regex", "unknown filter dialect"),
-            (doc(&format!("{sinks}  filter:\n    filters:\n      - sql: \"type = 'a'\"\n")), 9, "spec.filter.filters[0].sql", "not supported yet"),
+            (doc(&format!("{sinks}  filter:\n    filters:\n      - sql: \"type = 'a' AND\"\n")), 9, "spec.filter.filters[0].sql", "CESQL does not compile at column 15"),
+            (doc(&format!("{sinks}  filter:\n    filters:\n      - not: {{sql: \"NOPE(type)\"}}\n")), 9, "spec.filter.filters[0].not.sql", "column 1: no function NOPE"),
             (doc(&format!("{sinks}  startFrom: yesterday\n")), 7, "spec.startFrom", "latest, earliest"),
             (doc(&format!("{sinks}  reply: always\n")), 7, "spec.reply", "not one of"),
             (doc("  sinks: [{uri: 'http://a:99999/'}]\n"), 6, "spec.sinks[0].uri", "'99999' is not a port"),

@@ -1,11 +1,13 @@
 //! Subscription filters and their evaluation: Knative-style exact `attributes`, the
 //! CloudEvents Subscriptions API dialects (`exact`, `prefix`, `suffix`, `all`, `any`,
-//! `not`), and CEL. All parts present must match; no part at all matches everything.
+//! `not`, and `sql`: CESQL, see [`super::cesql`]), and CEL. All parts present must
+//! match; no part at all matches everything.
 //! Evaluation is pure: an event and its activation in, a decision (or, for `explain`,
 //! each part's result) out.
 
 use cel::{Context, Program, Value};
 
+use super::cesql::{EvalError, Expression};
 use super::cost::{self, Input};
 use crate::event::{AttrValue, Event};
 
@@ -24,6 +26,9 @@ pub enum Dialect {
     Any(Vec<Dialect>),
     /// The nested expression is false.
     Not(Box<Dialect>),
+    /// A CESQL expression is `true`; an evaluation error (or a non-Boolean value) makes
+    /// the whole filter an error, which does not match.
+    Sql(Expression),
 }
 
 /// How an attribute is compared with a filter value: as its canonical string (the
@@ -40,20 +45,49 @@ fn attr_text<'e>(event: &'e Event, name: &str) -> Option<std::borrow::Cow<'e, st
 }
 
 impl Dialect {
+    /// Whether the expression matches; an error is no match.
     pub fn matches(&self, event: &Event) -> bool {
+        self.evaluate(event) == Ok(true)
+    }
+
+    /// The expression's value, or a `sql` evaluation error: `all` stops at its first
+    /// `false` or error, `any` matches when a branch matches even if another failed
+    /// (else the first error), and `not` never turns an error into a match.
+    pub fn evaluate(&self, event: &Event) -> Result<bool, EvalError> {
         let each = |pairs: &[(String, String)], test: fn(&str, &str) -> bool| {
             pairs
                 .iter()
                 .all(|(name, want)| attr_text(event, name).is_some_and(|have| test(&have, want)))
         };
-        match self {
+        Ok(match self {
             Dialect::Exact(p) => each(p, |have, want| have == want),
             Dialect::Prefix(p) => each(p, |have, want| have.starts_with(want)),
             Dialect::Suffix(p) => each(p, |have, want| have.ends_with(want)),
-            Dialect::All(list) => list.iter().all(|d| d.matches(event)),
-            Dialect::Any(list) => list.iter().any(|d| d.matches(event)),
-            Dialect::Not(inner) => !inner.matches(event),
-        }
+            Dialect::All(list) => {
+                for d in list {
+                    if !d.evaluate(event)? {
+                        return Ok(false);
+                    }
+                }
+                true
+            }
+            Dialect::Any(list) => {
+                // A branch that fails does not stop another from matching.
+                let mut failed = None;
+                for d in list {
+                    match d.evaluate(event) {
+                        Ok(true) => return Ok(true),
+                        Ok(false) => {}
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+                return failed.map_or(Ok(false), Err);
+            }
+            Dialect::Not(inner) => !inner.evaluate(event)?,
+            Dialect::Sql(expr) => expr.matches(event)?,
+        })
     }
 }
 
@@ -152,7 +186,8 @@ pub enum PartResult {
 pub enum Decision {
     Match,
     NoMatch,
-    /// The CEL part failed (error or non-boolean): no match, counted apart.
+    /// The CEL part or a `sql` filter failed (error or non-boolean): no match, counted
+    /// apart.
     Error,
 }
 
@@ -171,8 +206,15 @@ impl Filter {
     /// Decides one event. Cheap parts run first; CEL only when they all matched.
     pub fn decide(&self, input: &Input, activation: &Context) -> Decision {
         let event = input.event;
-        if !self.attributes_match(event) || !self.filters.iter().all(|d| d.matches(event)) {
+        if !self.attributes_match(event) {
             return Decision::NoMatch;
+        }
+        for d in &self.filters {
+            match d.evaluate(event) {
+                Ok(true) => {}
+                Ok(false) => return Decision::NoMatch,
+                Err(_) => return Decision::Error,
+            }
         }
         match self.cel.as_ref().map(|c| c.evaluate(activation, input)) {
             None | Some(Ok(true)) => Decision::Match,
@@ -200,7 +242,11 @@ impl Filter {
             ));
         }
         for (i, d) in self.filters.iter().enumerate() {
-            parts.push((format!("filters[{i}]"), bool_result(d.matches(event))));
+            let r = match d.evaluate(event) {
+                Ok(b) => bool_result(b),
+                Err(e) => PartResult::Error(format!("sql: {e}")),
+            };
+            parts.push((format!("filters[{i}]"), r));
         }
         if let Some(c) = &self.cel {
             let r = match c.evaluate(activation, input) {
@@ -328,6 +374,30 @@ mod tests {
         for (i, (d, want)) in table.iter().enumerate() {
             assert_eq!(d.matches(&e), *want, "row {i}: {d:?}");
         }
+    }
+
+    #[test]
+    fn sql_errors_never_match_but_another_any_branch_can() {
+        let sql = |s: &str| Dialect::Sql(Expression::compile(s).unwrap());
+        let e = event(&[]);
+        let failing = || sql("subject = 'x'");
+        let table: Vec<(Dialect, Result<bool, ()>)> = vec![
+            (sql("type LIKE 'dev.tekton.%'"), Ok(true)),
+            (failing(), Err(())),
+            (Dialect::Not(Box::new(failing())), Err(())),
+            (Dialect::Any(vec![failing(), sql("TRUE")]), Ok(true)),
+            (Dialect::Any(vec![failing(), sql("FALSE")]), Err(())),
+            (Dialect::All(vec![sql("FALSE"), failing()]), Ok(false)),
+            (Dialect::All(vec![failing(), sql("FALSE")]), Err(())),
+        ];
+        for (d, want) in table {
+            assert_eq!(d.evaluate(&e).map_err(|_| ()), want, "{d:?}");
+        }
+        let filter = Filter {
+            filters: vec![failing()],
+            ..Filter::default()
+        };
+        assert_eq!(decide(&filter, &e), Decision::Error);
     }
 
     fn decide(filter: &Filter, e: &Event) -> Decision {

@@ -7,6 +7,7 @@
 //! Subscriptions API filters live here too, beside CEL.
 
 pub mod activation;
+pub mod cesql;
 pub mod cost;
 pub mod dedupe_key;
 pub mod filter;
