@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --release --bin switchyard --example switchyard-bench
-//! target/release/examples/switchyard-bench [--scenarios S1,S3] [--seconds 10]
+//! target/release/examples/switchyard-bench [--scenarios S1,S3,J1] [--seconds 10]
 //!     [--backlog 1000000] [--rate 1000] [--fanout-rate R] [--ingest-rate R]
 //!     [--out target/switchyard-bench/report.json]
 //! ```
@@ -15,10 +15,17 @@
 //! - B-durable: the same server appending each body to a file through one writer
 //!   thread with group commit and `fdatasync`, answering after the sync;
 //! - B-deliver: a bare hyper client posting to the same sinks (for S4 on as many
-//!   connections as the broker's lanes keep in flight, and again on 64).
+//!   connections as the broker's lanes keep in flight, and again on 64);
+//! - B-js (J1): a bare async-nats client, 64 tasks each publishing to a JetStream stream
+//!   set up as the broker's and waiting for the acknowledgement.
 //!
 //! Both baseline servers run as child processes (this program, `--serve-baseline`), so
 //! their CPU and memory are read from /proc exactly as the broker's are.
+//!
+//! The J scenarios (opt-in: `--scenarios J1,J1-R3,J2,J3,J4`) run the broker on the
+//! JetStream backend, on nats-server processes the harness starts itself (one node, or a
+//! cluster of three) from `NATS_SERVER_BIN` or `nats-server` on `PATH`; without one they
+//! say they were skipped.
 //! See docs/performance.md for the method and the figures.
 
 use std::collections::BTreeMap;
@@ -70,8 +77,8 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: switchyard-bench [--scenarios S1,S1-tekton,S1-256B,S2,S3,S4,S5,S6,S7,S8] \
-[--seconds 10] [--rounds 3] [--backlog 1000000] [--rate 1000] [--fanout-rate R] [--ingest-rate R] \
+    "usage: switchyard-bench [--scenarios S1,S1-tekton,S1-256B,S2,S3,S4,S5,S6,S7,S8 \
+(default), or any of them and J1,J1-R3,J2,J3,J4 (JetStream, by name only)] [--seconds 10] [--rounds 3] [--backlog 1000000] [--rate 1000] [--fanout-rate R] [--ingest-rate R] \
 [--out target/switchyard-bench/report.json] [--broker target/release/switchyard]";
 
 fn parse_args() -> Args {
@@ -531,6 +538,19 @@ fn clock_ticks() -> f64 {
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
+/// CPU time (user + system) of process `pid` so far (zero once it is gone).
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // After the command: state(0) ... utime(11) stime(12).
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / clock_ticks())
+}
+
 impl Proc {
     fn pid(&self) -> u32 {
         self.child.id()
@@ -538,16 +558,7 @@ impl Proc {
 
     /// CPU time (user + system) of the process so far.
     fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        // After the command: state(0) ... utime(11) stime(12).
-        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-        Duration::from_secs_f64(ticks as f64 / clock_ticks())
+        cpu_of(self.pid())
     }
 
     fn status_kib(&self, key: &str) -> u64 {
@@ -605,8 +616,44 @@ fn field(line: &str, name: &str) -> Option<SocketAddr> {
     line[start..].split_whitespace().next()?.parse().ok()
 }
 
-/// Starts the broker on `dir` with `subscriptions` (YAML) and the durability.
-fn start_broker(bin: &Path, dir: &Path, subscriptions: &str, durability: &str) -> (Proc, Instant) {
+/// Where a broker under test keeps its log.
+#[derive(Clone, Copy)]
+enum Backend<'a> {
+    /// The embedded log in the broker's directory, with this `storage.durability`.
+    Embedded(&'static str),
+    /// JetStream on `nats`, `replicas` copies of each stream, the default prefix.
+    JetStream {
+        nats: &'a NatsServers,
+        replicas: usize,
+    },
+}
+
+impl Backend<'_> {
+    /// The `storage` section's keys beside `path`, in YAML's flow style.
+    fn storage_yaml(&self) -> String {
+        match self {
+            Backend::Embedded(durability) => format!("durability: {durability}"),
+            Backend::JetStream { nats, replicas } => {
+                let servers: Vec<String> = nats.urls().iter().map(|u| format!("'{u}'")).collect();
+                format!(
+                    "backend: jetstream, jetstream: {{ servers: [{}], replicas: {replicas} }}",
+                    servers.join(", ")
+                )
+            }
+        }
+    }
+
+    /// The nats-server processes' CPU so far (none on the embedded backend).
+    fn nats_cpu(&self) -> Option<Duration> {
+        match self {
+            Backend::Embedded(_) => None,
+            Backend::JetStream { nats, .. } => Some(nats.cpu()),
+        }
+    }
+}
+
+/// Starts the broker on `dir` with `subscriptions` (YAML) on `backend`.
+fn start_broker(bin: &Path, dir: &Path, subscriptions: &str, backend: &Backend) -> (Proc, Instant) {
     let subs = dir.join("subscriptions");
     std::fs::create_dir_all(&subs).unwrap();
     std::fs::write(subs.join("bench.yaml"), subscriptions).unwrap();
@@ -614,8 +661,9 @@ fn start_broker(bin: &Path, dir: &Path, subscriptions: &str, durability: &str) -
     std::fs::write(
         &config,
         format!(
-            "ingress: {{ listen: 127.0.0.1:0 }}\nadmin: {{ listen: 127.0.0.1:0 }}\nstorage: {{ path: {}, durability: {durability} }}\nsubscriptions: [{}]\n",
+            "ingress: {{ listen: 127.0.0.1:0 }}\nadmin: {{ listen: 127.0.0.1:0 }}\nstorage: {{ path: {}, {} }}\nsubscriptions: [{}]\n",
             dir.join("data").display(),
+            backend.storage_yaml(),
             subs.display()
         ),
     )
@@ -659,10 +707,12 @@ fn start_broker(bin: &Path, dir: &Path, subscriptions: &str, durability: &str) -
     (proc, spawned)
 }
 
-fn start_baseline(kind: &str, dir: &Path) -> Proc {
+/// Starts `--serve-baseline KIND DIR [EXTRA...]` and reads the address it prints.
+fn start_baseline(kind: &str, dir: &Path, extra: &[String]) -> Proc {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--serve-baseline", kind])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -812,6 +862,419 @@ fn serve_baseline(kind: &str, dir: &Path) {
 }
 
 // ---------------------------------------------------------------------------------
+// NATS servers (the J scenarios)
+
+/// The nats-server binary (`NATS_SERVER_BIN`, else `nats-server` on `PATH`, 2.10 or
+/// newer, as the JetStream backend needs), or why there is none.
+fn nats_binary() -> Result<PathBuf, String> {
+    let path = match std::env::var_os("NATS_SERVER_BIN").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+            .ok_or("nats-server is not on PATH and NATS_SERVER_BIN is not set")?,
+    };
+    let out = Command::new(&path)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // "nats-server: v2.12.1"
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let version = text.rsplit('v').next().unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (2, 10) {
+        return Err(format!(
+            "{} is nats-server {version}; 2.10 or newer is needed",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One nats-server process.
+struct NatsNode {
+    child: Child,
+    port: u16,
+    monitor: u16,
+}
+
+impl NatsNode {
+    /// Whether the monitor's `/healthz` answers 200 (`js-enabled-only`: only that
+    /// JetStream is on; a cluster's full check also wants its meta leader).
+    fn healthy(&self, js_only: bool) -> bool {
+        use std::io::Read as _;
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.monitor)) else {
+            return false;
+        };
+        let path = if js_only {
+            "/healthz?js-enabled-only=true"
+        } else {
+            "/healthz"
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 200")
+    }
+}
+
+/// One JetStream node, or a cluster of three, on free loopback ports with their data in
+/// a temporary directory; stopped (and the data removed) when dropped.
+struct NatsServers {
+    nodes: Vec<NatsNode>,
+    dir: PathBuf,
+}
+
+impl NatsServers {
+    /// Starts `n` nodes (a cluster when more than one) and waits until they serve
+    /// JetStream.
+    fn start(bin: &Path, n: usize, name: &str) -> NatsServers {
+        let dir = tempdir(&format!("nats-{name}"));
+        // The broker takes events of up to 4 MiB; the servers' default is 1 MiB.
+        let conf = dir.join("nats.conf");
+        std::fs::write(&conf, "max_payload: 8MB\n").unwrap();
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let (port, monitor) = (free_port(), free_port());
+            let mut args: Vec<String> = vec![
+                "-js".into(),
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+                "-m".into(),
+                monitor.to_string(),
+                "-sd".into(),
+                dir.join(format!("n{i}")).display().to_string(),
+                "-n".into(),
+                format!("n{i}"),
+                "-c".into(),
+                conf.display().to_string(),
+            ];
+            if n > 1 {
+                let others: Vec<String> = (0..n)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("nats://127.0.0.1:{}", routes[j]))
+                    .collect();
+                args.extend([
+                    "--cluster_name".into(),
+                    "switchyard-bench".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes".into(),
+                    others.join(","),
+                ]);
+            }
+            let child = Command::new(bin)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            nodes.push(NatsNode {
+                child,
+                port,
+                monitor,
+            });
+        }
+        let servers = NatsServers { nodes, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &servers.nodes {
+            while !node.healthy(n == 1) {
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server on port {} did not become ready",
+                    node.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        servers
+    }
+
+    /// `nats://127.0.0.1:PORT` of every node.
+    fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The CPU time of every node so far, summed.
+    fn cpu(&self) -> Duration {
+        self.cpu_each().into_iter().sum()
+    }
+
+    /// The CPU time of each node so far.
+    fn cpu_each(&self) -> Vec<Duration> {
+        self.nodes.iter().map(|n| cpu_of(n.child.id())).collect()
+    }
+
+    /// A JetStream context on a client connected to every node, as the broker's is.
+    async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::ConnectOptions::new()
+            .name("switchyard-bench")
+            .connect(self.urls())
+            .await
+            .expect("the bench connects to its nats-server");
+        async_nats::jetstream::new(client)
+    }
+
+    /// Deletes every stream (a key-value bucket is one too), so that the next run starts
+    /// on empty servers, as a fresh data directory does on the embedded backend.
+    async fn clear(&self) {
+        use futures_util::StreamExt as _;
+        let js = self.jetstream().await;
+        let names: Vec<String> = js
+            .stream_names()
+            .filter_map(|n| async move { n.ok() })
+            .collect()
+            .await;
+        for name in names {
+            let _ = js.delete_stream(&name).await;
+        }
+    }
+}
+
+impl Drop for NatsServers {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The settings of the broker's events stream (`src/log/jetstream`) at the broker's
+/// defaults (`dedupe.window` 10m, `storage.retention.maxAge` 7d and `maxBytes` 10GiB),
+/// for B-js's stream `name`.
+fn bench_stream(name: &str, replicas: usize) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream;
+    stream::Config {
+        name: name.into(),
+        subjects: vec![format!("{name}.events")],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::Old,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        max_bytes: 10 << 30,
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    }
+}
+
+/// The message id the broker gives an event with the default dedupe key
+/// (`source + "\n" + id`): the key's SHA-256 in hex.
+fn message_id(source: &str, id: u64) -> String {
+    use std::fmt::Write as _;
+    let key = format!("{source}\n{id}");
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest.as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// B-js: `tasks` concurrent tasks on one client, each publishing a 1 KiB event (the
+/// broker's body, with the broker's message id) to a fresh stream set up as the
+/// broker's and waiting for the acknowledgement, for `seconds`. Its CPU is this
+/// process's (the client's); the servers' is beside it.
+async fn baseline_jetstream(
+    nats: &NatsServers,
+    replicas: usize,
+    tasks: usize,
+    seconds: u64,
+) -> Row {
+    use async_nats::jetstream::message::PublishMessage;
+    let js = nats.jetstream().await;
+    let name = "BENCH-js";
+    js.create_stream(bench_stream(name, replicas))
+        .await
+        .expect("B-js creates its stream");
+    wait_for_leader(&js, name).await;
+    let subject = format!("{name}.events");
+    let (own0, nats0) = (cpu_of(std::process::id()), nats.cpu());
+    let started = Instant::now();
+    let next_id = Arc::new(AtomicU64::new(0));
+    let mut running = Vec::new();
+    for _ in 0..tasks {
+        let (js, subject, next_id) = (js.clone(), subject.clone(), next_id.clone());
+        running.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap();
+            let (mut acked, mut failed) = (0u64, 0u64);
+            while started.elapsed() < Duration::from_secs(seconds) {
+                let sent = Instant::now();
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                let body = Bytes::from(serde_json::to_vec(&structured_1k(id)).unwrap());
+                let message = PublishMessage::build()
+                    .payload(body)
+                    .message_id(message_id("/bench", id));
+                let ok = match js.send_publish(subject.clone(), message).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    acked += 1;
+                    let _ = h.record((sent.elapsed().as_micros() as u64).max(1));
+                } else {
+                    failed += 1;
+                }
+            }
+            (acked, failed, h)
+        }));
+    }
+    let mut h = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap();
+    let (mut acked, mut failed) = (0, 0);
+    for t in running {
+        let (a, f, th) = t.await.unwrap();
+        acked += a;
+        failed += f;
+        h.add(th).unwrap();
+    }
+    let elapsed = started.elapsed();
+    let own = per_event(Some(own0), Some(cpu_of(std::process::id())), acked);
+    let nats_cpu = per_event(Some(nats0), Some(nats.cpu()), acked);
+    nats.clear().await;
+    let mut row = row(
+        "B-js",
+        &format!("bare async-nats client, {tasks} tasks, publish + ack"),
+        "1 KiB structured",
+        acked as f64 / elapsed.as_secs_f64(),
+        "events/s",
+        &h,
+    );
+    row.cpu_us_per_event = own;
+    row.nats_cpu_us_per_event = nats_cpu;
+    row.notes = format!("{failed} failed publishes; replicas {replicas}");
+    row
+}
+
+/// B-http-js's server (`--serve-baseline http-js DIR URLS REPLICAS`, a diagnostic
+/// beside J1): a bare hyper server that publishes each body to a fresh stream set up as
+/// the broker's (with a message id, as the broker's dedupe sets one) and answers 202 once
+/// JetStream acknowledged it: the least HTTP in, JetStream-durable can cost.
+fn serve_baseline_js(servers: Vec<String>, replicas: usize) {
+    use async_nats::jetstream::message::PublishMessage;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let client = async_nats::connect(servers)
+            .await
+            .expect("B-http-js connects");
+        let js = async_nats::jetstream::new(client);
+        let name = "BENCH-http-js";
+        js.create_stream(bench_stream(name, replicas))
+            .await
+            .expect("B-http-js creates its stream");
+        wait_for_leader(&js, name).await;
+        let subject: Arc<str> = Arc::from(format!("{name}.events"));
+        let next_id = Arc::new(AtomicU64::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        std::io::stdout().flush().unwrap();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = stream.set_nodelay(true);
+            let (js, subject, next_id) = (js.clone(), subject.clone(), next_id.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (js, subject, next_id) = (js.clone(), subject.clone(), next_id.clone());
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        let message = PublishMessage::build()
+                            .payload(body)
+                            .message_id(message_id("/bench", id));
+                        let ok = match js.send_publish(subject.to_string(), message).await {
+                            Ok(ack) => ack.await.is_ok(),
+                            Err(_) => false,
+                        };
+                        Ok::<_, hyper::Error>(
+                            Response::builder()
+                                .status(if ok { 202 } else { 503 })
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// Waits (30 s at most) until stream `name` has a leader, as the broker does before its
+/// first append: a replicated stream takes appends once it has one.
+async fn wait_for_leader(js: &async_nats::jetstream::Context, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = match js.get_stream_no_info(name).await {
+            Ok(s) => s.get_info().await.ok(),
+            Err(_) => None,
+        };
+        if info.is_some_and(|i| i.cluster.is_none_or(|c| c.leader.is_some())) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "stream {name} has no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// B-http-js under J1's load (1 KiB, 64 connections, closed loop), its CPU and the
+/// servers'.
+async fn baseline_http_js(nats: &NatsServers, replicas: usize, seconds: u64) -> Row {
+    let dir = tempdir("b-http-js");
+    let extra = [nats.urls().join(","), replicas.to_string()];
+    let proc = start_baseline("http-js", &dir, &extra);
+    let nats0 = nats.cpu();
+    let (r, cpu, rss) = measured(&proc, load(&proc, "/", payload_1k(), 64, seconds)).await;
+    let nats_cpu = per_event(Some(nats0), Some(nats.cpu()), r.events);
+    proc.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    nats.clear().await;
+    let mut row = row(
+        "B-http-js",
+        "bare HTTP server publishing to JetStream (64 connections)",
+        "1 KiB structured",
+        r.events as f64 / r.elapsed.as_secs_f64(),
+        "events/s",
+        r.latency.as_ref().unwrap(),
+    );
+    row.cpu_us_per_event = Some(cpu);
+    row.nats_cpu_us_per_event = nats_cpu;
+    row.peak_rss_mib = Some(rss);
+    row.notes = format!(
+        "diagnostic: HTTP in, publish, 202 on the ack; {} failed requests",
+        r.failures
+    );
+    row
+}
+
+// ---------------------------------------------------------------------------------
 // Measuring a run
 
 #[derive(Clone, Default, serde::Serialize)]
@@ -825,6 +1288,9 @@ struct Row {
     p99_ms: f64,
     p999_ms: f64,
     cpu_us_per_event: Option<f64>,
+    /// The nats-server processes' CPU per event, summed over the nodes (J scenarios).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_cpu_us_per_event: Option<f64>,
     peak_rss_mib: Option<f64>,
     baseline: Option<String>,
     ratio: Option<f64>,
@@ -834,6 +1300,12 @@ struct Row {
     target: String,
     met: Option<bool>,
     notes: String,
+}
+
+/// CPU µs per event between two readings of a CPU clock, when there is one.
+fn per_event(before: Option<Duration>, after: Option<Duration>, events: u64) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    Some(after.saturating_sub(before).as_secs_f64() * 1e6 / events.max(1) as f64)
 }
 
 fn percentiles(h: &Histogram<u64>) -> (f64, f64, f64) {
@@ -904,7 +1376,7 @@ async fn baseline_server(
     rate: Option<f64>,
 ) -> Row {
     let dir = tempdir(&format!("b-{kind}"));
-    let proc = start_baseline(kind, &dir);
+    let proc = start_baseline(kind, &dir, &[]);
     let mut l = load(&proc, "/", payload.clone(), connections, seconds);
     l.rate = rate;
     let (r, cpu, rss) = measured(&proc, l).await;
@@ -946,7 +1418,7 @@ struct Comparison {
 /// A broker on a fresh directory under 64 connections for `seconds`: its row, no ratio.
 async fn broker_ingest(bin: &Path, c: &Comparison, seconds: u64) -> Row {
     let dir = tempdir(&c.scenario.to_lowercase());
-    let (broker, _) = start_broker(bin, &dir, "", c.durability);
+    let (broker, _) = start_broker(bin, &dir, "", &Backend::Embedded(c.durability));
     let mut l = load(&broker, "/", c.payload.clone(), 64, seconds);
     l.rate = c.rate;
     let (r, cpu, rss) = measured(&broker, l).await;
@@ -963,6 +1435,110 @@ async fn broker_ingest(bin: &Path, c: &Comparison, seconds: u64) -> Row {
     row.cpu_us_per_event = Some(cpu);
     row.peak_rss_mib = Some(rss);
     row.notes = format!("{} failed requests", r.failures);
+    row
+}
+
+/// J1's broker side (and J4's): closed-loop ingest of 1 KiB events on 64 connections,
+/// split evenly over `instances` brokers with the same config on `nats` (each on ports
+/// of its own), for `seconds`. The row's CPU is the brokers' summed, beside the servers'.
+async fn jetstream_ingest(
+    bin: &Path,
+    scenario: &str,
+    nats: &NatsServers,
+    replicas: usize,
+    instances: usize,
+    seconds: u64,
+) -> Row {
+    let backend = Backend::JetStream { nats, replicas };
+    let mut brokers = Vec::new();
+    for i in 0..instances {
+        let dir = tempdir(&format!("{}-{i}", scenario.to_lowercase()));
+        brokers.push(start_broker(bin, &dir, "", &backend).0);
+    }
+    let cpu0: Vec<Duration> = brokers.iter().map(Proc::cpu).collect();
+    let (nats0, each0, client0) = (nats.cpu(), nats.cpu_each(), cpu_of(std::process::id()));
+    let connections = 64 / instances;
+    let mut loads = Vec::new();
+    for (i, broker) in brokers.iter().enumerate() {
+        let mut l = load(broker, "/", payload_1k(), connections, seconds);
+        // Ids of their own per ingress: the dedupe key (`source` and `id`) holds
+        // across the fleet.
+        l.first_id = i as u64 * 1_000_000_000;
+        loads.push(tokio::spawn(run_load(l)));
+    }
+    let mut h = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).unwrap();
+    let (mut events, mut failures, mut elapsed, mut per_instance) =
+        (0, 0, Duration::ZERO, Vec::new());
+    for l in loads {
+        let r = l.await.unwrap();
+        events += r.events;
+        failures += r.failures;
+        elapsed = elapsed.max(r.elapsed);
+        per_instance.push(r.events);
+        h.add(r.latency.unwrap()).unwrap();
+    }
+    let cpu: Duration = brokers
+        .iter()
+        .zip(&cpu0)
+        .map(|(b, c0)| b.cpu().saturating_sub(*c0))
+        .sum();
+    let nats_cpu = per_event(Some(nats0), Some(nats.cpu()), events);
+    // Per node: the streams' leaders do more than their followers.
+    let nodes: Vec<String> = nats
+        .cpu_each()
+        .iter()
+        .zip(&each0)
+        .map(|(c, c0)| {
+            format!(
+                "{:.0}",
+                c.saturating_sub(*c0).as_secs_f64() * 1e6 / events.max(1) as f64
+            )
+        })
+        .collect();
+    // The HTTP load generator's (this process's): on the same two cores as the rest.
+    let client = per_event(Some(client0), Some(cpu_of(std::process::id())), events);
+    let rss = brokers.iter().map(Proc::peak_rss).max().unwrap_or(0);
+    for b in brokers {
+        let dir = b.dir.clone();
+        b.stop();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    nats.clear().await;
+    let what = if instances == 1 {
+        "broker ingest (64 connections)".to_string()
+    } else {
+        format!("{instances} brokers, ingest ({connections} connections each)")
+    };
+    let mut row = row(
+        scenario,
+        &what,
+        "1 KiB structured",
+        events as f64 / elapsed.as_secs_f64(),
+        "events/s",
+        &h,
+    );
+    row.cpu_us_per_event = Some(cpu.as_secs_f64() * 1e6 / events.max(1) as f64);
+    row.nats_cpu_us_per_event = nats_cpu;
+    row.peak_rss_mib = Some(rss as f64 / (1 << 20) as f64);
+    row.notes = format!(
+        "{failures} failed requests; replicas {replicas}; the HTTP load generator's CPU {:.0} µs/event",
+        client.unwrap_or(0.0)
+    );
+    if nodes.len() > 1 {
+        row.notes = format!(
+            "{}; the servers' CPU by node {} µs/event",
+            row.notes,
+            nodes.join(" / ")
+        );
+    }
+    if instances > 1 {
+        let each: Vec<String> = per_instance.iter().map(u64::to_string).collect();
+        row.notes = format!(
+            "{}; events per instance {}; CPU and RSS: the brokers' summed and the largest",
+            row.notes,
+            each.join(" and ")
+        );
+    }
     row
 }
 
@@ -1028,7 +1604,7 @@ fn subscription(name: &str, filter: &str, sinks: &[String], delivery: &str) -> S
 impl Bench {
     fn push(&mut self, row: Row) {
         println!(
-            "{:<10} {:<44} {:>10.0} {:<12} p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} ms {}{}{}",
+            "{:<10} {:<44} {:>10.0} {:<12} p50 {:>7.2} p99 {:>7.2} p99.9 {:>7.2} ms {}{}{}{}",
             row.scenario,
             row.what,
             row.rate,
@@ -1038,6 +1614,8 @@ impl Bench {
             row.p999_ms,
             row.cpu_us_per_event
                 .map_or(String::new(), |c| format!("cpu {c:.0} µs/ev ")),
+            row.nats_cpu_us_per_event
+                .map_or(String::new(), |c| format!("nats {c:.0} µs/ev ")),
             row.peak_rss_mib
                 .map_or(String::new(), |r| format!("rss {r:.0} MiB ")),
             row.ratio
@@ -1177,7 +1755,13 @@ impl Bench {
 
     /// S3: end to end at a fixed rate through 10 subscriptions of one sink each (each
     /// event matches one of them).
-    async fn end_to_end(&mut self, scenario: &str, rate: f64, failing: bool) -> Option<f64> {
+    async fn end_to_end(
+        &mut self,
+        scenario: &str,
+        rate: f64,
+        failing: bool,
+        backend: &Backend<'_>,
+    ) -> Option<f64> {
         let secs = self.args.seconds;
         let times = SendTimes::new((rate as usize) * (secs as usize + 5) + 1000);
         let mut sinks = Vec::new();
@@ -1200,11 +1784,13 @@ impl Bench {
             })
             .collect();
         let dir = tempdir(scenario);
-        let (broker, _) = start_broker(&self.args.broker, &dir, &subs, "fsync");
+        let (broker, _) = start_broker(&self.args.broker, &dir, &subs, backend);
         let mut l = load(&broker, "/", payload_typed(10), 64, secs);
         l.rate = Some(rate);
         l.times = Some(times.clone());
+        let nats0 = backend.nats_cpu();
         let (r, cpu, rss) = measured(&broker, l).await;
+        let nats_cpu = per_event(nats0, backend.nats_cpu(), r.events);
         // Let deliveries catch up.
         let healthy: Vec<&Arc<Sink>> = if failing {
             sinks[2..].iter().collect()
@@ -1243,6 +1829,7 @@ impl Bench {
             &h,
         );
         row.cpu_us_per_event = Some(cpu);
+        row.nats_cpu_us_per_event = nats_cpu;
         row.peak_rss_mib = Some(rss);
         row.notes = format!(
             "{delivered} of {expected} expected deliveries to healthy sinks; ingest p99 {:.2} ms",
@@ -1262,7 +1849,9 @@ impl Bench {
         let bound = 3.0 * (durable.p99_ms + deliver.p99_ms);
         self.push(durable);
         self.push(deliver);
-        let p99 = self.end_to_end("S3", rate, false).await?;
+        let p99 = self
+            .end_to_end("S3", rate, false, &Backend::Embedded("fsync"))
+            .await?;
         if let Some(last) = self.rows.last_mut() {
             last.baseline = Some("3 x (B-durable p99 + B-deliver p99)".into());
             last.ratio = Some(p99 / (bound / 3.0));
@@ -1273,7 +1862,9 @@ impl Bench {
     }
 
     async fn s7(&mut self, s3_p99: Option<f64>) {
-        let p99 = self.end_to_end("S7", self.args.rate, true).await;
+        let p99 = self
+            .end_to_end("S7", self.args.rate, true, &Backend::Embedded("fsync"))
+            .await;
         if let (Some(last), Some(base), Some(p99)) = (self.rows.last_mut(), s3_p99, p99) {
             last.baseline = Some("S3 p99".into());
             last.ratio = Some(p99 / base);
@@ -1301,7 +1892,9 @@ impl Bench {
                 d.scenario = "B-deliver-64".into();
                 deliver_64 = Some(d);
             }
-            let row = self.fanout(in_flight).await;
+            let row = self
+                .fanout("S4", in_flight, &Backend::Embedded("fsync"))
+                .await;
             rounds.push((deliver, row));
         }
         let (deliver, mut row) = median_round(rounds);
@@ -1320,8 +1913,9 @@ impl Bench {
         self.push(row);
     }
 
-    /// One run of S4's broker: the load, then the wait for every delivery.
-    async fn fanout(&mut self, in_flight: usize) -> Row {
+    /// One run of S4's broker on `backend` (its row named `scenario`): the load, then the
+    /// wait for every delivery.
+    async fn fanout(&mut self, scenario: &str, in_flight: usize, backend: &Backend<'_>) -> Row {
         let secs = self.args.seconds;
         let times = SendTimes::new(20_000_000);
         let mut sinks = Vec::new();
@@ -1353,16 +1947,18 @@ impl Bench {
                 &format!("  delivery: {{ maxInFlight: {in_flight} }}\n"),
             ));
         }
-        let dir = tempdir("s4");
-        let (broker, _) = start_broker(&self.args.broker, &dir, &subs, "fsync");
+        let dir = tempdir(&scenario.to_lowercase());
+        let (broker, _) = start_broker(&self.args.broker, &dir, &subs, backend);
         let mut l = load(&broker, "/", payload_1k(), 64, secs);
         l.times = Some(times.clone());
         l.rate = self.args.fanout_rate;
         let started = Instant::now();
         let cpu0 = broker.cpu();
+        let nats0 = backend.nats_cpu();
         let r = run_load(l).await;
         let expected = r.events * 10;
-        let deadline = Instant::now() + Duration::from_secs(120);
+        // On JetStream (J2) the drain of a 10 s closed loop takes about 100 s here.
+        let deadline = Instant::now() + Duration::from_secs(600);
         let total = || {
             sinks
                 .iter()
@@ -1376,6 +1972,7 @@ impl Bench {
         let delivered = total();
         // The broker's CPU from the first event until the last delivery, per event.
         let cpu = broker.cpu().saturating_sub(cpu0).as_secs_f64() * 1e6 / r.events.max(1) as f64;
+        let nats_cpu = per_event(nats0, backend.nats_cpu(), r.events);
         let rss = broker.peak_rss() as f64 / (1 << 20) as f64;
         broker.stop();
         let _ = std::fs::remove_dir_all(&dir);
@@ -1385,7 +1982,7 @@ impl Bench {
             h.add(&*s.latency.lock().unwrap()).unwrap();
         }
         let mut row = row(
-            "S4",
+            scenario,
             "fan-out, 100 subscriptions, 10 match",
             "1 KiB structured",
             rate,
@@ -1393,6 +1990,7 @@ impl Bench {
             &h,
         );
         row.cpu_us_per_event = Some(cpu);
+        row.nats_cpu_us_per_event = nats_cpu;
         row.peak_rss_mib = Some(rss);
         row.notes = format!(
             "{} events ingested{}, {delivered} of {expected} deliveries in {:.1} s",
@@ -1406,6 +2004,146 @@ impl Bench {
         row
     }
 
+    /// The nats-server processes of a J scenario (`nodes` of them), or `None` after
+    /// saying that the scenario was skipped, and why.
+    fn nats(&mut self, scenario: &str, nodes: usize) -> Option<NatsServers> {
+        match nats_binary() {
+            Ok(bin) => Some(NatsServers::start(&bin, nodes, &scenario.to_lowercase())),
+            Err(why) => {
+                println!("{scenario:<10} skipped: {why}");
+                self.rows.push(Row {
+                    scenario: scenario.into(),
+                    what: "skipped".into(),
+                    notes: format!("skipped: {why}"),
+                    ..Row::default()
+                });
+                None
+            }
+        }
+    }
+
+    /// J1 (one node, `replicas: 1`) and J1-R3 (three nodes, `replicas: 3`): S1's load
+    /// on the broker on JetStream, against B-js on the same servers, in rounds.
+    async fn j1(&mut self, scenario: &str, replicas: usize) {
+        let Some(nats) = self.nats(scenario, if replicas > 1 { 3 } else { 1 }) else {
+            return;
+        };
+        let secs = self.args.seconds;
+        let (mut rounds, mut diagnostic) = (Vec::new(), None);
+        for round in 0..self.args.rounds {
+            let base = baseline_jetstream(&nats, replicas, 64, secs).await;
+            if round == 0 {
+                let mut d = baseline_http_js(&nats, replicas, secs).await;
+                d.ratio = Some(d.rate / base.rate);
+                d.baseline = Some(base.scenario.clone());
+                diagnostic = Some(d);
+            }
+            let row = jetstream_ingest(&self.args.broker, scenario, &nats, replicas, 1, secs).await;
+            rounds.push((base, row));
+        }
+        let diagnostic: Row = diagnostic.expect("run in the first round");
+        // Against the broker's run of the same round, right after it.
+        let first = rounds[0].1.rate / diagnostic.rate;
+        let (base, mut row) = median_round(rounds);
+        let ratio = row.ratio.expect("set by median_round");
+        row.target = ">= 0.7 x B-js".into();
+        row.met = Some(ratio >= 0.7);
+        row.notes = format!(
+            "{}; the first round's {first:.2} x B-http-js (both in the first round)",
+            row.notes
+        );
+        self.push(base);
+        self.push(diagnostic);
+        self.push(row);
+    }
+
+    /// J2: S4 on JetStream (one node), against S4 on the embedded backend, in rounds.
+    async fn j2(&mut self) {
+        let Some(nats) = self.nats("J2", 1) else {
+            return;
+        };
+        let backend = Backend::JetStream {
+            nats: &nats,
+            replicas: 1,
+        };
+        let mut rounds = Vec::new();
+        for _ in 0..self.args.rounds {
+            let base = self.fanout("S4", 32, &Backend::Embedded("fsync")).await;
+            let row = self.fanout("J2", 32, &backend).await;
+            nats.clear().await;
+            rounds.push((base, row));
+        }
+        let (base, mut row) = median_round(rounds);
+        row.target = "reported (issue 26: >= 0.7 x S4)".into();
+        self.push(base);
+        self.push(row);
+    }
+
+    /// J3: S3 on JetStream (one node), against S3 on the embedded backend: the ratio
+    /// of the p99s.
+    async fn j3(&mut self) {
+        let Some(nats) = self.nats("J3", 1) else {
+            return;
+        };
+        let rate = self.args.rate;
+        let Some(base) = self
+            .end_to_end("S3", rate, false, &Backend::Embedded("fsync"))
+            .await
+        else {
+            return;
+        };
+        let backend = Backend::JetStream {
+            nats: &nats,
+            replicas: 1,
+        };
+        let Some(p99) = self.end_to_end("J3", rate, false, &backend).await else {
+            return;
+        };
+        if let Some(last) = self.rows.last_mut() {
+            last.baseline = Some("S3 p99".into());
+            last.ratio = Some(p99 / base);
+            last.target = "reported: p99 / S3 p99".into();
+            last.notes = format!("{}; p99 {p99:.2} ms, S3's {base:.2} ms", last.notes);
+        }
+    }
+
+    /// J4: J1's ingest on the three-node cluster (`replicas: 3`) through one broker
+    /// instance, then through two sharing it (the load split over both ingresses), in
+    /// rounds; the CPU per event of the brokers and of the servers for a projection.
+    async fn j4(&mut self) {
+        let Some(nats) = self.nats("J4", 3) else {
+            return;
+        };
+        let secs = self.args.seconds;
+        let mut rounds = Vec::new();
+        for _ in 0..self.args.rounds {
+            let one = jetstream_ingest(&self.args.broker, "J4-1", &nats, 3, 1, secs).await;
+            let two = jetstream_ingest(&self.args.broker, "J4-2", &nats, 3, 2, secs).await;
+            rounds.push((one, two));
+        }
+        let (one, mut two) = median_round(rounds);
+        two.target = "reported: throughput and CPU per event".into();
+        two.notes = two.notes.replace(
+            "(broker vs baseline, ratio)",
+            "(two instances vs one, ratio)",
+        );
+        let cpu = |r: &Row| {
+            format!(
+                "brokers {:.0} µs, nats-servers {:.0} µs",
+                r.cpu_us_per_event.unwrap_or(0.0),
+                r.nats_cpu_us_per_event.unwrap_or(0.0)
+            )
+        };
+        two.notes = format!(
+            "{}; CPU per event with one instance: {}; with two: {}",
+            two.notes,
+            cpu(&one),
+            cpu(&two)
+        );
+        self.push(one);
+        self.push(two);
+    }
+
     /// S5 and S6: a backlog while the only sink is down, the drain when it returns,
     /// then kill -9 under load and a restart on the stored log.
     async fn backlog(&mut self, want_s5: bool, want_s6: bool) {
@@ -1415,7 +2153,7 @@ impl Bench {
         drop(down);
         let subs = subscription("backlog", "", &[format!("http://{sink_addr}/")], "");
         let dir = tempdir("s5");
-        let (broker, _) = start_broker(&self.args.broker, &dir, &subs, "fsync");
+        let (broker, _) = start_broker(&self.args.broker, &dir, &subs, &Backend::Embedded("fsync"));
         broker.start_sampling();
         let batches = n.div_ceil(100);
         let mut l = load(&broker, "/", payload_batch(100), 16, 24 * 3600);
@@ -1485,7 +2223,8 @@ impl Bench {
         let dir = broker.kill9();
         stop.store(true, Ordering::Relaxed);
         let acked = running.await.unwrap().acked;
-        let (broker, spawned) = start_broker(&self.args.broker, &dir, &subs, "fsync");
+        let (broker, spawned) =
+            start_broker(&self.args.broker, &dir, &subs, &Backend::Embedded("fsync"));
         let admin = broker.admin.unwrap();
         let ready = loop {
             if http_get(admin, "/readyz").await.0 == 200 {
@@ -1616,7 +2355,12 @@ fn machine() -> BTreeMap<&'static str, String> {
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("--serve-baseline") {
-        serve_baseline(&argv[2], Path::new(&argv[3]));
+        if argv[2] == "http-js" {
+            let replicas = argv[5].parse().expect("replicas");
+            serve_baseline_js(argv[4].split(',').map(String::from).collect(), replicas);
+        } else {
+            serve_baseline(&argv[2], Path::new(&argv[3]));
+        }
         return;
     }
     let args = parse_args();
@@ -1635,6 +2379,7 @@ fn main() {
         let (s1, s1t, s1s, s2, s3, s4, s5, s6, s7, s8) = (
             want("S1"), want("S1-tekton"), want("S1-256B"), want("S2"), want("S3"), want("S4"), want("S5"), want("S6"), want("S7"), want("S8"),
         );
+        let (j1, j1r3, j2, j3, j4) = (want("J1"), want("J1-R3"), want("J2"), want("J3"), want("J4"));
         if s1 {
             bench.ingest("S1", payload_1k(), false).await;
         }
@@ -1663,6 +2408,21 @@ fn main() {
         if s5 || s6 {
             bench.backlog(s5, s6).await;
         }
+        if j1 {
+            bench.j1("J1", 1).await;
+        }
+        if j1r3 {
+            bench.j1("J1-R3", 3).await;
+        }
+        if j2 {
+            bench.j2().await;
+        }
+        if j3 {
+            bench.j3().await;
+        }
+        if j4 {
+            bench.j4().await;
+        }
         let report = json!({ "machine": machine(), "seconds": bench.args.seconds, "rounds": bench.args.rounds, "rows": bench.rows });
         if let Some(parent) = bench.args.out.parent() {
             std::fs::create_dir_all(parent).unwrap();
@@ -1671,11 +2431,12 @@ fn main() {
         println!("\nreport: {}", bench.args.out.display());
         println!("\n| scenario | what | payload | rate | p50 / p99 / p99.9 ms | CPU µs/event | peak RSS MiB | vs | ratio | target | met |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
-        for r in &bench.rows {
+        for r in bench.rows.iter().filter(|r| r.what != "skipped") {
             println!(
-                "| {} | {} | {} | {:.0} {} | {:.2} / {:.2} / {:.2} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} {} | {:.2} / {:.2} / {:.2} | {}{} | {} | {} | {} | {} | {} |",
                 r.scenario, r.what, r.payload, r.rate, r.unit, r.p50_ms, r.p99_ms, r.p999_ms,
                 r.cpu_us_per_event.map_or("".into(), |c| format!("{c:.0}")),
+                r.nats_cpu_us_per_event.map_or("".into(), |c| format!(" + nats {c:.0}")),
                 r.peak_rss_mib.map_or("".into(), |c| format!("{c:.0}")),
                 r.baseline.clone().unwrap_or_default(),
                 r.ratio.map_or("".into(), |c| format!("{c:.2}")),
