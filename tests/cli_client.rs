@@ -748,3 +748,48 @@ async fn send_sets_time_and_dataschema_and_posts_structured_mode_on_request() {
     assert!(err.contains("time") && err.contains("lunchtime"), "{err}");
     assert_eq!(t.records("default").await.len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_lists_subscriptions_by_broker_then_as_in_the_files_locally_and_remotely() {
+    let brokers = "brokers: [default, ci, audit, zeta]\n";
+    let one = |name: &str, broker: &str| {
+        subscription(
+            name,
+            &format!("  broker: {broker}\n  sinks: [{{ uri: 'http://127.0.0.1:9/' }}]\n"),
+        )
+    };
+    let subs = [
+        one("z1", "zeta"),
+        one("d2", "default"),
+        one("a1", "audit"),
+        one("d1", "default"),
+        one("c1", "ci"),
+    ]
+    .concat();
+    let t = TestServer::start_with_subscriptions(brokers, &[("s.yaml", &subs)]).await;
+    let admin = format!("http://{}", t.server().admin_addr);
+    let config = t.dir.path().join("local.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{brokers}subscriptions: [{}]\n",
+            TestServer::subscriptions_dir(t.dir.path()).display()
+        ),
+    )
+    .unwrap();
+    let event = r#"{"specversion":"1.0","id":"o1","source":"/s","type":"t"}"#;
+    let config = config.display().to_string();
+    for how in [vec!["-c", config.as_str()], vec!["--admin", admin.as_str()]] {
+        let mut a = args(&["explain", "--event", "-", "-o", "json"]);
+        a.extend(args(&how));
+        let (code, out, err) = run_with_stdin(a, event).await;
+        assert_eq!(code, 0, "{how:?}: {err}");
+        let names: Vec<String> = json(&out)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["subscription"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["a1", "c1", "d2", "d1", "z1"], "{how:?}");
+    }
+}

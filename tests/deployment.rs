@@ -349,6 +349,19 @@ impl Kubernetes {
         k
     }
 
+    /// The subscription files of every folder the config names, from the ConfigMaps
+    /// mounted there, validate.
+    fn check_subscriptions(&self) {
+        for dir in &self.config.subscriptions {
+            let sources: Vec<(PathBuf, String)> = self
+                .mounted(dir)
+                .into_iter()
+                .map(|(file, text)| (dir.join(file), text))
+                .collect();
+            subscriptions(&self.config, &sources);
+        }
+    }
+
     /// The files of the ConfigMap mounted at `dir` in the container.
     fn mounted(&self, dir: &Path) -> BTreeMap<String, String> {
         let mount = items(&self.container, "volumeMounts")
@@ -411,14 +424,7 @@ fn the_kubernetes_jetstream_variant_validates_and_stays_up_through_a_drain() {
         "{replicas} replica: nothing answers while it restarts"
     );
 
-    for dir in &k.config.subscriptions {
-        let sources: Vec<(PathBuf, String)> = k
-            .mounted(dir)
-            .into_iter()
-            .map(|(file, text)| (dir.join(file), text))
-            .collect();
-        subscriptions(&k.config, &sources);
-    }
+    k.check_subscriptions();
 
     let budgets = of_kind(&k.docs, "PodDisruptionBudget");
     let budget = budgets
@@ -1033,14 +1039,7 @@ fn the_kubernetes_statefulset_validates_and_takes_its_admin_token_from_a_secret(
     );
 
     assert!(!k.config.subscriptions.is_empty());
-    for dir in &k.config.subscriptions {
-        let sources: Vec<(PathBuf, String)> = k
-            .mounted(dir)
-            .into_iter()
-            .map(|(file, text)| (dir.join(file), text))
-            .collect();
-        subscriptions(&k.config, &sources);
-    }
+    k.check_subscriptions();
     assert_eq!(k.probe_path("readinessProbe"), "/readyz");
     assert_eq!(k.probe_path("livenessProbe"), "/livez");
 
