@@ -13,6 +13,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("protobuf", targets::protobuf),
     ("subscription_yaml", targets::subscription_yaml),
     ("cel_filter", targets::cel_filter),
+    ("cesql", targets::cesql),
 ];
 
 #[test]
