@@ -238,7 +238,7 @@ fn explain(
     // In the order the running broker lists them: by broker, then as in the files.
     let mut subs = subs;
     subs.sort_by(|a, b| a.broker.cmp(&b.broker));
-    let verdicts = switchyard::router::explain::explain(&subs, &event);
+    let verdicts = switchyard::delivery::explain(&subs, &event);
     cli::commands::print(output, &cli::verdicts_json(&verdicts), |_| {
         cli::explain_text(&verdicts)
     });

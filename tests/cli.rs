@@ -366,6 +366,8 @@ fn the_example_subscriptions_validate() {
         .arg("-c")
         .arg(&config)
         .env("AUDIT_TOKEN", "t")
+        .env("GITHUB_AUTHORIZATION", "Bearer t")
+        .env("PAGERDUTY_ROUTING_KEY", "k")
         .output()
         .unwrap();
     assert_eq!(
@@ -374,7 +376,8 @@ fn the_example_subscriptions_validate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("5 subscription(s)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("8 subscription(s)"), "{stdout}");
 }
 
 #[test]
@@ -693,7 +696,16 @@ fn the_readme_explain_example_prints_what_the_readme_shows() {
         "tests/fixtures/tekton/10-pipelinerun-failed.json",
     ]);
     let lines: Vec<&str> = explained.lines().collect();
-    let shown = [&lines[..3], &lines[lines.len() - 2..]].concat();
+    let audit = lines
+        .iter()
+        .position(|l| l.starts_with("MATCH    audit-everything"))
+        .expect("audit-everything matches");
+    let shown = [
+        &lines[..3],
+        &lines[audit..audit + 7],
+        &lines[lines.len() - 1..],
+    ]
+    .concat();
     for line in shown {
         assert!(
             readme.contains(line),
@@ -752,6 +764,6 @@ fn explain_reads_the_event_from_stdin_and_prints_the_api_shape_in_json() {
     assert_eq!(
         json,
         serde_json::json!([{"subscription": "pings", "broker": "default", "matched": false,
-            "parts": [{"part": "attributes", "result": "no_match"}]}])
+            "parts": [{"part": "attributes", "result": "no_match"}], "requests": []}])
     );
 }

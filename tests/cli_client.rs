@@ -633,7 +633,11 @@ async fn explain_against_the_running_broker_says_what_the_local_explain_says() {
     assert_eq!(
         remote[0],
         serde_json::json!({"subscription": "failures", "broker": "default", "matched": true, "parts": [
-            {"part": "attributes", "result": "match"}, {"part": "cel", "result": "match"}]})
+            {"part": "attributes", "result": "match"}, {"part": "cel", "result": "match"}],
+            "requests": [{"sink": "http://127.0.0.1:9/", "method": "POST", "headers": [
+                ["ce-specversion", "1.0"], ["ce-id", "x1"], ["ce-source", "/s"], ["ce-type", "dev.a"],
+                ["content-type", "application/json"], ["prefer", "reply"]],
+                "body": "{\"x\":1}"}]})
     );
     assert_eq!(yaml(&explain(&["--admin", &admin], "yaml").await), remote);
     // Not an event: said, exit 1, from both.

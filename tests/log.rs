@@ -505,7 +505,21 @@ async fn progress_is_synced_back_to_back_when_a_sync_outlasts_the_interval() {
 /// A log on `dir` with a one-minute dedupe window, for the sweep tests.
 fn open_keyed(dir: &std::path::Path) -> Store {
     let options = common::sled_options(dir, Durability::Fsync, 60_000_000_000);
-    Store::open(&options, &["default".to_string()]).unwrap()
+    // A dropped store's sled threads may hold the file lock a moment longer on a busy
+    // machine: a reopen waits for it, briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(&options, &["default".to_string()]) {
+            Ok(store) => return store,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 /// Writes one keyed record per key to `default` at `now`; returns each outcome.

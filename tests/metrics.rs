@@ -12,26 +12,8 @@ use common::{eventually, minimal, subscription, Backend, TestServer};
 /// Scrapes `/metrics`: every sample by its full series (name and labels), and the
 /// declared metric names.
 async fn scrape(t: &TestServer) -> (BTreeMap<String, f64>, BTreeSet<String>) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let resp = client
-        .get(
-            format!("http://{}/metrics", t.server().admin_addr)
-                .parse()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let text = String::from_utf8(body.to_vec()).unwrap();
+    let (content_type, text) = t.metrics().await;
+    assert!(content_type.starts_with("text/plain; version=0.0.4"));
     let mut samples = BTreeMap::new();
     let mut names = BTreeSet::new();
     for line in text.lines() {

@@ -623,28 +623,10 @@ async fn delete_dead_letter(
 }
 
 async fn explain_event(State(admin): State<Arc<Admin>>, body: Bytes) -> Result<Response, ApiError> {
-    let v = {
-        let api = api(&admin)?;
-        let event =
-            event_json::decode_event(&body).map_err(|e| ApiError(Box::new(Problem::from(e))))?;
-        let set = api.routing.current();
-        let verdicts = explain::explain(set.routes().map(|r| &r.subscription), &event);
-        let out: Vec<Value> = verdicts
-            .into_iter()
-            .map(|v| {
-                let parts: Vec<Value> = v
-                    .parts
-                    .iter()
-                    .map(|(part, r)| match r {
-                        crate::expr::filter::PartResult::Match => json!({ "part": part, "result": "match" }),
-                        crate::expr::filter::PartResult::NoMatch => json!({ "part": part, "result": "no_match" }),
-                        crate::expr::filter::PartResult::Error(e) => json!({ "part": part, "result": "error", "error": e }),
-                    })
-                    .collect();
-                json!({ "subscription": v.subscription, "broker": v.broker, "matched": v.matched, "parts": parts })
-            })
-            .collect();
-        Ok(out)
-    }?;
-    Ok(Json(v).into_response())
+    let api = api(&admin)?;
+    let event =
+        event_json::decode_event(&body).map_err(|e| ApiError(Box::new(Problem::from(e))))?;
+    let set = api.routing.current();
+    let verdicts = crate::delivery::explain(set.routes().map(|r| &r.subscription), &event);
+    Ok(Json(explain::to_json(&verdicts)).into_response())
 }

@@ -169,6 +169,7 @@ impl Collector for StateCollector {
         let attempts = count("switchyard_delivery_attempts_total");
         let outcomes = count("switchyard_deliveries_total");
         let parked = count("switchyard_lane_parked_total");
+        let transform_failures = count("switchyard_transform_failures_total");
         let in_flight = gauge("switchyard_lane_in_flight");
         let replies = count("switchyard_replies_total");
         let dls = count("switchyard_deadletter_sink_deliveries_total");
@@ -261,6 +262,7 @@ impl Collector for StateCollector {
                     ("delivered", &l.delivered),
                     ("dead_lettered", &l.dead_lettered),
                     ("gone", &l.gone),
+                    ("skipped", &l.skipped),
                 ] {
                     outcomes
                         .with_label_values(&[name, sink, outcome])
@@ -269,6 +271,9 @@ impl Collector for StateCollector {
                 parked
                     .with_label_values(&[name, sink])
                     .inc_by(l.parked.load(Ordering::Relaxed));
+                transform_failures
+                    .with_label_values(&[name, sink])
+                    .inc_by(l.transform_failed.load(Ordering::Relaxed));
                 in_flight
                     .with_label_values(&[name, sink])
                     .set(l.in_flight.load(Ordering::Relaxed));
@@ -315,6 +320,7 @@ impl Collector for StateCollector {
             &attempts,
             &outcomes,
             &parked,
+            &transform_failures,
             &in_flight,
             &replies,
             &dls,

@@ -146,7 +146,7 @@ pub fn new_id() -> String {
 mod tests {
     use super::*;
     use crate::expr::filter::PartResult;
-    use crate::router::explain::Verdict;
+    use crate::router::explain::{RequestShape, SinkRequest, Verdict};
 
     #[test]
     fn tables_align_columns() {
@@ -293,12 +293,37 @@ mod tests {
                     ("filters[0]".into(), PartResult::NoMatch),
                     ("cel".into(), PartResult::Error("no such key: x".into())),
                 ],
+                requests: vec![],
             },
             Verdict {
                 subscription: "b".into(),
                 broker: "other".into(),
                 matched: true,
                 parts: vec![],
+                requests: vec![
+                    SinkRequest {
+                        sink: "http://a/".into(),
+                        shape: RequestShape::Request {
+                            headers: vec![("content-type".into(), "text/plain".into())],
+                            body: b"hi".to_vec(),
+                        },
+                    },
+                    SinkRequest {
+                        sink: "http://b/".into(),
+                        shape: RequestShape::Request {
+                            headers: vec![],
+                            body: vec![0xff, 0],
+                        },
+                    },
+                    SinkRequest {
+                        sink: "http://c/".into(),
+                        shape: RequestShape::Skipped("no counterpart".into()),
+                    },
+                    SinkRequest {
+                        sink: "http://d/".into(),
+                        shape: RequestShape::Failed("the transform failed: x".into()),
+                    },
+                ],
             },
         ];
         let json = verdicts_json(&verdicts);

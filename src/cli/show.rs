@@ -4,7 +4,6 @@
 use serde_json::Value;
 
 use super::{to_yaml, CliError, Output};
-use crate::expr::filter::PartResult;
 use crate::router::explain::Verdict;
 
 /// Prints rows as an aligned table.
@@ -235,68 +234,16 @@ pub fn event_detail(record: &Value) -> String {
 /// Explain's verdicts in the admin API's shape (`POST /api/v1/explain`), so that a local
 /// `explain -o json` reads as the broker's does.
 pub fn verdicts_json(verdicts: &[Verdict]) -> Value {
-    let list = verdicts
-        .iter()
-        .map(|v| {
-            let parts: Vec<Value> = v
-                .parts
-                .iter()
-                .map(|(part, r)| match r {
-                    PartResult::Match => serde_json::json!({ "part": part, "result": "match" }),
-                    PartResult::NoMatch => {
-                        serde_json::json!({ "part": part, "result": "no_match" })
-                    }
-                    PartResult::Error(e) => {
-                        serde_json::json!({ "part": part, "result": "error", "error": e })
-                    }
-                })
-                .collect();
-            serde_json::json!({
-                "subscription": v.subscription,
-                "broker": v.broker,
-                "matched": v.matched,
-                "parts": parts,
-            })
-        })
-        .collect();
-    Value::Array(list)
+    crate::router::explain::to_json(verdicts)
 }
 
 /// The verdicts of an admin API explain answer, to print as the local explain does.
 pub fn verdicts_from_json(answer: &Value) -> Result<Vec<Verdict>, CliError> {
-    let bad = || {
+    crate::router::explain::from_json(answer).ok_or_else(|| {
         CliError::Usage(format!(
             "the broker's explain answer is not a list of verdicts: {answer}"
         ))
-    };
-    let text = |v: &Value| v.as_str().map(str::to_string).ok_or_else(bad);
-    answer
-        .as_array()
-        .ok_or_else(bad)?
-        .iter()
-        .map(|v| {
-            let parts = v["parts"]
-                .as_array()
-                .ok_or_else(bad)?
-                .iter()
-                .map(|p| {
-                    let result = match p["result"].as_str() {
-                        Some("match") => PartResult::Match,
-                        Some("no_match") => PartResult::NoMatch,
-                        Some("error") => PartResult::Error(cell(&p["error"])),
-                        _ => return Err(bad()),
-                    };
-                    Ok((text(&p["part"])?, result))
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(Verdict {
-                subscription: text(&v["subscription"])?,
-                broker: text(&v["broker"])?,
-                matched: v["matched"].as_bool().ok_or_else(bad)?,
-                parts,
-            })
-        })
-        .collect()
+    })
 }
 
 /// What `explain` prints for people: each verdict as [`Verdict`]'s `Display` writes it.

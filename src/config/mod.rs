@@ -3,6 +3,7 @@
 //! every error with its file, line and key. Nothing binds a port before this succeeds.
 
 pub mod subscriptions;
+mod transform;
 pub mod units;
 pub mod yaml;
 

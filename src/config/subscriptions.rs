@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use http::header::{HeaderName, HeaderValue};
@@ -16,6 +17,7 @@ use super::{Config, ConfigError, ConfigErrors, DeliveryConfig, Retry, Validator,
 use crate::event::validate::{check_name, parse_rfc3339};
 use crate::expr::cesql::Expression;
 use crate::expr::filter::{CelFilter, Dialect, Filter};
+use crate::expr::transform::Transform;
 
 pub const API_VERSION: &str = "switchyard.dev/v1alpha1";
 pub const KIND: &str = "Subscription";
@@ -25,6 +27,9 @@ pub const KIND: &str = "Subscription";
 pub enum SinkFormat {
     Binary,
     Structured,
+    /// The body and its `Content-Type` alone, without CloudEvents headers, for
+    /// endpoints that are not CloudEvents consumers.
+    Plain,
 }
 
 /// One destination of a subscription; each sink is its own lane.
@@ -39,6 +44,8 @@ pub struct Sink {
     pub tls: Option<SinkTls>,
     /// Standard Webhooks signing keys, when the sink wants signed requests.
     pub signing: Option<Signing>,
+    /// What the sink is sent instead of the event as stored, when it has one.
+    pub transform: Option<Arc<Transform>>,
 }
 
 /// The keys a sink's requests are signed with (Standard Webhooks, HMAC-SHA256): one
@@ -72,6 +79,7 @@ impl fmt::Debug for Sink {
             .field("headers", &names)
             .field("tls", &tls)
             .field("signing", &self.signing)
+            .field("transform", &self.transform)
             .finish()
     }
 }
@@ -242,7 +250,7 @@ pub fn from_sources(
 
 /// The entries of a mapping node, reporting keys not in `allowed`; `None` (and an
 /// error) when the node is not a mapping.
-fn fields<'n>(
+pub(super) fn fields<'n>(
     v: &mut Validator,
     node: &'n Node,
     path: &str,
@@ -276,7 +284,7 @@ fn fields<'n>(
     Some(out)
 }
 
-fn get<'n>(entries: &[(&str, usize, &'n Node)], key: &str) -> Option<&'n Node> {
+pub(super) fn get<'n>(entries: &[(&str, usize, &'n Node)], key: &str) -> Option<&'n Node> {
     entries
         .iter()
         .find(|(k, _, _)| *k == key)
@@ -488,6 +496,22 @@ fn filter(v: &mut Validator, node: &Node) -> Filter {
     out
 }
 
+/// Whether `name` (the key of `here`, on `line`) is a CloudEvents attribute name; when
+/// it is not, the error says so.
+pub(super) fn attribute_name(v: &mut Validator, line: usize, here: &str, name: &str) -> bool {
+    match check_name(name) {
+        Ok(()) => true,
+        Err(e) => {
+            v.error_at(
+                line,
+                here,
+                format!("'{name}' is not a CloudEvents attribute name: {}", e.detail),
+            );
+            false
+        }
+    }
+}
+
 /// Attribute name → value pairs: names must be valid attribute names, values non-empty.
 fn pairs(v: &mut Validator, node: &Node, path: &str) -> Vec<(String, String)> {
     let Value::Map(entries) = &node.value else {
@@ -507,12 +531,7 @@ fn pairs(v: &mut Validator, node: &Node, path: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (name, line, value) in entries {
         let here = format!("{path}.{name}");
-        if let Err(e) = check_name(name) {
-            v.error_at(
-                *line,
-                &here,
-                format!("'{name}' is not a CloudEvents attribute name: {}", e.detail),
-            );
+        if !attribute_name(v, *line, &here, name) {
             continue;
         }
         match value.scalar_text() {
@@ -610,7 +629,7 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
         v,
         node,
         path,
-        &["uri", "format", "headers", "tls", "signing"],
+        &["uri", "format", "headers", "tls", "signing", "transform"],
     )?;
     let Some(uri_node) = get(&f, "uri") else {
         v.error(node, &format!("{path}.uri"), "missing");
@@ -651,6 +670,7 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
             &[
                 ("binary", SinkFormat::Binary),
                 ("structured", SinkFormat::Structured),
+                ("plain", SinkFormat::Plain),
             ],
         ),
     };
@@ -698,12 +718,15 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
     }
     let tls = get(&f, "tls").and_then(|n| sink_tls(v, n, &format!("{path}.tls")));
     let signing = get(&f, "signing").and_then(|n| signing(v, n, &format!("{path}.signing")));
+    let transform = get(&f, "transform")
+        .and_then(|n| super::transform::transform(v, n, &format!("{path}.transform"), format));
     Some(Sink {
         uri,
         format,
         headers,
         tls,
         signing,
+        transform,
     })
 }
 

@@ -19,8 +19,10 @@ use hyper_util::rt::TokioExecutor;
 use super::outbound::{self, Guard, GuardedConnector};
 use super::policy::Attempt;
 use crate::config::subscriptions::{Sink, SinkFormat};
-use crate::event::{binary, json, Event};
+use crate::event::{binary, json, Data, Event};
+use crate::expr::transform::Shaped;
 use crate::http::tls::client_config;
+use crate::router::explain::RequestShape;
 
 type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
@@ -148,10 +150,11 @@ impl Sender {
         }
     }
 
-    /// Builds the request for `event` as `sink` wants it: binary (every attribute as a
-    /// percent-encoded `ce-` header, `data` as the body) or structured JSON; always
-    /// `Prefer: reply`; the signature headers when the sink signs; the sink's own
-    /// headers last.
+    /// Builds the request for `event` (already transformed, when the sink transforms) as
+    /// `sink` wants it: binary (every attribute as a percent-encoded `ce-` header, `data`
+    /// as the body), structured JSON, or plain (the body and its `Content-Type` alone);
+    /// `Prefer: reply` unless plain; the signature headers when the sink signs; the
+    /// sink's own headers last.
     ///
     /// `Err` when the headers would pass what an HTTP header map can hold (the ingress's
     /// attribute limits keep events well inside it; an event stored before a limit was
@@ -178,12 +181,27 @@ impl Sender {
                 );
                 Bytes::from(json::encode_event(event))
             }
+            SinkFormat::Plain => {
+                let body = event.data().map(Data::body_bytes).unwrap_or_default();
+                if !body.is_empty() {
+                    if let Some(t) = event
+                        .datacontenttype()
+                        .and_then(|t| HeaderValue::from_str(t).ok())
+                    {
+                        headers.insert(CONTENT_TYPE, t);
+                    }
+                }
+                body
+            }
         };
-        // Asks the sink for a reply event (Knative's `Prefer: reply`).
-        headers.insert(
-            HeaderName::from_static("prefer"),
-            HeaderValue::from_static("reply"),
-        );
+        if sink.format != SinkFormat::Plain {
+            // Asks the sink for a reply event (Knative's `Prefer: reply`); a plain sink
+            // is no CloudEvents consumer and its answer is never read as one.
+            headers.insert(
+                HeaderName::from_static("prefer"),
+                HeaderValue::from_static("reply"),
+            );
+        }
         if let Some(signing) = &sink.signing {
             for (name, value) in webhook_headers(&signing.keys, message, &body) {
                 if let Ok(v) = HeaderValue::from_str(&value) {
@@ -279,5 +297,58 @@ impl Sender {
         tokio::time::timeout(timeout, attempt)
             .await
             .unwrap_or(Err(Attempt::Timeout))
+    }
+}
+
+/// What `sink` would be sent for `event`, for `explain`: the transform applied and the
+/// request built as a delivery builds it, with the values of the sink's own headers and
+/// of the signature redacted.
+pub fn preview(sink: &Sink, event: &Event, broker: &str) -> RequestShape {
+    let shaped;
+    let event = match &sink.transform {
+        None => event,
+        Some(t) => match t.apply(event) {
+            Ok(Shaped::Event(e)) => {
+                shaped = e;
+                &*shaped
+            }
+            Ok(Shaped::Skipped(why)) => return RequestShape::Skipped(why.to_string()),
+            Err(e) => return RequestShape::Failed(e.to_string()),
+        },
+    };
+    let message = Message {
+        id: format!("{broker}-<seq>"),
+        unix_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    };
+    match Sender::request(sink, event, &message) {
+        Ok(request) => {
+            let headers = request
+                .headers()
+                .iter()
+                .map(|(name, value)| {
+                    let shown = if value.is_sensitive() || name == "webhook-signature" {
+                        "(redacted)".to_string()
+                    } else {
+                        String::from_utf8_lossy(value.as_bytes()).into_owned()
+                    };
+                    (name.as_str().to_string(), shown)
+                })
+                .collect();
+            let mut body = futures_util::FutureExt::now_or_never(request.body().clone().collect())
+                .and_then(Result::ok)
+                .map(|b| b.to_bytes().to_vec())
+                .unwrap_or_default();
+            if let (Some(t), Ok(text)) = (&sink.transform, std::str::from_utf8(&body)) {
+                let mut text = text.to_string();
+                for secret in t.secrets().filter(|s| !s.is_empty()) {
+                    text = text.replace(secret, "(redacted)");
+                }
+                body = text.into_bytes();
+            }
+            RequestShape::Request { headers, body }
+        }
+        Err(e) => RequestShape::Failed(e.to_string()),
     }
 }

@@ -27,8 +27,9 @@ use super::policy::{self, Attempt, Verdict};
 use super::reply::{self, Reply};
 use super::schedule::{Finished, Schedule, Take};
 use crate::clock::SharedClock;
-use crate::config::subscriptions::{Ordering, ReplyMode, Sink, Subscription};
+use crate::config::subscriptions::{Ordering, ReplyMode, Sink, SinkFormat, Subscription};
 use crate::event::{AttrValue, Event};
+use crate::expr::transform::Shaped;
 use crate::log::{record, AppendOutcome, DeadLetter, LaneId, LaneSpec, Log, LogRecord, NewEvent};
 use crate::router::feed::Feeds;
 
@@ -63,6 +64,10 @@ pub struct LaneStats {
     pub parked: AtomicU64,
     /// Events the lane found gone from the log (retention) and skipped.
     pub gone: AtomicU64,
+    /// Events the sink's transform sends nothing for (a preset without a counterpart).
+    pub skipped: AtomicU64,
+    /// Events the sink's transform failed on (each dead-lettered at once).
+    pub transform_failed: AtomicU64,
     pub replies_appended: AtomicU64,
     pub replies_dropped: AtomicU64,
     pub replies_invalid: AtomicU64,
@@ -136,6 +141,8 @@ enum Outcome {
     Parked,
     /// No longer in the log.
     Gone,
+    /// The sink's transform sends nothing for it.
+    Skipped,
     /// Shutdown came first; the entry stays pending.
     Stopped,
 }
@@ -254,7 +261,10 @@ impl LaneContext {
                 Some((seq, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                     self.stats.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
                     plan.finished(seq, match outcome {
-                        Outcome::Delivered | Outcome::DeadLettered | Outcome::Gone => Finished::Done,
+                        Outcome::Delivered
+                        | Outcome::DeadLettered
+                        | Outcome::Gone
+                        | Outcome::Skipped => Finished::Done,
                         Outcome::Parked => Finished::Parked,
                         Outcome::Stopped => Finished::Stopped,
                     });
@@ -455,6 +465,38 @@ impl LaneContext {
     ) -> Outcome {
         let seq = record.seq;
         let spec = &self.sub().delivery;
+        // Shaped once: the same event makes the same request on every attempt.
+        let shaped;
+        let event = match &self.sink.transform {
+            None => &record.event,
+            Some(transform) => match transform.apply(&record.event) {
+                Ok(Shaped::Event(e)) => {
+                    shaped = e;
+                    &*shaped
+                }
+                Ok(Shaped::Skipped(why)) => {
+                    self.stats.skipped.fetch_add(1, AtomicOrdering::Relaxed);
+                    tracing::debug!(
+                        seq,
+                        event_id = record.event.id(),
+                        why,
+                        "skipped by the sink's transform"
+                    );
+                    return Outcome::Skipped;
+                }
+                // Every attempt would fail the same way: dead-lettered now, with the reason.
+                Err(e) => {
+                    self.stats
+                        .transform_failed
+                        .fetch_add(1, AtomicOrdering::Relaxed);
+                    let error = e.to_string();
+                    self.note_error(error.clone());
+                    self.dead_letter(record, attempts, &Err(Attempt::Unsendable), error)
+                        .await;
+                    return Outcome::DeadLettered;
+                }
+            },
+        };
         loop {
             if stop.is_cancelled() {
                 return Outcome::Stopped;
@@ -463,7 +505,7 @@ impl LaneContext {
             self.stats.attempts.fetch_add(1, AtomicOrdering::Relaxed);
             let message = self.message(seq, "");
             let result = tokio::select! {
-                r = self.sender.send(&self.sink, &record.event, &message, spec.retry.timeout) => r,
+                r = self.sender.send(&self.sink, event, &message, spec.retry.timeout) => r,
                 // At shutdown an attempt under way may finish (shutdown.gracePeriod).
                 _ = self.abort.cancelled() => return Outcome::Stopped,
             };
@@ -568,7 +610,8 @@ impl LaneContext {
 
     /// Appends a reply when there is one. `false` when a reply could not be stored.
     async fn handle_reply(&self, record: &LogRecord, response: &Response) -> bool {
-        if self.sub().reply == ReplyMode::Ignore {
+        // A plain sink is no CloudEvents consumer: its answers are not replies.
+        if self.sub().reply == ReplyMode::Ignore || self.sink.format == SinkFormat::Plain {
             return true;
         }
         match reply::parse(response) {
@@ -673,6 +716,21 @@ impl LaneContext {
 
     async fn send_dead_letter(&self, dls: &Sink, event: &Event, seq: u64) -> bool {
         let spec = &self.sub().delivery;
+        let shaped;
+        let event = match &dls.transform {
+            None => event,
+            Some(transform) => match transform.apply(event) {
+                Ok(Shaped::Event(e)) => {
+                    shaped = e;
+                    &*shaped
+                }
+                Ok(Shaped::Skipped(_)) => return true,
+                Err(e) => {
+                    tracing::warn!(seq, event_id = event.id(), error = %e, "the dead-letter sink's transform failed; the dead letter is in the store only");
+                    return false;
+                }
+            },
+        };
         for attempt in 1..=spec.retry.count + 1 {
             let message = self.message(seq, "-dead-letter");
             match self

@@ -24,6 +24,29 @@ use lane::{LaneContext, LaneStats};
 
 type LaneKey = (String, LaneId);
 
+/// Explains `event` against `subscriptions` ([`crate::router::explain::explain`]), with
+/// the request each sink of a matching subscription would be sent.
+pub fn explain<'a>(
+    subscriptions: impl IntoIterator<Item = &'a crate::config::subscriptions::Subscription>,
+    event: &crate::event::Event,
+) -> Vec<crate::router::explain::Verdict> {
+    let subscriptions: Vec<_> = subscriptions.into_iter().collect();
+    let mut verdicts = crate::router::explain::explain(subscriptions.iter().copied(), event);
+    for (verdict, sub) in verdicts.iter_mut().zip(&subscriptions) {
+        if verdict.matched {
+            verdict.requests = sub
+                .sinks
+                .iter()
+                .map(|sink| crate::router::explain::SinkRequest {
+                    sink: crate::http::redact::redact(&sink.uri.to_string()).into_owned(),
+                    shape: client::preview(sink, event, &sub.broker),
+                })
+                .collect();
+        }
+    }
+    verdicts
+}
+
 struct Running {
     route: Arc<crate::router::Route>,
     stop: CancellationToken,

@@ -115,6 +115,7 @@ pub fn compile(source: &str) -> Result<Checked, Refused> {
                             longest: 1.0,
                             weight: W,
                         },
+                        None,
                         &mut Vec::new(),
                     );
                     if b.cost > MAX_COST_PER_WEIGHT * W || b.peak > MAX_PEAK_PER_WEIGHT * W {
@@ -132,6 +133,7 @@ pub fn compile(source: &str) -> Result<Checked, Refused> {
                     let least = bound(
                         program.expression(),
                         &InputSize::SMALLEST,
+                        None,
                         &mut Vec::new(),
                     );
                     if least.cost > BUDGET {
@@ -324,7 +326,11 @@ impl<'a> Input<'a> {
 
 /// Checks a program with comprehensions against the budget for one event.
 pub fn within_budget(program: &Program, input: &Input) -> Result<(), String> {
-    let b = bound(program.expression(), &input.sizes(), &mut Vec::new());
+    let data = match input.data {
+        Some(ParsedData::Json(v)) => Some(v),
+        _ => None,
+    };
+    let b = bound(program.expression(), &input.sizes(), data, &mut Vec::new());
     if b.cost > BUDGET {
         return Err(format!(
             "not evaluated: for this event the expression may take {:.0} units of work, over the budget of {BUDGET:.0}",
@@ -362,9 +368,19 @@ impl Bound {
     }
 }
 
-/// The bound of `e` with `scope` binding comprehension variables. Recursion is
-/// bounded by [`MAX_DEPTH`], checked at compile time.
-fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound)>) -> Bound {
+/// A comprehension variable: its name, its bound, and, when it iterates over the keys
+/// of a map that the event's data holds, that map's expression.
+type Var<'e> = (&'e str, Bound, Option<&'e IdedExpr>);
+
+/// The bound of `e` with `scope` binding comprehension variables; `data` is the event's
+/// JSON data when it has some (at evaluation time). Recursion is bounded by
+/// [`MAX_DEPTH`], checked at compile time.
+fn bound<'e>(
+    e: &'e IdedExpr,
+    input: &InputSize,
+    data: Option<&serde_json::Value>,
+    scope: &mut Vec<Var<'e>>,
+) -> Bound {
     let text = |bytes: usize| {
         let weight = 1.0 + string_weight(bytes);
         Bound {
@@ -378,8 +394,8 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
         Expr::Literal(LiteralValue::Bytes(b)) => text(b.inner().len()),
         Expr::Literal(_) | Expr::Unspecified => SCALAR,
         // A variable is read, not built: its weight is not this program's peak.
-        Expr::Ident(name) => match scope.iter().rev().find(|(n, _)| n == name) {
-            Some((_, b)) => Bound {
+        Expr::Ident(name) => match scope.iter().rev().find(|(n, _, _)| n == name) {
+            Some((_, b, _)) => Bound {
                 cost: 1.0,
                 peak: 1.0,
                 ..*b
@@ -392,7 +408,7 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
             },
         },
         Expr::Select(select) => {
-            let operand = bound(&select.operand, input, scope);
+            let operand = bound(&select.operand, input, data, scope);
             if select.test {
                 Bound {
                     cost: operand.cost + 1.0,
@@ -409,7 +425,7 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
         Expr::List(_) | Expr::Map(_) | Expr::Struct(_) => {
             let parts: Vec<Bound> = children(e)
                 .into_iter()
-                .map(|c| bound(c, input, scope))
+                .map(|c| bound(c, input, data, scope))
                 .collect();
             let n = parts.len() as f64;
             Bound {
@@ -421,9 +437,33 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
             .built_from(&parts)
         }
         Expr::Call(call) => {
+            // `m[k]` where `k` iterates over the keys of the map `m`: the value at the
+            // key, the entry the loop is at, bounded as the element is (the entries'
+            // weights add up to at most the map's).
+            if let (true, [operand, Expr::Ident(k)]) = (
+                call.func_name == "_[_]",
+                call.args
+                    .iter()
+                    .map(|a| &a.expr)
+                    .collect::<Vec<_>>()
+                    .as_slice(),
+            ) {
+                let entry = scope.iter().rev().find(|(n, _, _)| n == k);
+                if let Some((_, element, Some(range))) = entry {
+                    if same_path(operand, &range.expr) {
+                        let (element, lookup) =
+                            (*element, bound(&call.args[0], input, data, scope));
+                        return Bound {
+                            cost: lookup.cost + 1.0 + element.weight,
+                            peak: lookup.peak,
+                            ..element
+                        };
+                    }
+                }
+            }
             let parts: Vec<Bound> = children(e)
                 .into_iter()
-                .map(|c| bound(c, input, scope))
+                .map(|c| bound(c, input, data, scope))
                 .collect();
             let cost: f64 = 1.0 + parts.iter().map(|p| p.cost).sum::<f64>();
             let touched: f64 = parts.iter().map(|p| p.weight).sum();
@@ -478,15 +518,18 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
             }
         }
         Expr::Comprehension(c) => {
-            let range = bound(&c.iter_range, input, scope);
-            let init = bound(&c.accu_init, input, scope);
+            let range = bound(&c.iter_range, input, data, scope);
+            let init = bound(&c.accu_init, input, data, scope);
+            let map_keys = resolve(&c.iter_range.expr, data)
+                .is_some_and(serde_json::Value::is_object)
+                .then_some(&c.iter_range);
             let iterations = range.longest;
             // The step with the element weighing nothing, and with it weighing the whole
             // range: the bound is convex in the element's weight (sums, products and
             // maxima of non-negative terms), and the elements' weights add up to at most
             // the range's, so the iterations together cost at most
             // iterations·light + (heavy − light).
-            let step = |weight: f64, scope: &mut Vec<(&'e str, Bound)>| {
+            let step = |weight: f64, scope: &mut Vec<Var<'e>>| {
                 let element = Bound {
                     longest: range.longest,
                     weight,
@@ -494,9 +537,9 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
                     peak: 1.0,
                 };
                 let before = scope.len();
-                scope.push((c.iter_var.as_str(), element));
+                scope.push((c.iter_var.as_str(), element, map_keys));
                 if let Some(v) = &c.iter_var2 {
-                    scope.push((v.as_str(), element));
+                    scope.push((v.as_str(), element, None));
                 }
                 scope.push((
                     c.accu_var.as_str(),
@@ -506,9 +549,10 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
                         cost: 1.0,
                         peak: 1.0,
                     },
+                    None,
                 ));
-                let cond = bound(&c.loop_cond, input, scope);
-                let step = bound(&c.loop_step, input, scope);
+                let cond = bound(&c.loop_cond, input, data, scope);
+                let step = bound(&c.loop_step, input, data, scope);
                 scope.truncate(before);
                 (cond.cost + step.cost, step, cond.peak)
             };
@@ -524,8 +568,8 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
                 cost: 1.0,
                 peak: 1.0,
             };
-            scope.push((c.accu_var.as_str(), accumulated));
-            let result = bound(&c.result, input, scope);
+            scope.push((c.accu_var.as_str(), accumulated, None));
+            let result = bound(&c.result, input, data, scope);
             scope.pop();
             Bound {
                 longest: result.longest,
@@ -546,6 +590,28 @@ fn bound<'e>(e: &'e IdedExpr, input: &InputSize, scope: &mut Vec<(&'e str, Bound
     }
 }
 
+/// Whether `a` and `b` are the same path of field selections from one variable
+/// (`data.x.y`), ids aside.
+fn same_path(a: &Expr, b: &Expr) -> bool {
+    match (a, b) {
+        (Expr::Ident(x), Expr::Ident(y)) => x == y,
+        (Expr::Select(x), Expr::Select(y)) => {
+            !x.test && !y.test && x.field == y.field && same_path(&x.operand.expr, &y.operand.expr)
+        }
+        _ => false,
+    }
+}
+
+/// The value a path of field selections from `data` (`data.x.y`) reads in the event's
+/// JSON data, when it is one and is there.
+fn resolve<'d>(e: &Expr, data: Option<&'d serde_json::Value>) -> Option<&'d serde_json::Value> {
+    match e {
+        Expr::Ident(name) if name == "data" => data,
+        Expr::Select(s) if !s.test => resolve(&s.operand.expr, data)?.get(&s.field),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,6 +625,7 @@ mod tests {
         bound(
             c.program.expression(),
             &InputSize { longest, weight },
+            None,
             &mut Vec::new(),
         )
         .cost
@@ -668,5 +735,38 @@ mod tests {
             .join()
             .unwrap();
         assert!(ok);
+    }
+
+    #[test]
+    fn a_map_read_at_the_key_its_loop_is_at_costs_the_entry_not_the_map() {
+        let program = compiled("data.m.map(k, data.m[k].x + 'y').size() > 0")
+            .unwrap()
+            .program;
+        let entries: serde_json::Map<String, serde_json::Value> = (0..200)
+            .map(|i| (format!("k{i}"), serde_json::json!({"x": "v".repeat(64)})))
+            .collect();
+        let event = crate::event::json::decode_event(&bytes::Bytes::from(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#,
+        ))
+        .unwrap();
+        let work = |m: serde_json::Value| {
+            let data = ParsedData::Json(serde_json::json!({ "m": m }));
+            let input = Input::new(&event, Some(&data));
+            bound(
+                program.expression(),
+                &input.sizes(),
+                match &data {
+                    ParsedData::Json(v) => Some(v),
+                    _ => None,
+                },
+                &mut Vec::new(),
+            )
+            .cost
+        };
+        let as_map = work(serde_json::Value::Object(entries.clone()));
+        // The same entries as a list: `data.m[k]` there is no read at the loop's key,
+        // and keeps the bound of a read that may touch all of `data`.
+        let as_list = work(serde_json::Value::Array(entries.into_values().collect()));
+        assert!(as_map * 10.0 < as_list, "{as_map} vs {as_list}");
     }
 }

@@ -149,17 +149,22 @@ impl CelFilter {
     /// evaluation error, a result that is not a boolean, or an evaluation that could
     /// pass the cost budget for this event (then it is not run).
     pub fn evaluate(&self, activation: &Context, input: &Input) -> Result<bool, String> {
-        if self.loops {
-            cost::within_budget(&self.program, input)?;
-        }
-        match self.program.execute(activation) {
-            Ok(Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!(
+        match self.value(activation, input)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(format!(
                 "the result is {:?}, not a boolean",
                 other.type_of()
             )),
-            Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Runs the expression for its value, whatever its type (a sink transform's use),
+    /// held to the same cost budget.
+    pub fn value(&self, activation: &Context, input: &Input) -> Result<Value, String> {
+        if self.loops {
+            cost::within_budget(&self.program, input)?;
+        }
+        self.program.execute(activation).map_err(|e| e.to_string())
     }
 }
 

@@ -11,3 +11,4 @@ pub mod cesql;
 pub mod cost;
 pub mod dedupe_key;
 pub mod filter;
+pub mod transform;

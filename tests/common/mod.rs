@@ -304,6 +304,16 @@ impl TestServer {
         .await
     }
 
+    /// `GET /metrics` on the admin listener: the answer's `Content-Type` and its text.
+    pub async fn metrics(&self) -> (String, String) {
+        let uri = format!("http://{}/metrics", self.server().admin_addr);
+        let resp = self.client.get(uri.parse().unwrap()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (content_type, String::from_utf8(body.to_vec()).unwrap())
+    }
+
     /// Every record of a broker's log.
     pub async fn records(&self, broker: &str) -> Vec<LogRecord> {
         self.server().log.read(broker, 1, usize::MAX).await.unwrap()
