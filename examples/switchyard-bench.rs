@@ -25,7 +25,8 @@
 //! The J scenarios (opt-in: `--scenarios J1,J1-R3,J2,J3,J4`) run the broker on the
 //! JetStream backend, on nats-server processes the harness starts itself (one node, or a
 //! cluster of three) from `NATS_SERVER_BIN` or `nats-server` on `PATH`; without one they
-//! say they were skipped.
+//! say they were skipped. `S4-flow` (opt-in) runs S4 with every lane's rate limit and
+//! circuit breaker on, against S4 in alternated rounds.
 //! See docs/performance.md for the method and the figures.
 
 use std::collections::BTreeMap;
@@ -78,7 +79,7 @@ struct Args {
 
 const USAGE: &str =
     "usage: switchyard-bench [--scenarios S1,S1-tekton,S1-256B,S2,S3,S4,S5,S6,S7,S8 \
-(default), or any of them and J1,J1-R3,J2,J3,J4 (JetStream, by name only)] [--seconds 10] [--rounds 3] [--backlog 1000000] [--rate 1000] [--fanout-rate R] [--ingest-rate R] \
+(default), or any of them and S4-flow, J1,J1-R3,J2,J3,J4 (JetStream), by name only] [--seconds 10] [--rounds 3] [--backlog 1000000] [--rate 1000] [--fanout-rate R] [--ingest-rate R] \
 [--out target/switchyard-bench/report.json] [--broker target/release/switchyard]";
 
 fn parse_args() -> Args {
@@ -1916,6 +1917,18 @@ impl Bench {
     /// One run of S4's broker on `backend` (its row named `scenario`): the load, then the
     /// wait for every delivery.
     async fn fanout(&mut self, scenario: &str, in_flight: usize, backend: &Backend<'_>) -> Row {
+        self.fanout_with(scenario, in_flight, backend, "").await
+    }
+
+    /// [`Bench::fanout`], each subscription's `delivery` given `extra` (YAML flow
+    /// mapping entries) too.
+    async fn fanout_with(
+        &mut self,
+        scenario: &str,
+        in_flight: usize,
+        backend: &Backend<'_>,
+        extra: &str,
+    ) -> Row {
         let secs = self.args.seconds;
         let times = SendTimes::new(20_000_000);
         let mut sinks = Vec::new();
@@ -1944,7 +1957,7 @@ impl Bench {
                 &format!("f{i}"),
                 &filter,
                 &[sinks[group].url()],
-                &format!("  delivery: {{ maxInFlight: {in_flight} }}\n"),
+                &format!("  delivery: {{ maxInFlight: {in_flight}{extra} }}\n"),
             ));
         }
         let dir = tempdir(&scenario.to_lowercase());
@@ -2054,6 +2067,26 @@ impl Bench {
         );
         self.push(base);
         self.push(diagnostic);
+        self.push(row);
+    }
+
+    /// S4-flow: S4 with every lane's rate limit (set too high to hold anything back)
+    /// and circuit breaker on, against S4 without them, in alternated rounds: what
+    /// flow control costs a delivery.
+    async fn s4_flow(&mut self) {
+        let flow =
+            ", rateLimit: { perSecond: 1000000, burst: 1000000 }, circuitBreaker: { failures: 10 }";
+        let mut rounds = Vec::new();
+        for _ in 0..self.args.rounds {
+            let base = self.fanout("S4", 32, &Backend::Embedded("fsync")).await;
+            let row = self
+                .fanout_with("S4-flow", 32, &Backend::Embedded("fsync"), flow)
+                .await;
+            rounds.push((base, row));
+        }
+        let (base, mut row) = median_round(rounds);
+        row.target = "~1 x S4 (issue 24: no measurable growth)".into();
+        self.push(base);
         self.push(row);
     }
 
@@ -2380,6 +2413,7 @@ fn main() {
             want("S1"), want("S1-tekton"), want("S1-256B"), want("S2"), want("S3"), want("S4"), want("S5"), want("S6"), want("S7"), want("S8"),
         );
         let (j1, j1r3, j2, j3, j4) = (want("J1"), want("J1-R3"), want("J2"), want("J3"), want("J4"));
+        let s4_flow = want("S4-flow");
         if s1 {
             bench.ingest("S1", payload_1k(), false).await;
         }
@@ -2401,6 +2435,9 @@ fn main() {
         }
         if s4 {
             bench.s4().await;
+        }
+        if s4_flow {
+            bench.s4_flow().await;
         }
         if s8 {
             bench.ingest("S8", payload_1k(), true).await;

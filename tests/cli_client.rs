@@ -388,6 +388,7 @@ async fn subscriptions_show_each_lane_and_one_shows_its_filter_and_counts() {
         "SUBSCRIPTION",
         "BROKER",
         "SINK",
+        "STATE",
         "LAG",
         "IN FLIGHT",
         "PARKED",

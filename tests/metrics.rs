@@ -42,7 +42,8 @@ async fn counters_move_as_events_flow_and_the_doc_lists_every_metric() {
     let bad = TestSink::start(vec![], Answer::status(400)).await;
     let subs = [
         subscription("ok", &format!("  filter:\n    attributes: {{ type: good }}\n  sinks:\n    - uri: {}\n  delivery: {{ backoffDelay: 10ms }}\n", ok.url("/"))),
-        subscription("bad", &format!("  filter:\n    cel: subject == 'x'\n  sinks:\n    - uri: {}\n", bad.url("/"))),
+        // With a circuit breaker, so that its series are there too.
+        subscription("bad", &format!("  filter:\n    cel: subject == 'x'\n  sinks:\n    - uri: {}\n  delivery: {{ circuitBreaker: {{ failures: 5 }} }}\n", bad.url("/"))),
     ]
     .concat();
     let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::sink::{Answer, Received, TestSink};
-use common::{eventually, subscription, subscription_errors, tekton_requests, Backend, TestServer};
+use common::{
+    eventually, sample, subscription, subscription_errors, tekton_requests, Backend, TestServer,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -57,19 +59,6 @@ async fn metric_reaches(t: &TestServer, name: &str, with: &[(&str, &str)], value
         },
     )
     .await
-}
-
-/// The value of the series `name{labels}` where every `(label, value)` of `with` is
-/// among its labels.
-fn sample(metrics: &str, name: &str, with: &[(&str, &str)]) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        let (labels, value) = rest.rsplit_once(' ')?;
-        let all = with
-            .iter()
-            .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")));
-        (labels.starts_with('{') && all).then(|| value.parse().unwrap())
-    })
 }
 
 #[tokio::test]

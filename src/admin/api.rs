@@ -122,6 +122,16 @@ fn dialect_json(d: &Dialect) -> Value {
 }
 
 /// A subscription with the state of each of its lanes.
+/// What a lane is doing, in one word: `sending`, or its breaker's state (`open`,
+/// `half-open`) while that stops it.
+fn lane_state(breaker: Option<&str>) -> &'static str {
+    match breaker {
+        Some("open") => "open",
+        Some("half-open") => "half-open",
+        _ => "sending",
+    }
+}
+
 async fn subscription_json(api: &Api, route: &Arc<Route>) -> Result<Value, ApiError> {
     let s = &route.subscription;
     let mut lanes = Vec::new();
@@ -145,8 +155,11 @@ async fn subscription_json(api: &Api, route: &Arc<Route>) -> Result<Value, ApiEr
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let breaker = *stats.breaker.lock().unwrap_or_else(|p| p.into_inner());
         lanes.push(json!({
             "sink": lane.sink,
+            "state": lane_state(breaker.map(|(state, _)| state)),
+            "breaker": breaker.map(|(state, since)| json!({ "state": state, "since": time(since) })),
             "cursor": cursor,
             "lag": depth.pending,
             "inFlight": stats.in_flight.load(Ordering::Relaxed),

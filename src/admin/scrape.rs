@@ -170,6 +170,13 @@ impl Collector for StateCollector {
         let outcomes = count("switchyard_deliveries_total");
         let parked = count("switchyard_lane_parked_total");
         let transform_failures = count("switchyard_transform_failures_total");
+        let circuit = gauge("switchyard_lane_circuit_state");
+        let circuit_opened = count("switchyard_lane_circuit_opened_total");
+        let rate_limited = count("switchyard_lane_rate_limited_total");
+        let rate_limited_seconds = {
+            let (n, d, l) = state("switchyard_lane_rate_limited_seconds_total");
+            prometheus::CounterVec::new(Opts::new(n, d), l).expect("a valid metric")
+        };
         let in_flight = gauge("switchyard_lane_in_flight");
         let replies = count("switchyard_replies_total");
         let dls = count("switchyard_deadletter_sink_deliveries_total");
@@ -274,6 +281,22 @@ impl Collector for StateCollector {
                 transform_failures
                     .with_label_values(&[name, sink])
                     .inc_by(l.transform_failed.load(Ordering::Relaxed));
+                if let Some((now, _)) = *l.breaker.lock().unwrap_or_else(|p| p.into_inner()) {
+                    for state in ["closed", "open", "half-open"] {
+                        circuit
+                            .with_label_values(&[name, sink, state])
+                            .set(i64::from(state == now));
+                    }
+                }
+                circuit_opened
+                    .with_label_values(&[name, sink])
+                    .inc_by(l.breaker_opened.load(Ordering::Relaxed));
+                rate_limited
+                    .with_label_values(&[name, sink])
+                    .inc_by(l.rate_limited.load(Ordering::Relaxed));
+                rate_limited_seconds
+                    .with_label_values(&[name, sink])
+                    .inc_by(l.rate_limited_nanos.load(Ordering::Relaxed) as f64 / 1e9);
                 in_flight
                     .with_label_values(&[name, sink])
                     .set(l.in_flight.load(Ordering::Relaxed));
@@ -321,6 +344,10 @@ impl Collector for StateCollector {
             &outcomes,
             &parked,
             &transform_failures,
+            &circuit,
+            &circuit_opened,
+            &rate_limited,
+            &rate_limited_seconds,
             &in_flight,
             &replies,
             &dls,

@@ -221,10 +221,37 @@ pub const RETRY_KEYS: &[&str] = &[
     "timeout",
 ];
 
+/// A lane's token bucket (`delivery.rateLimit`): attempts a second, and how many may
+/// go at once after a quiet spell.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// A lane's circuit breaker (`delivery.circuitBreaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    /// Failed attempts in a row that open it.
+    pub failures: u32,
+    /// How long it stays open before a probe (doubled per failed probe, up to the
+    /// retry policy's `backoffMax`).
+    pub cooldown: Duration,
+}
+
+/// Flow control of each lane; `None` parts are off.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Flow {
+    pub rate_limit: Option<RateLimit>,
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
 /// Default delivery settings for subscriptions that do not set their own.
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     pub retry: Retry,
+    /// Rate limit and circuit breaker, for subscriptions that do not set their own.
+    pub flow: Flow,
     /// Cloud metadata addresses that sinks may reach anyway.
     pub allow_addresses: Vec<std::net::IpAddr>,
 }
@@ -315,6 +342,10 @@ pub const SCHEMA: &[Key] = &[
     key("delivery.backoffMax", "PT5M", "the longest delay between retries"),
     key("delivery.retryAfterMax", "PT10M", "the longest `Retry-After` of a 429 or 503 that is honoured"),
     key("delivery.timeout", "PT30S", "how long one attempt may take"),
+    key("delivery.rateLimit.perSecond", "0", "attempts a second each lane may make, a token bucket (`0`: no limit); events wait in the lane, never dropped, and `Retry-After` still wins when it asks for longer"),
+    key("delivery.rateLimit.burst", "1", "attempts a lane may make at once after a quiet spell"),
+    key("delivery.circuitBreaker.failures", "0", "failed attempts in a row after which a lane stops sending for `cooldown`, then sends one probe (`0`: off; see [docs/delivery.md](docs/delivery.md#circuit-breaker))"),
+    key("delivery.circuitBreaker.cooldown", "PT30S", "how long an open breaker waits before its probe; doubled after each failed probe, up to `backoffMax`"),
     list("delivery.allowAddresses", "[]", "cloud metadata addresses sinks may reach anyway (they are refused otherwise; see [docs/security.md](docs/security.md))"),
     key("replies.maxHops", "8", "a reply deeper than this is dropped and counted"),
     key("shutdown.gracePeriod", "20s", "on SIGTERM/SIGINT, how long requests and delivery attempts under way may take to finish"),
@@ -759,6 +790,66 @@ impl Validator {
             Some(n) if !(matches!(n.value, Value::Null) && path != "admin.token") => n,
             _ => lookup(defaults, path).unwrap_or(defaults),
         }
+    }
+
+    /// A rate limit from its `perSecond` and `burst` nodes (under `path`); a key left
+    /// out keeps its value in `base`.
+    pub(crate) fn rate_limit(
+        &mut self,
+        per_second: Option<&Node>,
+        burst: Option<&Node>,
+        path: &str,
+        base: Option<RateLimit>,
+    ) -> Option<RateLimit> {
+        let rate = match per_second {
+            None => base.map_or(0.0, |r| r.per_second),
+            Some(n) => match n.value {
+                Value::Int(i) if (0..=1_000_000).contains(&i) => i as f64,
+                Value::Float(f) if (0.0..=1_000_000.0).contains(&f) => f,
+                _ => {
+                    self.error(
+                        n,
+                        &format!("{path}.perSecond"),
+                        "must be a number of attempts a second, 0 to 1000000 (0: no limit)",
+                    );
+                    0.0
+                }
+            },
+        };
+        let burst = match burst {
+            None => base.map_or(1, |r| r.burst),
+            Some(n) => self.int(n, &format!("{path}.burst"), 1, 1_000_000) as u32,
+        };
+        (rate > 0.0).then_some(RateLimit {
+            per_second: rate,
+            burst,
+        })
+    }
+
+    /// A circuit breaker from its `failures` and `cooldown` nodes (under `path`); a key
+    /// left out keeps its value in `base` (the cooldown 30 s when there is none).
+    pub(crate) fn circuit_breaker(
+        &mut self,
+        failures: Option<&Node>,
+        cooldown: Option<&Node>,
+        path: &str,
+        base: Option<CircuitBreaker>,
+    ) -> Option<CircuitBreaker> {
+        let failures = match failures {
+            None => base.map_or(0, |b| b.failures),
+            Some(n) => self.int(n, &format!("{path}.failures"), 0, 1_000_000) as u32,
+        };
+        let cooldown = match cooldown {
+            None => base.map_or(Duration::from_secs(30), |b| b.cooldown),
+            Some(n) => {
+                let d = self.duration(n, &format!("{path}.cooldown"));
+                if d.is_zero() {
+                    self.error(n, &format!("{path}.cooldown"), "must be greater than zero");
+                }
+                d
+            }
+        };
+        (failures > 0).then_some(CircuitBreaker { failures, cooldown })
     }
 
     /// Reads one of [`RETRY_KEYS`] into `retry`.
@@ -1538,8 +1629,23 @@ impl Validator {
             let n = self.pick(user, defaults, &path);
             self.retry_field(key, n, &path, &mut retry);
         }
+        let flow = Flow {
+            rate_limit: self.rate_limit(
+                Some(node!("delivery.rateLimit.perSecond")),
+                Some(node!("delivery.rateLimit.burst")),
+                "delivery.rateLimit",
+                None,
+            ),
+            circuit_breaker: self.circuit_breaker(
+                Some(node!("delivery.circuitBreaker.failures")),
+                Some(node!("delivery.circuitBreaker.cooldown")),
+                "delivery.circuitBreaker",
+                None,
+            ),
+        };
         let delivery = DeliveryConfig {
             retry,
+            flow,
             allow_addresses: {
                 let key = "delivery.allowAddresses";
                 let mut out = Vec::new();

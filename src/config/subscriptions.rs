@@ -13,7 +13,9 @@ use http::header::{HeaderName, HeaderValue};
 use http::Uri;
 
 use super::yaml::{self, Node, Value};
-use super::{Config, ConfigError, ConfigErrors, DeliveryConfig, Retry, Validator, RETRY_KEYS};
+use super::{
+    Config, ConfigError, ConfigErrors, DeliveryConfig, Flow, Retry, Validator, RETRY_KEYS,
+};
 use crate::event::validate::{check_name, parse_rfc3339};
 use crate::expr::cesql::Expression;
 use crate::expr::filter::{CelFilter, Dialect, Filter};
@@ -94,6 +96,8 @@ pub enum Ordering {
 #[derive(Debug, Clone)]
 pub struct DeliverySpec {
     pub retry: Retry,
+    /// The lane's rate limit and circuit breaker.
+    pub flow: Flow,
     pub dead_letter_sink: Option<Sink>,
     pub ordering: Ordering,
     pub max_in_flight: u32,
@@ -823,6 +827,7 @@ fn sink_tls(v: &mut Validator, node: &Node, path: &str) -> Option<SinkTls> {
 fn delivery(v: &mut Validator, node: Option<&Node>, d: &DeliveryConfig) -> DeliverySpec {
     let mut spec = DeliverySpec {
         retry: d.retry.clone(),
+        flow: d.flow,
         dead_letter_sink: None,
         ordering: Ordering::Unordered,
         max_in_flight: 32,
@@ -831,7 +836,13 @@ fn delivery(v: &mut Validator, node: Option<&Node>, d: &DeliveryConfig) -> Deliv
     let allowed: Vec<&str> = RETRY_KEYS
         .iter()
         .copied()
-        .chain(["deadLetterSink", "ordering", "maxInFlight"])
+        .chain([
+            "deadLetterSink",
+            "ordering",
+            "maxInFlight",
+            "rateLimit",
+            "circuitBreaker",
+        ])
         .collect();
     let Some(f) = fields(v, node, "spec.delivery", &allowed) else {
         return spec;
@@ -852,6 +863,26 @@ fn delivery(v: &mut Validator, node: Option<&Node>, d: &DeliveryConfig) -> Deliv
                 )
             }
             "maxInFlight" => spec.max_in_flight = v.int(n, &path, 1, 10_000) as u32,
+            "rateLimit" => {
+                if let Some(f) = fields(v, n, &path, &["perSecond", "burst"]) {
+                    spec.flow.rate_limit = v.rate_limit(
+                        get(&f, "perSecond"),
+                        get(&f, "burst"),
+                        &path,
+                        d.flow.rate_limit,
+                    );
+                }
+            }
+            "circuitBreaker" => {
+                if let Some(f) = fields(v, n, &path, &["failures", "cooldown"]) {
+                    spec.flow.circuit_breaker = v.circuit_breaker(
+                        get(&f, "failures"),
+                        get(&f, "cooldown"),
+                        &path,
+                        d.flow.circuit_breaker,
+                    );
+                }
+            }
             _ => {}
         }
     }

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Message, Response, Sender};
+use super::flow::{Breaker, Bucket, Gate, Transition};
 use super::policy::{self, Attempt, Verdict};
 use super::reply::{self, Reply};
 use super::schedule::{Finished, Schedule, Take};
@@ -78,6 +79,14 @@ pub struct LaneStats {
     pub dead_letter_sink_failed: AtomicU64,
     /// The last failure and when (ns since the epoch).
     pub last_error: Mutex<Option<(String, u64)>>,
+    /// The circuit breaker's state and since when (ns since the epoch); `None` without
+    /// a breaker.
+    pub breaker: Mutex<Option<(&'static str, u64)>>,
+    /// Times the breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// Attempts that waited for the rate limit, and how long in all (ns).
+    pub rate_limited: AtomicU64,
+    pub rate_limited_nanos: AtomicU64,
     /// Time from the first attempt to delivered or dead-lettered, when measured.
     pub duration: Option<prometheus::Histogram>,
 }
@@ -125,12 +134,54 @@ pub struct LaneContext {
     /// Cancels attempts under way: when the lane is replaced or removed, or when the
     /// shutdown grace period is over. (`stop` only ends what comes after them.)
     pub abort: CancellationToken,
+    /// The lane's rate limit and circuit breaker.
+    pub flow: Mutex<FlowState>,
+    /// Woken when the breaker's state changes (a probe ended, it opened).
+    pub flow_changed: tokio::sync::Notify,
+}
+
+/// A lane's flow control: the decisions ([`super::flow`]) and the monotonic time they
+/// count from.
+pub struct FlowState {
+    bucket: Option<Bucket>,
+    breaker: Option<Breaker>,
+    origin: tokio::time::Instant,
+}
+
+impl FlowState {
+    /// Flow control as `flow` configures it; a breaker's cooldown doubles up to
+    /// `backoff_max`.
+    pub fn new(flow: &crate::config::Flow, backoff_max: Duration) -> FlowState {
+        FlowState {
+            bucket: flow
+                .rate_limit
+                .map(|r| Bucket::new(r.per_second, r.burst, 0)),
+            breaker: flow
+                .circuit_breaker
+                .map(|b| Breaker::new(b.failures, b.cooldown, backoff_max, 0)),
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// A lane's deliveries under way, polled by the lane's own task (a task each would cost
 /// a spawn and a wake-up more per delivery).
 type InFlight =
     FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Outcome)> + Send>>>;
+
+/// What flow control says about the next attempt.
+enum Admission {
+    Go {
+        probe: bool,
+    },
+    /// Park the event for this long (the breaker's cooldown, or a slow rate).
+    Park(Duration),
+    Stopped,
+}
 
 /// How one event's delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +226,129 @@ impl LaneContext {
             .unwrap_or_else(|p| p.into_inner()) = Some((error, now));
     }
 
+    /// Whether the lane has a rate limit or a breaker (most have neither, and skip it all).
+    fn flow_control(&self) -> bool {
+        let flow = &self.sub().delivery.flow;
+        flow.rate_limit.is_some() || flow.circuit_breaker.is_some()
+    }
+
+    fn lock_flow(&self) -> std::sync::MutexGuard<'_, FlowState> {
+        self.flow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes a breaker transition: logged once, shown in the stats.
+    fn breaker_moved(&self, transition: Option<Transition>, breaker: &Breaker) {
+        let Some(t) = transition else { return };
+        let now = self.clock.now_unix_nanos();
+        *self.stats.breaker.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((breaker.state().0.name(), now));
+        match t {
+            Transition::Opened { cooldown } => {
+                self.stats
+                    .breaker_opened
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                tracing::warn!(cooldown_ms = cooldown.as_millis() as u64, "circuit breaker opened: no attempts until the cooldown is over, then one probe");
+            }
+            Transition::HalfOpened => {
+                tracing::info!("circuit breaker half-open: one probe goes out")
+            }
+            Transition::Closed => {
+                tracing::info!("circuit breaker closed: the sink answered the probe")
+            }
+        }
+        self.flow_changed.notify_waiters();
+    }
+
+    /// Waits until flow control lets an attempt out. A wait costs the event none of its
+    /// retries; one longer than [`PARK_AFTER`] is not waited here but parked.
+    async fn admit(&self, stop: &CancellationToken) -> Admission {
+        if !self.flow_control() {
+            return Admission::Go { probe: false };
+        }
+        let mut limited_since: Option<tokio::time::Instant> = None;
+        loop {
+            // Registered before the state is read, so a change in between still wakes.
+            let changed = self.flow_changed.notified();
+            let wait = {
+                let mut flow = self.lock_flow();
+                let now = flow.now();
+                let FlowState {
+                    bucket, breaker, ..
+                } = &mut *flow;
+                let (gate, transition) = match breaker.as_mut() {
+                    Some(b) => b.gate(now),
+                    None => (Gate::Go, None),
+                };
+                if let Some(b) = breaker.as_ref() {
+                    self.breaker_moved(transition, b);
+                }
+                match gate {
+                    Gate::Wait(d) => d,
+                    gate => match bucket.as_mut().map(|b| b.take(now)) {
+                        Some(Err(d)) => {
+                            if gate == Gate::Probe {
+                                if let Some(b) = breaker.as_mut() {
+                                    b.abandon_probe();
+                                }
+                            }
+                            limited_since.get_or_insert_with(tokio::time::Instant::now);
+                            Some(d)
+                        }
+                        _ => {
+                            if let Some(t) = limited_since {
+                                self.stats
+                                    .rate_limited
+                                    .fetch_add(1, AtomicOrdering::Relaxed);
+                                self.stats.rate_limited_nanos.fetch_add(
+                                    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                                    AtomicOrdering::Relaxed,
+                                );
+                            }
+                            return Admission::Go {
+                                probe: gate == Gate::Probe,
+                            };
+                        }
+                    },
+                }
+            };
+            if let Some(long) = wait.filter(|w| *w > PARK_AFTER) {
+                return Admission::Park(long);
+            }
+            // Without a deadline (a probe is out), look again now and then anyway.
+            let wait = wait.unwrap_or(Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = changed => {}
+                _ = stop.cancelled() => return Admission::Stopped,
+            }
+        }
+    }
+
+    /// Tells the breaker how an attempt ended: `Some(true)` the sink is there (any
+    /// answer that is not retried), `Some(false)` a failure worth a retry, `None` no
+    /// outcome (the attempt was cut short).
+    fn record(&self, outcome: Option<bool>, probe: bool) {
+        if self.sub().delivery.flow.circuit_breaker.is_none() {
+            return;
+        }
+        let mut flow = self.lock_flow();
+        let now = flow.now();
+        let Some(breaker) = flow.breaker.as_mut() else {
+            return;
+        };
+        match outcome {
+            Some(up) => {
+                let transition = breaker.record(up, probe, now);
+                self.breaker_moved(transition, breaker);
+            }
+            None if probe => {
+                breaker.abandon_probe();
+                self.flow_changed.notify_waiters();
+            }
+            None => {}
+        }
+    }
+
     /// Runs the lane until `stop`. What to do next is the [`Schedule`]'s to decide; this
     /// loop reads and writes the lane store, starts deliveries and waits.
     pub async fn run(self: Arc<Self>, mut routed: watch::Receiver<u64>, stop: CancellationToken) {
@@ -185,6 +359,10 @@ impl LaneContext {
             REREAD_EVERY,
         );
         let mut in_flight: InFlight = FuturesUnordered::new();
+        *self.stats.breaker.lock().unwrap_or_else(|p| p.into_inner()) = delivery
+            .flow
+            .circuit_breaker
+            .map(|_| ("closed", self.clock.now_unix_nanos()));
         let mut commit = tokio::time::interval(COMMIT_EVERY);
         commit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let feed = self.feeds.attach(&self.lane);
@@ -501,20 +679,30 @@ impl LaneContext {
             if stop.is_cancelled() {
                 return Outcome::Stopped;
             }
+            let probe = match self.admit(stop).await {
+                Admission::Go { probe } => probe,
+                Admission::Stopped => return Outcome::Stopped,
+                Admission::Park(wait) => return self.park(seq, attempts, wait).await,
+            };
             attempts += 1;
             self.stats.attempts.fetch_add(1, AtomicOrdering::Relaxed);
             let message = self.message(seq, "");
             let result = tokio::select! {
                 r = self.sender.send(&self.sink, event, &message, spec.retry.timeout) => r,
                 // At shutdown an attempt under way may finish (shutdown.gracePeriod).
-                _ = self.abort.cancelled() => return Outcome::Stopped,
+                _ = self.abort.cancelled() => {
+                    self.record(None, probe);
+                    return Outcome::Stopped;
+                }
             };
             let attempt = match &result {
                 Ok(r) => Attempt::Status(r.status),
                 Err(a) => *a,
             };
             self.stats.count_attempt(attempt);
-            match policy::classify(attempt) {
+            let verdict = policy::classify(attempt);
+            self.record(Some(verdict != Verdict::Retry), probe);
+            match verdict {
                 Verdict::Success => {
                     if let Ok(response) = &result {
                         if !self.handle_reply(record, response).await {
@@ -581,30 +769,35 @@ impl LaneContext {
         );
         let wait = policy::next_wait(backoff, status, retry_after, spec.retry.retry_after_max);
         if wait > PARK_AFTER {
-            let due = self
-                .clock
-                .now_unix_nanos()
-                .saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
-            return match self
-                .log
-                .lanes()
-                .park(&self.broker, &self.lane, seq, due, attempts)
-                .await
-            {
-                Ok(()) => {
-                    self.stats.parked.fetch_add(1, AtomicOrdering::Relaxed);
-                    tracing::debug!(seq, wait_ms = wait.as_millis() as u64, "parked");
-                    Some(Outcome::Parked)
-                }
-                Err(e) => {
-                    tracing::warn!(seq, error = %e, "cannot park; the event stays pending");
-                    Some(Outcome::Stopped)
-                }
-            };
+            return Some(self.park(seq, attempts, wait).await);
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => None,
             _ = stop.cancelled() => Some(Outcome::Stopped),
+        }
+    }
+
+    /// Parks `seq` for `wait`, its `attempts` kept.
+    async fn park(&self, seq: u64, attempts: u32, wait: Duration) -> Outcome {
+        let due = self
+            .clock
+            .now_unix_nanos()
+            .saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+        match self
+            .log
+            .lanes()
+            .park(&self.broker, &self.lane, seq, due, attempts)
+            .await
+        {
+            Ok(()) => {
+                self.stats.parked.fetch_add(1, AtomicOrdering::Relaxed);
+                tracing::debug!(seq, wait_ms = wait.as_millis() as u64, "parked");
+                Outcome::Parked
+            }
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "cannot park; the event stays pending");
+                Outcome::Stopped
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 //! lane and nothing else.
 
 pub mod client;
+pub mod flow;
 pub mod lane;
 pub mod outbound;
 pub mod policy;
@@ -231,6 +232,11 @@ impl Delivery {
                 dedupe: self.dedupe.clone(),
                 stats: self.stats(&key.0, &key.1),
                 abort: self.abort.child_token(),
+                flow: Mutex::new(lane::FlowState::new(
+                    &route.subscription.delivery.flow,
+                    route.subscription.delivery.retry.backoff_max,
+                )),
+                flow_changed: tokio::sync::Notify::new(),
             });
             let stop = CancellationToken::new();
             let s = stop.clone();

@@ -43,6 +43,18 @@ pub async fn wait_until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     eventually(what, async || cond().await.then_some(())).await
 }
 
+/// The value of the first series `name{…}` in a `/metrics` text whose labels hold every
+/// `(label, value)` of `with`.
+pub fn sample(metrics: &str, name: &str, with: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let labels = series.strip_prefix(name)?.strip_prefix('{')?;
+        with.iter()
+            .all(|(k, v)| labels.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().unwrap())
+    })
+}
+
 pub fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -302,6 +314,14 @@ impl TestServer {
             serde_json::to_vec(event).unwrap(),
         )
         .await
+    }
+
+    /// `GET` an admin API path (no token): the answer's JSON.
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        let uri = format!("http://{}{path}", self.server().admin_addr);
+        let resp = self.client.get(uri.parse().unwrap()).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
     }
 
     /// `GET /metrics` on the admin listener: the answer's `Content-Type` and its text.

@@ -132,7 +132,7 @@ impl Node {
 
     /// Waits (bounded) until the node serves JetStream.
     pub fn wait_ready(&self, cluster: bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !self.healthy(!cluster) {
             assert!(
                 Instant::now() < deadline,

@@ -120,7 +120,7 @@ async function subscriptions() {
     for (const l of s.lanes) {
       const error = l.lastError ? l.lastError.message + ' (' + l.lastError.time + ')' : null;
       laneRows.push(el('tr', { 'data-lane': s.name + ' ' + l.sink },
-        cell(s.name), cell(s.broker), cell(l.sink),
+        cell(s.name), cell(s.broker), cell(l.sink), cell(l.state, 'state'),
         el('td', { class: 'number lag' }, String(l.lag)),
         el('td', { class: 'number in-flight' }, String(l.inFlight)),
         el('td', { class: 'number parked' }, String(l.parked)),
@@ -137,7 +137,7 @@ async function subscriptions() {
       brokerRows),
     el('h2', {}, 'Subscriptions'),
     el('table', { id: 'lanes' },
-      el('tr', {}, ['Subscription', 'Broker', 'Sink', 'Lag', 'In flight', 'Parked',
+      el('tr', {}, ['Subscription', 'Broker', 'Sink', 'State', 'Lag', 'In flight', 'Parked',
         'Delivered', 'Dead-lettered', 'Last error', 'Matched'].map((h) => el('th', {}, h))),
       laneRows));
 }
