@@ -37,11 +37,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/subscriptions"),
     ("GET", "/api/v1/subscriptions/{name}"),
     ("POST", "/api/v1/subscriptions/{name}/replay"),
+    ("POST", "/api/v1/subscriptions/{name}/pause"),
+    ("POST", "/api/v1/subscriptions/{name}/resume"),
     ("GET", "/api/v1/brokers"),
     ("GET", "/api/v1/brokers/{broker}/events"),
     ("GET", "/api/v1/brokers/{broker}/events/{seq}"),
     ("GET", "/api/v1/deadletters"),
     ("POST", "/api/v1/deadletters/{id}/redeliver"),
+    ("POST", "/api/v1/deadletters/redeliver"),
     ("DELETE", "/api/v1/deadletters/{id}"),
     ("POST", "/api/v1/explain"),
 ];
@@ -51,11 +54,20 @@ pub fn routes() -> Router<Arc<Admin>> {
         .route("/api/v1/subscriptions", get(list_subscriptions))
         .route("/api/v1/subscriptions/{name}", get(get_subscription))
         .route("/api/v1/subscriptions/{name}/replay", post(replay))
+        .route(
+            "/api/v1/subscriptions/{name}/pause",
+            post(async |s, p, b| pause(s, p, b, true).await),
+        )
+        .route(
+            "/api/v1/subscriptions/{name}/resume",
+            post(async |s, p, b| pause(s, p, b, false).await),
+        )
         .route("/api/v1/brokers", get(list_brokers))
         .route("/api/v1/brokers/{broker}/events", get(list_events))
         .route("/api/v1/brokers/{broker}/events/{seq}", get(get_event))
         .route("/api/v1/deadletters", get(list_dead_letters))
         .route("/api/v1/deadletters/{id}/redeliver", post(redeliver))
+        .route("/api/v1/deadletters/redeliver", post(redeliver_all))
         .route(
             "/api/v1/deadletters/{id}",
             axum::routing::delete(delete_dead_letter),
@@ -122,10 +134,11 @@ fn dialect_json(d: &Dialect) -> Value {
 }
 
 /// A subscription with the state of each of its lanes.
-/// What a lane is doing, in one word: `sending`, or its breaker's state (`open`,
-/// `half-open`) while that stops it.
-fn lane_state(breaker: Option<&str>) -> &'static str {
+/// What a lane is doing, in one word: `paused`, `sending`, or its breaker's state
+/// (`open`, `half-open`) while that stops it.
+fn lane_state(paused: bool, breaker: Option<&str>) -> &'static str {
     match breaker {
+        _ if paused => "paused",
         Some("open") => "open",
         Some("half-open") => "half-open",
         _ => "sending",
@@ -156,9 +169,11 @@ async fn subscription_json(api: &Api, route: &Arc<Route>) -> Result<Value, ApiEr
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let breaker = *stats.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        let paused = stats.paused.load(Ordering::Relaxed);
         lanes.push(json!({
             "sink": lane.sink,
-            "state": lane_state(breaker.map(|(state, _)| state)),
+            "state": lane_state(paused, breaker.map(|(state, _)| state)),
+            "paused": paused,
             "breaker": breaker.map(|(state, since)| json!({ "state": state, "since": time(since) })),
             "cursor": cursor,
             "lag": depth.pending,
@@ -253,6 +268,56 @@ async fn resolve(api: &Api, broker: &str, p: &Position) -> Result<u64, ApiError>
             api.log.seq_at_time(broker, at).await.map_err(unavailable)
         }
     }
+}
+
+/// `POST .../pause` and `.../resume`: every lane of the subscription, or the one of
+/// `{"sink": uri}`; answers the subscription as `GET` does.
+async fn pause(
+    State(admin): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    body: Bytes,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        sink: Option<String>,
+    }
+    let api = api(&admin)?;
+    let route = find(api, &name)?;
+    let request: Request = if body.iter().all(u8::is_ascii_whitespace) {
+        Request { sink: None }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            problem(
+                StatusCode::BAD_REQUEST,
+                "Bad Pause Request",
+                format!("expected no body or {{\"sink\": uri}}: {e}"),
+            )
+        })?
+    };
+    let lanes: Vec<LaneId> = match &request.sink {
+        None => route.lanes.clone(),
+        Some(sink) => vec![route
+            .lanes
+            .iter()
+            .find(|l| &l.sink == sink)
+            .cloned()
+            .ok_or_else(|| {
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "Unknown Sink",
+                    format!("'{name}' has no sink {sink}"),
+                )
+            })?],
+    };
+    for lane in &lanes {
+        api.delivery
+            .set_paused(&route.subscription.broker, lane, paused)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(Json(subscription_json(api, &route).await?).into_response())
 }
 
 async fn replay(
@@ -558,56 +623,97 @@ async fn redeliver(
     State(admin): State<Arc<Admin>>,
     Path(id): Path<u64>,
 ) -> Result<Response, ApiError> {
-    let v = {
-        let api = api(&admin)?;
-        let letter = api
-            .log
-            .dead_letters()
-            .get(id)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| {
-                problem(
-                    StatusCode::NOT_FOUND,
-                    "No Such Dead Letter",
-                    format!("there is no dead letter {id}"),
-                )
-            })?;
-        let lane = LaneId::new(letter.subscription.clone(), letter.sink.clone());
-        let seq = letter.seq;
-        let present = api
-            .log
-            .get(&letter.broker, seq)
-            .await
-            .map_err(unavailable)?
-            .is_some();
-        if !present {
-            return Err(problem(
-                StatusCode::CONFLICT,
-                "Event Gone",
-                format!(
-                    "event {seq} is no longer in the log; the dead letter keeps it for inspection"
-                ),
-            ));
-        }
-        // The entry is durable before the letter goes: a crash between them keeps both,
-        // never neither.
-        api.log
-            .lanes()
-            .requeue(&letter.broker, &lane, seq)
-            .await
-            .map_err(unavailable)?;
-        api.log
-            .dead_letters()
-            .delete(id)
-            .await
-            .map_err(unavailable)?;
-        api.routing.notify_routed(&letter.broker);
-        Ok(
-            json!({ "id": id, "requeued": { "subscription": lane.subscription, "sink": lane.sink, "seq": seq } }),
-        )
-    }?;
+    let api = api(&admin)?;
+    let letter = api
+        .log
+        .dead_letters()
+        .get(id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            problem(
+                StatusCode::NOT_FOUND,
+                "No Such Dead Letter",
+                format!("there is no dead letter {id}"),
+            )
+        })?;
+    let v = requeue_letter(api, id, &letter).await?;
     Ok((StatusCode::ACCEPTED, Json(v)).into_response())
+}
+
+/// Puts a dead letter's event back into its lane and deletes the letter.
+async fn requeue_letter(
+    api: &Api,
+    id: u64,
+    letter: &crate::log::DeadLetter,
+) -> Result<Value, ApiError> {
+    let lane = LaneId::new(letter.subscription.clone(), letter.sink.clone());
+    let seq = letter.seq;
+    let present = api
+        .log
+        .get(&letter.broker, seq)
+        .await
+        .map_err(unavailable)?
+        .is_some();
+    if !present {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            "Event Gone",
+            format!("event {seq} is no longer in the log; the dead letter keeps it for inspection"),
+        ));
+    }
+    // The entry is durable before the letter goes: a crash between them keeps both,
+    // never neither.
+    api.log
+        .lanes()
+        .requeue(&letter.broker, &lane, seq)
+        .await
+        .map_err(unavailable)?;
+    api.log
+        .dead_letters()
+        .delete(id)
+        .await
+        .map_err(unavailable)?;
+    api.routing.notify_routed(&letter.broker);
+    Ok(
+        json!({ "id": id, "requeued": { "subscription": lane.subscription, "sink": lane.sink, "seq": seq } }),
+    )
+}
+
+/// `POST /api/v1/deadletters/redeliver` `{"subscription": name, "sink"?: uri}`: every dead
+/// letter of the subscription (or of one of its sinks) back into its lane. Letters whose
+/// event retention deleted stay, counted as `gone`.
+async fn redeliver_all(State(admin): State<Arc<Admin>>, body: Bytes) -> Result<Response, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        subscription: String,
+        sink: Option<String>,
+    }
+    let api = api(&admin)?;
+    let request: Request = serde_json::from_slice(&body).map_err(|e| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "Bad Redelivery Request",
+            format!("expected {{\"subscription\": name, \"sink\"?: uri}}: {e}"),
+        )
+    })?;
+    let letters = api.log.dead_letters().list().await.map_err(unavailable)?;
+    let (mut requeued, mut gone) = (0u64, Vec::new());
+    for (id, letter) in letters.iter().filter(|(_, l)| {
+        l.subscription == request.subscription && request.sink.as_ref().is_none_or(|s| &l.sink == s)
+    }) {
+        match requeue_letter(api, *id, letter).await {
+            Ok(_) => requeued += 1,
+            Err(e) if e.0.status == StatusCode::CONFLICT => gone.push(*id),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "requeued": requeued, "gone": gone })),
+    )
+        .into_response())
 }
 
 async fn delete_dead_letter(

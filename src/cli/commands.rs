@@ -56,6 +56,8 @@ pub enum Client {
     Subscriptions {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(subcommand)]
+        action: Option<SubscriptionAction>,
         /// One subscription, with its filter and how many events it matched.
         name: Option<String>,
     },
@@ -113,6 +115,25 @@ pub enum Client {
 }
 
 #[derive(Subcommand)]
+pub enum SubscriptionAction {
+    /// Stop a subscription's lanes (or one's) from sending: events keep being routed into
+    /// them and wait, durably, across restarts, until `resume`.
+    Pause {
+        name: String,
+        /// Only this sink's lane.
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Let paused lanes send again.
+    Resume {
+        name: String,
+        /// Only this sink's lane.
+        #[arg(long)]
+        sink: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum EventsAction {
     /// One stored event: its attributes and its data.
     Get {
@@ -155,8 +176,15 @@ pub enum DeadLetterAction {
         #[arg(long)]
         sink: Option<String>,
     },
-    /// Put a dead letter's event back into its lane.
-    Redeliver { id: u64 },
+    /// Put a dead letter's event back into its lane; with `--subscription` (and
+    /// `--sink`) instead of an id, every dead letter of that subscription (or sink).
+    Redeliver {
+        id: Option<u64>,
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        subscription: Option<String>,
+        #[arg(long, requires = "subscription")]
+        sink: Option<String>,
+    },
     /// Remove a dead letter.
     Delete { id: u64 },
 }
@@ -309,7 +337,37 @@ pub async fn run(command: Client) -> Result<(), CliError> {
             });
             Ok(())
         }
-        Client::Subscriptions { admin, name } => {
+        Client::Subscriptions {
+            admin,
+            action: Some(action),
+            name,
+        } => {
+            if name.is_some() {
+                return Err(cli::CliError::Usage(
+                    "subscriptions pause|resume NAME takes the name after the action".into(),
+                ));
+            }
+            let (verb, name, sink) = match action {
+                SubscriptionAction::Pause { name, sink } => ("pause", name, sink),
+                SubscriptionAction::Resume { name, sink } => ("resume", name, sink),
+            };
+            let url = format!(
+                "{}/api/v1/subscriptions/{name}/{verb}",
+                admin.admin.trim_end_matches('/')
+            );
+            let body = sink.map(|s| {
+                let json = serde_json::json!({ "sink": s }).to_string();
+                ("application/json", bytes::Bytes::from(json))
+            });
+            let answer = cli::call(Method::POST, &url, admin.token.as_deref(), body, &[]).await?;
+            print(admin.output, &answer, cli::subscriptions_table);
+            Ok(())
+        }
+        Client::Subscriptions {
+            admin,
+            action: None,
+            name,
+        } => {
             let base = admin.admin.trim_end_matches('/');
             let url = match &name {
                 Some(n) => format!("{base}/api/v1/subscriptions/{n}"),
@@ -464,12 +522,36 @@ pub async fn run(command: Client) -> Result<(), CliError> {
                         cli::call(Method::GET, &url, admin.token.as_deref(), None, &[]).await?;
                     print(admin.output, &letters, cli::dead_letters_table);
                 }
-                DeadLetterAction::Redeliver { id } => {
+                DeadLetterAction::Redeliver { id: Some(id), .. } => {
                     let url = format!("{base}/api/v1/deadletters/{id}/redeliver");
                     let answer =
                         cli::call(Method::POST, &url, admin.token.as_deref(), None, &[]).await?;
                     print(admin.output, &answer, |_| {
                         format!("dead letter {id} requeued")
+                    });
+                }
+                DeadLetterAction::Redeliver {
+                    id: None,
+                    subscription,
+                    sink,
+                } => {
+                    let url = format!("{base}/api/v1/deadletters/redeliver");
+                    let body = serde_json::json!({ "subscription": subscription, "sink": sink });
+                    let body = ("application/json", bytes::Bytes::from(body.to_string()));
+                    let answer =
+                        cli::call(Method::POST, &url, admin.token.as_deref(), Some(body), &[])
+                            .await?;
+                    print(admin.output, &answer, |a| {
+                        let gone = a["gone"].as_array().map_or(0, Vec::len);
+                        format!(
+                            "{} dead letter(s) requeued{}",
+                            a["requeued"],
+                            if gone > 0 {
+                                format!("; {gone} kept: their events are no longer in the log")
+                            } else {
+                                String::new()
+                            }
+                        )
                     });
                 }
                 DeadLetterAction::Delete { id } => {

@@ -84,6 +84,10 @@ pub struct LaneStats {
     pub breaker: Mutex<Option<(&'static str, u64)>>,
     /// Times the breaker opened.
     pub breaker_opened: AtomicU64,
+    /// Whether the lane is paused (the admin API): it sends nothing, and its events wait.
+    pub paused: std::sync::atomic::AtomicBool,
+    /// Woken when the lane is resumed.
+    pub resumed: tokio::sync::Notify,
     /// Attempts that waited for the rate limit, and how long in all (ns).
     pub rate_limited: AtomicU64,
     pub rate_limited_nanos: AtomicU64,
@@ -262,6 +266,19 @@ impl LaneContext {
     /// Waits until flow control lets an attempt out. A wait costs the event none of its
     /// retries; one longer than [`PARK_AFTER`] is not waited here but parked.
     async fn admit(&self, stop: &CancellationToken) -> Admission {
+        while self.stats.paused.load(AtomicOrdering::Relaxed) {
+            // A shared lane's claim would run out while it waits: the entry goes back,
+            // parked, and comes out again when the lane is resumed.
+            if self.log.lanes().shared() {
+                return Admission::Park(Duration::ZERO);
+            }
+            let resumed = self.stats.resumed.notified();
+            tokio::select! {
+                _ = resumed => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stop.cancelled() => return Admission::Stopped,
+            }
+        }
         if !self.flow_control() {
             return Admission::Go { probe: false };
         }
@@ -376,10 +393,24 @@ impl LaneContext {
             return;
         }
         let mut wake = lanes.wake(&self.broker, &self.lane);
+        // A pause outlives restarts: read before anything is sent.
+        match lanes.paused(&self.broker).await {
+            Ok(paused) => self
+                .stats
+                .paused
+                .store(paused.contains(&self.lane), AtomicOrdering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "cannot read whether the lane is paused"),
+        }
         let (mut poll, mut more, mut ticks) = (true, false, 0u32);
         loop {
             let now = self.clock.now_unix_nanos();
-            if plan.must_unpark(now) {
+            // A paused lane starts nothing: its entries stay pending, and parked ones
+            // stay parked, until it is resumed.
+            let paused = self.stats.paused.load(AtomicOrdering::Relaxed);
+            if paused {
+                poll = true;
+            }
+            if !paused && plan.must_unpark(now) {
                 match self
                     .log
                     .lanes()
@@ -390,7 +421,9 @@ impl LaneContext {
                     Err(e) => tracing::warn!(error = %e, "cannot read parked entries"),
                 }
             }
-            let read = if shared {
+            let read = if paused {
+                None
+            } else if shared {
                 let room = plan.room(stop.is_cancelled());
                 (room > 0 && std::mem::take(&mut poll)).then_some((0, room))
             } else {

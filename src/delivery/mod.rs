@@ -116,6 +116,20 @@ impl Delivery {
             durations: options.durations,
             abort,
         });
+        if delivery.log.lanes().shared() {
+            // Another instance may pause or resume a lane: its word is read once a second.
+            let me = delivery.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    me.refresh_pauses().await;
+                }
+            });
+        }
         let me = delivery.clone();
         let supervisor = tokio::spawn(async move {
             let mut sets = routing.subscribe();
@@ -142,6 +156,53 @@ impl Delivery {
             }
         });
         (delivery, supervisor)
+    }
+
+    /// Pauses (`true`) or resumes a lane: durably first, then at once here (and
+    /// within a second on the other instances that share the lanes).
+    pub async fn set_paused(
+        &self,
+        broker: &str,
+        lane: &LaneId,
+        paused: bool,
+    ) -> crate::log::LogResult<()> {
+        self.log.lanes().set_paused(broker, lane, paused).await?;
+        let stats = self.stats(broker, lane);
+        let was = stats
+            .paused
+            .swap(paused, std::sync::atomic::Ordering::Relaxed);
+        if was != paused {
+            tracing::info!(broker, subscription = %lane.subscription, sink = %crate::http::redact::redact(&lane.sink), paused, "lane {}", if paused { "paused" } else { "resumed" });
+        }
+        if !paused {
+            stats.resumed.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Reads which lanes are paused from the backend into their counters.
+    async fn refresh_pauses(&self) {
+        let lanes: Vec<(String, LaneId, Arc<LaneStats>)> = self
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((b, l), s)| (b.clone(), l.clone(), s.clone()))
+            .collect();
+        let mut brokers: Vec<&str> = lanes.iter().map(|(b, _, _)| b.as_str()).collect();
+        brokers.sort_unstable();
+        brokers.dedup();
+        for broker in brokers {
+            let Ok(paused) = self.log.lanes().paused(broker).await else {
+                continue;
+            };
+            for (_, lane, stats) in lanes.iter().filter(|(b, _, _)| b == broker) {
+                let now = paused.contains(lane);
+                if stats.paused.swap(now, std::sync::atomic::Ordering::Relaxed) && !now {
+                    stats.resumed.notify_waiters();
+                }
+            }
+        }
     }
 
     /// A lane's counters.

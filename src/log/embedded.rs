@@ -85,6 +85,18 @@ pub trait BlockingStore: Send + Sync + 'static {
         broker: &str,
     ) -> Result<Vec<(String, SubscriptionState)>, LogError>;
 
+    /// The lanes of `broker` paused by the admin API.
+    fn paused(&self, _broker: &str) -> Result<Vec<LaneId>, LogError> {
+        Ok(Vec::new())
+    }
+
+    /// Pauses or resumes a lane, durably.
+    fn set_paused(&self, _broker: &str, _lane: &LaneId, _paused: bool) -> Result<(), LogError> {
+        Err(LogError::Unavailable(
+            "this store cannot pause lanes".into(),
+        ))
+    }
+
     /// Removes a subscription's state and every pending entry of its lanes (all of them,
     /// or only the lanes of `sinks`); returns how many entries were dropped.
     fn drop_lanes(
@@ -274,6 +286,14 @@ impl BlockingStore for Store {
         broker: &str,
     ) -> Result<Vec<(String, SubscriptionState)>, LogError> {
         Ok(Store::subscription_states(self, broker)?)
+    }
+
+    fn paused(&self, broker: &str) -> Result<Vec<LaneId>, LogError> {
+        Ok(Store::paused(self, broker))
+    }
+
+    fn set_paused(&self, broker: &str, lane: &LaneId, paused: bool) -> Result<(), LogError> {
+        Ok(Store::set_paused(self, broker, lane, paused)?)
     }
 
     fn drop_lanes(
@@ -724,6 +744,19 @@ impl LaneBackend for Embedded {
         broker: &'a str,
     ) -> BoxFuture<'a, LogResult<Vec<(String, SubscriptionState)>>> {
         now(self.store.subscription_states(broker))
+    }
+
+    fn paused<'a>(&'a self, broker: &'a str) -> BoxFuture<'a, LogResult<Vec<LaneId>>> {
+        now(self.store.paused(broker))
+    }
+
+    fn set_paused<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+        paused: bool,
+    ) -> BoxFuture<'a, LogResult<()>> {
+        now(self.store.set_paused(broker, lane, paused))
     }
 
     fn drop_lanes<'a>(

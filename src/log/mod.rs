@@ -192,6 +192,18 @@ pub trait LaneBackend: Send + Sync + 'static {
         broker: &'a str,
     ) -> BoxFuture<'a, LogResult<Vec<(String, SubscriptionState)>>>;
 
+    /// The lanes of `broker` paused by the admin API (durably: a pause survives a
+    /// restart, and holds for every instance).
+    fn paused<'a>(&'a self, broker: &'a str) -> BoxFuture<'a, LogResult<Vec<LaneId>>>;
+
+    /// Pauses or resumes a lane, durably before it returns.
+    fn set_paused<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+        paused: bool,
+    ) -> BoxFuture<'a, LogResult<()>>;
+
     /// Removes a subscription's state and every entry of its lanes (all of them, or
     /// only the lanes of `sinks`); returns how many entries were dropped.
     fn drop_lanes<'a>(
@@ -500,6 +512,16 @@ impl Lanes {
         broker: &str,
     ) -> LogResult<Vec<(String, SubscriptionState)>> {
         self.0.subscription_states(broker).await
+    }
+
+    /// The lanes of `broker` paused by the admin API.
+    pub async fn paused(&self, broker: &str) -> LogResult<Vec<LaneId>> {
+        self.0.paused(broker).await
+    }
+
+    /// Pauses or resumes a lane, durably.
+    pub async fn set_paused(&self, broker: &str, lane: &LaneId, paused: bool) -> LogResult<()> {
+        self.0.set_paused(broker, lane, paused).await
     }
 
     pub async fn drop_lanes(

@@ -65,6 +65,8 @@ pub struct Store {
     dead_letters: DeadLetters,
     /// Lane entries and routing state.
     lanes: LaneStore,
+    /// The lanes paused by the admin API.
+    pauses: super::pauses::Pauses,
     /// Damage found: records that do not decode (skipped when read), and records lost
     /// before the last start (the head below its mark).
     damage: Mutex<HashMap<String, Damage>>,
@@ -135,6 +137,7 @@ impl Store {
         std::fs::create_dir_all(&options.path)?;
         let dead_letters =
             DeadLetters::open(&options.path, options.cache_capacity, options.durability)?;
+        let pauses = super::pauses::Pauses::open(&options.path)?;
         let mut trees = HashMap::new();
         for b in brokers {
             let segments = Segments::open(&options.path.join("segments").join(b))?;
@@ -214,6 +217,7 @@ impl Store {
             }),
             lanes,
             dead_letters,
+            pauses,
             brokers: trees,
             durability: options.durability,
             dedupe_window_nanos: options.dedupe_window_nanos,
@@ -562,6 +566,21 @@ impl Store {
         self.lanes
             .record_routes(broker, entries, progress)
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+
+    /// The paused lanes of `broker`.
+    pub fn paused(&self, broker: &str) -> Vec<LaneId> {
+        self.pauses
+            .list(broker)
+            .into_iter()
+            .map(|(subscription, sink)| LaneId::new(subscription, sink))
+            .collect()
+    }
+
+    /// Pauses or resumes a lane, durably.
+    pub fn set_paused(&self, broker: &str, lane: &LaneId, paused: bool) -> Result<(), StoreError> {
+        self.pauses
+            .set(broker, &lane.subscription, &lane.sink, paused)
     }
 
     pub fn subscription_states(

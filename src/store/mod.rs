@@ -18,6 +18,7 @@ pub mod dead_letters;
 pub mod embedded;
 pub mod events;
 pub mod lanes;
+pub mod pauses;
 
 use std::path::PathBuf;
 use std::sync::Arc;

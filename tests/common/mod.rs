@@ -361,14 +361,22 @@ impl TestServer {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             let head = log.head(broker).unwrap();
-            let cursor = log.lanes().router_cursor(broker).await.unwrap();
-            let backfilling = log
-                .lanes()
-                .subscription_states(broker)
-                .await
-                .unwrap()
-                .iter()
-                .any(|(_, s)| s.backfill.is_some());
+            // A cluster may not answer for a moment (a leader being elected): asked again.
+            let cursor = log.lanes().router_cursor(broker).await;
+            let states = log.lanes().subscription_states(broker).await;
+            let (cursor, states) = match (cursor, states) {
+                (Ok(c), Ok(s)) => (c, s),
+                (Err(e), _) | (_, Err(e)) if e.is_unavailable() => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "routing state unreadable: {e}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+                (Err(e), _) | (_, Err(e)) => panic!("{e}"),
+            };
+            let backfilling = states.iter().any(|(_, s)| s.backfill.is_some());
             if cursor >= head && !backfilling {
                 return;
             }

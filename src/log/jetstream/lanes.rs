@@ -499,6 +499,30 @@ impl JetStreamLanes {
     }
 }
 
+impl JetStreamLanes {
+    /// The paused lanes of `broker` (the bucket's `paused.<broker>`: a JSON list of
+    /// `[subscription, sink]`) and the key's revision (0: none yet).
+    async fn read_paused(&self, broker: &str) -> LogResult<(Vec<LaneId>, u64)> {
+        let key = format!("paused.{broker}");
+        match self.kv.entry(&key).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                let pairs: Vec<(String, String)> =
+                    serde_json::from_slice(&entry.value).map_err(|e| {
+                        LogError::Unavailable(format!("the paused lanes {key} cannot be read: {e}"))
+                    })?;
+                Ok((
+                    pairs.into_iter().map(|(s, k)| LaneId::new(s, k)).collect(),
+                    entry.revision,
+                ))
+            }
+            // Deleted or purged: a write must be an update of that revision.
+            Ok(Some(entry)) => Ok((Vec::new(), entry.revision)),
+            Ok(None) => Ok((Vec::new(), 0)),
+            Err(e) => Err(unavailable("cannot read the paused lanes", e)),
+        }
+    }
+}
+
 impl crate::log::LaneBackend for JetStreamLanes {
     fn router_cursor<'a>(&'a self, broker: &'a str) -> BoxFuture<'a, LogResult<u64>> {
         Box::pin(async move { self.with_progress(broker, |p| (p.cursor, false)).await })
@@ -561,6 +585,62 @@ impl crate::log::LaneBackend for JetStreamLanes {
                 (states, false)
             })
             .await
+        })
+    }
+
+    fn paused<'a>(&'a self, broker: &'a str) -> BoxFuture<'a, LogResult<Vec<LaneId>>> {
+        Box::pin(async move {
+            let (lanes, _) = self.read_paused(broker).await?;
+            Ok(lanes)
+        })
+    }
+
+    fn set_paused<'a>(
+        &'a self,
+        broker: &'a str,
+        lane: &'a LaneId,
+        paused: bool,
+    ) -> BoxFuture<'a, LogResult<()>> {
+        Box::pin(async move {
+            self.broker(broker)?;
+            let key = format!("paused.{broker}");
+            // Read, change, write if no other instance wrote meanwhile; else again.
+            for _ in 0..20 {
+                let (mut lanes, revision) = self.read_paused(broker).await?;
+                let at = lanes.iter().position(|l| l == lane);
+                match (paused, at) {
+                    (true, None) => lanes.push(lane.clone()),
+                    (false, Some(i)) => {
+                        lanes.remove(i);
+                    }
+                    _ => return Ok(()),
+                }
+                let pairs: Vec<(&str, &str)> = lanes
+                    .iter()
+                    .map(|l| (l.subscription.as_str(), l.sink.as_str()))
+                    .collect();
+                let value = Bytes::from(serde_json::to_vec(&pairs).map_err(std::io::Error::other)?);
+                let written = match revision {
+                    0 => self
+                        .kv
+                        .create(&key, value)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    rev => self
+                        .kv
+                        .update(&key, value, rev)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                };
+                if written.is_ok() {
+                    return Ok(());
+                }
+            }
+            Err(LogError::Unavailable(format!(
+                "the paused lanes of broker {broker} could not be written: other instances kept changing them"
+            )))
         })
     }
 

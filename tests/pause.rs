@@ -1,0 +1,183 @@
+//! Lane control: a paused lane sends nothing while its events keep being routed into it,
+//! stays paused across a restart, and sends everything once resumed, on every backend;
+//! the command line pauses, resumes, and redelivers a subscription's dead letters at once.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::sink::{Answer, TestSink};
+use common::{eventually, subscription, Backend, TestServer};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `POST` to the admin API: the status and the answer's JSON.
+async fn post(
+    t: &TestServer,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = http::Request::post(format!("http://{}{path}", t.server().admin_addr))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let resp = client.request(request).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn lane<'a>(sub: &'a serde_json::Value, sink: &str) -> &'a serde_json::Value {
+    sub["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["sink"] == sink)
+        .unwrap()
+}
+
+async fn a_paused_lane_sends_nothing_stays_paused_across_a_restart_and_resumes(b: Backend) {
+    let held = TestSink::start(vec![], Answer::status(200)).await;
+    let other = TestSink::start(vec![], Answer::status(200)).await;
+    let spec = format!(
+        "  sinks:\n    - uri: {}\n    - uri: {}\n",
+        held.url("/held"),
+        other.url("/other")
+    );
+    let mut t = b
+        .start_with_subscriptions("", &[("s.yaml", &subscription("s", &spec))])
+        .await;
+    let (status, sub) = post(
+        &t,
+        "/api/v1/subscriptions/s/pause",
+        Some(serde_json::json!({"sink": held.url("/held")})),
+    )
+    .await;
+    assert_eq!(status, 200, "{sub}");
+    assert_eq!(lane(&sub, &held.url("/held"))["state"], "paused");
+    assert_eq!(lane(&sub, &other.url("/other"))["state"], "sending");
+    for i in 0..3 {
+        assert_eq!(
+            t.post_json(&common::minimal(&format!("e{i}"))).await.status,
+            202
+        );
+    }
+    other.wait_for(3, WAIT).await;
+    // Routed into the paused lane, and waiting there.
+    eventually("the paused lane's lag", async || {
+        let sub = t.admin_get("/api/v1/subscriptions/s").await;
+        (lane(&sub, &held.url("/held"))["lag"] == 3).then_some(())
+    })
+    .await;
+    assert!(held.received().is_empty(), "a paused lane sends nothing");
+
+    t.restart().await;
+    assert_eq!(t.post_json(&common::minimal("e3")).await.status, 202);
+    other.wait_for(4, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(held.received().is_empty(), "still paused after the restart");
+    let sub = t.admin_get("/api/v1/subscriptions/s").await;
+    assert_eq!(lane(&sub, &held.url("/held"))["state"], "paused");
+
+    let (status, sub) = post(&t, "/api/v1/subscriptions/s/resume", None).await;
+    assert_eq!(status, 200, "{sub}");
+    assert_eq!(lane(&sub, &held.url("/held"))["state"], "sending");
+    let got = held.wait_for(4, WAIT).await;
+    let mut ids: Vec<&str> = got.iter().map(|r| r.header("ce-id").unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["e0", "e1", "e2", "e3"]);
+    // Unknown names are said.
+    let (status, problem) = post(
+        &t,
+        "/api/v1/subscriptions/s/pause",
+        Some(serde_json::json!({"sink": "http://nope/"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(problem["detail"].as_str().unwrap().contains("http://nope/"));
+    assert_eq!(
+        post(&t, "/api/v1/subscriptions/nope/pause", None).await.0,
+        404
+    );
+}
+
+common::backends! {
+    a_paused_lane_sends_nothing_stays_paused_across_a_restart_and_resumes,
+}
+
+fn cli(t: &TestServer, list: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(list)
+        .args(["--admin", &format!("http://{}", t.server().admin_addr)])
+        .env_remove("SWITCHYARD_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_pauses_resumes_and_redelivers_a_subscriptions_dead_letters() {
+    // Refused for good at first, so the events are dead-lettered; then accepted.
+    let sink = TestSink::start(vec![], Answer::status(400)).await;
+    let spec = format!("  sinks: [{{ uri: '{}' }}]\n", sink.url("/"));
+    let t =
+        TestServer::start_with_subscriptions("", &[("s.yaml", &subscription("s", &spec))]).await;
+    for i in 0..3 {
+        assert_eq!(
+            t.post_json(&common::minimal(&format!("e{i}"))).await.status,
+            202
+        );
+    }
+    eventually("three dead letters", async || {
+        (t.server().log.dead_letters().list().await.unwrap().len() == 3).then_some(())
+    })
+    .await;
+    sink.set_default(Answer::status(200));
+
+    let (code, out, err) =
+        tokio::task::block_in_place(|| cli(&t, &["subscriptions", "pause", "s"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().nth(1).unwrap().contains("paused"), "{out}");
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(&t, &["deadletters", "redeliver", "--subscription", "s"])
+    });
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "3 dead letter(s) requeued");
+    assert!(t
+        .server()
+        .log
+        .dead_letters()
+        .list()
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.received().len(),
+        3,
+        "the requeued events wait in the paused lane"
+    );
+
+    let (code, out, err) =
+        tokio::task::block_in_place(|| cli(&t, &["subscriptions", "resume", "s", "-o", "json"]));
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["lanes"][0]["paused"], false);
+    sink.wait_for(6, WAIT).await;
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&t, &["deadletters", "redeliver"]));
+    assert_eq!(code, 2, "an id or --subscription is needed: {err}");
+}
