@@ -21,7 +21,7 @@ pub const UNKNOWN_BROKER: &str = "unknown";
 /// Every status code the ingress answers from its handler (431 and the like, for a
 /// request head that does not parse, come from the HTTP layer before it).
 pub const INGRESS_CODES: &[&str] = &[
-    "200", "202", "400", "401", "404", "405", "408", "413", "415", "503",
+    "200", "202", "400", "401", "403", "404", "405", "408", "413", "415", "503",
 ];
 
 /// One broker's ingress series that every accepted request updates.

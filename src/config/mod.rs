@@ -101,7 +101,7 @@ pub struct IngressConfig {
     /// sends them.
     pub max_attribute_bytes: u64,
     /// Accepted bearer tokens; empty means no token is required.
-    pub tokens: Vec<String>,
+    pub tokens: Vec<IngressToken>,
     /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
     /// How long a client may take to send its whole body.
@@ -221,6 +221,51 @@ pub const RETRY_KEYS: &[&str] = &[
     "timeout",
 ];
 
+/// An accepted ingress token, and what it may send (`None`: anything, to any broker).
+#[derive(Clone, PartialEq, Eq)]
+pub struct IngressToken {
+    pub value: String,
+    pub scope: Option<TokenScope>,
+}
+
+impl fmt::Debug for IngressToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IngressToken")
+            .field("value", &"(secret)")
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl From<&str> for IngressToken {
+    fn from(value: &str) -> Self {
+        IngressToken {
+            value: value.to_string(),
+            scope: None,
+        }
+    }
+}
+
+/// What a scoped token may send: each list empty means any; a value ending in `*` is a
+/// prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenScope {
+    pub brokers: Vec<String>,
+    pub types: Vec<String>,
+    pub sources: Vec<String>,
+}
+
+impl TokenScope {
+    /// Whether `value` is one of `patterns` (all of them when there are none).
+    pub fn allows(patterns: &[String], value: &str) -> bool {
+        patterns.is_empty()
+            || patterns.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => value.starts_with(prefix),
+                None => p == value,
+            })
+    }
+}
+
 /// A lane's token bucket (`delivery.rateLimit`): attempts a second, and how many may
 /// go at once after a quiet spell.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -298,7 +343,7 @@ pub const SCHEMA: &[Key] = &[
     key("ingress.maxBatchBytes", "32MiB", "largest batch body"),
     key("ingress.maxAttributes", "64", "most context attributes one event may have (400 above it)"),
     key("ingress.maxAttributeBytes", "32KiB", "most bytes one event's attributes may take, names and values as binary mode sends them (413 above it)"),
-    list("ingress.tokens", "[]", "accepted bearer tokens (strings or `{valueFrom: {env: NAME}}` / `{valueFrom: {file: PATH}}`); empty = open"),
+    list("ingress.tokens", "[]", "accepted bearer tokens (strings or `{valueFrom: {env: NAME}}` / `{valueFrom: {file: PATH}}`), each may be scoped: `{value or valueFrom, brokers, types, sources}` (see [docs/security.md](docs/security.md#scoped-ingress-tokens)); empty = open"),
     key("ingress.headerReadTimeout", "10s", "a client that has not sent its headers by then is cut off (also a silent new connection, and a kept-alive one idle between requests)"),
     key("ingress.bodyReadTimeout", "60s", "a body not received by then is answered 408"),
     key("ingress.minBodyRate", "1KiB", "after `minBodyRateAfter`, a body must average this many bytes/s or it is answered 408 (`0`: off)"),
@@ -999,6 +1044,71 @@ impl Validator {
         }
     }
 
+    /// An `ingress.tokens` entry: a secret, or `{value | valueFrom, brokers, types,
+    /// sources}` (a token with a scope).
+    fn ingress_token(&mut self, node: &Node, key: &str) -> Option<IngressToken> {
+        let Value::Map(entries) = &node.value else {
+            return self
+                .bearer_token(node, key)
+                .map(|value| IngressToken { value, scope: None });
+        };
+        if entries.len() == 1 && entries[0].0 == "valueFrom" {
+            return self
+                .bearer_token(node, key)
+                .map(|value| IngressToken { value, scope: None });
+        }
+        let allowed = ["value", "valueFrom", "brokers", "types", "sources"];
+        let mut scope = TokenScope::default();
+        let mut value = None;
+        for (name, line, child) in entries {
+            let here = format!("{key}.{name}");
+            match name.as_str() {
+                "value" => value = self.bearer_token(child, &here),
+                "valueFrom" => {
+                    let secret = Node::new(
+                        *line,
+                        Value::Map(vec![("valueFrom".into(), *line, child.clone())]),
+                    );
+                    value = self.bearer_token(&secret, &here);
+                }
+                "brokers" | "types" | "sources" => {
+                    let list: Vec<String> = self
+                        .list(child, &here)
+                        .iter()
+                        .filter_map(|n| self.string(n, &here))
+                        .collect();
+                    if list.iter().any(String::is_empty) {
+                        self.error(child, &here, "holds an empty value");
+                    }
+                    match name.as_str() {
+                        "brokers" => scope.brokers = list,
+                        "types" => scope.types = list,
+                        _ => scope.sources = list,
+                    }
+                }
+                _ => self.error_at(
+                    *line,
+                    &here,
+                    format!("unknown field; expected one of: {}", allowed.join(", ")),
+                ),
+            }
+        }
+        let has_value = entries
+            .iter()
+            .any(|(k, _, _)| k == "value" || k == "valueFrom");
+        if !has_value {
+            self.error(
+                node,
+                key,
+                "a scoped token needs its value: value or valueFrom",
+            );
+        }
+        value.map(|value| IngressToken {
+            value,
+            scope: Some(scope),
+        })
+    }
+
     fn secret(&mut self, node: &Node, key: &str) -> Option<String> {
         match &node.value {
             Value::Str(s) if !s.is_empty() => Some(s.clone()),
@@ -1408,7 +1518,8 @@ impl Validator {
                 let items = self.list(node!("ingress.tokens"), "ingress.tokens");
                 items
                     .iter()
-                    .filter_map(|n| self.bearer_token(n, "ingress.tokens"))
+                    .enumerate()
+                    .filter_map(|(i, n)| self.ingress_token(n, &format!("ingress.tokens[{i}]")))
                     .collect()
             },
             header_read_timeout: self.duration(
@@ -1796,7 +1907,13 @@ mod tests {
             &env(&[]),
         )
         .unwrap();
-        assert_eq!(ok.ingress.tokens, vec!["inline", "from-file"]);
+        assert_eq!(
+            ok.ingress.tokens,
+            vec![
+                IngressToken::from("inline"),
+                IngressToken::from("from-file")
+            ]
+        );
     }
 
     #[test]
@@ -2282,7 +2399,7 @@ dedupe:
     fn tokens_must_be_presentable_as_bearer_tokens() {
         let errs = errors("ingress:\n  tokens:\n    - good-token.v2==\n    - has space\nadmin:\n  token: \"semi;colon\"\n");
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert_eq!((errs[0].line, errs[0].key.as_str()), (4, "ingress.tokens"));
+        assert_eq!((errs[0].line, errs[0].key.as_str()), (4, "ingress.tokens[1]"));
         assert_eq!((errs[1].line, errs[1].key.as_str()), (6, "admin.token"));
         assert!(errs[0].message.contains("bearer token"), "{errs:?}");
     }

@@ -34,11 +34,29 @@ pub fn is_b64token(token: &[u8]) -> bool {
 /// time that depends only on the lengths, so the time taken does not say which one was
 /// close.
 pub fn is_accepted<'a>(presented: &[u8], accepted: impl IntoIterator<Item = &'a str>) -> bool {
-    let mut ok = false;
-    for token in accepted {
-        ok |= constant_time_eq(presented, token.as_bytes());
+    accepted_index(presented, accepted).is_some()
+}
+
+/// Which of `accepted` `presented` is (the first), comparing with every one of them in
+/// constant time.
+pub fn accepted<'a>(
+    presented: &[u8],
+    accepted: impl IntoIterator<Item = &'a str>,
+) -> Option<usize> {
+    accepted_index(presented, accepted)
+}
+
+fn accepted_index<'a>(
+    presented: &[u8],
+    accepted: impl IntoIterator<Item = &'a str>,
+) -> Option<usize> {
+    let mut found = None;
+    for (i, token) in accepted.into_iter().enumerate() {
+        if constant_time_eq(presented, token.as_bytes()) && found.is_none() {
+            found = Some(i);
+        }
     }
-    ok
+    found
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

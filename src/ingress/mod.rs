@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::IngressConfig;
+use crate::config::{IngressConfig, IngressToken, TokenScope};
 use crate::event::{binary, json, protobuf, Data, Event, EventError};
 use crate::expr::dedupe_key::DedupeKey;
 use crate::http::auth;
@@ -522,7 +522,7 @@ async fn handle_inner(
             .with_header(ALLOW, "POST, OPTIONS"))
         }
     }
-    authorize(&ingress.config.tokens, req.headers())?;
+    let scope = authorize(&ingress.config.tokens, req.headers())?;
     let Some((broker, series)) = broker else {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
@@ -530,6 +530,18 @@ async fn handle_inner(
             format!("there is no broker '{broker_name}'"),
         ));
     };
+    if let Some(scope) = scope {
+        if !TokenScope::allows(&scope.brokers, broker_name) {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "this token may not send to broker '{broker_name}' (its brokers: {})",
+                    scope.brokers.join(", ")
+                ),
+            ));
+        }
+    }
     let mode = ContentMode::detect(req.headers().get(CONTENT_TYPE).map(HeaderValue::as_bytes));
     if mode == ContentMode::Unsupported {
         let ct = req
@@ -590,6 +602,9 @@ async fn handle_inner(
     };
     if events.is_empty() {
         return Ok(accepted());
+    }
+    if let Some(scope) = scope {
+        in_scope(scope, &events, mode.is_batch())?;
     }
     let appends = events
         .into_iter()
@@ -657,11 +672,48 @@ fn handshake(headers: &HeaderMap) -> Response<Full<Bytes>> {
     r
 }
 
+/// Whether every event is one the token may send (its `types` and `sources`); the
+/// first that is not refuses the request (a batch whole), naming the attribute, the
+/// scope and the batch index.
+fn in_scope(scope: &TokenScope, events: &[Event], batch: bool) -> Result<(), Problem> {
+    for (i, event) in events.iter().enumerate() {
+        for (attribute, value, allowed) in [
+            ("type", event.ty(), &scope.types),
+            ("source", event.source(), &scope.sources),
+        ] {
+            if TokenScope::allows(allowed, value) {
+                continue;
+            }
+            let at = if batch {
+                format!("batch event {i}: ")
+            } else {
+                String::new()
+            };
+            let mut p = Problem::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "{at}this token may not send {attribute} '{value}' (its {attribute}s: {}); nothing of the request was stored",
+                    allowed.join(", ")
+                ),
+            );
+            p.attribute = Some(attribute.to_string());
+            p.index = batch.then(|| u32::try_from(i).unwrap_or(u32::MAX));
+            return Err(p);
+        }
+    }
+    Ok(())
+}
+
 /// Checks `Authorization: Bearer <token>` against every configured token in constant
-/// time; no tokens configured means the ingress is open.
-fn authorize(tokens: &[String], headers: &HeaderMap) -> Result<(), Problem> {
+/// time; no tokens configured means the ingress is open. `Ok(Some(scope))` when the
+/// token presented is a scoped one.
+fn authorize<'t>(
+    tokens: &'t [IngressToken],
+    headers: &HeaderMap,
+) -> Result<Option<&'t TokenScope>, Problem> {
     if tokens.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let unauthorized = |detail: &str| {
         Problem::new(StatusCode::UNAUTHORIZED, "Unauthorized", detail)
@@ -674,10 +726,9 @@ fn authorize(tokens: &[String], headers: &HeaderMap) -> Result<(), Problem> {
     };
     let presented = auth::bearer_token(value.as_bytes())
         .ok_or_else(|| unauthorized("the Authorization header must be 'Bearer <token>'"))?;
-    if auth::is_accepted(presented, tokens.iter().map(String::as_str)) {
-        Ok(())
-    } else {
-        Err(unauthorized("the bearer token is not valid"))
+    match auth::accepted(presented, tokens.iter().map(|t| t.value.as_str())) {
+        Some(i) => Ok(tokens[i].scope.as_ref()),
+        None => Err(unauthorized("the bearer token is not valid")),
     }
 }
 
@@ -957,7 +1008,7 @@ mod tests {
 
     #[test]
     fn tokens_are_checked() {
-        let tokens = vec!["old".to_string(), "new-token".to_string()];
+        let tokens = vec![IngressToken::from("old"), IngressToken::from("new-token")];
         let with = |v: &str| {
             let mut h = HeaderMap::new();
             h.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
