@@ -438,13 +438,17 @@ fn secrets_never_appear_in_logs_metrics_explain_check_or_the_admin_api() {
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(signing_key)
     );
+    let oauth_secret = "oauth-sec-1d4e6a2b";
+    let file_token = "file-tok-8c3b5e7f";
     let admin_file = dir.path().join("admin-token");
     std::fs::write(&admin_file, format!("{admin_token}\n")).unwrap();
+    let token_file = dir.path().join("sink-token");
+    std::fs::write(&token_file, format!("{file_token}\n")).unwrap();
     // Port 1 refuses connections: the event is dead-lettered, so the letter and the
     // failure line are part of what is checked.
     let config = config_with_subscriptions(
         dir.path(),
-        "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: { name: guarded }\nspec:\n  sinks:\n    - uri: http://127.0.0.1:1/hook\n      headers:\n        Authorization: { valueFrom: { env: T_HEADER } }\n      signing: { secrets: [{ valueFrom: { env: T_SIGNING } }] }\n  delivery: { retry: 1, backoffDelay: 10ms }\n",
+        &format!("apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: {{ name: guarded }}\nspec:\n  sinks:\n    - uri: http://127.0.0.1:1/hook\n      headers:\n        Authorization: {{ valueFrom: {{ env: T_HEADER }} }}\n      signing: {{ secrets: [{{ valueFrom: {{ env: T_SIGNING }} }}] }}\n    - uri: http://127.0.0.1:1/oauth\n      auth:\n        oauth2: {{ tokenUrl: 'http://127.0.0.1:1/token', clientId: c, clientSecret: {{ valueFrom: {{ env: T_OAUTH }} }} }}\n    - uri: http://127.0.0.1:1/file\n      auth: {{ bearerTokenFile: {} }}\n  delivery: {{ retry: 1, backoffDelay: 10ms }}\n", token_file.display()),
     );
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
@@ -456,6 +460,7 @@ fn secrets_never_appear_in_logs_metrics_explain_check_or_the_admin_api() {
         ("T_INGRESS", ingress_token),
         ("T_HEADER", header_secret),
         ("T_SIGNING", whsec.as_str()),
+        ("T_OAUTH", oauth_secret),
         ("SWITCHYARD_INGRESS_LISTEN", "127.0.0.1:0"),
         ("SWITCHYARD_ADMIN_LISTEN", "127.0.0.1:0"),
     ];
@@ -553,6 +558,8 @@ fn secrets_never_appear_in_logs_metrics_explain_check_or_the_admin_api() {
         header_secret,
         signing_key,
         &whsec,
+        oauth_secret,
+        file_token,
     ] {
         assert!(!all.contains(secret), "{secret} leaked:\n{all}");
     }

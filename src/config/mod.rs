@@ -2399,7 +2399,10 @@ dedupe:
     fn tokens_must_be_presentable_as_bearer_tokens() {
         let errs = errors("ingress:\n  tokens:\n    - good-token.v2==\n    - has space\nadmin:\n  token: \"semi;colon\"\n");
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert_eq!((errs[0].line, errs[0].key.as_str()), (4, "ingress.tokens[1]"));
+        assert_eq!(
+            (errs[0].line, errs[0].key.as_str()),
+            (4, "ingress.tokens[1]")
+        );
         assert_eq!((errs[1].line, errs[1].key.as_str()), (6, "admin.token"));
         assert!(errs[0].message.contains("bearer token"), "{errs:?}");
     }

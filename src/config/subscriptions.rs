@@ -48,6 +48,77 @@ pub struct Sink {
     pub signing: Option<Signing>,
     /// What the sink is sent instead of the event as stored, when it has one.
     pub transform: Option<Arc<Transform>>,
+    /// How the sink's requests prove who sends them, when it wants that; shared by the
+    /// lane's attempts (with the token they hold).
+    pub auth: Option<Arc<SinkAuth>>,
+}
+
+/// A sink's `auth`: where its bearer token comes from, and the token held now.
+pub struct SinkAuth {
+    pub source: TokenSource,
+    /// The token last obtained, and until when it is used without a second look.
+    pub held: tokio::sync::Mutex<Option<HeldToken>>,
+    /// Why the last try to obtain a token failed, for the lane's last error.
+    pub failure: std::sync::Mutex<Option<String>>,
+}
+
+/// A token obtained for a sink.
+#[derive(Clone)]
+pub struct HeldToken {
+    pub value: String,
+    /// Used as it is until then; looked at again (the file) or fetched anew (OAuth2) after.
+    pub fresh_until: std::time::Instant,
+    /// The token file's modification time and length when it was read.
+    pub file_stamp: Option<(std::time::SystemTime, u64)>,
+}
+
+/// Where a sink's bearer token comes from.
+pub enum TokenSource {
+    /// Read from a file, and read again when it changes (a Kubernetes projected
+    /// service-account token).
+    File(PathBuf),
+    /// The OAuth2 client credentials grant (RFC 6749 §4.4).
+    OAuth2 {
+        token_url: Uri,
+        client_id: String,
+        client_secret: String,
+        scopes: Vec<String>,
+        audience: Option<String>,
+    },
+}
+
+impl fmt::Debug for HeldToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeldToken")
+            .field("value", &"(secret)")
+            .field("fresh_until", &self.fresh_until)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SinkAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            TokenSource::File(path) => write!(f, "SinkAuth(bearerTokenFile {})", path.display()),
+            TokenSource::OAuth2 {
+                token_url,
+                client_id,
+                ..
+            } => {
+                write!(f, "SinkAuth(oauth2 {token_url} as {client_id})")
+            }
+        }
+    }
+}
+
+impl SinkAuth {
+    pub fn new(source: TokenSource) -> SinkAuth {
+        SinkAuth {
+            source,
+            held: tokio::sync::Mutex::new(None),
+            failure: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 /// The keys a sink's requests are signed with (Standard Webhooks, HMAC-SHA256): one
@@ -82,6 +153,7 @@ impl fmt::Debug for Sink {
             .field("tls", &tls)
             .field("signing", &self.signing)
             .field("transform", &self.transform)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -633,7 +705,15 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
         v,
         node,
         path,
-        &["uri", "format", "headers", "tls", "signing", "transform"],
+        &[
+            "uri",
+            "format",
+            "headers",
+            "tls",
+            "signing",
+            "transform",
+            "auth",
+        ],
     )?;
     let Some(uri_node) = get(&f, "uri") else {
         v.error(node, &format!("{path}.uri"), "missing");
@@ -724,6 +804,18 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
     let signing = get(&f, "signing").and_then(|n| signing(v, n, &format!("{path}.signing")));
     let transform = get(&f, "transform")
         .and_then(|n| super::transform::transform(v, n, &format!("{path}.transform"), format));
+    let auth = get(&f, "auth").and_then(|n| sink_auth(v, n, &format!("{path}.auth"), d));
+    if auth.is_some()
+        && headers
+            .iter()
+            .any(|(n, _)| n == http::header::AUTHORIZATION)
+    {
+        v.error(
+            node,
+            &format!("{path}.headers.Authorization"),
+            "the sink's auth sets Authorization; leave it out of headers",
+        );
+    }
     Some(Sink {
         uri,
         format,
@@ -731,7 +823,92 @@ fn sink(v: &mut Validator, node: &Node, path: &str, d: &DeliveryConfig) -> Optio
         tls,
         signing,
         transform,
+        auth,
     })
+}
+
+/// A sink's `auth`: `bearerTokenFile: PATH` or `oauth2: {tokenUrl, clientId,
+/// clientSecret, scopes, audience}`.
+fn sink_auth(
+    v: &mut Validator,
+    node: &Node,
+    path: &str,
+    d: &DeliveryConfig,
+) -> Option<Arc<SinkAuth>> {
+    let f = fields(v, node, path, &["bearerTokenFile", "oauth2"])?;
+    match f.as_slice() {
+        [("bearerTokenFile", _, n)] => {
+            let here = format!("{path}.bearerTokenFile");
+            let file = PathBuf::from(v.string(n, &here)?);
+            if let Err(e) = std::fs::metadata(&file) {
+                v.error(n, &here, format!("cannot read {}: {e}", file.display()));
+                return None;
+            }
+            Some(Arc::new(SinkAuth::new(TokenSource::File(file))))
+        }
+        [("oauth2", _, n)] => {
+            let here = format!("{path}.oauth2");
+            let o = fields(
+                v,
+                n,
+                &here,
+                &["tokenUrl", "clientId", "clientSecret", "scopes", "audience"],
+            )?;
+            let required = |v: &mut Validator, key: &str| match get(&o, key) {
+                Some(n) => Some(n),
+                None => {
+                    v.error(n, &format!("{here}.{key}"), "missing");
+                    None
+                }
+            };
+            let url_node = required(v, "tokenUrl");
+            let id_node = required(v, "clientId");
+            let secret_node = required(v, "clientSecret");
+            let token_url = url_node.and_then(|n| {
+                let key = format!("{here}.tokenUrl");
+                let text = v.string(n, &key)?;
+                match text.parse::<Uri>() {
+                    Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
+                        let literal = u.host().and_then(crate::http::address::host_address);
+                        if literal.is_some_and(|ip| crate::http::address::is_refused_metadata(ip, &d.allow_addresses)) {
+                            v.error(n, &key, "is a cloud metadata address; requests do not go there unless delivery.allowAddresses lists it");
+                            return None;
+                        }
+                        Some(u)
+                    }
+                    _ => {
+                        v.error(n, &key, format!("'{text}' is not an absolute http:// or https:// URI"));
+                        None
+                    }
+                }
+            });
+            let client_id = id_node.and_then(|n| v.string(n, &format!("{here}.clientId")));
+            let client_secret =
+                secret_node.and_then(|n| v.secret(n, &format!("{here}.clientSecret")));
+            let scopes: Vec<String> = get(&o, "scopes")
+                .map(|n| {
+                    let key = format!("{here}.scopes");
+                    v.list(n, &key)
+                        .iter()
+                        .filter_map(|s| v.string(s, &key))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let audience =
+                get(&o, "audience").and_then(|n| v.string(n, &format!("{here}.audience")));
+            Some(Arc::new(SinkAuth::new(TokenSource::OAuth2 {
+                token_url: token_url?,
+                client_id: client_id?,
+                client_secret: client_secret?,
+                scopes,
+                audience,
+            })))
+        }
+        _ => {
+            v.error(node, path, "holds one of bearerTokenFile or oauth2");
+            None
+        }
+    }
 }
 
 /// Why the port of `authority` is not one a connection can use: the `http` crate keeps

@@ -202,6 +202,18 @@ impl Sender {
                 HeaderValue::from_static("reply"),
             );
         }
+        // A new hop of the event's trace (the distributed-tracing extension's context).
+        if let Some(tp) = crate::http::trace::of_event(event) {
+            if let Ok(v) = HeaderValue::from_str(&tp.child().to_string()) {
+                headers.insert(HeaderName::from_static("traceparent"), v);
+            }
+            if let Some(v) = event
+                .get_str(crate::http::trace::TRACESTATE)
+                .and_then(|s| HeaderValue::from_str(s).ok())
+            {
+                headers.insert(HeaderName::from_static("tracestate"), v);
+            }
+        }
         if let Some(signing) = &sink.signing {
             for (name, value) in webhook_headers(&signing.keys, message, &body) {
                 if let Ok(v) = HeaderValue::from_str(&value) {
@@ -244,7 +256,9 @@ impl Sender {
     }
 
     /// One attempt: send, then read the answer's body up to the limit, all within
-    /// `timeout`.
+    /// `timeout`. A sink with `auth` gets its bearer token (obtained first when the one
+    /// held is stale); after a `401` the token is dropped and the request sent once more
+    /// with a new one, inside the same attempt.
     pub async fn send(
         &self,
         sink: &Sink,
@@ -254,7 +268,6 @@ impl Sender {
     ) -> Result<Response, Attempt> {
         let client = self.client(sink);
         let request = Self::request(sink, event, message).map_err(|_| Attempt::Unsendable)?;
-        let limit = self.body_limit;
         // Waiting for a slot of the sink's host is not part of the attempt's timeout:
         // a queued attempt has sent nothing yet (the lane's abort still ends the wait).
         let _slot = self
@@ -263,40 +276,68 @@ impl Sender {
             .await
             .map_err(|_| Attempt::Broken)?;
         let attempt = async move {
-            let response = client.request(request).await.map_err(|e| {
-                if outbound::is_refused(&e) {
-                    Attempt::Refused
-                } else if e.is_connect() {
-                    Attempt::ConnectError
-                } else {
-                    Attempt::Broken
+            let Some(auth) = &sink.auth else {
+                return self.exchange(&client, request).await;
+            };
+            let (parts, body) = request.into_parts();
+            for last in [false, true] {
+                let mut request = Request::from_parts(parts.clone(), body.clone());
+                let value = super::auth::authorization(auth, &self.default, timeout)
+                    .await
+                    .map_err(|_| Attempt::Credentials)?;
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, value);
+                let response = self.exchange(&client, request).await?;
+                if response.status != 401 || last {
+                    return Ok(response);
                 }
-            })?;
-            let (parts, mut body) = response.into_parts();
-            let mut buf = BytesMut::new();
-            let mut truncated = false;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| Attempt::Broken)?;
-                if let Ok(data) = frame.into_data() {
-                    let room = limit.saturating_sub(buf.len());
-                    if data.len() > room {
-                        buf.extend_from_slice(&data[..room]);
-                        truncated = true;
-                        break; // dropping the body closes the connection
-                    }
-                    buf.extend_from_slice(&data);
-                }
+                super::auth::forget(auth).await;
             }
-            Ok(Response {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body: buf.freeze(),
-                truncated,
-            })
+            unreachable!("the second pass returns")
         };
         tokio::time::timeout(timeout, attempt)
             .await
             .unwrap_or(Err(Attempt::Timeout))
+    }
+
+    /// Sends `request` and reads the answer's body up to the limit.
+    async fn exchange(
+        &self,
+        client: &HttpsClient,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response, Attempt> {
+        let limit = self.body_limit;
+        let response = client.request(request).await.map_err(|e| {
+            if outbound::is_refused(&e) {
+                Attempt::Refused
+            } else if e.is_connect() {
+                Attempt::ConnectError
+            } else {
+                Attempt::Broken
+            }
+        })?;
+        let (parts, mut body) = response.into_parts();
+        let mut buf = BytesMut::new();
+        let mut truncated = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| Attempt::Broken)?;
+            if let Ok(data) = frame.into_data() {
+                let room = limit.saturating_sub(buf.len());
+                if data.len() > room {
+                    buf.extend_from_slice(&data[..room]);
+                    truncated = true;
+                    break; // dropping the body closes the connection
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(Response {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: buf.freeze(),
+            truncated,
+        })
     }
 }
 
@@ -323,7 +364,15 @@ pub fn preview(sink: &Sink, event: &Event, broker: &str) -> RequestShape {
             .map_or(0, |d| d.as_secs() as i64),
     };
     match Sender::request(sink, event, &message) {
-        Ok(request) => {
+        Ok(mut request) => {
+            if sink.auth.is_some() {
+                // The token is not fetched to explain; it is never shown anyway.
+                let mut value = http::HeaderValue::from_static("Bearer (the sink's auth)");
+                value.set_sensitive(true);
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, value);
+            }
             let headers = request
                 .headers()
                 .iter()

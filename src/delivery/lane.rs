@@ -221,6 +221,17 @@ impl LaneContext {
         }
     }
 
+    /// What went wrong with an attempt, for the last error and the dead letter: the
+    /// token endpoint's or token file's own words when the token could not be had.
+    fn failure_text(&self, result: &Result<Response, Attempt>) -> String {
+        if let (Err(Attempt::Credentials), Some(auth)) = (result, &self.sink.auth) {
+            if let Some(why) = super::auth::last_failure(auth) {
+                return why;
+            }
+        }
+        describe(result)
+    }
+
     fn note_error(&self, error: String) {
         let now = self.clock.now_unix_nanos();
         *self
@@ -763,8 +774,8 @@ impl LaneContext {
                         ),
                         Err(_) => (None, None),
                     };
-                    self.note_error(describe(&result));
-                    tracing::debug!(seq, event_id = record.event.id(), attempts, error = %describe(&result), "attempt failed; retrying");
+                    self.note_error(self.failure_text(&result));
+                    tracing::debug!(seq, event_id = record.event.id(), attempts, error = %self.failure_text(&result), "attempt failed; retrying");
                     if let Some(o) = self
                         .wait_or_park(seq, attempts, status, retry_after, stop)
                         .await
@@ -773,8 +784,8 @@ impl LaneContext {
                     }
                 }
                 _ => {
-                    self.note_error(describe(&result));
-                    self.dead_letter(record, attempts, &result, describe(&result))
+                    self.note_error(self.failure_text(&result));
+                    self.dead_letter(record, attempts, &result, self.failure_text(&result))
                         .await;
                     return Outcome::DeadLettered;
                 }
@@ -869,6 +880,15 @@ impl LaneContext {
                     );
                     return true;
                 }
+                // The reply is the next hop of the event's trace, unless it names its own.
+                let event = match crate::http::trace::of_event(&record.event) {
+                    Some(tp) => crate::http::trace::with_trace_context(
+                        event,
+                        &tp.child(),
+                        record.event.get_str(crate::http::trace::TRACESTATE),
+                    ),
+                    None => event,
+                };
                 // Deduplicated as the ingress's events are: a sink that replies to a
                 // redelivered event makes no second reply downstream.
                 let dedupe_key = self.dedupe.as_ref().and_then(|k| k.key(&event).ok());
@@ -934,7 +954,8 @@ impl LaneContext {
             };
             counter.fetch_add(1, AtomicOrdering::Relaxed);
         }
-        tracing::warn!(seq = record.seq, event_id = record.event.id(), attempts, error = %letter.last_error, to_sink = letter.dead_letter_sink_delivered, "dead-lettered");
+        let trace_id = crate::http::trace::of_event(&record.event).map(|t| t.trace_id);
+        tracing::warn!(seq = record.seq, event_id = record.event.id(), trace_id, attempts, error = %letter.last_error, to_sink = letter.dead_letter_sink_delivered, "dead-lettered");
         if let Err(e) = self.log.dead_letters().store(&letter).await {
             tracing::error!(seq = record.seq, event_id = record.event.id(), error = %e, "cannot store the dead letter");
         }
@@ -1004,6 +1025,7 @@ fn describe(result: &Result<Response, Attempt>) -> String {
         Err(Attempt::Broken) => "connection broken".into(),
         Err(Attempt::Refused) => "refused: the sink's address is a cloud metadata address or the broker's admin listener (see delivery.allowAddresses)".into(),
         Err(Attempt::Unsendable) => super::client::Unsendable.to_string(),
+        Err(Attempt::Credentials) => "the sink's token could not be had".into(),
         Err(Attempt::Status(s)) => format!("HTTP {s}"),
     }
 }

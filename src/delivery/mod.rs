@@ -2,6 +2,7 @@
 //! policy (pure functions), dead letters and replies. A slow or dead sink stalls its own
 //! lane and nothing else.
 
+pub mod auth;
 pub mod client;
 pub mod flow;
 pub mod lane;

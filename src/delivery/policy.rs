@@ -22,6 +22,9 @@ pub enum Attempt {
     Refused,
     /// The event cannot be put into a request (too many headers); nothing was sent.
     Unsendable,
+    /// The sink's token could not be had (its OAuth2 endpoint failed, its file is
+    /// unreadable); nothing was sent.
+    Credentials,
 }
 
 /// What to do about it.
@@ -43,7 +46,9 @@ pub fn classify(attempt: Attempt) -> Verdict {
         Attempt::Status(404 | 408 | 409 | 429) => Verdict::Retry,
         Attempt::Status(s) if (500..600).contains(&s) => Verdict::Retry,
         Attempt::Status(_) | Attempt::Refused | Attempt::Unsendable => Verdict::Permanent,
-        Attempt::ConnectError | Attempt::Timeout | Attempt::Broken => Verdict::Retry,
+        Attempt::ConnectError | Attempt::Timeout | Attempt::Broken | Attempt::Credentials => {
+            Verdict::Retry
+        }
     }
 }
 

@@ -584,6 +584,17 @@ async fn handle_inner(
         bytes: ingress.config.max_attribute_bytes,
         event_bytes: ingress.config.max_event_bytes,
     };
+    // W3C Trace Context of the request, kept with each event that has none of its own.
+    let trace = parts
+        .headers
+        .get(crate::http::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::http::trace::TraceParent::parse);
+    let tracestate = parts
+        .headers
+        .get(crate::http::trace::TRACESTATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let events = if body.len() > DECODE_INLINE_MAX {
         // Decoding a large body takes milliseconds of CPU: on a blocking thread, so
         // that the runtime's threads go on serving other requests and the probes.
@@ -603,6 +614,13 @@ async fn handle_inner(
     if events.is_empty() {
         return Ok(accepted());
     }
+    let events = match &trace {
+        Some(tp) => events
+            .into_iter()
+            .map(|e| crate::http::trace::with_trace_context(e, tp, tracestate.as_deref()))
+            .collect(),
+        None => events,
+    };
     if let Some(scope) = scope {
         in_scope(scope, &events, mode.is_batch())?;
     }
