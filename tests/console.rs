@@ -224,6 +224,24 @@ async fn the_console_needs_the_token_shows_lag_move_and_redelivers_a_dead_letter
     browser
         .text_when(&lag, "the lane's lag to move", |s| s == "3")
         .await;
+    // The lane's state, live: sending, then paused through the API.
+    let state = format!("tr[data-lane=\"notify {}\"] td.state", hole.url("/n"));
+    browser
+        .text_when(&state, "the lane sending", |s| s == "sending")
+        .await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let pause = http::Request::post(format!(
+        "http://{}/api/v1/subscriptions/notify/pause",
+        t.server().admin_addr
+    ))
+    .header("authorization", format!("Bearer {TOKEN}"))
+    .body(http_body_util::Full::new(bytes::Bytes::new()))
+    .unwrap();
+    assert_eq!(client.request(pause).await.unwrap().status(), 200);
+    browser
+        .text_when(&state, "the lane paused", |s| s == "paused")
+        .await;
 
     // A dead letter, redelivered by a click once the sink is fixed.
     let mut refused = minimal("dl-1");
