@@ -21,6 +21,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use futures_util::FutureExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::client::{Message, Response, Sender};
 use super::flow::{Breaker, Bucket, Gate, Transition};
@@ -651,8 +652,15 @@ impl LaneContext {
             }
         };
         let started = std::time::Instant::now();
+        // Every line logged about an event of a trace carries its trace id (a span only
+        // for those: most events have none, and pay nothing).
+        let span = match crate::http::trace::of_event(&record.event) {
+            Some(tp) => tracing::info_span!("event", seq, trace_id = %tp.trace_id),
+            None => tracing::Span::none(),
+        };
         let outcome = match AssertUnwindSafe(self.attempt_until_done(&record, attempts, &stop))
             .catch_unwind()
+            .instrument(span)
             .await
         {
             Ok(outcome) => outcome,
@@ -954,8 +962,7 @@ impl LaneContext {
             };
             counter.fetch_add(1, AtomicOrdering::Relaxed);
         }
-        let trace_id = crate::http::trace::of_event(&record.event).map(|t| t.trace_id);
-        tracing::warn!(seq = record.seq, event_id = record.event.id(), trace_id, attempts, error = %letter.last_error, to_sink = letter.dead_letter_sink_delivered, "dead-lettered");
+        tracing::warn!(seq = record.seq, event_id = record.event.id(), attempts, error = %letter.last_error, to_sink = letter.dead_letter_sink_delivered, "dead-lettered");
         if let Err(e) = self.log.dead_letters().store(&letter).await {
             tracing::error!(seq = record.seq, event_id = record.event.id(), error = %e, "cannot store the dead letter");
         }
