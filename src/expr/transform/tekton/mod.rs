@@ -29,9 +29,11 @@
 //!   the rest (managed fields, embedded specs, step states) is skipped without being built.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
 use crate::event::{AttrValue, Data, Event};
+
+mod wire;
+use wire::{Body, Condition, Content, Context, Document, RunRef, Subject};
 
 /// Options of the preset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -431,121 +433,6 @@ fn finished(succeeded: Option<&Condition>) -> (Outcome, Option<String>) {
     let message = c.message.as_deref().map(str::trim_end).unwrap_or_default();
     let errors = [message, reason].into_iter().find(|s| !s.is_empty());
     (outcome, errors.map(str::to_owned))
-}
-
-/// The event's data: one of these, by the event's type.
-#[derive(Deserialize)]
-struct Body {
-    #[serde(rename = "pipelineRun")]
-    pipeline_run: Option<Run>,
-    #[serde(rename = "taskRun")]
-    task_run: Option<Run>,
-}
-
-/// The parts of a PipelineRun or TaskRun the CDEvent is made of.
-#[derive(Deserialize, Default)]
-struct Run {
-    metadata: Option<Metadata>,
-    spec: Option<Spec>,
-    status: Option<Status>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Metadata {
-    name: Option<String>,
-    namespace: Option<String>,
-    creation_timestamp: Option<String>,
-    labels: Option<Labels>,
-}
-
-/// The labels Tekton puts on runs that name what they run and what they belong to.
-#[derive(Deserialize, Default)]
-struct Labels {
-    #[serde(rename = "tekton.dev/pipeline")]
-    pipeline: Option<String>,
-    #[serde(rename = "tekton.dev/task")]
-    task: Option<String>,
-    #[serde(rename = "tekton.dev/pipelineTask")]
-    pipeline_task: Option<String>,
-    #[serde(rename = "tekton.dev/pipelineRun")]
-    pipeline_run: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Spec {
-    pipeline_ref: Option<Ref>,
-    task_ref: Option<Ref>,
-}
-
-#[derive(Deserialize)]
-struct Ref {
-    name: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Status {
-    conditions: Option<Vec<Condition>>,
-    start_time: Option<String>,
-    completion_time: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Condition {
-    #[serde(rename = "type")]
-    ty: Option<String>,
-    status: Option<String>,
-    reason: Option<String>,
-    message: Option<String>,
-    last_transition_time: Option<String>,
-}
-
-/// The CDEvent document; fields in the schemas' order, which serde keeps.
-#[derive(Serialize)]
-struct Document<'a> {
-    context: Context<'a>,
-    subject: Subject<'a>,
-}
-
-#[derive(Serialize)]
-struct Context<'a> {
-    specversion: &'static str,
-    id: &'a str,
-    source: &'a str,
-    #[serde(rename = "type")]
-    ty: &'static str,
-    timestamp: &'a str,
-}
-
-#[derive(Serialize)]
-struct Subject<'a> {
-    id: &'a str,
-    content: Content,
-}
-
-/// The content of all five events: each has the fields its schema allows and no other.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Content {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pipeline_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    task_name: Option<String>,
-    uri: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pipeline_run: Option<RunRef>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outcome: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<String>,
-}
-
-#[derive(Serialize)]
-struct RunRef {
-    id: String,
 }
 
 #[cfg(test)]
