@@ -442,7 +442,7 @@ async fn gone_and_back(nats: Nats, prefix: &'static str, replicas: usize) {
     for node in &mut fleet.nats.nodes {
         node.restart();
     }
-    for node in &fleet.nats.nodes {
+    for node in &mut fleet.nats.nodes {
         node.wait_ready(clustered);
     }
     post_accepted(a.ingress, "after");

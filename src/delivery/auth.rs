@@ -22,6 +22,9 @@ const FILE_RECHECK: Duration = Duration::from_secs(1);
 /// A token without `expires_in` is used this long before it is fetched again.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
 
+/// A token is fetched again after a day at the latest, whatever its `expires_in`.
+const LONGEST_LIFETIME: Duration = Duration::from_secs(86_400);
+
 /// The most of a token endpoint's answer that is read.
 const ANSWER_MAX: usize = 64 * 1024;
 
@@ -45,11 +48,16 @@ pub async fn authorization(
         None => {
             let got = match &auth.source {
                 TokenSource::File(path) => read_file(path, held.as_ref()),
+                // Half the attempt's time, so that a token endpoint that hangs is named
+                // as the reason rather than the attempt timing out.
                 TokenSource::OAuth2 { .. } => {
-                    tokio::time::timeout(timeout, fetch(&auth.source, client))
+                    tokio::time::timeout(timeout / 2, fetch(&auth.source, client))
                         .await
                         .unwrap_or_else(|_| {
-                            Err("the OAuth2 token endpoint did not answer in time".into())
+                            Err(format!(
+                                "the OAuth2 token endpoint did not answer within {} ms",
+                                (timeout / 2).as_millis()
+                            ))
                         })
                 }
             };
@@ -72,9 +80,16 @@ pub async fn authorization(
     Ok(value)
 }
 
-/// Drops the token held (the sink answered `401`): the next request gets a new one.
-pub async fn forget(auth: &SinkAuth) {
+/// Drops the token held if it is still the one `used` carried (the sink answered
+/// `401`): the next request gets a new one. A newer token, fetched meanwhile, stays.
+pub async fn forget(auth: &SinkAuth, used: &HeaderValue) {
     let mut held = auth.held.lock().await;
+    let same = held
+        .as_ref()
+        .is_some_and(|t| used.as_bytes() == format!("Bearer {}", t.value).as_bytes());
+    if !same {
+        return;
+    }
     if let (TokenSource::File(_), Some(t)) = (&auth.source, held.as_mut()) {
         // The file is read again, whether or not it changed.
         t.fresh_until = Instant::now();
@@ -216,7 +231,8 @@ async fn fetch(source: &TokenSource, client: &Client) -> Result<HeldToken, Strin
     let lifetime = json["expires_in"]
         .as_f64()
         .filter(|s| *s > 0.0)
-        .map_or(DEFAULT_LIFETIME, |s| Duration::from_secs_f64(s * 0.8));
+        .and_then(|s| Duration::try_from_secs_f64(s * 0.8).ok())
+        .map_or(DEFAULT_LIFETIME, |d| d.min(LONGEST_LIFETIME));
     Ok(HeldToken {
         value: value.to_string(),
         fresh_until: Instant::now() + lifetime,

@@ -209,6 +209,7 @@ impl Sender {
             }
             if let Some(v) = event
                 .get_str(crate::http::trace::TRACESTATE)
+                .filter(|s| s.len() <= crate::http::trace::TRACESTATE_MAX)
                 .and_then(|s| HeaderValue::from_str(s).ok())
             {
                 headers.insert(HeaderName::from_static("tracestate"), v);
@@ -287,12 +288,12 @@ impl Sender {
                     .map_err(|_| Attempt::Credentials)?;
                 request
                     .headers_mut()
-                    .insert(http::header::AUTHORIZATION, value);
+                    .insert(http::header::AUTHORIZATION, value.clone());
                 let response = self.exchange(&client, request).await?;
                 if response.status != 401 || last {
                     return Ok(response);
                 }
-                super::auth::forget(auth).await;
+                super::auth::forget(auth, &value).await;
             }
             unreachable!("the second pass returns")
         };

@@ -49,9 +49,13 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - self.tokens) / self.per_second,
-            ))
+            // A rate too small for a Duration waits a day, then asks again.
+            Err(
+                Duration::try_from_secs_f64((1.0 - self.tokens) / self.per_second)
+                    .map_or(Duration::from_secs(86_400), |d| {
+                        d.min(Duration::from_secs(86_400))
+                    }),
+            )
         }
     }
 }

@@ -278,24 +278,27 @@ impl LaneContext {
     /// Waits until flow control lets an attempt out. A wait costs the event none of its
     /// retries; one longer than [`PARK_AFTER`] is not waited here but parked.
     async fn admit(&self, stop: &CancellationToken) -> Admission {
-        while self.stats.paused.load(AtomicOrdering::Relaxed) {
-            // A shared lane's claim would run out while it waits: the entry goes back,
-            // parked, and comes out again when the lane is resumed.
-            if self.log.lanes().shared() {
-                return Admission::Park(Duration::ZERO);
-            }
-            let resumed = self.stats.resumed.notified();
-            tokio::select! {
-                _ = resumed => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = stop.cancelled() => return Admission::Stopped,
-            }
-        }
-        if !self.flow_control() {
-            return Admission::Go { probe: false };
-        }
         let mut limited_since: Option<tokio::time::Instant> = None;
         loop {
+            // Looked at on every turn: a lane paused while an attempt waits for a token
+            // or a probe sends nothing.
+            if self.stats.paused.load(AtomicOrdering::Relaxed) {
+                // A shared lane's claim would run out while it waits: the entry goes
+                // back, parked, and comes out again when the lane is resumed.
+                if self.log.lanes().shared() {
+                    return Admission::Park(Duration::ZERO);
+                }
+                let resumed = self.stats.resumed.notified();
+                tokio::select! {
+                    _ = resumed => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.cancelled() => return Admission::Stopped,
+                }
+                continue;
+            }
+            if !self.flow_control() {
+                return Admission::Go { probe: false };
+            }
             // Registered before the state is read, so a change in between still wakes.
             let changed = self.flow_changed.notified();
             let wait = {
@@ -529,7 +532,9 @@ impl LaneContext {
                     ticks = ticks.wrapping_add(1);
                     poll |= ticks.is_multiple_of(10);
                 }
-                _ = tokio::time::sleep(park_wait.unwrap_or(Duration::from_secs(3600))), if park_wait.is_some() => {},
+                // A paused lane unparks nothing: it waits for the resume instead.
+                _ = tokio::time::sleep(park_wait.unwrap_or(Duration::from_secs(3600))), if park_wait.is_some() && !paused => {},
+                _ = self.stats.resumed.notified(), if paused => poll = true,
                 // With deliveries in flight, stopping waits for them: an attempt under
                 // way finishes (unless aborted), then they stop at their next step and
                 // leave their entries pending.
@@ -667,6 +672,12 @@ impl LaneContext {
             // Trying again would panic again: the event is dead-lettered with the reason,
             // and the lane goes on with the next one.
             Err(panic) => {
+                // A probe it may have held is handed on, or the breaker would wait for
+                // it for good.
+                if let Some(b) = self.lock_flow().breaker.as_mut() {
+                    b.abandon_probe();
+                }
+                self.flow_changed.notify_waiters();
                 let error = format!(
                     "the delivery could not be made: it panicked ({})",
                     panic_text(&*panic)
@@ -753,7 +764,12 @@ impl LaneContext {
             };
             self.stats.count_attempt(attempt);
             let verdict = policy::classify(attempt);
-            self.record(Some(verdict != Verdict::Retry), probe);
+            // An attempt that reached no sink says nothing of it.
+            let reached = !matches!(
+                attempt,
+                Attempt::Unsendable | Attempt::Refused | Attempt::Credentials
+            );
+            self.record(reached.then_some(verdict != Verdict::Retry), probe);
             match verdict {
                 Verdict::Success => {
                     if let Ok(response) = &result {

@@ -7,6 +7,9 @@
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
+/// The longest `tracestate` kept (W3C Trace Context §3.3.1.5).
+pub const TRACESTATE_MAX: usize = 512;
+
 /// A `traceparent` (version 00): `00-<trace id>-<parent id>-<flags>`, lower-case hex.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceParent {
@@ -99,7 +102,12 @@ pub fn with_trace_context(
         AttrValue::String(traceparent.to_string()),
     ));
     if let Some(state) =
-        tracestate.filter(|s| !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        // W3C Trace Context §3.3.1.5: a tracestate of more than 512 bytes may be dropped.
+        tracestate.filter(|s| {
+            !s.is_empty()
+                && s.len() <= TRACESTATE_MAX
+                && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        })
     {
         attributes.push((TRACESTATE.into(), AttrValue::String(state.to_string())));
     }
@@ -143,6 +151,25 @@ mod tests {
         assert!(
             TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
                 .is_some()
+        );
+    }
+
+    #[test]
+    fn a_tracestate_past_its_limit_is_dropped_and_an_events_own_context_wins() {
+        let event = crate::event::json::decode_event(&bytes::Bytes::from_static(
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#,
+        ))
+        .unwrap();
+        let tp =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let long = "k=".to_string() + &"v".repeat(TRACESTATE_MAX);
+        let traced = with_trace_context(event.clone(), &tp, Some(&long));
+        assert_eq!(traced.get_str(TRACEPARENT), Some(tp.to_string().as_str()));
+        assert_eq!(traced.get(TRACESTATE), None);
+        let kept = with_trace_context(traced.clone(), &tp.child(), Some("a=b"));
+        assert_eq!(kept, traced, "the event's own traceparent wins");
+        assert!(
+            crate::event::validate::validate(&with_trace_context(event, &tp, Some("a=b"))).is_ok()
         );
     }
 

@@ -614,10 +614,20 @@ async fn handle_inner(
     if events.is_empty() {
         return Ok(accepted());
     }
+    // The trace context is kept where it fits the attribute limits; an event at them
+    // goes without it rather than being refused for what the producer did not send in it.
     let events = match &trace {
         Some(tp) => events
             .into_iter()
-            .map(|e| crate::http::trace::with_trace_context(e, tp, tracestate.as_deref()))
+            .map(|e| {
+                let traced =
+                    crate::http::trace::with_trace_context(e.clone(), tp, tracestate.as_deref());
+                if check_attribute_limits(&traced, limits).is_ok() {
+                    traced
+                } else {
+                    e
+                }
+            })
             .collect(),
         None => events,
     };

@@ -62,7 +62,19 @@ pub fn available() -> Option<PathBuf> {
     }
 }
 
+/// A port that is free now, below the kernel's ephemeral range (32768 and up here):
+/// a port the kernel hands out (bind to 0) is in that range, where the outgoing
+/// connections of the tests running beside take theirs, and one taken before the server
+/// binds it leaves the node unable to start.
 fn free_port() -> u16 {
+    use std::hash::BuildHasher as _;
+    for i in 0u64..1000 {
+        let pick = std::collections::hash_map::RandomState::new().hash_one(i);
+        let port = 20_000 + (pick % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -131,9 +143,19 @@ impl Node {
     }
 
     /// Waits (bounded) until the node serves JetStream.
-    pub fn wait_ready(&self, cluster: bool) {
+    pub fn wait_ready(&mut self, cluster: bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.healthy(!cluster) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "nats-server on port {} exited ({status}) before it was ready: a port of its taken?",
+                    self.port
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "nats-server on port {} did not become ready",
@@ -233,7 +255,7 @@ impl Nats {
             node.spawn();
             nodes.push(node);
         }
-        for node in &nodes {
+        for node in &mut nodes {
             node.wait_ready(n > 1);
         }
         Nats { nodes, _dir: dir }
