@@ -62,19 +62,9 @@ pub fn available() -> Option<PathBuf> {
     }
 }
 
-/// A port that is free now, below the kernel's ephemeral range (32768 and up here):
-/// a port the kernel hands out (bind to 0) is in that range, where the outgoing
-/// connections of the tests running beside take theirs, and one taken before the server
-/// binds it leaves the node unable to start.
+/// A port the kernel says is free now. Another socket may take it before the server
+/// binds it; [`Nats::start`] then starts over on other ports.
 fn free_port() -> u16 {
-    use std::hash::BuildHasher as _;
-    for i in 0u64..1000 {
-        let pick = std::collections::hash_map::RandomState::new().hash_one(i);
-        let port = 20_000 + (pick % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -82,7 +72,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// One nats-server process.
 pub struct Node {
     bin: PathBuf,
     args: Vec<String>,
@@ -144,25 +133,35 @@ impl Node {
 
     /// Waits (bounded) until the node serves JetStream.
     pub fn wait_ready(&mut self, cluster: bool) {
+        if let Err(e) = self.try_ready(cluster) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits (bounded) until the node serves JetStream; `Err` when it exited first (one
+    /// of its ports was taken) or did not get there in time.
+    fn try_ready(&mut self, cluster: bool) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.healthy(!cluster) {
-            if let Some(status) = self
+            let exited = self
                 .child
                 .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "nats-server on port {} exited ({status}) before it was ready: a port of its taken?",
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Err(format!(
+                    "nats-server on port {} exited ({status}) before it was ready",
                     self.port
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server on port {} did not become ready",
-                self.port
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "nats-server on port {} did not become ready",
+                    self.port
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 }
 
@@ -205,7 +204,20 @@ impl Nats {
         Nats::start(bin, 3, conf)
     }
 
+    /// Starts `n` nodes; when one cannot (a port of its was taken between the pick and
+    /// its bind), all of them start over on other ports, a few times.
     fn start(bin: &Path, n: usize, conf: &str) -> Nats {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Nats::try_start(bin, n, conf) {
+                Ok(nats) => return nats,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
+    }
+
+    fn try_start(bin: &Path, n: usize, conf: &str) -> Result<Nats, String> {
         let dir = tempfile::tempdir().unwrap();
         let conf_file = dir.path().join("nats.conf");
         std::fs::write(&conf_file, conf).unwrap();
@@ -255,9 +267,14 @@ impl Nats {
             node.spawn();
             nodes.push(node);
         }
-        for node in &mut nodes {
-            node.wait_ready(n > 1);
+        for i in 0..nodes.len() {
+            if let Err(e) = nodes[i].try_ready(n > 1) {
+                for node in &mut nodes {
+                    node.kill();
+                }
+                return Err(e);
+            }
         }
-        Nats { nodes, _dir: dir }
+        Ok(Nats { nodes, _dir: dir })
     }
 }
