@@ -577,3 +577,23 @@ async fn the_cdevents_preset_sends_each_run_state_as_a_cdevent_and_skips_the_res
         "running, unknown and queued TaskRuns send nothing"
     );
 }
+
+#[tokio::test]
+async fn a_dead_letter_sink_with_a_transform_gets_the_shaped_letter() {
+    let refusing = TestSink::start(vec![], Answer::status(400)).await;
+    let dls = TestSink::start(vec![], Answer::status(200)).await;
+    let spec = format!(
+        "  sinks: [{{ uri: '{}' }}]\n  delivery:\n    deadLetterSink:\n      uri: '{}'\n      format: plain\n      transform:\n        data: '{{\"text\": \"could not deliver \" + id + \" (HTTP \" + string(knativeerrorcode) + \")\"}}'\n",
+        refusing.url("/"),
+        dls.url("/alert")
+    );
+    let t =
+        TestServer::start_with_subscriptions("", &[("s.yaml", &subscription("s", &spec))]).await;
+    assert_eq!(t.post_json(&common::minimal("lost-1")).await.status, 202);
+    let got = dls.wait_for(1, WAIT).await;
+    no_cloudevents_headers(&got[0]);
+    assert_eq!(
+        std::str::from_utf8(&got[0].body).unwrap(),
+        r#"{"text":"could not deliver lost-1 (HTTP 400)"}"#
+    );
+}
