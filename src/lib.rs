@@ -6,7 +6,7 @@
 //! The modules form layers, and a module imports only from the layers before its own
 //! ([`LAYERS`], held by a test): the event model and the clock first; then the pieces
 //! with no broker knowledge (expressions, the runtime, the metric registry, HTTP
-//! helpers); then the log, the config, and the parts that run on them (router, delivery,
+//! helpers, span export); then the log, the config, and the parts that run on them (router, delivery,
 //! ingress, admin); `server` wires them together and `cli` talks to a running broker.
 
 pub mod admin;
@@ -23,13 +23,14 @@ pub mod metrics;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod spans;
 pub mod store;
 
 /// The crate's top-level modules, lowest first. Each imports only from the ones before
 /// it (tests aside).
 pub const LAYERS: &[&str] = &[
-    "event", "clock", "expr", "runtime", "metrics", "http", "store", "log", "config", "router",
-    "delivery", "ingress", "admin", "server", "cli",
+    "event", "clock", "expr", "runtime", "metrics", "http", "spans", "store", "log", "config",
+    "router", "delivery", "ingress", "admin", "server", "cli",
 ];
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::delivery::Delivery;
 use crate::ingress::{self, Ingress};
 use crate::log::{Log, LogError, WriterOptions};
 use crate::metrics::Metrics;
+use crate::spans::Spans;
 use crate::store::{Store, StoreOptions};
 
 /// Why the server could not start.
@@ -28,6 +29,8 @@ pub enum ServerError {
     Log(#[from] LogError),
     #[error("TLS set-up failed: {0}")]
     Tls(String),
+    #[error("span export set-up failed: {0}")]
+    Tracing(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -140,6 +143,14 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let started = Instant::now();
         crate::http::tls::install_default_provider();
+        let spans = match &config.tracing.otlp_endpoint {
+            None => Spans::off(),
+            Some(endpoint) => {
+                let spans = Spans::export(endpoint).map_err(ServerError::Tracing)?;
+                tracing::info!(collector = %crate::http::redact::redact(&endpoint.to_string()), "spans are exported (OTLP over HTTP)");
+                spans
+            }
+        };
         // One budget for the whole shutdown: requests, then deliveries, share it.
         let grace = config.shutdown_grace_period;
         let health = Arc::new(Health::default());
@@ -242,6 +253,7 @@ impl Server {
         let routing = Arc::new(Routing::start(
             log.clone(),
             subscriptions,
+            spans.clone(),
             writer_stop.clone(),
             &tracker,
         ));
@@ -264,16 +276,20 @@ impl Server {
                 max_hops: config.replies.max_hops,
                 durations: Some(metrics.delivery_duration.clone()),
                 dedupe: (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
+                spans: spans.clone(),
             },
             delivery_stop.clone(),
             delivery_abort.clone(),
         );
-        let ingress = Arc::new(Ingress::new(
-            log.clone(),
-            config.ingress.clone(),
-            (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
-            metrics.clone(),
-        ));
+        let ingress = Arc::new(
+            Ingress::new(
+                log.clone(),
+                config.ingress.clone(),
+                (!config.dedupe.window.is_zero()).then(|| config.dedupe.key.clone()),
+                metrics.clone(),
+            )
+            .with_spans(spans.clone()),
+        );
         let view = Arc::new(
             admin::scrape::StateCollector::new(
                 log.clone(),
@@ -338,6 +354,8 @@ impl Server {
             writer_stop.cancel();
             tracker.close();
             tracker.wait().await;
+            // The spans of everything that ended, sent before the server says it stopped.
+            spans.shutdown().await;
             // Everything that holds the log has ended, so the data directory is free
             // (sled's lock released) when `stop` returns.
             let _ = reloader_task.await;

@@ -347,11 +347,7 @@ async fn a_reply_feeds_a_second_subscription_and_a_reply_loop_stops_at_the_hop_l
     // A sink that replies with what it gets, routed back to itself.
     let echo = TestSink::start(
         vec![],
-        Answer::status(200)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "echo")
-            .header("ce-source", "/echo")
-            .header("ce-type", "dev.switchyard.echo"),
+        Answer::reply("echo", "/echo", "dev.switchyard.echo"),
     )
     .await;
     let subs = subscription("loop", &format!("  filter:\n    filters: [{{ prefix: {{ type: dev.switchyard.e }} }}]\n  sinks:\n    - uri: {}\n", echo.url("/")));
@@ -427,15 +423,7 @@ async fn redirects_are_not_followed_and_count_as_final(b: Backend) {
 }
 
 async fn reply_ignore_turns_replies_off(b: Backend) {
-    let replier = TestSink::start(
-        vec![],
-        Answer::status(200)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "r")
-            .header("ce-source", "/r")
-            .header("ce-type", "reply"),
-    )
-    .await;
+    let replier = TestSink::start(vec![], Answer::reply("r", "/r", "reply")).await;
     let subs = one_sink("quiet", &replier.url("/"), "  reply: ignore\n");
     let t = b.start_with_subscriptions("", &[("s.yaml", &subs)]).await;
     assert_eq!(t.post_json(&minimal("q")).await.status, 202);
@@ -798,11 +786,7 @@ async fn text_sent_in_binary_mode_reaches_a_structured_sink_as_a_string(b: Backe
 async fn replying_sink() -> TestSink {
     TestSink::start(
         vec![],
-        Answer::status(200)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "reply-1")
-            .header("ce-source", "/replier")
-            .header("ce-type", "dev.switchyard.reply"),
+        Answer::reply("reply-1", "/replier", "dev.switchyard.reply"),
     )
     .await
 }

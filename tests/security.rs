@@ -28,6 +28,7 @@ fn the_signature_matches_the_specifications_example() {
     let message = Message {
         id: "msg_p5jXN8AQM9LWM0D4loKWxJek".into(),
         unix_secs: 1614265330,
+        hop: None,
     };
     let headers = webhook_headers(&[key], &message, br#"{"test": 2432232314}"#);
     assert_eq!(

@@ -28,11 +28,7 @@ async fn every_hop_of_an_event_carries_its_trace_with_a_span_of_its_own() {
     // third refuses for good, so its event goes to the dead-letter sink.
     let replying = TestSink::start(
         vec![],
-        Answer::status(200)
-            .header("ce-specversion", "1.0")
-            .header("ce-id", "reply-1")
-            .header("ce-source", "/replier")
-            .header("ce-type", "dev.example.reply"),
+        Answer::reply("reply-1", "/replier", "dev.example.reply"),
     )
     .await;
     let replies = TestSink::start(vec![], Answer::status(200)).await;

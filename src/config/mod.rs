@@ -81,6 +81,7 @@ pub struct Config {
     pub subscriptions_set: bool,
     pub delivery: DeliveryConfig,
     pub replies: RepliesConfig,
+    pub tracing: TracingConfig,
     /// How long in-flight requests and deliveries may take to finish at shutdown.
     pub shutdown_grace_period: Duration,
     /// The keys the environment set, over the file, with the variable that set each
@@ -306,6 +307,13 @@ pub struct RepliesConfig {
     pub max_hops: u32,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct TracingConfig {
+    /// Where spans are exported (OTLP over HTTP: `<endpoint>/v1/traces`); `None`
+    /// exports none.
+    pub otlp_endpoint: Option<http::Uri>,
+}
+
 /// One settable key of the server config: its dotted path, its default (YAML), whether
 /// it takes a list, and what it means (README's key table is rendered from these).
 #[derive(Debug, Clone, Copy)]
@@ -393,6 +401,7 @@ pub const SCHEMA: &[Key] = &[
     key("delivery.circuitBreaker.cooldown", "PT30S", "how long an open breaker waits before its probe; doubled after each failed probe, up to `backoffMax`"),
     list("delivery.allowAddresses", "[]", "cloud metadata addresses sinks may reach anyway (they are refused otherwise; see [docs/security.md](docs/security.md))"),
     key("replies.maxHops", "8", "a reply deeper than this is dropped and counted"),
+    key("tracing.otlp.endpoint", "null", "export spans of ingest, routing and each delivery attempt to this OpenTelemetry collector, OTLP over HTTP: its base URL, e.g. `http://otel-collector:4318` (spans go to `<endpoint>/v1/traces`; `null`: no export); see [docs/operations.md](docs/operations.md#spans)"),
     key("shutdown.gracePeriod", "20s", "on SIGTERM/SIGINT, how long requests and delivery attempts under way may take to finish"),
 ];
 
@@ -1173,6 +1182,47 @@ impl Validator {
     }
 
     /// An optional file path: `None` when the key is null.
+    /// `tracing.otlp.endpoint`: an http(s) base URL, without the signal's path (OTLP's
+    /// rule for the endpoint of all signals: `/v1/traces` is added to it).
+    fn otlp_endpoint(&mut self, node: &Node) -> Option<http::Uri> {
+        let key = "tracing.otlp.endpoint";
+        if matches!(node.value, Value::Null) {
+            return None;
+        }
+        let text = self.string(node, key)?;
+        match text.parse::<http::Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() =>
+            {
+                if u.query().is_some() {
+                    self.error(
+                        node,
+                        key,
+                        format!("'{text}' has a query; give the collector's base URL"),
+                    );
+                    None
+                } else if u.path().trim_end_matches('/').ends_with("/v1/traces") {
+                    self.error(
+                        node,
+                        key,
+                        format!("'{text}' ends in /v1/traces, which is added to the endpoint: give the collector's base URL (e.g. http://otel-collector:4318)"),
+                    );
+                    None
+                } else {
+                    Some(u)
+                }
+            }
+            _ => {
+                self.error(
+                    node,
+                    key,
+                    format!("'{text}' is not an absolute http:// or https:// URL"),
+                );
+                None
+            }
+        }
+    }
+
     fn optional_path(&mut self, node: &Node, key: &str) -> Option<PathBuf> {
         match &node.value {
             Value::Null => None,
@@ -1773,6 +1823,9 @@ impl Validator {
         let replies = RepliesConfig {
             max_hops: self.int(node!("replies.maxHops"), "replies.maxHops", 0, 255) as u32,
         };
+        let tracing = TracingConfig {
+            otlp_endpoint: self.otlp_endpoint(node!("tracing.otlp.endpoint")),
+        };
         let shutdown_grace_period =
             self.duration(node!("shutdown.gracePeriod"), "shutdown.gracePeriod");
         Config {
@@ -1786,6 +1839,7 @@ impl Validator {
             subscriptions_set,
             delivery,
             replies,
+            tracing,
             shutdown_grace_period,
             from_env: Vec::new(),
         }
@@ -1951,6 +2005,44 @@ mod tests {
 
     /// The (line, key) of each error of a config with `storage.backend: jetstream` and
     /// `body` under `storage.jetstream` (its first line is line 4).
+    #[test]
+    fn the_otlp_endpoint_is_off_by_default_and_a_base_url_when_set() {
+        let c = from_yaml(None, "", &env(&[])).unwrap();
+        assert_eq!(c.tracing.otlp_endpoint, None);
+        let c = from_yaml(
+            None,
+            "tracing:\n  otlp:\n    endpoint: https://otel-collector:4318\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tracing.otlp_endpoint.map(|u| u.to_string()),
+            Some("https://otel-collector:4318/".to_string())
+        );
+        let c = from_yaml(
+            None,
+            "",
+            &env(&[("SWITCHYARD_TRACING_OTLP_ENDPOINT", "http://c:4318")]),
+        )
+        .unwrap();
+        assert!(
+            c.tracing.otlp_endpoint.is_some(),
+            "set from the environment"
+        );
+        for (value, says) in [
+            ("otel-collector:4318", "not an absolute http"),
+            ("grpc://c:4317", "not an absolute http"),
+            ("http://c:4318/v1/traces", "ends in /v1/traces"),
+            ("http://c:4318?x=1", "has a query"),
+            ("4318", "must be a string"),
+        ] {
+            let e = errors(&format!("tracing:\n  otlp:\n    endpoint: {value}\n"));
+            assert_eq!(e.len(), 1, "{value}: {e:?}");
+            assert_eq!((e[0].line, e[0].key.as_str()), (3, "tracing.otlp.endpoint"));
+            assert!(e[0].message.contains(says), "{value}: {}", e[0].message);
+        }
+    }
+
     fn jetstream_errors(body: &str) -> Vec<(usize, String)> {
         let text = format!("storage:\n  backend: jetstream\n  jetstream:\n{body}");
         match from_yaml(Some(Path::new("s.yaml")), &text, &env(&[])) {

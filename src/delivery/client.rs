@@ -32,6 +32,9 @@ type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 pub struct Message {
     pub id: String,
     pub unix_secs: i64,
+    /// The trace context this send is (its attempt's span, when spans are exported);
+    /// `None` sends a new span id of the event's own trace context, if it has one.
+    pub hop: Option<crate::http::trace::TraceParent>,
 }
 
 /// The Standard Webhooks headers for `body`: `webhook-id`, `webhook-timestamp`, and
@@ -94,12 +97,7 @@ fn client_for(tls: rustls::ClientConfig, guard: &Arc<Guard>) -> HttpsClient {
         inner: http,
         guard: guard.clone(),
     };
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+    let https = crate::http::tls::https_or_http(tls, http);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         // Lanes of several subscriptions share a sink's host: keep enough connections
@@ -203,8 +201,12 @@ impl Sender {
             );
         }
         // A new hop of the event's trace (the distributed-tracing extension's context).
-        if let Some(tp) = crate::http::trace::of_event(event) {
-            if let Ok(v) = HeaderValue::from_str(&tp.child().to_string()) {
+        let hop = message
+            .hop
+            .clone()
+            .or_else(|| crate::http::trace::of_event(event).map(|tp| tp.child()));
+        if let Some(tp) = hop {
+            if let Ok(v) = HeaderValue::from_str(&tp.to_string()) {
                 headers.insert(HeaderName::from_static("traceparent"), v);
             }
             if let Some(v) = event
@@ -363,6 +365,7 @@ pub fn preview(sink: &Sink, event: &Event, broker: &str) -> RequestShape {
         unix_secs: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64),
+        hop: None,
     };
     match Sender::request(sink, event, &message) {
         Ok(mut request) => {

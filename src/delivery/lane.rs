@@ -32,8 +32,10 @@ use crate::clock::SharedClock;
 use crate::config::subscriptions::{Ordering, ReplyMode, Sink, SinkFormat, Subscription};
 use crate::event::{AttrValue, Event};
 use crate::expr::transform::Shaped;
+use crate::http::trace::{of_event, TraceParent};
 use crate::log::{record, AppendOutcome, DeadLetter, LaneId, LaneSpec, Log, LogRecord, NewEvent};
 use crate::router::feed::Feeds;
+use crate::spans::{OpenSpan, Target};
 
 /// A wait longer than this parks the event durably instead of holding an in-flight slot.
 pub const PARK_AFTER: Duration = Duration::from_secs(5);
@@ -135,6 +137,8 @@ pub struct LaneContext {
     pub max_hops: u32,
     /// The dedupe key replies are appended with (`None`: dedupe is off).
     pub dedupe: Option<Arc<crate::expr::dedupe_key::DedupeKey>>,
+    /// Where each attempt's span is made.
+    pub spans: crate::spans::Spans,
     pub stats: Arc<LaneStats>,
     /// Cancels attempts under way: when the lane is replaced or removed, or when the
     /// shutdown grace period is over. (`stop` only ends what comes after them.)
@@ -219,6 +223,7 @@ impl LaneContext {
         Message {
             id: format!("{}-{seq}{suffix}", self.broker),
             unix_secs: (self.clock.now_unix_nanos() / 1_000_000_000) as i64,
+            hop: None,
         }
     }
 
@@ -659,7 +664,7 @@ impl LaneContext {
         let started = std::time::Instant::now();
         // Every line logged about an event of a trace carries its trace id (a span only
         // for those: most events have none, and pay nothing).
-        let span = match crate::http::trace::of_event(&record.event) {
+        let span = match of_event(&record.event) {
             Some(tp) => tracing::info_span!("event", seq, trace_id = %tp.trace_id),
             None => tracing::Span::none(),
         };
@@ -749,15 +754,21 @@ impl LaneContext {
             };
             attempts += 1;
             self.stats.attempts.fetch_add(1, AtomicOrdering::Relaxed);
-            let message = self.message(seq, "");
+            let mut message = self.message(seq, "");
+            let span = self.attempt_span("deliver", &self.lane.sink, seq, attempts, record);
+            message.hop = span.as_ref().map(|s| s.context().clone());
             let result = tokio::select! {
                 r = self.sender.send(&self.sink, event, &message, spec.retry.timeout) => r,
                 // At shutdown an attempt under way may finish (shutdown.gracePeriod).
                 _ = self.abort.cancelled() => {
+                    if let Some(mut span) = span {
+                        span.fail("cancelled: the shutdown grace period was over");
+                    }
                     self.record(None, probe);
                     return Outcome::Stopped;
                 }
             };
+            self.end_attempt_span(span, &result);
             let attempt = match &result {
                 Ok(r) => Attempt::Status(r.status),
                 Err(a) => *a,
@@ -773,7 +784,7 @@ impl LaneContext {
             match verdict {
                 Verdict::Success => {
                     if let Ok(response) = &result {
-                        if !self.handle_reply(record, response).await {
+                        if !self.handle_reply(record, response, message.hop).await {
                             // The reply could not be appended: the delivery is not done.
                             self.note_error("a reply could not be stored".into());
                             if let Some(o) =
@@ -869,8 +880,53 @@ impl LaneContext {
         }
     }
 
+    /// The span of attempt number `attempt` to send `record` to `sink`, when spans are
+    /// exported and the event has trace context.
+    fn attempt_span(
+        &self,
+        kind: &str,
+        sink: &str,
+        seq: u64,
+        attempt: u32,
+        record: &LogRecord,
+    ) -> Option<OpenSpan> {
+        let target = Target {
+            broker: &self.broker,
+            subscription: &self.sub().name,
+            sink,
+            seq,
+            attempt,
+        };
+        self.spans.attempt(kind, &target, &record.event)
+    }
+
+    /// Ends an attempt's span with its answer, failed unless the answer is a success.
+    fn end_attempt_span(&self, span: Option<OpenSpan>, result: &Result<Response, Attempt>) {
+        let Some(mut span) = span else {
+            return;
+        };
+        let attempt = match result {
+            Ok(r) => {
+                span.set("http.response.status_code", i64::from(r.status));
+                Attempt::Status(r.status)
+            }
+            Err(a) => *a,
+        };
+        if policy::classify(attempt) != Verdict::Success {
+            span.fail(self.failure_text(result));
+        }
+        span.end();
+    }
+
     /// Appends a reply when there is one. `false` when a reply could not be stored.
-    async fn handle_reply(&self, record: &LogRecord, response: &Response) -> bool {
+    /// `hop` is the trace context of the attempt answered (its span, when spans are
+    /// exported): the reply's, unless the reply names its own.
+    async fn handle_reply(
+        &self,
+        record: &LogRecord,
+        response: &Response,
+        hop: Option<TraceParent>,
+    ) -> bool {
         // A plain sink is no CloudEvents consumer: its answers are not replies.
         if self.sub().reply == ReplyMode::Ignore || self.sink.format == SinkFormat::Plain {
             return true;
@@ -905,10 +961,11 @@ impl LaneContext {
                     return true;
                 }
                 // The reply is the next hop of the event's trace, unless it names its own.
-                let event = match crate::http::trace::of_event(&record.event) {
+                let hop = hop.or_else(|| of_event(&record.event).map(|tp| tp.child()));
+                let event = match hop {
                     Some(tp) => crate::http::trace::with_trace_context(
                         event,
-                        &tp.child(),
+                        &tp,
                         record.event.get_str(crate::http::trace::TRACESTATE),
                     ),
                     None => event,
@@ -969,8 +1026,7 @@ impl LaneContext {
         };
         if let Some(dls) = self.sub().delivery.dead_letter_sink.clone() {
             let event = with_error_extensions(&record.event, &self.lane.sink, status, &body);
-            letter.dead_letter_sink_delivered =
-                self.send_dead_letter(&dls, &event, record.seq).await;
+            letter.dead_letter_sink_delivered = self.send_dead_letter(&dls, &event, record).await;
             let counter = if letter.dead_letter_sink_delivered {
                 &self.stats.dead_letter_sink_delivered
             } else {
@@ -984,8 +1040,9 @@ impl LaneContext {
         }
     }
 
-    async fn send_dead_letter(&self, dls: &Sink, event: &Event, seq: u64) -> bool {
-        let spec = &self.sub().delivery;
+    /// Sends `event` (the dead letter of `record`) to the dead-letter sink.
+    async fn send_dead_letter(&self, dls: &Sink, event: &Event, record: &LogRecord) -> bool {
+        let (seq, spec) = (record.seq, &self.sub().delivery);
         let shaped;
         let event = match &dls.transform {
             None => event,
@@ -1002,12 +1059,16 @@ impl LaneContext {
             },
         };
         for attempt in 1..=spec.retry.count + 1 {
-            let message = self.message(seq, "-dead-letter");
-            match self
+            let mut message = self.message(seq, "-dead-letter");
+            let uri = dls.uri.to_string();
+            let span = self.attempt_span("dead-letter", &uri, seq, attempt, record);
+            message.hop = span.as_ref().map(|s| s.context().clone());
+            let result = self
                 .sender
                 .send(dls, event, &message, spec.retry.timeout)
-                .await
-            {
+                .await;
+            self.end_attempt_span(span, &result);
+            match result {
                 Ok(r) if policy::classify(Attempt::Status(r.status)) == Verdict::Success => {
                     return true
                 }

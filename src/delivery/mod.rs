@@ -74,6 +74,8 @@ pub struct DeliveryOptions {
     /// The dedupe key replies are appended with, as the ingress's events are; `None`
     /// when dedupe is off.
     pub dedupe: Option<Arc<crate::expr::dedupe_key::DedupeKey>>,
+    /// Where each attempt's span is made.
+    pub spans: crate::spans::Spans,
 }
 
 /// The deliverers of every lane, kept in line with the running subscription set.
@@ -84,6 +86,7 @@ pub struct Delivery {
     clock: SharedClock,
     max_hops: u32,
     dedupe: Option<Arc<crate::expr::dedupe_key::DedupeKey>>,
+    spans: crate::spans::Spans,
     running: Mutex<HashMap<LaneKey, Running>>,
     stats: Mutex<HashMap<LaneKey, Arc<LaneStats>>>,
     /// Where lanes observe their delivery durations (by subscription and sink).
@@ -112,6 +115,7 @@ impl Delivery {
             clock,
             max_hops: options.max_hops,
             dedupe: options.dedupe,
+            spans: options.spans,
             running: Mutex::default(),
             stats: Mutex::default(),
             durations: options.durations,
@@ -292,6 +296,7 @@ impl Delivery {
                 clock: self.clock.clone(),
                 max_hops: self.max_hops,
                 dedupe: self.dedupe.clone(),
+                spans: self.spans.clone(),
                 stats: self.stats(&key.0, &key.1),
                 abort: self.abort.child_token(),
                 flow: Mutex::new(lane::FlowState::new(

@@ -71,6 +71,20 @@ pub fn server_config(
     Ok(config)
 }
 
+/// `connector` with TLS by `tls` for `https` URIs (HTTP/1.1 or HTTP/2, as the server
+/// offers), plain for `http` ones.
+pub fn https_or_http<C>(
+    tls: rustls::ClientConfig,
+    connector: C,
+) -> hyper_rustls::HttpsConnector<C> {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(connector)
+}
+
 /// Builds a rustls client config: the given CA file's certificates as the only roots
 /// (or the system's plus webpki's), and a client certificate when given.
 pub fn client_config(

@@ -91,12 +91,23 @@ pub fn with_trace_context(
     traceparent: &TraceParent,
     tracestate: Option<&str>,
 ) -> crate::event::Event {
-    use crate::event::{AttrValue, Event};
     if event.get(TRACEPARENT).is_some() {
         return event;
     }
+    set_trace_context(event, traceparent, tracestate)
+}
+
+/// `event` with the trace context as its `traceparent` (and `tracestate`) extension
+/// attributes, in place of any it carried (the broker's own span, when spans are
+/// exported, is what follows the event from there).
+pub fn set_trace_context(
+    event: crate::event::Event,
+    traceparent: &TraceParent,
+    tracestate: Option<&str>,
+) -> crate::event::Event {
+    use crate::event::{AttrValue, Event};
     let (mut attributes, data) = event.into_parts();
-    attributes.retain(|(n, _)| n != TRACESTATE);
+    attributes.retain(|(n, _)| n != TRACESTATE && n != TRACEPARENT);
     attributes.push((
         TRACEPARENT.into(),
         AttrValue::String(traceparent.to_string()),

@@ -90,6 +90,7 @@ pub struct Ingress {
     brokers: HashMap<Arc<str>, IngressSeries>,
     /// The body bytes all requests together may have buffered (`maxBufferedBodyBytes`).
     body_budget: Arc<Semaphore>,
+    spans: crate::spans::Spans,
 }
 
 impl Ingress {
@@ -117,7 +118,14 @@ impl Ingress {
             dedupe,
             metrics,
             brokers,
+            spans: crate::spans::Spans::off(),
         }
+    }
+
+    /// The ingress with each event's ingest span made in `spans`.
+    pub fn with_spans(mut self, spans: crate::spans::Spans) -> Ingress {
+        self.spans = spans;
+        self
     }
 }
 
@@ -560,6 +568,7 @@ async fn handle_inner(
     } else {
         ingress.config.max_event_bytes
     };
+    let began = ingress.spans.on().then(std::time::SystemTime::now);
     let (parts, body) = req.into_parts();
     // The budget's permits are held until the request is answered: the body's bytes
     // stay in memory until the event is stored.
@@ -614,10 +623,41 @@ async fn handle_inner(
     if events.is_empty() {
         return Ok(accepted());
     }
+    if let Some(scope) = scope {
+        in_scope(scope, &events, mode.is_batch())?;
+    }
     // The trace context is kept where it fits the attribute limits; an event at them
     // goes without it rather than being refused for what the producer did not send in it.
-    let events = match &trace {
-        Some(tp) => events
+    let mut spans = Vec::new();
+    let events = match (&trace, began) {
+        // Each event's ingest span is the trace context it is stored with.
+        (_, Some(began)) => events
+            .into_iter()
+            .map(|e| {
+                let request = trace.as_ref().map(|tp| (tp, tracestate.as_deref()));
+                let Some(span) = ingress.spans.ingest(broker, &e, request, began) else {
+                    return e;
+                };
+                let state = match &trace {
+                    Some(_) => tracestate.clone(),
+                    None => e
+                        .get_str(crate::http::trace::TRACESTATE)
+                        .map(str::to_string),
+                };
+                let traced = crate::http::trace::set_trace_context(
+                    e.clone(),
+                    span.context(),
+                    state.as_deref(),
+                );
+                spans.push(span);
+                if check_attribute_limits(&traced, limits).is_ok() {
+                    traced
+                } else {
+                    e
+                }
+            })
+            .collect(),
+        (Some(tp), None) => events
             .into_iter()
             .map(|e| {
                 let traced =
@@ -629,11 +669,8 @@ async fn handle_inner(
                 }
             })
             .collect(),
-        None => events,
+        (None, None) => events,
     };
-    if let Some(scope) = scope {
-        in_scope(scope, &events, mode.is_batch())?;
-    }
     let appends = events
         .into_iter()
         .map(|event| NewEvent {
@@ -648,8 +685,23 @@ async fn handle_inner(
             event,
         })
         .collect();
-    match ingress.log.append(broker.clone(), appends).await {
+    let appended = ingress.log.append(broker.clone(), appends).await;
+    if let Err(e) = &appended {
+        for span in &mut spans {
+            span.fail(format!("not stored: {e}"));
+        }
+    }
+    match appended {
         Ok(outcomes) => {
+            for (mut span, outcome) in spans.into_iter().zip(&outcomes) {
+                match outcome {
+                    AppendOutcome::Stored(seq) => {
+                        span.set("switchyard.seq", *seq as i64);
+                        span.set("switchyard.outcome", "stored");
+                    }
+                    AppendOutcome::Duplicate(_) => span.set("switchyard.outcome", "duplicate"),
+                }
+            }
             let stored = outcomes
                 .iter()
                 .filter(|o| matches!(o, AppendOutcome::Stored(_)))

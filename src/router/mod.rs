@@ -29,6 +29,7 @@ use crate::event::Event;
 use crate::expr::activation::{self, Needs};
 use crate::expr::filter::Decision;
 use crate::log::{LaneId, Lanes, Log, LogError, RouteProgress, SubscriptionState};
+use crate::spans::Spans;
 use feed::Feeds;
 
 /// Decides every route for one event with one shared activation: `data` is parsed at
@@ -156,6 +157,7 @@ impl Routing {
     pub fn start(
         log: Log,
         subscriptions: Vec<Subscription>,
+        spans: Spans,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Routing {
@@ -175,6 +177,7 @@ impl Routing {
                 routed: routed_tx,
                 feeds: broker_feeds,
                 backfills: Mutex::default(),
+                spans: spans.clone(),
             };
             crate::runtime::spawn_thread(
                 &format!("router-{broker}"),
@@ -254,6 +257,7 @@ struct BrokerRouter {
     /// only writer of its broker's subscription states), so that a step does not read
     /// every subscription's state from the lane store.
     backfills: Mutex<Vec<(String, SubscriptionState)>>,
+    spans: Spans,
 }
 
 /// What one step did.
@@ -415,6 +419,43 @@ impl BrokerRouter {
     }
 
     /// One step: a backfill chunk if any is pending, else the next batch of new events.
+    /// Decides `routes` for one event, counts each decision, and collects the lane entries
+    /// of the matches. With spans on, the decisions are the event's route span.
+    fn collect(
+        &self,
+        base: &Context<'static, 'static>,
+        routes: &[Arc<Route>],
+        needs: &Needs,
+        event: &Event,
+        seq: u64,
+        out: &mut Vec<(LaneId, u64)>,
+    ) {
+        let started = self.spans.on().then(std::time::SystemTime::now);
+        let (before, mut matched) = (out.len(), 0);
+        decide_all(base, routes, needs, event, |route, decision| {
+            let counter = match decision {
+                Decision::Match => {
+                    matched += 1;
+                    out.extend(route.lanes.iter().map(|l| (l.clone(), seq)));
+                    &route.stats.matched
+                }
+                Decision::NoMatch => &route.stats.not_matched,
+                Decision::Error => &route.stats.errors,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        if let Some(started) = started {
+            self.spans.route(
+                &self.broker,
+                seq,
+                event,
+                started,
+                matched,
+                out.len() - before,
+            );
+        }
+    }
+
     async fn step(&self, lanes: &Lanes, set: &RouteSet) -> Result<Step, LogError> {
         let (routes, needs) = set.broker(&self.broker);
         let backfills = self
@@ -442,7 +483,7 @@ impl BrokerRouter {
             {
                 let base = activation::base();
                 for r in records.iter().filter(|r| r.seq <= end) {
-                    collect(
+                    self.collect(
                         &base,
                         std::slice::from_ref(route),
                         &sub_needs,
@@ -502,7 +543,7 @@ impl BrokerRouter {
         {
             let base = activation::base();
             for r in &records {
-                collect(&base, routes, &needs, &r.event, r.seq, &mut entries);
+                self.collect(&base, routes, &needs, &r.event, r.seq, &mut entries);
                 last = r.seq;
             }
         }
@@ -524,27 +565,4 @@ async fn lost(leading: &mut Option<watch::Receiver<bool>>) -> Result<(), watch::
         Some(rx) => rx.changed().await,
         None => std::future::pending().await,
     }
-}
-
-/// Decides `routes` for one event, counts each decision, and collects the lane entries
-/// of the matches.
-fn collect(
-    base: &Context<'static, 'static>,
-    routes: &[Arc<Route>],
-    needs: &Needs,
-    event: &Event,
-    seq: u64,
-    out: &mut Vec<(LaneId, u64)>,
-) {
-    decide_all(base, routes, needs, event, |route, decision| {
-        let counter = match decision {
-            Decision::Match => {
-                out.extend(route.lanes.iter().map(|l| (l.clone(), seq)));
-                &route.stats.matched
-            }
-            Decision::NoMatch => &route.stats.not_matched,
-            Decision::Error => &route.stats.errors,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    });
 }

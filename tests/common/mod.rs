@@ -255,6 +255,13 @@ impl TestServer {
         self.server = Some(Self::launch(c, &self.clock).await);
     }
 
+    /// Stops the broker, which finishes what it was doing (it is not started again).
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+    }
+
     /// Lets `d` pass for the broker: the embedded backend reads the test's clock, which
     /// moves on; JetStream's dedupe window and redelivery delays run on the servers' own
     /// clocks, so there the test waits it out as well.
@@ -334,9 +341,19 @@ impl TestServer {
         (content_type, String::from_utf8(body.to_vec()).unwrap())
     }
 
-    /// Every record of a broker's log.
+    /// Every record of a broker's log (asked again while a cluster does not answer for
+    /// a moment, a leader being elected).
     pub async fn records(&self, broker: &str) -> Vec<LogRecord> {
-        self.server().log.read(broker, 1, usize::MAX).await.unwrap()
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match self.server().log.read(broker, 1, usize::MAX).await {
+                Ok(records) => return records,
+                Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("the log cannot be read: {e}"),
+            }
+        }
     }
 }
 

@@ -39,6 +39,15 @@ impl Answer {
         }
     }
 
+    /// A 200 that is a binary-mode reply event with these attributes.
+    pub fn reply(id: &str, source: &str, ty: &str) -> Answer {
+        Answer::status(200)
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", source)
+            .header("ce-type", ty)
+    }
+
     pub fn header(mut self, k: &str, v: &str) -> Answer {
         self.headers.push((k.to_string(), v.to_string()));
         self
