@@ -203,3 +203,34 @@ fn check_names_bad_flow_settings() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_longer_than_the_rate_limits_wait_wins() {
+    // The limit would allow the retry within 10 ms; the sink asks for 2 s.
+    let sink = TestSink::start(
+        vec![Answer::status(503).header("retry-after", "2")],
+        Answer::status(200),
+    )
+    .await;
+    let spec = format!(
+        "  sinks: [{{ uri: '{}' }}]\n  delivery:\n    backoffDelay: PT0.01S\n    rateLimit: {{ perSecond: 100, burst: 1 }}\n",
+        sink.url("/")
+    );
+    let t =
+        TestServer::start_with_subscriptions("", &[("s.yaml", &subscription("s", &spec))]).await;
+    assert_eq!(t.post_json(&common::minimal("e")).await.status, 202);
+    let got = sink.wait_for(2, WAIT).await;
+    let gap = got[1].at.duration_since(got[0].at);
+    assert!(
+        gap >= Duration::from_millis(1950),
+        "retried {gap:?} after a Retry-After of 2 s"
+    );
+    assert!(t
+        .server()
+        .log
+        .dead_letters()
+        .list()
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -181,3 +181,50 @@ async fn the_cli_pauses_resumes_and_redelivers_a_subscriptions_dead_letters() {
     let (code, _, err) = tokio::task::block_in_place(|| cli(&t, &["deadletters", "redeliver"]));
     assert_eq!(code, 2, "an id or --subscription is needed: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_by_sink_requeues_only_that_sinks_dead_letters() {
+    let a = TestSink::start(vec![], Answer::status(400)).await;
+    let b = TestSink::start(vec![], Answer::status(400)).await;
+    let spec = format!(
+        "  sinks: [{{ uri: '{}' }}, {{ uri: '{}' }}]\n",
+        a.url("/a"),
+        b.url("/b")
+    );
+    let t =
+        TestServer::start_with_subscriptions("", &[("s.yaml", &subscription("s", &spec))]).await;
+    for i in 0..2 {
+        assert_eq!(
+            t.post_json(&common::minimal(&format!("e{i}"))).await.status,
+            202
+        );
+    }
+    eventually("four dead letters", async || {
+        (t.server().log.dead_letters().list().await.unwrap().len() == 4).then_some(())
+    })
+    .await;
+    a.set_default(Answer::status(200));
+    b.set_default(Answer::status(200));
+    let a_url = a.url("/a");
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(
+            &t,
+            &[
+                "deadletters",
+                "redeliver",
+                "--subscription",
+                "s",
+                "--sink",
+                &a_url,
+            ],
+        )
+    });
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "2 dead letter(s) requeued");
+    a.wait_for(4, WAIT).await;
+    let left = t.server().log.dead_letters().list().await.unwrap();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().all(|(_, l)| l.sink == b.url("/b")), "{left:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.received().len(), 2, "the other sink's letters stay put");
+}
