@@ -1718,6 +1718,8 @@ impl Bench {
         }
         let per_sink = connections.div_ceil(sinks).max(1);
         let secs = self.args.seconds;
+        // This process is the client and the sinks: their CPU, per delivery.
+        let own0 = cpu_of(std::process::id());
         let mut tasks = Vec::new();
         for (i, sink) in all.iter().enumerate() {
             let l = Load {
@@ -1744,14 +1746,20 @@ impl Bench {
             elapsed = elapsed.max(r.elapsed);
             h.add(r.latency.unwrap()).unwrap();
         }
-        row(
+        let own = per_event(Some(own0), Some(cpu_of(std::process::id())), delivered);
+        let mut row = row(
             "B-deliver",
             &format!("bare client -> {sinks} sink(s), {connections} connections"),
             "1 KiB structured",
             delivered as f64 / elapsed.as_secs_f64(),
             "deliveries/s",
             &h,
-        )
+        );
+        row.notes = format!(
+            "client and sinks {:.1} µs of CPU per delivery",
+            own.unwrap_or(0.0)
+        );
+        row
     }
 
     /// S3: end to end at a fixed rate through 10 subscriptions of one sink each (each
@@ -1968,6 +1976,8 @@ impl Bench {
         let started = Instant::now();
         let cpu0 = broker.cpu();
         let nats0 = backend.nats_cpu();
+        // This process is the load and the sinks.
+        let own0 = cpu_of(std::process::id());
         let r = run_load(l).await;
         let expected = r.events * 10;
         // On JetStream (J2) the drain of a 10 s closed loop takes about 100 s here.
@@ -1983,6 +1993,7 @@ impl Bench {
         }
         let took = started.elapsed();
         let delivered = total();
+        let own = per_event(Some(own0), Some(cpu_of(std::process::id())), delivered);
         // The broker's CPU from the first event until the last delivery, per event.
         let cpu = broker.cpu().saturating_sub(cpu0).as_secs_f64() * 1e6 / r.events.max(1) as f64;
         let nats_cpu = per_event(nats0, backend.nats_cpu(), r.events);
@@ -2006,13 +2017,15 @@ impl Bench {
         row.nats_cpu_us_per_event = nats_cpu;
         row.peak_rss_mib = Some(rss);
         row.notes = format!(
-            "{} events ingested{}, {delivered} of {expected} deliveries in {:.1} s",
+            "{} events ingested{}, {delivered} of {expected} deliveries in {:.1} s; CPU per delivery: broker {:.1} µs, load and sinks {:.1} µs",
             r.events,
             self.args
                 .fanout_rate
                 .map(|r| format!(" at {r} events/s"))
                 .unwrap_or_default(),
             took.as_secs_f64(),
+            cpu / 10.0,
+            own.unwrap_or(0.0),
         );
         row
     }

@@ -136,14 +136,18 @@ impl Sender {
         })
     }
 
-    fn client(&self, sink: &Sink) -> HttpsClient {
+    /// The pool `sink`'s requests go through: the shared one, or (kept in `own`) the
+    /// sink's own when it brings TLS settings.
+    fn client<'a>(&'a self, sink: &Sink, own: &'a mut Option<HttpsClient>) -> &'a HttpsClient {
         match &sink.tls {
-            None => self.default.clone(),
+            None => &self.default,
             Some(tls) => {
                 let mut map = self.custom.lock().unwrap_or_else(|p| p.into_inner());
-                map.entry(sink.uri.to_string())
-                    .or_insert_with(|| client_for((*tls.config).clone(), &self.guard))
-                    .clone()
+                own.insert(
+                    map.entry(sink.uri.to_string())
+                        .or_insert_with(|| client_for((*tls.config).clone(), &self.guard))
+                        .clone(),
+                )
             }
         }
     }
@@ -245,7 +249,9 @@ impl Sender {
         Ok(request)
     }
 
-    fn host_bound(&self, uri: &http::Uri) -> Arc<tokio::sync::Semaphore> {
+    /// The in-flight bound of `uri`'s host, shared by every sink on it (a lane looks it
+    /// up once, and hands it to each [`Sender::send`]).
+    pub fn host_bound(&self, uri: &http::Uri) -> Arc<tokio::sync::Semaphore> {
         // The authority as written (a URI without a port and one with the default port
         // count apart: a bound twice as wide, never a narrower one).
         let key = uri.authority().map_or("", |a| a.as_str());
@@ -262,25 +268,24 @@ impl Sender {
     /// `timeout`. A sink with `auth` gets its bearer token (obtained first when the one
     /// held is stale); after a `401` the token is dropped and the request sent once more
     /// with a new one, inside the same attempt.
+    /// `host` is the in-flight bound of the sink's host ([`Sender::host_bound`]).
     pub async fn send(
         &self,
         sink: &Sink,
+        host: &tokio::sync::Semaphore,
         event: &Event,
         message: &Message,
         timeout: Duration,
     ) -> Result<Response, Attempt> {
-        let client = self.client(sink);
+        let mut own = None;
+        let client = self.client(sink, &mut own);
         let request = Self::request(sink, event, message).map_err(|_| Attempt::Unsendable)?;
         // Waiting for a slot of the sink's host is not part of the attempt's timeout:
         // a queued attempt has sent nothing yet (the lane's abort still ends the wait).
-        let _slot = self
-            .host_bound(&sink.uri)
-            .acquire_owned()
-            .await
-            .map_err(|_| Attempt::Broken)?;
+        let _slot = host.acquire().await.map_err(|_| Attempt::Broken)?;
         let attempt = async move {
             let Some(auth) = &sink.auth else {
-                return self.exchange(&client, request).await;
+                return self.exchange(client, request).await;
             };
             let (parts, body) = request.into_parts();
             for last in [false, true] {
@@ -291,7 +296,7 @@ impl Sender {
                 request
                     .headers_mut()
                     .insert(http::header::AUTHORIZATION, value.clone());
-                let response = self.exchange(&client, request).await?;
+                let response = self.exchange(client, request).await?;
                 if response.status != 401 || last {
                     return Ok(response);
                 }

@@ -133,6 +133,8 @@ pub struct LaneContext {
     /// The broker's lane feeds (this lane's is attached while it runs).
     pub feeds: Arc<Feeds>,
     pub sender: Arc<Sender>,
+    /// The in-flight bound of the sink's host ([`Sender::host_bound`]).
+    pub host: Arc<tokio::sync::Semaphore>,
     pub clock: SharedClock,
     pub max_hops: u32,
     /// The dedupe key replies are appended with (`None`: dedupe is off).
@@ -218,10 +220,14 @@ impl LaneContext {
         &self.subscription.subscription
     }
 
-    /// The message a delivery of `seq` is, to its sink: the same id on every attempt.
-    fn message(&self, seq: u64, suffix: &str) -> Message {
+    /// The message a delivery of `seq` is, to `sink`: the same id on every attempt (only
+    /// a signing sink is sent it).
+    fn message(&self, seq: u64, suffix: &str, sink: &Sink) -> Message {
         Message {
-            id: format!("{}-{seq}{suffix}", self.broker),
+            id: match sink.signing {
+                Some(_) => format!("{}-{seq}{suffix}", self.broker),
+                None => String::new(),
+            },
             unix_secs: (self.clock.now_unix_nanos() / 1_000_000_000) as i64,
             hop: None,
         }
@@ -754,11 +760,11 @@ impl LaneContext {
             };
             attempts += 1;
             self.stats.attempts.fetch_add(1, AtomicOrdering::Relaxed);
-            let mut message = self.message(seq, "");
+            let mut message = self.message(seq, "", &self.sink);
             let span = self.attempt_span("deliver", &self.lane.sink, seq, attempts, record);
             message.hop = span.as_ref().map(|s| s.context().clone());
             let result = tokio::select! {
-                r = self.sender.send(&self.sink, event, &message, spec.retry.timeout) => r,
+                r = self.sender.send(&self.sink, &self.host, event, &message, spec.retry.timeout) => r,
                 // At shutdown an attempt under way may finish (shutdown.gracePeriod).
                 _ = self.abort.cancelled() => {
                     if let Some(mut span) = span {
@@ -1059,13 +1065,14 @@ impl LaneContext {
             },
         };
         for attempt in 1..=spec.retry.count + 1 {
-            let mut message = self.message(seq, "-dead-letter");
+            let mut message = self.message(seq, "-dead-letter", dls);
             let uri = dls.uri.to_string();
             let span = self.attempt_span("dead-letter", &uri, seq, attempt, record);
             message.hop = span.as_ref().map(|s| s.context().clone());
+            let host = self.sender.host_bound(&dls.uri);
             let result = self
                 .sender
-                .send(dls, event, &message, spec.retry.timeout)
+                .send(dls, &host, event, &message, spec.retry.timeout)
                 .await;
             self.end_attempt_span(span, &result);
             match result {

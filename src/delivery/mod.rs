@@ -293,6 +293,9 @@ impl Delivery {
                 log: self.log.clone(),
                 feeds,
                 sender: self.sender.clone(),
+                host: self
+                    .sender
+                    .host_bound(&route.subscription.sinks[sink_index].uri),
                 clock: self.clock.clone(),
                 max_hops: self.max_hops,
                 dedupe: self.dedupe.clone(),
