@@ -1,6 +1,8 @@
 //! Lane control: a paused lane sends nothing while its events keep being routed into it,
 //! stays paused across a restart, and sends everything once resumed, on every backend;
-//! the command line pauses, resumes, and redelivers a subscription's dead letters at once.
+//! the command line pauses, resumes, and redelivers a subscription's dead letters at once
+//! (all of them, or one sink's); on JetStream a pause made on one instance holds on the
+//! others.
 
 mod common;
 
@@ -18,10 +20,22 @@ async fn post(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    call(http::Method::POST, t.server().admin_addr, path, body).await
+}
+
+/// A request to the admin API at `admin`: the status and the answer's JSON.
+async fn call(
+    method: http::Method,
+    admin: std::net::SocketAddr,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = http::Request::post(format!("http://{}{path}", t.server().admin_addr))
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .unwrap();
@@ -227,4 +241,73 @@ async fn redelivery_by_sink_requeues_only_that_sinks_dead_letters() {
     assert!(left.iter().all(|(_, l)| l.sink == b.url("/b")), "{left:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(b.received().len(), 2, "the other sink's letters stay put");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_made_on_one_jetstream_instance_holds_on_the_others() {
+    if common::nats::available().is_none() {
+        return;
+    }
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let spec = format!("  sinks: [{{ uri: '{}' }}]\n", sink.url("/"));
+    let t = Backend::JetStream
+        .start_with_subscriptions("", &[("s.yaml", &subscription("s", &spec))])
+        .await;
+    let other = t.another_instance().await;
+    let (status, sub) = post(&t, "/api/v1/subscriptions/s/pause", None).await;
+    assert_eq!(status, 200, "{sub}");
+    // The other instance reads the pause from the shared state within a second or so.
+    let started = std::time::Instant::now();
+    eventually("the other instance shows the lane paused", async || {
+        let (_, sub) = call(
+            http::Method::GET,
+            other.admin_addr,
+            "/api/v1/subscriptions/s",
+            None,
+        )
+        .await;
+        (sub["lanes"][0]["state"] == "paused").then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "seen after {:?}",
+        started.elapsed()
+    );
+    // Events posted to either instance wait: neither sends them.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    for i in 0..4 {
+        let ingress = if i % 2 == 0 {
+            t.server().ingress_addr
+        } else {
+            other.ingress_addr
+        };
+        let request = http::Request::post(format!("http://{ingress}/"))
+            .header("content-type", "application/cloudevents+json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                common::minimal(&format!("e{i}")).to_string(),
+            )))
+            .unwrap();
+        assert_eq!(client.request(request).await.unwrap().status(), 202);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        sink.received().is_empty(),
+        "a paused lane sends nothing on any instance"
+    );
+    // Resumed on the other instance: the events go out.
+    let (status, sub) = call(
+        http::Method::POST,
+        other.admin_addr,
+        "/api/v1/subscriptions/s/resume",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{sub}");
+    let got = sink.wait_for(4, WAIT).await;
+    let mut ids: Vec<&str> = got.iter().map(|r| r.header("ce-id").unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["e0", "e1", "e2", "e3"]);
+    other.stop().await;
 }

@@ -255,6 +255,15 @@ impl TestServer {
         self.server = Some(Self::launch(c, &self.clock).await);
     }
 
+    /// Another instance of the same broker: the same config, subscriptions and NATS
+    /// servers (on JetStream the instances share the events, lanes and pauses), its own
+    /// listeners and data directory.
+    pub async fn another_instance(&self) -> Server {
+        let mut c = config_for(self.dir.path(), self.nats.as_ref(), &self.yaml);
+        c.storage.path = self.dir.path().join("data-another");
+        Self::launch(c, &self.clock).await
+    }
+
     /// Stops the broker, which finishes what it was doing (it is not started again).
     pub async fn stop(&mut self) {
         if let Some(s) = self.server.take() {
