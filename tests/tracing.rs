@@ -193,3 +193,32 @@ fn the_log_lines_of_a_traced_event_carry_its_trace_id() {
         assert!(line.contains(TRACE), "no trace id in: {line}");
     }
 }
+
+#[tokio::test]
+async fn an_event_at_the_attribute_limits_is_stored_without_the_trace_context() {
+    let t = TestServer::start_with(|c| c.ingress.max_attributes = 5).await;
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    for (id, extra) in [("room", None), ("full", Some(("ce-x", "y")))] {
+        let mut headers = vec![
+            ("ce-specversion", "1.0"),
+            ("ce-id", id),
+            ("ce-source", "/p"),
+            ("ce-type", "t"),
+            ("traceparent", traceparent.as_str()),
+        ];
+        headers.extend(extra);
+        assert_eq!(t.post("/", &headers, "").await.status, 202, "{id}");
+    }
+    let records = t.records("default").await;
+    let by_id = |id: &str| records.iter().find(|r| r.event.id() == id).unwrap();
+    assert_eq!(
+        by_id("room").event.get_str("traceparent"),
+        Some(traceparent.as_str())
+    );
+    assert_eq!(by_id("full").event.attributes().len(), 5);
+    assert_eq!(
+        by_id("full").event.get_str("traceparent"),
+        None,
+        "a sixth attribute would pass ingress.maxAttributes"
+    );
+}

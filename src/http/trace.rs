@@ -112,18 +112,50 @@ pub fn set_trace_context(
         TRACEPARENT.into(),
         AttrValue::String(traceparent.to_string()),
     ));
-    if let Some(state) =
-        // W3C Trace Context §3.3.1.5: a tracestate of more than 512 bytes may be dropped.
-        tracestate.filter(|s| {
-            !s.is_empty()
-                && s.len() <= TRACESTATE_MAX
-                && s.bytes().all(|b| (0x20..0x7f).contains(&b))
-        })
-    {
+    if let Some(state) = kept_tracestate(tracestate) {
         attributes.push((TRACESTATE.into(), AttrValue::String(state.to_string())));
     }
     // Two string attributes of checked ASCII added to a valid event keep it valid.
     Event::from_trusted(attributes, data)
+}
+
+/// The `tracestate` kept with an event: one that is not empty, printable ASCII, and
+/// at most [`TRACESTATE_MAX`] long (W3C Trace Context §3.3.1.5: a longer one may be
+/// dropped).
+pub fn kept_tracestate(tracestate: Option<&str>) -> Option<&str> {
+    tracestate.filter(|s| {
+        !s.is_empty() && s.len() <= TRACESTATE_MAX && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+    })
+}
+
+/// The count and bytes (names and values) of `event`'s attributes once this trace
+/// context is set on it ([`set_trace_context`]), worked out without building it.
+pub fn attributes_with_trace_context(
+    event: &crate::event::Event,
+    traceparent: &TraceParent,
+    tracestate: Option<&str>,
+) -> (usize, u64) {
+    let (mut count, mut bytes) = (0, 0);
+    for (n, v) in event.attributes() {
+        if n != TRACEPARENT && n != TRACESTATE {
+            count += 1;
+            bytes += (n.len() + v.text_len()) as u64;
+        }
+    }
+    // `00-<32>-<16>-<2>`.
+    let traceparent_len = 3
+        + traceparent.trace_id.len()
+        + 1
+        + traceparent.parent_id.len()
+        + 1
+        + traceparent.flags.len();
+    count += 1;
+    bytes += (TRACEPARENT.len() + traceparent_len) as u64;
+    if let Some(state) = kept_tracestate(tracestate) {
+        count += 1;
+        bytes += (TRACESTATE.len() + state.len()) as u64;
+    }
+    (count, bytes)
 }
 
 /// The trace context an event carries (its `traceparent` extension), when it is well
@@ -135,6 +167,29 @@ pub fn of_event(event: &crate::event::Event) -> Option<TraceParent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_attributes_with_a_trace_context_are_counted_as_setting_it_makes_them() {
+        let tp =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let event = crate::event::json::decode_event(&bytes::Bytes::from_static(
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","traceparent":"00-11111111111111111111111111111111-2222222222222222-00","x":"y"}"#,
+        ))
+        .unwrap();
+        for state in [None, Some("vendor=x"), Some(""), Some(&*"a".repeat(600))] {
+            let set = set_trace_context(event.clone(), &tp, state);
+            let bytes: u64 = set
+                .attributes()
+                .iter()
+                .map(|(n, v)| (n.len() + v.text_len()) as u64)
+                .sum();
+            assert_eq!(
+                attributes_with_trace_context(&event, &tp, state),
+                (set.attributes().len(), bytes),
+                "{state:?}"
+            );
+        }
+    }
 
     #[test]
     fn traceparents_are_read_as_the_w3c_spec_says() {

@@ -644,14 +644,11 @@ async fn handle_inner(
                         .get_str(crate::http::trace::TRACESTATE)
                         .map(str::to_string),
                 };
-                let traced = crate::http::trace::set_trace_context(
-                    e.clone(),
-                    span.context(),
-                    state.as_deref(),
-                );
+                let fits = trace_fits(&e, span.context(), state.as_deref(), limits);
+                let context = span.context().clone();
                 spans.push(span);
-                if check_attribute_limits(&traced, limits).is_ok() {
-                    traced
+                if fits {
+                    crate::http::trace::set_trace_context(e, &context, state.as_deref())
                 } else {
                     e
                 }
@@ -660,10 +657,11 @@ async fn handle_inner(
         (Some(tp), None) => events
             .into_iter()
             .map(|e| {
-                let traced =
-                    crate::http::trace::with_trace_context(e.clone(), tp, tracestate.as_deref());
-                if check_attribute_limits(&traced, limits).is_ok() {
-                    traced
+                // The event's own traceparent wins, and leaves it as it is.
+                if e.get(crate::http::trace::TRACEPARENT).is_none()
+                    && trace_fits(&e, tp, tracestate.as_deref(), limits)
+                {
+                    crate::http::trace::set_trace_context(e, tp, tracestate.as_deref())
                 } else {
                     e
                 }
@@ -982,6 +980,18 @@ fn check_data_limit(event: &Event, limit: u64) -> Result<(), Problem> {
 
 /// Whether an event keeps within the attribute limits: each attribute is a header when
 /// it is delivered in binary mode, and sinks bound their headers.
+/// Whether `event` with this trace context set stays within the attribute limits.
+fn trace_fits(
+    event: &Event,
+    traceparent: &crate::http::trace::TraceParent,
+    tracestate: Option<&str>,
+    limits: AttributeLimits,
+) -> bool {
+    let (count, bytes) =
+        crate::http::trace::attributes_with_trace_context(event, traceparent, tracestate);
+    count <= limits.count && bytes <= limits.bytes
+}
+
 fn check_attribute_limits(event: &Event, limits: AttributeLimits) -> Result<(), Problem> {
     let count = event.attributes().len();
     if count > limits.count {
