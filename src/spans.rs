@@ -142,44 +142,36 @@ impl Spans {
             .with_start_time(started)
             .with_attributes(event_attributes(broker, event))
             .with_links(links);
-        Some(OpenSpan::new(
-            ex.tracer.build_with_context(builder, &under(parent)),
-        ))
+        OpenSpan::new(ex.tracer.build_with_context(builder, &under(parent)))
     }
 
-    /// Records the route span of the event stored at `seq`: from `started` to now, with
-    /// how many subscriptions matched and how many lane entries that made. Nothing for
-    /// an event without trace context.
-    pub fn route(
-        &self,
-        broker: &str,
-        seq: u64,
-        event: &Event,
-        started: SystemTime,
-        matched: usize,
-        entries: usize,
-    ) {
+    /// Records the route span of `event`, as `route` says it was decided. Nothing for an
+    /// event without trace context.
+    pub fn route(&self, route: &Route<'_>, event: &Event) {
         let Some(ex) = self.0.as_ref() else {
             return;
         };
         let Some(parent) = parent_of(event) else {
             return;
         };
-        let mut attributes = event_attributes(broker, event);
+        let mut attributes = event_attributes(route.broker, event);
         attributes.extend([
-            KeyValue::new("switchyard.seq", seq as i64),
-            KeyValue::new("switchyard.matched", matched as i64),
-            KeyValue::new("switchyard.lane_entries", entries as i64),
+            KeyValue::new("switchyard.seq", route.seq as i64),
+            KeyValue::new("switchyard.matched", route.matched as i64),
+            KeyValue::new("switchyard.lane_entries", route.entries as i64),
         ]);
+        if route.backfill {
+            attributes.push(KeyValue::new("switchyard.backfill", true));
+        }
         let builder = ex
             .tracer
-            .span_builder(format!("route {broker}"))
+            .span_builder(format!("route {}", route.broker))
             .with_kind(SpanKind::Internal)
-            .with_start_time(started)
+            .with_start_time(route.started)
             .with_attributes(attributes);
         ex.tracer
             .build_with_context(builder, &under(Some(parent)))
-            .end();
+            .end_with_timestamp(route.ended);
     }
 
     /// Starts the span of one attempt to send `event` (the stored one, before any
@@ -194,27 +186,53 @@ impl Spans {
             KeyValue::new("switchyard.seq", target.seq as i64),
             KeyValue::new("switchyard.attempt", i64::from(target.attempt)),
             KeyValue::new("http.request.method", "POST"),
-            KeyValue::new(
-                "url.full",
-                crate::http::redact::redact(target.sink).into_owned(),
-            ),
         ]);
+        // The sink's host and port, never its path or query: a webhook's URL often
+        // carries its secret there.
+        if let Ok(uri) = target.sink.parse::<http::Uri>() {
+            if let Some(host) = uri.host() {
+                attributes.push(KeyValue::new("server.address", host.to_string()));
+            }
+            let port = uri.port_u16().or(match uri.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            });
+            if let Some(port) = port {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+            if let Some(scheme) = uri.scheme_str() {
+                attributes.push(KeyValue::new("url.scheme", scheme.to_string()));
+            }
+        }
         let builder = ex
             .tracer
             .span_builder(format!("{kind} {}", target.subscription))
             .with_kind(SpanKind::Client)
             .with_attributes(attributes);
-        Some(OpenSpan::new(
-            ex.tracer.build_with_context(builder, &under(Some(parent))),
-        ))
+        OpenSpan::new(ex.tracer.build_with_context(builder, &under(Some(parent))))
     }
+}
+
+/// One event's routing, for its span.
+pub struct Route<'a> {
+    pub broker: &'a str,
+    pub seq: u64,
+    pub started: SystemTime,
+    pub ended: SystemTime,
+    /// The subscriptions that matched.
+    pub matched: usize,
+    /// The lane entries that made.
+    pub entries: usize,
+    /// Decided for a new subscription's backfill, not as it arrived.
+    pub backfill: bool,
 }
 
 /// What an attempt span is about.
 pub struct Target<'a> {
     pub broker: &'a str,
     pub subscription: &'a str,
-    /// The sink's URI (redacted in the span).
+    /// The sink's URI (only its host and port go into the span).
     pub sink: &'a str,
     pub seq: u64,
     /// 1 for the first attempt.
@@ -228,9 +246,14 @@ pub struct OpenSpan {
 }
 
 impl OpenSpan {
-    fn new(span: opentelemetry_sdk::trace::Span) -> OpenSpan {
+    /// `None` for a span without a valid context (the provider has shut down: a request
+    /// answered during shutdown keeps the context it came with).
+    fn new(span: opentelemetry_sdk::trace::Span) -> Option<OpenSpan> {
+        if !span.span_context().is_valid() {
+            return None;
+        }
         let context = traceparent(span.span_context());
-        OpenSpan { span, context }
+        Some(OpenSpan { span, context })
     }
 
     /// The span as a `traceparent`: the parent of what follows it.

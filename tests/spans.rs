@@ -178,6 +178,8 @@ async fn ingest_routing_and_every_attempt_are_spans_linked_to_their_parents() {
     let flaky = TestSink::start(vec![Answer::status(503)], Answer::status(200)).await;
     let refusing = TestSink::start(vec![], Answer::status(400)).await;
     let dls = TestSink::start(vec![], Answer::status(200)).await;
+    // A webhook URL with its secret in the path, as Slack's are.
+    let dls_url = dls.url("/services/T0/B0/s3cr3t");
     let subs = [
         subscription(
             "flaky",
@@ -188,7 +190,7 @@ async fn ingest_routing_and_every_attempt_are_spans_linked_to_their_parents() {
             &format!(
                 "  sinks: [{{ uri: '{}' }}]\n  delivery: {{ deadLetterSink: {{ uri: '{}' }} }}\n",
                 refusing.url("/"),
-                dls.url("/")
+                dls_url
             ),
         ),
     ]
@@ -307,10 +309,18 @@ async fn ingest_routing_and_every_attempt_are_spans_linked_to_their_parents() {
     let dead = one(&spans, "dead-letter refused");
     assert_eq!(hex(&dead.parent_span_id), ingest_id);
     assert_eq!(ids(letter.header("traceparent")).1, hex(&dead.span_id));
+    // The sink's host and port, never the path that holds its secret.
+    let port = dls.base.rsplit(':').next().unwrap().to_string();
     assert_eq!(
-        attr(dead, "url.full").as_deref(),
-        Some(dls.url("/").as_str())
+        (attr(dead, "server.address"), attr(dead, "server.port")),
+        (Some("127.0.0.1".to_string()), Some(port))
     );
+    for s in &spans {
+        for kv in &s.attributes {
+            let value = text(std::slice::from_ref(kv), &kv.key).unwrap_or_default();
+            assert!(!value.contains("s3cr3t"), "{} {}: {value}", s.name, kv.key);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,4 +445,82 @@ async fn the_request_context_is_the_parent_and_the_events_own_is_linked() {
         Some(format!("00-{other_trace}-{}-01", hex(&ingest.span_id)).as_str()),
         "stored with its ingest span"
     );
+}
+
+#[tokio::test]
+async fn an_unsampled_trace_is_passed_on_and_not_exported() {
+    let collector = Collector::start().await;
+    let sink = TestSink::start(vec![], Answer::status(200)).await;
+    let spec = format!("  sinks: [{{ uri: '{}' }}]\n", sink.url("/"));
+    let mut t = TestServer::start_with_subscriptions(
+        &otlp(&collector),
+        &[("s.yaml", &subscription("s", &spec))],
+    )
+    .await;
+    let r = t
+        .post(
+            "/",
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "quiet"),
+                ("ce-source", "/p"),
+                ("ce-type", "t"),
+                ("traceparent", &format!("00-{TRACE}-{PARENT}-00")),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let got = sink.wait_for(1, WAIT).await.remove(0);
+    t.stop().await;
+    let header = got.header("traceparent").expect("the trace is passed on");
+    let parts: Vec<&str> = header.split('-').collect();
+    assert_eq!((parts[1], parts[3]), (TRACE, "00"), "{header}");
+    assert_ne!(parts[2], PARENT, "a span id of the hop's own");
+    let stored = got.header("ce-traceparent").unwrap();
+    assert!(
+        stored.ends_with("-00") && !stored.contains(PARENT),
+        "{stored}"
+    );
+    assert!(
+        collector.spans().is_empty(),
+        "the producer chose not to sample: {:#?}",
+        collector.spans()
+    );
+}
+
+#[tokio::test]
+async fn an_event_stored_without_its_trace_context_says_so_on_its_ingest_span() {
+    let collector = Collector::start().await;
+    let endpoint: http::Uri = collector.url.parse().unwrap();
+    let mut t = TestServer::start_with(|c| {
+        c.tracing.otlp_endpoint = Some(endpoint);
+        c.ingress.max_attributes = 5;
+    })
+    .await;
+    let r = t
+        .post(
+            "/",
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "full"),
+                ("ce-source", "/p"),
+                ("ce-type", "t"),
+                ("ce-x", "y"),
+                ("traceparent", &format!("00-{TRACE}-{PARENT}-01")),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let stored = t.records("default").await.remove(0).event;
+    assert_eq!(stored.get_str("traceparent"), None);
+    t.stop().await;
+    let spans = collector.spans();
+    let ingest = one(&spans, "ingest default");
+    assert_eq!(
+        attr(ingest, "switchyard.trace_context").as_deref(),
+        Some("dropped")
+    );
+    assert!(named(&spans, "route default").is_empty(), "{spans:#?}");
 }

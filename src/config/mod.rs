@@ -1181,7 +1181,6 @@ impl Validator {
         }
     }
 
-    /// An optional file path: `None` when the key is null.
     /// `tracing.otlp.endpoint`: an http(s) base URL, without the signal's path (OTLP's
     /// rule for the endpoint of all signals: `/v1/traces` is added to it).
     fn otlp_endpoint(&mut self, node: &Node) -> Option<http::Uri> {
@@ -1223,6 +1222,7 @@ impl Validator {
         }
     }
 
+    /// An optional file path: `None` when the key is null.
     fn optional_path(&mut self, node: &Node, key: &str) -> Option<PathBuf> {
         match &node.value {
             Value::Null => None,
@@ -2003,8 +2003,6 @@ mod tests {
         (cert_file, key_file)
     }
 
-    /// The (line, key) of each error of a config with `storage.backend: jetstream` and
-    /// `body` under `storage.jetstream` (its first line is line 4).
     #[test]
     fn the_otlp_endpoint_is_off_by_default_and_a_base_url_when_set() {
         let c = from_yaml(None, "", &env(&[])).unwrap();
@@ -2043,6 +2041,8 @@ mod tests {
         }
     }
 
+    /// The (line, key) of each error of a config with `storage.backend: jetstream` and
+    /// `body` under `storage.jetstream` (its first line is line 4).
     fn jetstream_errors(body: &str) -> Vec<(usize, String)> {
         let text = format!("storage:\n  backend: jetstream\n  jetstream:\n{body}");
         match from_yaml(Some(Path::new("s.yaml")), &text, &env(&[])) {

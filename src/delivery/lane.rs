@@ -236,12 +236,7 @@ impl LaneContext {
     /// What went wrong with an attempt, for the last error and the dead letter: the
     /// token endpoint's or token file's own words when the token could not be had.
     fn failure_text(&self, result: &Result<Response, Attempt>) -> String {
-        if let (Err(Attempt::Credentials), Some(auth)) = (result, &self.sink.auth) {
-            if let Some(why) = super::auth::last_failure(auth) {
-                return why;
-            }
-        }
-        describe(result)
+        failure_text(&self.sink, result)
     }
 
     fn note_error(&self, error: String) {
@@ -774,7 +769,7 @@ impl LaneContext {
                     return Outcome::Stopped;
                 }
             };
-            self.end_attempt_span(span, &result);
+            self.end_attempt_span(span, &self.sink, &result);
             let attempt = match &result {
                 Ok(r) => Attempt::Status(r.status),
                 Err(a) => *a,
@@ -906,8 +901,14 @@ impl LaneContext {
         self.spans.attempt(kind, &target, &record.event)
     }
 
-    /// Ends an attempt's span with its answer, failed unless the answer is a success.
-    fn end_attempt_span(&self, span: Option<OpenSpan>, result: &Result<Response, Attempt>) {
+    /// Ends the span of an attempt to send to `sink` with its answer, failed unless the
+    /// answer is a success.
+    fn end_attempt_span(
+        &self,
+        span: Option<OpenSpan>,
+        sink: &Sink,
+        result: &Result<Response, Attempt>,
+    ) {
         let Some(mut span) = span else {
             return;
         };
@@ -919,7 +920,7 @@ impl LaneContext {
             Err(a) => *a,
         };
         if policy::classify(attempt) != Verdict::Success {
-            span.fail(self.failure_text(result));
+            span.fail(failure_text(sink, result));
         }
         span.end();
     }
@@ -1074,7 +1075,7 @@ impl LaneContext {
                 .sender
                 .send(dls, &host, event, &message, spec.retry.timeout)
                 .await;
-            self.end_attempt_span(span, &result);
+            self.end_attempt_span(span, dls, &result);
             match result {
                 Ok(r) if policy::classify(Attempt::Status(r.status)) == Verdict::Success => {
                     return true
@@ -1098,6 +1099,17 @@ impl LaneContext {
         }
         false
     }
+}
+
+/// What went wrong with an attempt to send to `sink`: the token endpoint's or token
+/// file's own words when the token could not be had.
+fn failure_text(sink: &Sink, result: &Result<Response, Attempt>) -> String {
+    if let (Err(Attempt::Credentials), Some(auth)) = (result, &sink.auth) {
+        if let Some(why) = super::auth::last_failure(auth) {
+            return why;
+        }
+    }
+    describe(result)
 }
 
 /// Resolves when `wake` moves (never without one).

@@ -635,7 +635,7 @@ async fn handle_inner(
             .into_iter()
             .map(|e| {
                 let request = trace.as_ref().map(|tp| (tp, tracestate.as_deref()));
-                let Some(span) = ingress.spans.ingest(broker, &e, request, began) else {
+                let Some(mut span) = ingress.spans.ingest(broker, &e, request, began) else {
                     return e;
                 };
                 let state = match &trace {
@@ -645,6 +645,10 @@ async fn handle_inner(
                         .map(str::to_string),
                 };
                 let fits = trace_fits(&e, span.context(), state.as_deref(), limits);
+                if !fits {
+                    // Stored without it: its route and attempts are not under this span.
+                    span.set("switchyard.trace_context", "dropped");
+                }
                 let context = span.context().clone();
                 spans.push(span);
                 if fits {
@@ -978,8 +982,6 @@ fn check_data_limit(event: &Event, limit: u64) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Whether an event keeps within the attribute limits: each attribute is a header when
-/// it is delivered in binary mode, and sinks bound their headers.
 /// Whether `event` with this trace context set stays within the attribute limits.
 fn trace_fits(
     event: &Event,
@@ -992,6 +994,8 @@ fn trace_fits(
     count <= limits.count && bytes <= limits.bytes
 }
 
+/// Whether an event keeps within the attribute limits: each attribute is a header when
+/// it is delivered in binary mode, and sinks bound their headers.
 fn check_attribute_limits(event: &Event, limits: AttributeLimits) -> Result<(), Problem> {
     let count = event.attributes().len();
     if count > limits.count {

@@ -260,6 +260,23 @@ struct BrokerRouter {
     spans: Spans,
 }
 
+/// What deciding a run of events made: the lane entries, and with spans on each
+/// event's decision, for its route span once the entries are stored.
+#[derive(Default)]
+struct Decided<'a> {
+    entries: Vec<(LaneId, u64)>,
+    spans: Vec<RouteSpan<'a>>,
+}
+
+struct RouteSpan<'a> {
+    event: &'a Event,
+    seq: u64,
+    started: std::time::SystemTime,
+    ended: std::time::SystemTime,
+    matched: usize,
+    entries: usize,
+}
+
 /// What one step did.
 enum Step {
     /// Routed or backfilled something; go again.
@@ -418,25 +435,25 @@ impl BrokerRouter {
         Ok(())
     }
 
-    /// One step: a backfill chunk if any is pending, else the next batch of new events.
     /// Decides `routes` for one event, counts each decision, and collects the lane entries
-    /// of the matches. With spans on, the decisions are the event's route span.
-    fn collect(
+    /// of the matches (and, with spans on, the decision for the event's route span).
+    fn collect<'a>(
         &self,
         base: &Context<'static, 'static>,
         routes: &[Arc<Route>],
         needs: &Needs,
-        event: &Event,
+        event: &'a Event,
         seq: u64,
-        out: &mut Vec<(LaneId, u64)>,
+        out: &mut Decided<'a>,
     ) {
         let started = self.spans.on().then(std::time::SystemTime::now);
-        let (before, mut matched) = (out.len(), 0);
+        let (before, mut matched) = (out.entries.len(), 0);
         decide_all(base, routes, needs, event, |route, decision| {
             let counter = match decision {
                 Decision::Match => {
                     matched += 1;
-                    out.extend(route.lanes.iter().map(|l| (l.clone(), seq)));
+                    out.entries
+                        .extend(route.lanes.iter().map(|l| (l.clone(), seq)));
                     &route.stats.matched
                 }
                 Decision::NoMatch => &route.stats.not_matched,
@@ -445,17 +462,37 @@ impl BrokerRouter {
             counter.fetch_add(1, Ordering::Relaxed);
         });
         if let Some(started) = started {
-            self.spans.route(
-                &self.broker,
-                seq,
+            out.spans.push(RouteSpan {
                 event,
+                seq,
                 started,
+                ended: std::time::SystemTime::now(),
                 matched,
-                out.len() - before,
+                entries: out.entries.len() - before,
+            });
+        }
+    }
+
+    /// Exports the route spans of decisions now stored (a step that fails is decided
+    /// again, and spans only what it stored).
+    fn spans_of(&self, decided: &Decided<'_>, backfill: bool) {
+        for s in &decided.spans {
+            self.spans.route(
+                &crate::spans::Route {
+                    broker: &self.broker,
+                    seq: s.seq,
+                    started: s.started,
+                    ended: s.ended,
+                    matched: s.matched,
+                    entries: s.entries,
+                    backfill,
+                },
+                s.event,
             );
         }
     }
 
+    /// One step: a backfill chunk if any is pending, else the next batch of new events.
     async fn step(&self, lanes: &Lanes, set: &RouteSet) -> Result<Step, LogError> {
         let (routes, needs) = set.broker(&self.broker);
         let backfills = self
@@ -478,7 +515,7 @@ impl BrokerRouter {
             if let Some(c) = &route.subscription.filter.cel {
                 sub_needs.add(c.variables());
             }
-            let mut entries = Vec::new();
+            let mut decided = Decided::default();
             let mut last = next.saturating_sub(1);
             {
                 let base = activation::base();
@@ -489,7 +526,7 @@ impl BrokerRouter {
                         &sub_needs,
                         &r.event,
                         r.seq,
-                        &mut entries,
+                        &mut decided,
                     );
                     last = r.seq;
                 }
@@ -506,16 +543,17 @@ impl BrokerRouter {
             lanes
                 .record_routes(
                     &self.broker,
-                    &entries,
+                    &decided.entries,
                     &RouteProgress::Subscription(name.clone(), new_state.clone()),
                 )
                 .await?;
+            self.spans_of(&decided, true);
             let mut cached = self.backfills.lock().unwrap_or_else(|p| p.into_inner());
             cached.retain(|(n, _)| *n != name);
             if new_state.backfill.is_some() {
                 cached.push((name, new_state));
             }
-            if !entries.is_empty() {
+            if !decided.entries.is_empty() {
                 // Below where the lanes have read: they read the store for these.
                 self.routed.send_modify(|n| *n += 1);
             }
@@ -538,12 +576,12 @@ impl BrokerRouter {
                 .map(Arc::new)
                 .collect();
         }
-        let mut entries = Vec::new();
+        let mut decided = Decided::default();
         let mut last = cursor;
         {
             let base = activation::base();
             for r in &records {
-                self.collect(&base, routes, &needs, &r.event, r.seq, &mut entries);
+                self.collect(&base, routes, &needs, &r.event, r.seq, &mut decided);
                 last = r.seq;
             }
         }
@@ -551,10 +589,11 @@ impl BrokerRouter {
             last = head.min(cursor + BATCH as u64);
         }
         lanes
-            .record_routes(&self.broker, &entries, &RouteProgress::Cursor(last))
+            .record_routes(&self.broker, &decided.entries, &RouteProgress::Cursor(last))
             .await?;
+        self.spans_of(&decided, false);
         // Wakes each lane that got entries (and only those).
-        self.feeds.push(&entries, &records);
+        self.feeds.push(&decided.entries, &records);
         Ok(Step::Progress)
     }
 }
