@@ -1,8 +1,8 @@
 //! Sink identity: an OAuth2 token server (in the test) that issues short-lived tokens
 //! and counts its requests, and a sink that accepts only a token the server issued and
 //! has not expired or revoked; a token endpoint that fails first; a token file that is
-//! rotated. Every event arrives, each with a valid token, and tokens are fetched once per
-//! lifetime, not once per event.
+//! rotated; a dead-letter sink with a token of its own. Every event arrives, each with a
+//! valid token, and tokens are fetched once per lifetime, not once per event.
 
 mod common;
 
@@ -310,6 +310,33 @@ async fn a_rotated_token_file_is_read_again() {
     assert_eq!(
         got[1].header("authorization"),
         Some("Bearer second-token-longer")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_sink_sends_its_own_token_and_the_sink_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sink_token, dls_token) = (dir.path().join("sink"), dir.path().join("dls"));
+    std::fs::write(&sink_token, "sink-token\n").unwrap();
+    std::fs::write(&dls_token, "dls-token\n").unwrap();
+    let refusing = TestSink::start(vec![], Answer::status(400)).await;
+    let dls = TestSink::start(vec![], Answer::status(200)).await;
+    let spec = format!(
+        "  sinks:\n    - uri: {}\n      auth: {{ bearerTokenFile: {} }}\n  delivery:\n    deadLetterSink:\n      uri: {}\n      auth: {{ bearerTokenFile: {} }}\n",
+        refusing.url("/"),
+        sink_token.display(),
+        dls.url("/dead"),
+        dls_token.display()
+    );
+    let t =
+        TestServer::start_with_subscriptions("", &[("s.yaml", &subscription("s", &spec))]).await;
+    assert_eq!(t.post_json(&common::minimal("d")).await.status, 202);
+    let letter = dls.wait_for(1, WAIT).await.remove(0);
+    assert_eq!(letter.header("authorization"), Some("Bearer dls-token"));
+    assert_eq!(letter.header("ce-id"), Some("d"));
+    assert_eq!(
+        refusing.received()[0].header("authorization"),
+        Some("Bearer sink-token")
     );
 }
 
