@@ -1,7 +1,8 @@
 //! Flow control per lane, end to end with scripted sinks: a rate limit holds its rate
 //! over thirty events (allowing the burst); a sink that fails opens the circuit breaker,
 //! sees one probe per cooldown, and gets every event once it recovers, none
-//! dead-lettered for the outage; `check` names bad settings.
+//! dead-lettered for the outage, each of the breaker's transitions logged once; a
+//! `Retry-After` longer than the limit's wait wins; `check` names bad settings.
 
 mod common;
 
@@ -119,13 +120,7 @@ async fn a_failing_sink_opens_the_breaker_gets_one_probe_per_cooldown_and_every_
     delivered.sort();
     assert_eq!(delivered, ["e0", "e1", "e2", "e3", "e4"]);
     assert!(
-        t.server()
-            .log
-            .dead_letters()
-            .list()
-            .await
-            .unwrap()
-            .is_empty(),
+        t.dead_letters().await.is_empty(),
         "none dead-lettered for the outage"
     );
     let metrics = eventually("the breaker closed in /metrics", async || {
@@ -225,12 +220,70 @@ async fn a_retry_after_longer_than_the_rate_limits_wait_wins() {
         gap >= Duration::from_millis(1950),
         "retried {gap:?} after a Retry-After of 2 s"
     );
-    assert!(t
-        .server()
-        .log
-        .dead_letters()
-        .list()
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(t.dead_letters().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_breaker_transition_is_logged_once_not_each_held_attempt() {
+    // Four failures, then the sink is back. One attempt at a time, so the order is
+    // fixed: two failures open the breaker, two failed probes open it again, the third
+    // probe closes it; four more events wait behind it all the while.
+    let sink = TestSink::start(
+        (0..4).map(|_| Answer::status(503)).collect(),
+        Answer::status(200),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::process::start_with_subscription(
+        dir.path(),
+        &subscription(
+            "s",
+            &format!(
+                "  sinks: [{{ uri: '{}' }}]\n  delivery: {{ retry: 20, backoffDelay: PT0.01S, maxInFlight: 1, circuitBreaker: {{ failures: 2, cooldown: PT0.3S }} }}\n",
+                sink.url("/")
+            ),
+        ),
+        &[],
+    );
+    for i in 0..5 {
+        let answer = broker.post_structured(
+            &format!(r#"{{"specversion":"1.0","id":"e{i}","source":"/p","type":"t"}}"#),
+            &[],
+        );
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    }
+    sink.wait_for(9, WAIT).await;
+    // The breaker's lines, in order, until it closed.
+    let transitions = tokio::task::block_in_place(|| {
+        let mut seen = Vec::new();
+        while seen.last() != Some(&"closed") {
+            let line = broker
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the breaker's lines");
+            for (says, name) in [
+                ("circuit breaker opened", "opened"),
+                ("circuit breaker half-open", "half-open"),
+                ("circuit breaker closed", "closed"),
+            ] {
+                if line.contains(says) {
+                    seen.push(name);
+                }
+            }
+        }
+        seen
+    });
+    assert_eq!(
+        transitions,
+        [
+            "opened",
+            "half-open",
+            "opened",
+            "half-open",
+            "opened",
+            "half-open",
+            "closed"
+        ],
+        "one line per transition"
+    );
 }

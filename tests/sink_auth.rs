@@ -212,14 +212,7 @@ async fn oauth2_tokens_are_fetched_once_per_lifetime_shared_and_refreshed() {
     let (body, _) = issuer.seen.lock().unwrap()[0].clone();
     assert_eq!(body, "grant_type=client_credentials&scope=events.write+audit&audience=https%3A%2F%2Fsink.example");
     // None of it went into the broker's dead letters, and the secret into no answer.
-    assert!(t
-        .server()
-        .log
-        .dead_letters()
-        .list()
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(t.dead_letters().await.is_empty());
     let subs = t.admin_get("/api/v1/subscriptions").await.to_string();
     assert!(!subs.contains("s3cr3t") && !subs.contains("tok-"), "{subs}");
 }
@@ -276,14 +269,7 @@ async fn a_revoked_token_is_replaced_after_the_sinks_401_and_a_failing_endpoint_
     assert_eq!(issuer.refused.load(Ordering::SeqCst), 1);
     assert_eq!(issuer.requests.load(Ordering::SeqCst), 4);
     assert_eq!(issuer.accepted.lock().unwrap()[1], "tok-4");
-    assert!(t
-        .server()
-        .log
-        .dead_letters()
-        .list()
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(t.dead_letters().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

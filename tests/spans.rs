@@ -214,13 +214,7 @@ async fn ingest_routing_and_every_attempt_are_spans_linked_to_their_parents() {
     let letter = dls.wait_for(1, WAIT).await.remove(0);
     let refused = refusing.wait_for(1, WAIT).await.remove(0);
     common::wait_until("the dead letter is stored", async || {
-        !t.server()
-            .log
-            .dead_letters()
-            .list()
-            .await
-            .unwrap()
-            .is_empty()
+        !t.dead_letters().await.is_empty()
     })
     .await;
     // Stopping sends what is left in the batch.

@@ -145,35 +145,16 @@ async fn an_events_own_traceparent_wins_and_a_malformed_header_is_ignored() {
 #[test]
 fn the_log_lines_of_a_traced_event_carry_its_trace_id() {
     let dir = tempfile::tempdir().unwrap();
-    let subs = dir.path().join("subs");
-    std::fs::create_dir_all(&subs).unwrap();
     // Port 1 refuses: the event is retried once, then dead-lettered.
-    std::fs::write(
-        subs.join("s.yaml"),
+    let broker = common::process::start_with_subscription(
+        dir.path(),
         "apiVersion: switchyard.dev/v1alpha1\nkind: Subscription\nmetadata: { name: s }\nspec:\n  sinks: [{ uri: 'http://127.0.0.1:1/' }]\n  delivery: { retry: 1, backoffDelay: 10ms }\n",
-    )
-    .unwrap();
-    let config = dir.path().join("switchyard.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "ingress: {{ listen: '127.0.0.1:0' }}\nadmin: {{ listen: '127.0.0.1:0' }}\nstorage: {{ path: {} }}\nsubscriptions: [{}]\n",
-            dir.path().join("data").display(),
-            subs.display()
-        ),
-    )
-    .unwrap();
-    let broker = common::process::start(Some(&config), dir.path(), &[("SWITCHYARD_LOG", "debug")]);
-    let body = r#"{"specversion":"1.0","id":"traced","source":"/p","type":"t"}"#;
-    let request = format!(
-        "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntraceparent: 00-{TRACE}-{PARENT}-01\r\ncontent-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+        &[("SWITCHYARD_LOG", "debug")],
     );
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(broker.ingress).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
+    let answer = broker.post_structured(
+        r#"{"specversion":"1.0","id":"traced","source":"/p","type":"t"}"#,
+        &[&format!("traceparent: 00-{TRACE}-{PARENT}-01")],
+    );
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     let mut about_it = Vec::new();
     loop {

@@ -350,6 +350,16 @@ impl TestServer {
         (content_type, String::from_utf8(body.to_vec()).unwrap())
     }
 
+    /// The dead letters the broker keeps, oldest first.
+    pub async fn dead_letters(&self) -> Vec<switchyard::log::DeadLetter> {
+        let letters = self.server().log.dead_letters().list().await;
+        letters
+            .expect("the dead letters can be read")
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect()
+    }
+
     /// Every record of a broker's log (asked again while a cluster does not answer for
     /// a moment, a leader being elected).
     pub async fn records(&self, broker: &str) -> Vec<LogRecord> {

@@ -22,6 +22,43 @@ pub fn start(config: Option<&Path>, cwd: &Path, env: &[(&str, &str)]) -> Broker 
     start_under(&[], config, cwd, env)
 }
 
+/// Starts the binary on loopback ports with its data in `dir` and one subscription file
+/// holding `subscription` (a whole document).
+pub fn start_with_subscription(dir: &Path, subscription: &str, env: &[(&str, &str)]) -> Broker {
+    let subs = dir.join("subs");
+    std::fs::create_dir_all(&subs).unwrap();
+    std::fs::write(subs.join("s.yaml"), subscription).unwrap();
+    let config = dir.join("switchyard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "ingress: {{ listen: '127.0.0.1:0' }}\nadmin: {{ listen: '127.0.0.1:0' }}\nstorage: {{ path: {} }}\nsubscriptions: [{}]\n",
+            dir.join("data").display(),
+            subs.display()
+        ),
+    )
+    .unwrap();
+    start(Some(&config), dir, env)
+}
+
+impl Broker {
+    /// Posts a structured event over a connection of its own, with `headers` (`name:
+    /// value` lines) beside the content type; the answer's status line and the rest.
+    pub fn post_structured(&self, body: &str, headers: &[&str]) -> String {
+        use std::io::{Read, Write};
+        let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        let request = format!(
+            "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{extra}content-type: application/cloudevents+json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = std::net::TcpStream::connect(self.ingress).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    }
+}
+
 /// As [`start`], run under `wrapper` (e.g. `strace -f -o FILE`), which must pass stderr
 /// through.
 pub fn start_under(
