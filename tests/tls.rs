@@ -54,6 +54,22 @@ fn pki() -> Pki {
 
 /// An HTTPS sink that requires a client certificate from `pki`'s CA; counts requests.
 async fn https_sink(pki: &Pki) -> (String, Arc<Mutex<usize>>) {
+    let (url, count, _) = https_sink_offering(pki, vec![]).await;
+    (url, count)
+}
+
+/// What an HTTPS sink saw: the HTTP version of each request, and the connections.
+#[derive(Default)]
+struct Seen {
+    versions: Mutex<Vec<http::Version>>,
+    connections: std::sync::atomic::AtomicUsize,
+}
+
+/// [`https_sink`], offering the ALPN protocols `alpn`.
+async fn https_sink_offering(
+    pki: &Pki,
+    alpn: Vec<Vec<u8>>,
+) -> (String, Arc<Mutex<usize>>, Arc<Seen>) {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -75,38 +91,82 @@ async fn https_sink(pki: &Pki) -> (String, Arc<Mutex<usize>>) {
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .unwrap();
+    let mut config = config;
+    config.alpn_protocols = alpn;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}/", listener.local_addr().unwrap());
     let count = Arc::new(Mutex::new(0usize));
-    let c = count.clone();
+    let seen = Arc::new(Seen::default());
+    let (c, sn) = (count.clone(), seen.clone());
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (acceptor, c) = (acceptor.clone(), c.clone());
+            let (acceptor, c, sn) = (acceptor.clone(), c.clone(), sn.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(
-                    move |_req: http::Request<hyper::body::Incoming>| {
+                sn.connections.fetch_add(1, Ordering::SeqCst);
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         *c.lock().unwrap() += 1;
+                        sn.versions.lock().unwrap().push(req.version());
                         async {
                             Ok::<_, std::convert::Infallible>(Response::new(Full::new(
                                 bytes::Bytes::new(),
                             )))
                         }
-                    },
-                );
+                    });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
                     .await;
             });
         }
     });
-    (url, count)
+    (url, count, seen)
+}
+
+#[tokio::test]
+async fn a_sink_that_offers_http2_gets_every_event_over_one_http2_connection() {
+    let pki = pki();
+    let (url, count, seen) =
+        https_sink_offering(&pki, vec![b"h2".to_vec(), b"http/1.1".to_vec()]).await;
+    let d = pki.dir.path().display();
+    let subs = subscription(
+        "h2",
+        &format!("  sinks:\n    - uri: {url}\n      tls: {{ caFile: {d}/ca.pem, certFile: {d}/client.pem, keyFile: {d}/client-key.pem }}\n  delivery: {{ maxInFlight: 8 }}\n"),
+    );
+    let t = TestServer::start_with_subscriptions("", &[("s.yaml", &subs)]).await;
+    let wait_for = |n: usize| {
+        let count = count.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while *count.lock().unwrap() < n {
+                assert!(Instant::now() < deadline, "not delivered over HTTP/2");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(t.post_json(&minimal("h2-0")).await.status, 202);
+    wait_for(1).await;
+    for i in 1..40 {
+        assert_eq!(t.post_json(&minimal(&format!("h2-{i}"))).await.status, 202);
+    }
+    wait_for(40).await;
+    let versions = seen.versions.lock().unwrap().clone();
+    assert_eq!(versions.len(), 40);
+    assert!(
+        versions.iter().all(|v| *v == http::Version::HTTP_2),
+        "{versions:?}"
+    );
+    assert_eq!(
+        seen.connections.load(Ordering::SeqCst),
+        1,
+        "the requests share the first HTTP/2 connection"
+    );
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! The HTTP client that delivers events: pooled connections (HTTP/1.1 and HTTP/2),
+//! The HTTP client that delivers events: kept connections (HTTP/1.1 and HTTP/2),
 //! `https` with rustls and the system's plus the webpki roots, or a sink's own CA and
 //! client certificate. Redirects are never followed. A response body is read up to a
 //! limit and no further. Sinks that ask for it get Standard Webhooks signatures.
@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{HeaderMap, Request};
 use http_body_util::{BodyExt, Full};
@@ -16,7 +16,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::outbound::{self, Guard, GuardedConnector};
+use super::connections::{Connector, Endpoint};
+use super::outbound::{Guard, GuardedConnector};
 use super::policy::Attempt;
 use crate::config::subscriptions::{Sink, SinkFormat};
 use crate::event::{binary, json, Data, Event};
@@ -88,7 +89,8 @@ pub struct Response {
     pub truncated: bool,
 }
 
-fn client_for(tls: rustls::ClientConfig, guard: &Arc<Guard>) -> HttpsClient {
+/// What opens connections to sinks with `tls`: TCP through `guard`, TLS for `https`.
+pub(super) fn connector_for(tls: rustls::ClientConfig, guard: &Arc<Guard>) -> Connector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -97,13 +99,14 @@ fn client_for(tls: rustls::ClientConfig, guard: &Arc<Guard>) -> HttpsClient {
         inner: http,
         guard: guard.clone(),
     };
-    let https = crate::http::tls::https_or_http(tls, http);
+    crate::http::tls::https_or_http(tls, http)
+}
+
+/// A pooled client (for the token requests of sinks with `auth`).
+fn client_for(tls: rustls::ClientConfig, guard: &Arc<Guard>) -> HttpsClient {
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        // Lanes of several subscriptions share a sink's host: keep enough connections
-        // that their combined maxInFlight does not churn through new ones.
-        .pool_max_idle_per_host(512)
-        .build(https)
+        .pool_idle_timeout(super::connections::IDLE_FOR)
+        .build(connector_for(tls, guard))
 }
 
 /// The most requests in flight to one host (`host:port`) from all lanes together, and
@@ -111,13 +114,19 @@ fn client_for(tls: rustls::ClientConfig, guard: &Arc<Guard>) -> HttpsClient {
 /// rather than open one each (and run the broker out of file descriptors).
 pub const MAX_PER_HOST: usize = 256;
 
-/// Sends events to sinks over pooled connections.
+/// `scheme://authority`, and the sink URI of a sink with its own TLS settings.
+type EndpointKey = (String, Option<String>);
+
+/// Sends events to sinks over kept connections ([`Endpoint`]).
 pub struct Sender {
     /// The in-flight bound of each host, by `host:port`.
     hosts: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// The endpoints, by scheme and authority, and the sink URI of a sink that brings
+    /// its own TLS settings.
+    endpoints: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
+    connector: Connector,
+    /// The client token requests go through.
     default: HttpsClient,
-    /// One pool per sink that brings its own TLS settings, by sink URI.
-    custom: Mutex<HashMap<String, HttpsClient>>,
     guard: Arc<Guard>,
     body_limit: usize,
 }
@@ -127,29 +136,15 @@ impl Sender {
     /// connections may not go.
     pub fn new(body_limit: usize, guard: Guard) -> Result<Sender, String> {
         let guard = Arc::new(guard);
+        let tls = client_config(None, None)?;
         Ok(Sender {
             hosts: Mutex::default(),
-            default: client_for(client_config(None, None)?, &guard),
-            custom: Mutex::default(),
+            endpoints: Mutex::default(),
+            connector: connector_for(tls.clone(), &guard),
+            default: client_for(tls, &guard),
             guard,
             body_limit,
         })
-    }
-
-    /// The pool `sink`'s requests go through: the shared one, or (kept in `own`) the
-    /// sink's own when it brings TLS settings.
-    fn client<'a>(&'a self, sink: &Sink, own: &'a mut Option<HttpsClient>) -> &'a HttpsClient {
-        match &sink.tls {
-            None => &self.default,
-            Some(tls) => {
-                let mut map = self.custom.lock().unwrap_or_else(|p| p.into_inner());
-                own.insert(
-                    map.entry(sink.uri.to_string())
-                        .or_insert_with(|| client_for((*tls.config).clone(), &self.guard))
-                        .clone(),
-                )
-            }
-        }
     }
 
     /// Builds the request for `event` (already transformed, when the sink transforms) as
@@ -249,9 +244,8 @@ impl Sender {
         Ok(request)
     }
 
-    /// The in-flight bound of `uri`'s host, shared by every sink on it (a lane looks it
-    /// up once, and hands it to each [`Sender::send`]).
-    pub fn host_bound(&self, uri: &http::Uri) -> Arc<tokio::sync::Semaphore> {
+    /// The in-flight bound of `uri`'s host, shared by every sink on it.
+    fn host_bound(&self, uri: &http::Uri) -> Arc<tokio::sync::Semaphore> {
         // The authority as written (a URI without a port and one with the default port
         // count apart: a bound twice as wide, never a narrower one).
         let key = uri.authority().map_or("", |a| a.as_str());
@@ -264,39 +258,70 @@ impl Sender {
         bound
     }
 
+    /// Where `sink`'s requests go: its host's in-flight bound and the connections kept
+    /// to it, shared with every sink on the same host (and, for a sink with its own
+    /// TLS settings, only with itself). A lane looks it up once, and hands it to each
+    /// [`Sender::send`].
+    pub fn endpoint(&self, sink: &Sink) -> Arc<Endpoint> {
+        let uri = &sink.uri;
+        let origin = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        let key = (origin, sink.tls.as_ref().map(|_| uri.to_string()));
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = endpoints.get(&key) {
+            return e.clone();
+        }
+        let connector = match &sink.tls {
+            None => self.connector.clone(),
+            Some(tls) => connector_for((*tls.config).clone(), &self.guard),
+        };
+        // Sinks are absolute http(s) URIs (the config checks them).
+        let endpoint = Arc::new(
+            Endpoint::new(self.host_bound(uri), connector, uri)
+                .expect("a sink URI is absolute with a host"),
+        );
+        endpoints.insert(key, endpoint.clone());
+        endpoint
+    }
+
     /// One attempt: send, then read the answer's body up to the limit, all within
     /// `timeout`. A sink with `auth` gets its bearer token (obtained first when the one
     /// held is stale); after a `401` the token is dropped and the request sent once more
     /// with a new one, inside the same attempt.
-    /// `host` is the in-flight bound of the sink's host ([`Sender::host_bound`]).
+    /// `endpoint` is the sink's ([`Sender::endpoint`]).
     pub async fn send(
         &self,
         sink: &Sink,
-        host: &tokio::sync::Semaphore,
+        endpoint: &Arc<Endpoint>,
         event: &Event,
         message: &Message,
         timeout: Duration,
     ) -> Result<Response, Attempt> {
-        let mut own = None;
-        let client = self.client(sink, &mut own);
         let request = Self::request(sink, event, message).map_err(|_| Attempt::Unsendable)?;
         // Waiting for a slot of the sink's host is not part of the attempt's timeout:
         // a queued attempt has sent nothing yet (the lane's abort still ends the wait).
-        let _slot = host.acquire().await.map_err(|_| Attempt::Broken)?;
+        let _slot = endpoint
+            .bound
+            .acquire()
+            .await
+            .map_err(|_| Attempt::Broken)?;
         let attempt = async move {
             let Some(auth) = &sink.auth else {
-                return self.exchange(client, request).await;
+                return endpoint.exchange(request, self.body_limit).await;
             };
             let (parts, body) = request.into_parts();
             for last in [false, true] {
                 let mut request = Request::from_parts(parts.clone(), body.clone());
-                let value = super::auth::authorization(auth, &self.default, timeout)
+                let value = Box::pin(super::auth::authorization(auth, &self.default, timeout))
                     .await
                     .map_err(|_| Attempt::Credentials)?;
                 request
                     .headers_mut()
                     .insert(http::header::AUTHORIZATION, value.clone());
-                let response = self.exchange(client, request).await?;
+                let response = endpoint.exchange(request, self.body_limit).await?;
                 if response.status != 401 || last {
                     return Ok(response);
                 }
@@ -307,45 +332,6 @@ impl Sender {
         tokio::time::timeout(timeout, attempt)
             .await
             .unwrap_or(Err(Attempt::Timeout))
-    }
-
-    /// Sends `request` and reads the answer's body up to the limit.
-    async fn exchange(
-        &self,
-        client: &HttpsClient,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response, Attempt> {
-        let limit = self.body_limit;
-        let response = client.request(request).await.map_err(|e| {
-            if outbound::is_refused(&e) {
-                Attempt::Refused
-            } else if e.is_connect() {
-                Attempt::ConnectError
-            } else {
-                Attempt::Broken
-            }
-        })?;
-        let (parts, mut body) = response.into_parts();
-        let mut buf = BytesMut::new();
-        let mut truncated = false;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| Attempt::Broken)?;
-            if let Ok(data) = frame.into_data() {
-                let room = limit.saturating_sub(buf.len());
-                if data.len() > room {
-                    buf.extend_from_slice(&data[..room]);
-                    truncated = true;
-                    break; // dropping the body closes the connection
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        Ok(Response {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: buf.freeze(),
-            truncated,
-        })
     }
 }
 

@@ -133,8 +133,8 @@ pub struct LaneContext {
     /// The broker's lane feeds (this lane's is attached while it runs).
     pub feeds: Arc<Feeds>,
     pub sender: Arc<Sender>,
-    /// The in-flight bound of the sink's host ([`Sender::host_bound`]).
-    pub host: Arc<tokio::sync::Semaphore>,
+    /// Where the sink's requests go ([`Sender::endpoint`]).
+    pub endpoint: Arc<crate::delivery::connections::Endpoint>,
     pub clock: SharedClock,
     pub max_hops: u32,
     /// The dedupe key replies are appended with (`None`: dedupe is off).
@@ -640,7 +640,7 @@ impl LaneContext {
         // The feed's event, or one another lane read lately, or a read of the log.
         let read = match record.or_else(|| self.feeds.recent(seq)) {
             Some(record) => Ok(Some(record)),
-            None => self.log.get(&self.broker, seq).await.map(|r| {
+            None => Box::pin(self.log.get(&self.broker, seq)).await.map(|r| {
                 let record = r.map(Arc::new);
                 if let Some(r) = &record {
                     self.feeds.remember(r);
@@ -690,7 +690,7 @@ impl LaneContext {
                 );
                 tracing::error!(seq, event_id = record.event.id(), %error, "delivery panicked");
                 self.note_error(error.clone());
-                self.dead_letter(&record, attempts + 1, &Err(Attempt::Unsendable), error)
+                Box::pin(self.dead_letter(&record, attempts + 1, &Err(Attempt::Unsendable), error))
                     .await;
                 Outcome::DeadLettered
             }
@@ -738,7 +738,7 @@ impl LaneContext {
                         .fetch_add(1, AtomicOrdering::Relaxed);
                     let error = e.to_string();
                     self.note_error(error.clone());
-                    self.dead_letter(record, attempts, &Err(Attempt::Unsendable), error)
+                    Box::pin(self.dead_letter(record, attempts, &Err(Attempt::Unsendable), error))
                         .await;
                     return Outcome::DeadLettered;
                 }
@@ -751,7 +751,7 @@ impl LaneContext {
             let probe = match self.admit(stop).await {
                 Admission::Go { probe } => probe,
                 Admission::Stopped => return Outcome::Stopped,
-                Admission::Park(wait) => return self.park(seq, attempts, wait).await,
+                Admission::Park(wait) => return Box::pin(self.park(seq, attempts, wait)).await,
             };
             attempts += 1;
             self.stats.attempts.fetch_add(1, AtomicOrdering::Relaxed);
@@ -759,7 +759,7 @@ impl LaneContext {
             let span = self.attempt_span("deliver", &self.lane.sink, seq, attempts, record);
             message.hop = span.as_ref().map(|s| s.context().clone());
             let result = tokio::select! {
-                r = self.sender.send(&self.sink, &self.host, event, &message, spec.retry.timeout) => r,
+                r = self.sender.send(&self.sink, &self.endpoint, event, &message, spec.retry.timeout) => r,
                 // At shutdown an attempt under way may finish (shutdown.gracePeriod).
                 _ = self.abort.cancelled() => {
                     if let Some(mut span) = span {
@@ -821,8 +821,13 @@ impl LaneContext {
                 }
                 _ => {
                     self.note_error(self.failure_text(&result));
-                    self.dead_letter(record, attempts, &result, self.failure_text(&result))
-                        .await;
+                    Box::pin(self.dead_letter(
+                        record,
+                        attempts,
+                        &result,
+                        self.failure_text(&result),
+                    ))
+                    .await;
                     return Outcome::DeadLettered;
                 }
             }
@@ -849,7 +854,7 @@ impl LaneContext {
         );
         let wait = policy::next_wait(backoff, status, retry_after, spec.retry.retry_after_max);
         if wait > PARK_AFTER {
-            return Some(self.park(seq, attempts, wait).await);
+            return Some(Box::pin(self.park(seq, attempts, wait)).await);
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => None,
@@ -985,7 +990,8 @@ impl LaneContext {
                     hops,
                     dedupe_key,
                 };
-                match self.log.append(self.broker.clone(), vec![append]).await {
+                // Boxed: a reply is rare, and every delivery's state would hold the append's.
+                match Box::pin(self.log.append(self.broker.clone(), vec![append])).await {
                     Ok(outcomes) => {
                         let counter = match outcomes.first() {
                             Some(AppendOutcome::Duplicate(_)) => &self.stats.replies_duplicate,
@@ -1070,10 +1076,10 @@ impl LaneContext {
             let uri = dls.uri.to_string();
             let span = self.attempt_span("dead-letter", &uri, seq, attempt, record);
             message.hop = span.as_ref().map(|s| s.context().clone());
-            let host = self.sender.host_bound(&dls.uri);
+            let endpoint = self.sender.endpoint(dls);
             let result = self
                 .sender
-                .send(dls, &host, event, &message, spec.retry.timeout)
+                .send(dls, &endpoint, event, &message, spec.retry.timeout)
                 .await;
             self.end_attempt_span(span, dls, &result);
             match result {

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod connections;
 pub mod flow;
 pub mod lane;
 pub mod outbound;
@@ -293,9 +294,7 @@ impl Delivery {
                 log: self.log.clone(),
                 feeds,
                 sender: self.sender.clone(),
-                host: self
-                    .sender
-                    .host_bound(&route.subscription.sinks[sink_index].uri),
+                endpoint: self.sender.endpoint(&route.subscription.sinks[sink_index]),
                 clock: self.clock.clone(),
                 max_hops: self.max_hops,
                 dedupe: self.dedupe.clone(),
