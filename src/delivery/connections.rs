@@ -107,7 +107,8 @@ impl Endpoint {
     }
 
     /// How many idle HTTP/1.1 connections are kept.
-    pub fn idle_connections(&self) -> usize {
+    #[cfg(test)]
+    fn idle_connections(&self) -> usize {
         self.lock_idle().len()
     }
 
@@ -142,7 +143,13 @@ impl Endpoint {
                 }
                 Conn::Shared(mut conn) => {
                     *request.uri_mut() = absolute.clone();
-                    (conn.try_send_request(request).await, None)
+                    let sent = conn.try_send_request(request).await;
+                    if sent.is_err() {
+                        // Not taken again: the next try opens a new connection rather
+                        // than spin on one that is going away.
+                        *self.lock_shared() = None;
+                    }
+                    (sent, None)
                 }
             };
             match sent {
